@@ -1,0 +1,354 @@
+r"""The math of hierarchical softmax, as pure functions of (hidden states, weights, tree tensors).
+
+Notation: ``h`` is ``(B, d)``; the weight table ``W`` is ``(P, d)`` and ``b`` is ``(P,)``
+(``P = tree.num_params``). At an internal node ``n`` with children ``c_0..c_{k-1}``:
+
+* ``k == 1``: the child is taken with probability 1 (no parameters);
+* ``k == 2``: one row ``r``; with :math:`s = W_r h + b_r`,
+  :math:`\log p(c_1) = \log\sigma(s)` and :math:`\log p(c_0) = \log\sigma(-s)` (word2vec's node);
+* ``k > 2``: rows ``r..r+k-1``; :math:`\log p(c_j) = s_j - \operatorname{logsumexp}_i s_i`.
+
+A class's log-probability is the sum over the decisions on its root-to-leaf path, so the
+distribution is normalized by construction. Every function here costs O(d * path) per example
+except :func:`log_prob`, which the user calls precisely to get all ``V`` classes.
+
+All functions take a :class:`TreeTensors` (the tree's flat arrays as tensors on the right
+device), built once by :func:`tree_tensors` and held by :class:`hsoftmax.HierarchicalSoftmax`.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .tree import Tree
+
+__all__ = ["TreeTensors", "tree_tensors", "target_log_prob", "log_prob", "topk", "sample"]
+
+
+class TreeTensors(NamedTuple):
+    """The tree's flat arrays as tensors (see :mod:`hsoftmax.tree` for their meaning)."""
+
+    num_classes: int
+    num_params: int
+    is_binary: bool
+    is_two_level: bool
+    levels: tuple[tuple[int, int], ...]  # contiguous BFS id blocks of internal nodes, by depth
+    child_offset: Tensor  # (N+1,) long
+    children: Tensor  # (E,) long refs
+    arity: Tensor  # (N,) long
+    param_offset: Tensor  # (N+1,) long
+    decision_nodes: Tensor  # (V, D) int32
+    decision_choices: Tensor  # (V, D) int32
+    decision_lengths: Tensor  # (V,) long
+    path_rows: Tensor  # (V, D) int32, binary trees: weight row of each decision (else empty)
+    path_signs: Tensor  # (V, D) int8, binary trees: +1 (child 1), -1 (child 0), 0 (padding)
+    edge_rows: Tensor  # (E,) long: weight row scoring each child slot, -1 for a fixed 0 score
+    edge_owner: Tensor  # (E,) long: the node each child slot belongs to
+    class_parent: Tensor  # (V,) long: parent node of each class
+    class_choice: Tensor  # (V,) long: child index of each class within its parent
+
+
+def tree_tensors(tree: Tree, device: torch.device | str | None = None) -> TreeTensors:
+    """Convert a :class:`Tree` to :class:`TreeTensors` on ``device``."""
+    V, N = tree.num_classes, tree.num_nodes
+    arity = np.asarray(tree.arity)
+    poff = np.asarray(tree.param_offset)
+    dn, dc = np.asarray(tree.decision_nodes), np.asarray(tree.decision_choices)
+    owner = np.repeat(np.arange(N), arity)
+    slot = np.arange(owner.size) - np.asarray(tree.child_offset)[owner]
+    k = arity[owner]
+    edge_rows = np.where(k > 2, poff[owner] + slot, np.where((k == 2) & (slot == 1), poff[owner], -1))
+    depth = np.asarray(tree.node_depth)
+    cuts = np.flatnonzero(np.diff(depth)) + 1
+    bounds = np.concatenate([[0], cuts, [N]]).tolist()
+    levels = tuple(zip(bounds[:-1], bounds[1:]))
+    if tree.is_binary:
+        mask = np.arange(dn.shape[1]) < np.asarray(tree.decision_lengths)[:, None]
+        rows = poff[dn].astype(np.int32)
+        signs = np.where(mask, np.where(dc == 1, 1, -1), 0).astype(np.int8)
+    else:
+        rows = np.zeros((0, 0), dtype=np.int32)
+        signs = np.zeros((0, 0), dtype=np.int8)
+
+    def t(a: np.ndarray, dtype=None) -> Tensor:
+        return torch.tensor(np.asarray(a), dtype=dtype, device=device)
+
+    return TreeTensors(
+        num_classes=V,
+        num_params=tree.num_params,
+        is_binary=tree.is_binary,
+        is_two_level=tree.is_two_level,
+        levels=levels,
+        child_offset=t(tree.child_offset, torch.long),
+        children=t(tree.children, torch.long),
+        arity=t(arity, torch.long),
+        param_offset=t(poff, torch.long),
+        decision_nodes=t(dn, torch.int32),
+        decision_choices=t(dc, torch.int32),
+        decision_lengths=t(tree.decision_lengths, torch.long),
+        path_rows=t(rows, torch.int32),
+        path_signs=t(signs, torch.int8),
+        edge_rows=t(edge_rows, torch.long),
+        edge_owner=t(owner, torch.long),
+        class_parent=t(np.asarray(tree.parent)[:V], torch.long),
+        class_choice=t(np.asarray(tree.choice)[:V], torch.long),
+    )
+
+
+# ---------------------------------------------------------------------------- row gathers
+class _SparseGather1d(torch.autograd.Function):
+    """``vec[idx]`` whose gradient is a sparse COO tensor (for a sparse-mode bias vector)."""
+
+    @staticmethod
+    def forward(ctx, vec: Tensor, idx: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(idx)
+        ctx.size = vec.shape[0]
+        return vec[idx]
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        (idx,) = ctx.saved_tensors
+        g = torch.sparse_coo_tensor(idx.reshape(1, -1), grad.reshape(-1), (ctx.size,))
+        return g, None
+
+
+def _rows(weight: Tensor, idx: Tensor, sparse: bool) -> Tensor:
+    """``weight[idx]`` (any index shape), with a sparse gradient when asked."""
+    return F.embedding(idx, weight, sparse=sparse)
+
+
+def _bias(bias: Tensor | None, idx: Tensor, sparse: bool) -> Tensor | float:
+    if bias is None:
+        return 0.0
+    if sparse and bias.requires_grad and torch.is_grad_enabled():
+        return _SparseGather1d.apply(bias, idx)
+    return bias[idx]
+
+
+def _scores(h: Tensor, weight: Tensor, bias: Tensor | None, rows: Tensor, sparse: bool) -> Tensor:
+    """``W[rows] . h + b[rows]`` for ``rows`` of shape (M, A) and ``h`` of shape (M, d) -> (M, A)."""
+    w = _rows(weight, rows, sparse).to(h.dtype)
+    s = torch.bmm(w, h.unsqueeze(-1)).squeeze(-1)
+    b = _bias(bias, rows, sparse)
+    return s + (b.to(h.dtype) if isinstance(b, Tensor) else b)
+
+
+def child_log_probs(
+    h: Tensor, nodes: Tensor, weight: Tensor, bias: Tensor | None, tt: TreeTensors,
+    sparse: bool = False, temperature: float = 1.0,
+) -> Tensor:
+    """Log-probabilities of the children of ``nodes[m]`` given ``h[m]``: ``(M, A)``, where
+    ``A`` is the largest arity among ``nodes``; slots past a node's arity hold ``-inf``."""
+    k = tt.arity[nodes]
+    A = int(k.max()) if k.numel() else 1
+    j = torch.arange(A, device=h.device)
+    o = tt.param_offset[nodes].unsqueeze(-1)
+    k = k.unsqueeze(-1)
+    kary = k > 2
+    has_param = torch.where(kary, j < k, (k == 2) & (j == 1))
+    exists = j < k
+    if tt.num_params == 0:
+        s = h.new_zeros(nodes.shape[0], A)
+    else:
+        rows = torch.where(kary, o + j, o).clamp_(max=tt.num_params - 1)
+        s = torch.where(has_param, _scores(h, weight, bias, rows, sparse), 0.0)
+    if temperature != 1.0:
+        s = s / temperature
+    s = s.masked_fill(~exists, float("-inf"))
+    return torch.log_softmax(s, dim=-1)
+
+
+# ---------------------------------------------------------------------------- target log-prob
+def target_log_prob(
+    h: Tensor, target: Tensor, weight: Tensor, bias: Tensor | None, tt: TreeTensors, sparse: bool = False
+) -> Tensor:
+    """``log p(target[i] | h[i])`` for ``h`` (B, d) and ``target`` (B,) long in range: ``(B,)``.
+
+    Never builds a (B, V) tensor: binary trees gather each example's padded path of rows,
+    two-level trees do one matmul at the root and one per cluster present in the batch, other
+    trees walk the decisions step by step.
+    """
+    if h.shape[0] == 0 or tt.num_params == 0:
+        return h.new_zeros(h.shape[0]) + 0.0 * h.sum()
+    if tt.is_binary:
+        return _binary_path_log_prob(h, target, weight, bias, tt, sparse)
+    if tt.is_two_level:
+        return _two_level_log_prob(h, target, weight, bias, tt, sparse)
+    return _stepwise_log_prob(h, target, weight, bias, tt, sparse)
+
+
+def _binary_path_log_prob(h, target, weight, bias, tt: TreeTensors, sparse: bool) -> Tensor:
+    rows = tt.path_rows[target].long()  # (B, D)
+    sign = tt.path_signs[target].to(h.dtype)  # (B, D); 0 marks padding
+    s = _scores(h, weight, bias, rows, sparse)
+    return (F.logsigmoid(sign * s) * sign.abs()).sum(-1)
+
+
+def _node_log_probs(h: Tensor, node: int, weight, bias, tt: TreeTensors, sparse: bool) -> Tensor:
+    """Children log-probs of one node for every row of ``h``: one matmul, ``(M, arity)``."""
+    k = int(tt.arity[node])
+    o = int(tt.param_offset[node])
+    if k == 1:
+        return h.new_zeros(h.shape[0], 1)
+    rows = torch.arange(o, o + (1 if k == 2 else k), device=h.device)
+    w = _rows(weight, rows, sparse).to(h.dtype)
+    s = h @ w.T
+    b = _bias(bias, rows, sparse)
+    s = s + (b.to(h.dtype) if isinstance(b, Tensor) else b)
+    if k == 2:
+        return torch.cat([F.logsigmoid(-s), F.logsigmoid(s)], dim=-1)
+    return torch.log_softmax(s, dim=-1)
+
+
+def _two_level_log_prob(h, target, weight, bias, tt: TreeTensors, sparse: bool) -> Tensor:
+    # Root: one (B, C) matmul. Cluster nodes are 1..C in root-choice order (BFS numbering).
+    cluster = tt.class_parent[target]
+    root_lp = _node_log_probs(h, 0, weight, bias, tt, sparse)
+    out = root_lp.gather(1, (cluster - 1).unsqueeze(1)).squeeze(1)
+    # Second level: group the batch by cluster so each cluster's block is read once.
+    order = torch.argsort(cluster)
+    uniq, counts = torch.unique_consecutive(cluster[order], return_counts=True)
+    parts, pos = [], 0
+    for n, c in zip(uniq.tolist(), counts.tolist()):
+        idx = order[pos : pos + c]
+        pos += c
+        lp = _node_log_probs(h[idx], n, weight, bias, tt, sparse)
+        parts.append(lp.gather(1, tt.class_choice[target[idx]].unsqueeze(1)).squeeze(1))
+    return out.index_add(0, order, torch.cat(parts))
+
+
+def _stepwise_log_prob(h, target, weight, bias, tt: TreeTensors, sparse: bool) -> Tensor:
+    dn = tt.decision_nodes[target].long()
+    dc = tt.decision_choices[target].long()
+    L = tt.decision_lengths[target]
+    out = h.new_zeros(h.shape[0])
+    for step in range(dn.shape[1]):
+        active = torch.nonzero(L > step).squeeze(1)
+        if active.numel() == 0:
+            break
+        lp = child_log_probs(h[active], dn[active, step], weight, bias, tt, sparse)
+        taken = lp.gather(1, dc[active, step].unsqueeze(1)).squeeze(1)
+        out = out.index_add(0, active, taken)
+    return out
+
+
+# ---------------------------------------------------------------------------- all classes
+def log_prob(h: Tensor, weight: Tensor, bias: Tensor | None, tt: TreeTensors) -> Tensor:
+    """Exact log-probabilities of all classes: ``(B, V)``; ``exp`` of each row sums to 1.
+
+    Scores every node once with a single ``(B, P)`` matmul, normalizes each node's children,
+    then adds edge log-probs down the tree one level at a time.
+    """
+    B, V = h.shape[0], tt.num_classes
+    E = tt.children.numel()
+    if tt.num_params == 0:
+        return h.new_zeros(B, V) + 0.0 * h.sum()
+    s_all = h @ weight.to(h.dtype).T
+    if bias is not None:
+        s_all = s_all + bias.to(h.dtype)
+    has = tt.edge_rows >= 0
+    edge_s = torch.where(has, s_all[:, tt.edge_rows.clamp(min=0)], 0.0)  # (B, E)
+    # Segment log-softmax over each node's children (the max is only a stability shift).
+    N = tt.arity.numel()
+    mx = edge_s.new_full((B, N), float("-inf")).scatter_reduce(
+        1, tt.edge_owner.expand(B, E), edge_s.detach(), reduce="amax", include_self=True
+    )
+    shifted = edge_s - mx[:, tt.edge_owner]
+    lse = torch.log(h.new_zeros(B, N).index_add(1, tt.edge_owner, shifted.exp()))
+    edge_lp = shifted - lse[:, tt.edge_owner]
+    # Top-down accumulation: BFS levels are contiguous id blocks, and the internal children of a
+    # level are exactly the next block, in child-table order.
+    parent_lp = h.new_zeros(B, 1)
+    out = h.new_empty(B, V)
+    off = tt.child_offset
+    for a, b in tt.levels:
+        lo, hi = int(off[a]), int(off[b])
+        refs = tt.children[lo:hi]
+        lp = torch.repeat_interleave(parent_lp, tt.arity[a:b], dim=1, output_size=hi - lo) + edge_lp[:, lo:hi]
+        leaf = refs < V
+        out[:, refs[leaf]] = lp[:, leaf]
+        parent_lp = lp[:, ~leaf]
+    return out
+
+
+# ---------------------------------------------------------------------------- top-k search
+@torch.no_grad()
+def topk(h: Tensor, k: int, weight: Tensor, bias: Tensor | None, tt: TreeTensors) -> tuple[Tensor, Tensor]:
+    """Exact ``k`` most probable classes per row by best-first search: ``(values, indices)``, (B, k).
+
+    A node's log-prob bounds every class below it (each edge adds a log-prob <= 0), so popping
+    frontier entries in order of log-prob yields classes in exactly descending order. The work
+    grows with ``k * depth``, not with the number of classes.
+    """
+    B, V = h.shape[0], tt.num_classes
+    dev = h.device
+    vals = h.new_full((B, k), float("-inf"))
+    idx = torch.zeros(B, k, dtype=torch.long, device=dev)
+    if B == 0:
+        return vals, idx
+    found = torch.zeros(B, dtype=torch.long, device=dev)
+    # Frontier: log-probs and refs, one row per example; -inf marks a free slot.
+    f_lp = h.new_full((B, 1), 0.0)
+    f_ref = torch.full((B, 1), V, dtype=torch.long, device=dev)  # the root
+    while True:
+        live = torch.nonzero(found < k).squeeze(1)
+        if live.numel() == 0:
+            break
+        best_lp, best_col = f_lp[live].max(dim=1)
+        best_ref = f_ref[live, best_col]
+        f_lp[live, best_col] = float("-inf")
+        is_leaf = best_ref < V
+        # Classes come out in descending order: record them.
+        lv, lref, llp = live[is_leaf], best_ref[is_leaf], best_lp[is_leaf]
+        vals[lv, found[lv]] = llp
+        idx[lv, found[lv]] = lref
+        found[lv] += 1
+        # Internal nodes: push their children with accumulated log-probs.
+        ex = live[~is_leaf]
+        if ex.numel():
+            nodes = best_ref[~is_leaf] - V
+            clp = child_log_probs(h[ex], nodes, weight, bias, tt) + best_lp[~is_leaf].unsqueeze(1)
+            A = clp.shape[1]
+            slot = torch.arange(A, device=dev)
+            cref = tt.children[(tt.child_offset[nodes].unsqueeze(1) + slot).clamp(max=tt.children.numel() - 1)]
+            new_lp = f_lp.new_full((B, A), float("-inf"))
+            new_ref = f_ref.new_zeros(B, A)
+            new_lp[ex] = clp
+            new_ref[ex] = cref
+            f_lp = torch.cat([f_lp, new_lp], dim=1)
+            f_ref = torch.cat([f_ref, new_ref], dim=1)
+        # Compact: drop columns that are free in every row.
+        if f_lp.shape[1] > 64:
+            f_lp, order = f_lp.sort(dim=1, descending=True)
+            f_ref = f_ref.gather(1, order)
+            keep = int(torch.isfinite(f_lp).sum(dim=1).max())
+            f_lp, f_ref = f_lp[:, : max(keep, 1)], f_ref[:, : max(keep, 1)]
+    return vals, idx
+
+
+# ---------------------------------------------------------------------------- sampling
+@torch.no_grad()
+def sample(
+    h: Tensor, num_samples: int, weight: Tensor, bias: Tensor | None, tt: TreeTensors,
+    temperature: float = 1.0, generator: torch.Generator | None = None,
+) -> Tensor:
+    """Ancestral samples ``(B, num_samples)``: start at the root, draw a child from each node's
+    distribution (its logits divided by ``temperature``), stop at a class. O(depth) per draw."""
+    B, V = h.shape[0], tt.num_classes
+    n = B * num_samples
+    hh = h.repeat_interleave(num_samples, dim=0)
+    ref = torch.full((n,), V, dtype=torch.long, device=h.device)
+    while True:
+        active = torch.nonzero(ref >= V).squeeze(1)
+        if active.numel() == 0:
+            break
+        nodes = ref[active] - V
+        lp = child_log_probs(hh[active], nodes, weight, bias, tt, temperature=temperature)
+        choice = torch.multinomial(lp.exp(), 1, generator=generator).squeeze(1)
+        ref[active] = tt.children[tt.child_offset[nodes] + choice]
+    return ref.view(B, num_samples)

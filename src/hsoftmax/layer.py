@@ -1,0 +1,276 @@
+r"""``HierarchicalSoftmax``: an exact, tree-structured output layer for PyTorch."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from . import functional as HF
+from .tree import Tree
+
+__all__ = ["HierarchicalSoftmax", "HierarchicalSoftmaxOutput"]
+
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+class HierarchicalSoftmaxOutput(NamedTuple):
+    """``output``: log-probability of each target (0 where ignored), shaped like the target.
+    ``loss``: the reduced negative log-likelihood (shaped like the target for ``'none'``)."""
+
+    output: Tensor
+    loss: Tensor
+
+
+class HierarchicalSoftmax(nn.Module):
+    r"""Hierarchical softmax over the classes of a :class:`~hsoftmax.Tree`.
+
+    The probability of class :math:`y` is the product of the decisions on its root-to-leaf
+    path: :math:`p(y \mid h) = \prod_{(n, j) \in \mathrm{path}(y)} p_n(j \mid h)`. A binary node
+    decides with one weight vector and a sigmoid, :math:`p_n(1 \mid h) = \sigma(w_n^\top h + b_n)`
+    (word2vec's parametrization); a node with :math:`k > 2` children has one vector per child and
+    a softmax over the siblings; a node with one child costs nothing. Every distribution the
+    layer reports is therefore normalized over all classes, exactly.
+
+    Scoring given targets (``forward``) costs :math:`O(d \cdot \text{depth})` per example and never
+    builds a ``(batch, num_classes)`` tensor: binary trees gather each example's padded path of
+    weight rows, two-level trees (root -> clusters -> classes) do one matmul at the root and one
+    per cluster present in the batch, other trees walk their decisions step by step.
+
+    It mirrors :class:`torch.nn.AdaptiveLogSoftmaxWithLoss` so it can be swapped in, and adds
+    ``reduction`` and ``ignore_index`` as in :class:`torch.nn.CrossEntropyLoss`.
+
+    Args:
+        in_features: size of each input sample ``d``.
+        tree: the label hierarchy; its ``num_params`` rows form :attr:`weight`.
+        bias: learn a bias per weight row. Default: ``True``.
+        sparse: make :attr:`weight` and :attr:`bias` gradients sparse, so an optimizer step
+            touches only the nodes on the batch's paths (use ``torch.optim.SGD``,
+            ``torch.optim.SparseAdam``, or :func:`hsoftmax.optim.sparse_param_groups`).
+        reduction: ``'mean'`` (over non-ignored targets), ``'sum'`` or ``'none'``.
+        ignore_index: targets equal to it give output 0, are left out of the mean and get no
+            gradient. Default: ``-100``.
+
+    Shape:
+        - input: ``(*, in_features)``; target: ``(*)`` integer class indices.
+        - output: ``(*)``; loss: scalar, or ``(*)`` with ``reduction='none'``.
+
+    Attributes:
+        weight: ``(tree.num_params, in_features)``, initialised like :class:`torch.nn.Linear`.
+        bias: ``(tree.num_params,)``, zeros at init, or ``None``.
+
+    Under :func:`torch.autocast` (or with half-precision inputs/weights) the path math runs in
+    float32; float64 inputs and weights compute in float64.
+
+    Example::
+
+        >>> import torch
+        >>> from hsoftmax import HierarchicalSoftmax, Tree
+        >>> tree = Tree.huffman([50, 20, 10, 10, 5, 5])
+        >>> hs = HierarchicalSoftmax(16, tree)
+        >>> x, y = torch.randn(4, 16), torch.tensor([0, 3, 5, 1])
+        >>> out, loss = hs(x, y)
+        >>> out.shape, loss.shape
+        (torch.Size([4]), torch.Size([]))
+        >>> torch.allclose(hs.log_prob(x).exp().sum(-1), torch.ones(4))
+        True
+        >>> hs.topk(x, 2).indices.shape
+        torch.Size([4, 2])
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        tree: Tree,
+        bias: bool = True,
+        sparse: bool = False,
+        reduction: str = "mean",
+        ignore_index: int = -100,
+        device: Any = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if isinstance(in_features, bool) or not isinstance(in_features, int) or in_features < 1:
+            raise ValueError(f"in_features must be a positive int, got {in_features!r}")
+        if not isinstance(tree, Tree):
+            raise TypeError(f"tree must be an hsoftmax.Tree, got {type(tree).__name__}")
+        if reduction not in _REDUCTIONS:
+            raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+        if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+            raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
+        factory = {"device": device, "dtype": dtype}
+        self.in_features = in_features
+        self.sparse = bool(sparse)
+        self.reduction = reduction
+        self.ignore_index = ignore_index
+        self.weight = nn.Parameter(torch.empty(tree.num_params, in_features, **factory))
+        self.bias = nn.Parameter(torch.empty(tree.num_params, **factory)) if bias else None
+        self._set_tree(tree, device)
+        self.reset_parameters()
+
+    # ------------------------------------------------------------------ tree state
+    def _set_tree(self, tree: Tree, device: Any = None) -> None:
+        self.tree = tree
+        tt = HF.tree_tensors(tree, device=device)
+        self._tt_static = {k: v for k, v in tt._asdict().items() if not isinstance(v, Tensor)}
+        for name, value in tt._asdict().items():
+            if isinstance(value, Tensor):
+                # Non-persistent: the tree travels in the state dict as extra state instead.
+                self.register_buffer(f"_tree_{name}", value, persistent=False)
+
+    @property
+    def tree_tensors(self) -> HF.TreeTensors:
+        """The tree's arrays as tensors on this module's device."""
+        fields = {k: getattr(self, f"_tree_{k}", None) for k in HF.TreeTensors._fields}
+        fields.update(self._tt_static)
+        return HF.TreeTensors(**fields)
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"tree": self.tree.state()}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        tree = Tree.from_state(state["tree"])
+        if tree.num_params != self.weight.shape[0]:
+            raise ValueError(
+                f"the saved tree has {tree.num_params} parameter rows but this module has "
+                f"{self.weight.shape[0]}"
+            )
+        self._set_tree(tree, self.weight.device)
+
+    @property
+    def num_classes(self) -> int:
+        return self.tree.num_classes
+
+    def reset_parameters(self) -> None:
+        bound = 1.0 / math.sqrt(self.in_features)
+        nn.init.uniform_(self.weight, -bound, bound)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, num_classes={self.num_classes}, tree={self.tree!r}, "
+            f"bias={self.bias is not None}, sparse={self.sparse}, reduction={self.reduction!r}"
+        )
+
+    # ------------------------------------------------------------------ checks
+    def _prepare_input(self, input: Tensor) -> Tensor:
+        if not isinstance(input, Tensor):
+            raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
+        if not input.is_floating_point():
+            raise TypeError(f"input must be a floating-point tensor, got {input.dtype}")
+        if input.dim() < 1 or input.shape[-1] != self.in_features:
+            raise ValueError(
+                f"input's last dimension must be in_features={self.in_features}, got shape {tuple(input.shape)}"
+            )
+        if input.numel() and not bool(torch.isfinite(input).all()):
+            raise ValueError("input contains NaN or Inf")
+        if input.device != self.weight.device:
+            raise ValueError(f"input is on {input.device} but the layer is on {self.weight.device}")
+        dtype = torch.promote_types(input.dtype, self.weight.dtype)
+        if dtype not in (torch.float32, torch.float64):
+            dtype = torch.float32  # half-precision path math overflows; float32 is exact enough
+        return input.reshape(-1, self.in_features).to(dtype)
+
+    def _check_target(self, target: Tensor, batch_shape: torch.Size) -> Tensor:
+        if not isinstance(target, Tensor):
+            raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
+        if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+            raise TypeError(f"target must be an integer tensor of class indices, got {target.dtype}")
+        if target.shape != batch_shape:
+            raise ValueError(
+                f"target shape {tuple(target.shape)} does not match input batch shape {tuple(batch_shape)}"
+            )
+        return target.reshape(-1).long()
+
+    def _check_range(self, target: Tensor) -> None:
+        if target.numel():
+            lo, hi = torch.aminmax(target)
+            lo, hi = int(lo), int(hi)
+            if lo < 0 or hi >= self.num_classes:
+                bad = lo if lo < 0 else hi
+                raise ValueError(f"target {bad} is out of range [0, {self.num_classes})")
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, input: Tensor, target: Tensor) -> HierarchicalSoftmaxOutput:
+        """Log-probability of each target and the reduced NLL loss (see the class docstring)."""
+        h = self._prepare_input(input)
+        t = self._check_target(target, input.shape[:-1])
+        keep = t != self.ignore_index
+        all_kept = bool(keep.all())
+        tv = t if all_kept else t[keep]
+        self._check_range(tv)
+        with torch.autocast(device_type=h.device.type, enabled=False):
+            if all_kept:
+                out = HF.target_log_prob(h, tv, self.weight, self.bias, self.tree_tensors, self.sparse)
+            else:
+                idx = torch.nonzero(keep).squeeze(1)
+                lp = HF.target_log_prob(h[idx], tv, self.weight, self.bias, self.tree_tensors, self.sparse)
+                out = h.new_zeros(t.shape[0]).index_put((idx,), lp)
+        out = out.view(target.shape)
+        if self.reduction == "none":
+            loss = -out
+        elif self.reduction == "sum":
+            loss = -out.sum()
+        else:
+            loss = -out.sum() / max(int(tv.numel()), 1)
+        return HierarchicalSoftmaxOutput(out, loss)
+
+    def log_prob(self, input: Tensor) -> Tensor:
+        """Exact log-probabilities of every class: ``(*, num_classes)``; each row's ``exp`` sums to 1.
+
+        This is the one method that builds a ``(batch, num_classes)`` tensor, because it returns one.
+        """
+        h = self._prepare_input(input)
+        with torch.autocast(device_type=h.device.type, enabled=False):
+            lp = HF.log_prob(h, self.weight, self.bias, self.tree_tensors)
+        return lp.view(*input.shape[:-1], self.num_classes)
+
+    def topk(self, input: Tensor, k: int) -> torch.return_types.topk:
+        """The ``k`` most probable classes, exactly, by best-first tree search.
+
+        Returns ``(values, indices)``, each ``(*, k)``, sorted by descending log-probability; equal
+        to ``log_prob(input).topk(k)`` at a cost that grows with ``k * depth``, not ``num_classes``.
+        """
+        if isinstance(k, bool) or not isinstance(k, int):
+            raise TypeError(f"k must be an int, got {type(k).__name__}")
+        if not 1 <= k <= self.num_classes:
+            raise ValueError(f"k must be in [1, num_classes={self.num_classes}], got {k}")
+        h = self._prepare_input(input)
+        with torch.autocast(device_type=h.device.type, enabled=False):
+            vals, idx = HF.topk(h, k, self.weight.detach(), _detach(self.bias), self.tree_tensors)
+        shape = (*input.shape[:-1], k)
+        return torch.return_types.topk((vals.view(shape), idx.view(shape)))
+
+    def predict(self, input: Tensor) -> Tensor:
+        """The most probable class of each input: ``(*)``, by tree search (no full softmax)."""
+        return self.topk(input, 1).indices.squeeze(-1)
+
+    def sample(
+        self, input: Tensor, num_samples: int = 1, temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Classes drawn from ``p(. | input)`` by ancestral sampling: ``(*, num_samples)``.
+
+        Each draw walks from the root, picking a child from every node's distribution, so it costs
+        O(depth). ``temperature`` divides every node's logits on the way down; note that this is not
+        the same as tempering the whole distribution (``p(y)^(1/T)``, renormalized) unless the tree
+        has a single level.
+        """
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+            raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
+        if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
+        h = self._prepare_input(input)
+        with torch.autocast(device_type=h.device.type, enabled=False):
+            draws = HF.sample(
+                h, num_samples, self.weight.detach(), _detach(self.bias), self.tree_tensors,
+                temperature=float(temperature), generator=generator,
+            )
+        return draws.view(*input.shape[:-1], num_samples)
+
+
+def _detach(t: Tensor | None) -> Tensor | None:
+    return None if t is None else t.detach()
