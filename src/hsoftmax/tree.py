@@ -158,10 +158,10 @@ class Tree:
             bad = int(ch[(ch < 0) | (ch >= V + N)][0])
             raise ValueError(f"child ref {bad} is out of range [0, {V + N})")
         seen = np.bincount(ch, minlength=V + N)
-        if np.any(seen[:V] == 0):
-            raise ValueError(f"class {int(np.flatnonzero(seen[:V] == 0)[0])} is missing from the tree")
         if np.any(seen[:V] > 1):
             raise ValueError(f"class {int(np.flatnonzero(seen[:V] > 1)[0])} appears more than once (duplicate leaf)")
+        if np.any(seen[:V] == 0):
+            raise ValueError(f"class {int(np.flatnonzero(seen[:V] == 0)[0])} is missing from the tree")
         if seen[V] != 0:
             raise ValueError("the root (internal node 0) appears as a child: the tree has a cycle")
         if np.any(seen[V + 1 :] > 1):
@@ -453,6 +453,8 @@ class Tree:
                 if not isinstance(name, str):
                     raise TypeError(f"paths[{i}] contains {name!r}: node names must be strings")
                 j = ids.get(name)
+                if j is not None and j in on_path:
+                    raise ValueError(f"node {name!r} appears twice on paths[{i}]: a cycle")
                 if j is None:
                     j = ids[name] = len(names)
                     names.append(name)
@@ -464,8 +466,6 @@ class Tree:
                         f"node {name!r} has two parents: {names[parent_of[j]]!r} and {names[prev]!r} "
                         f"(paths[{i}])"
                     )
-                if j in on_path:
-                    raise ValueError(f"node {name!r} appears twice on paths[{i}]: a cycle")
                 on_path.add(j)
                 prev = j
             child_lists[prev].append(i)
