@@ -1,0 +1,126 @@
+"""The word2vec vector formats (text and binary) and atomic file writes.
+
+Text: a header line ``"<count> <dim>"``, then one line per word: the word and ``dim`` numbers.
+Binary: the same header, then per word its UTF-8 bytes, a space, ``dim`` little-endian float32
+values and a newline. gensim's ``KeyedVectors.load_word2vec_format`` reads both.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+__all__ = ["atomic_path", "write_word2vec", "read_word2vec", "is_binary_name"]
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[str]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically.
+
+    Readers never see a half-written file, and on failure (or Ctrl-C) nothing is left behind.
+
+    >>> import tempfile, os
+    >>> d = tempfile.mkdtemp()
+    >>> with atomic_path(os.path.join(d, "x.txt")) as tmp:
+    ...     _ = open(tmp, "w").write("done")
+    >>> os.listdir(d)
+    ['x.txt']
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+def is_binary_name(path: str | os.PathLike) -> bool:
+    """The naming convention: ``.bin`` means binary, anything else text."""
+    return os.fspath(path).lower().endswith(".bin")
+
+
+def write_word2vec(path: str | os.PathLike, words: Sequence[str], vectors: np.ndarray,
+                   binary: bool | None = None) -> None:
+    """Write ``vectors`` (``(len(words), dim)``) in word2vec format, atomically.
+
+    Text values are written with 9 significant digits, enough to read back the exact float32.
+    """
+    vectors = np.asarray(vectors, dtype=np.float32)
+    if vectors.ndim != 2 or vectors.shape[0] != len(words):
+        raise ValueError(f"vectors must have shape ({len(words)}, dim), got {vectors.shape}")
+    for w in words:
+        if not w or any(ch.isspace() for ch in w):
+            raise ValueError(f"word {w!r} is empty or contains whitespace: the format cannot hold it")
+    binary = is_binary_name(path) if binary is None else bool(binary)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(f"{len(words)} {vectors.shape[1]}\n".encode())
+        if binary:
+            le = vectors.astype("<f4", copy=False)
+            for w, v in zip(words, le):
+                f.write(w.encode("utf-8") + b" " + v.tobytes() + b"\n")
+        else:
+            fmt = " ".join(["%.9g"] * vectors.shape[1])
+            for w, v in zip(words, vectors.tolist()):
+                f.write((w + " " + fmt % tuple(v) + "\n").encode("utf-8"))
+
+
+def read_word2vec(path: str | os.PathLike, binary: bool | None = None) -> tuple[list[str], np.ndarray]:
+    """Read word2vec text or binary vectors: ``(words, (count, dim) float32)``.
+
+    Raises:
+        ValueError: the file is not in the format (bad header, short rows, truncated data).
+    """
+    path = os.fspath(path)
+    binary = is_binary_name(path) if binary is None else bool(binary)
+    with open(path, "rb") as f:
+        header = f.readline().split()
+        try:
+            count, dim = int(header[0]), int(header[1])
+        except (IndexError, ValueError):
+            raise ValueError(f"{path}: the first line must be '<count> <dim>'") from None
+        if count < 0 or dim < 1:
+            raise ValueError(f"{path}: bad header {count} {dim}")
+        return _read_binary(f, path, count, dim) if binary else _read_text(f, path, count, dim)
+
+
+def _read_text(f, path: str, count: int, dim: int) -> tuple[list[str], np.ndarray]:
+    words: list[str] = []
+    vectors = np.empty((count, dim), dtype=np.float32)
+    for i in range(count):
+        parts = f.readline().decode("utf-8", "replace").rstrip("\n").split(" ")
+        if len(parts) != dim + 1:
+            raise ValueError(f"{path}: line {i + 2} has {len(parts) - 1} values, expected {dim}")
+        words.append(parts[0])
+        vectors[i] = np.array(parts[1:], dtype=np.float32)
+    return words, vectors
+
+
+def _read_binary(f, path: str, count: int, dim: int) -> tuple[list[str], np.ndarray]:
+    words: list[str] = []
+    vectors = np.empty((count, dim), dtype=np.float32)
+    nbytes = 4 * dim
+    for i in range(count):
+        word = bytearray()
+        while True:
+            ch = f.read(1)
+            if not ch:
+                raise ValueError(f"{path}: truncated at word {i}")
+            if ch == b" ":
+                break
+            if ch != b"\n":  # the newline after the previous vector
+                word += ch
+        data = f.read(nbytes)
+        if len(data) != nbytes:
+            raise ValueError(f"{path}: truncated vector for word {i}")
+        words.append(word.decode("utf-8", "replace"))
+        vectors[i] = np.frombuffer(data, dtype="<f4")
+    return words, vectors

@@ -1,0 +1,256 @@
+"""numba kernels: one call trains CBOW or skip-gram with hierarchical softmax on a chunk of sentences.
+
+Threads run :func:`train_chunk` concurrently (``nogil``) on different chunks and update the shared
+``syn0`` (input vectors) and ``syn1`` (tree node rows) without locks, as word2vec.c and gensim do
+("Hogwild"): collisions are rare and harmless for sparse updates like these.
+
+The tree reaches the kernel as flat per-word paths built by :func:`flat_paths` from
+:class:`hsoftmax.Tree`'s decision arrays, using the library's parametrization so the weights are
+interchangeable with the torch layer: a binary node has one row ``r`` and
+``p(child 1) = sigmoid(syn1[r] . h)``; a node with ``k > 2`` children has ``k`` rows and a softmax
+over them.
+
+Everything a thread writes besides the shared tables lives in its own scratch buffers, passed in,
+so the kernel allocates nothing.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+__all__ = ["flat_paths", "sigmoid_tables", "train_chunk", "SIGMOID_RANGE"]
+
+#: Scores beyond +-SIGMOID_RANGE use the saturated sigmoid (0 or 1); inside, a table lookup.
+SIGMOID_RANGE = 8.0
+_TABLE_SIZE = 4096
+_LCG_MUL = np.uint64(6364136223846793005)
+_LCG_ADD = np.uint64(1442695040888963407)
+
+
+def sigmoid_tables() -> tuple[np.ndarray, np.ndarray]:
+    """``(sigmoid, log_sigmoid)`` sampled at the centres of ``_TABLE_SIZE`` bins on
+    ``[-SIGMOID_RANGE, SIGMOID_RANGE]``: a lookup replaces ``exp`` in the hot loop."""
+    x = (np.arange(_TABLE_SIZE) + 0.5) / _TABLE_SIZE * 2 * SIGMOID_RANGE - SIGMOID_RANGE
+    return (1.0 / (1.0 + np.exp(-x))).astype(np.float32), (-np.logaddexp(0.0, -x)).astype(np.float32)
+
+
+def flat_paths(tree) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per-word decision paths as flat arrays (CSR by word).
+
+    Returns:
+        ``start`` ``(V + 1,)`` int64: word ``w``'s steps are ``start[w]:start[w+1]``;
+        ``row`` int32: first ``syn1`` row of each step's node;
+        ``choice`` int32: child taken (for a binary node: the sigmoid's target, 1 or 0);
+        ``arity`` int32: children of the node (2 on the fast path).
+
+    >>> from hsoftmax.tree import Tree
+    >>> start, row, choice, arity = flat_paths(Tree.huffman([4, 2, 1, 1]))
+    >>> start.tolist(), arity.tolist()
+    ([0, 1, 3, 6, 9], [2, 2, 2, 2, 2, 2, 2, 2, 2])
+    """
+    lengths = np.asarray(tree.decision_lengths, dtype=np.int64)
+    D = tree.decision_nodes.shape[1]
+    mask = np.arange(D)[None, :] < lengths[:, None]
+    nodes = np.asarray(tree.decision_nodes)[mask]  # row-major: word by word, root first
+    start = np.zeros(lengths.size + 1, dtype=np.int64)
+    np.cumsum(lengths, out=start[1:])
+    row = np.asarray(tree.param_offset)[nodes].astype(np.int32)
+    choice = np.asarray(tree.decision_choices)[mask].astype(np.int32)
+    arity = np.asarray(tree.arity)[nodes].astype(np.int32)
+    return start, row, choice, arity
+
+
+@numba.njit(nogil=True, cache=True, fastmath=True, inline="always")
+def _hs_step(h, e, syn1, word, pstart, prow, pchoice, parity, lr, sig, logsig, scores):
+    """Score ``word`` from hidden ``h`` along its path: add ``lr * dlogp/dh`` into ``e`` and update
+    the path's ``syn1`` rows. Returns ``log p(word | h)``."""
+    dim = h.shape[0]
+    scale = _TABLE_SIZE / (2.0 * SIGMOID_RANGE)
+    ll = 0.0
+    for p in range(pstart[word], pstart[word + 1]):
+        r = prow[p]
+        c = pchoice[p]
+        a = parity[p]
+        if a == 2:  # the common case: one row, a sigmoid
+            f = np.float32(0.0)
+            for k in range(dim):
+                f += h[k] * syn1[r, k]
+            if f >= SIGMOID_RANGE:
+                s = np.float32(1.0)
+                ll += 0.0 if c == 1 else -f
+            elif f <= -SIGMOID_RANGE:
+                s = np.float32(0.0)
+                ll += f if c == 1 else 0.0
+            else:
+                i = int((f + SIGMOID_RANGE) * scale)
+                s = sig[i]
+                # log(1 - sigmoid(f)) = log sigmoid(f) - f
+                ll += logsig[i] if c == 1 else logsig[i] - f
+            g = np.float32((c - s) * lr)
+            if g != 0.0:
+                for k in range(dim):
+                    e[k] += g * syn1[r, k]
+                    syn1[r, k] += g * h[k]
+        else:  # k-ary node: softmax over its k rows
+            m = -np.inf
+            for j in range(a):
+                f = np.float32(0.0)
+                for k in range(dim):
+                    f += h[k] * syn1[r + j, k]
+                scores[j] = f
+                m = max(m, f)
+            z = 0.0
+            for j in range(a):
+                z += np.exp(scores[j] - m)
+            lz = m + np.log(z)
+            ll += scores[c] - lz
+            for j in range(a):
+                g = np.float32(((1.0 if j == c else 0.0) - np.exp(scores[j] - lz)) * lr)
+                for k in range(dim):
+                    e[k] += g * syn1[r + j, k]
+                    syn1[r + j, k] += g * h[k]
+    return ll
+
+
+@numba.njit(nogil=True, cache=True)
+def _next(state):
+    return state * _LCG_MUL + _LCG_ADD
+
+
+@numba.njit(nogil=True, cache=True, fastmath=True)
+def train_chunk(ids, offsets, s_lo, s_hi, syn0, syn1, pstart, prow, pchoice, parity, keep,
+                sg, window, alpha, min_alpha, words_before, total_words, seed,
+                sig, logsig, sent, h, e, scores):
+    """Train on sentences ``s_lo:s_hi`` of an encoded corpus.
+
+    Args:
+        ids: ``(N,)`` int32 word ids; offsets: ``(S + 1,)`` int64 sentence bounds.
+        syn0: ``(V, dim)`` float32 input vectors; syn1: ``(num_params, dim)`` float32 node rows.
+        pstart, prow, pchoice, parity: the tree, from :func:`flat_paths`.
+        keep: ``(V,)`` uint32: keep an occurrence when a uniform 32-bit draw is below it.
+        sg: skip-gram if true, else CBOW (mean of the context).
+        alpha, min_alpha: learning rate at progress 0, floor at progress 1; it decays linearly
+            with ``(words_before + words done here) / total_words``.
+        seed: uint64 seed of this chunk's random stream (subsampling, window sizes).
+        sig, logsig: tables from :func:`sigmoid_tables`.
+        sent: int32 scratch of at least the longest sentence; h, e: ``(dim,)`` float32 scratch;
+            scores: float64 scratch of the largest arity.
+
+    Returns:
+        ``(words, trained, loglik, predictions)``: corpus words read, words kept after
+        subsampling, summed log-likelihood of the predictions and their number.
+    """
+    dim = syn0.shape[1]
+    state = _next(np.uint64(seed) ^ np.uint64(0x9E3779B97F4A7C15))
+    words = 0
+    trained = 0
+    ll = 0.0
+    npred = 0
+    for s in range(s_lo, s_hi):
+        progress = (words_before + words) / total_words
+        lr = max(min_alpha, alpha - (alpha - min_alpha) * progress)
+        n = 0
+        for t in range(offsets[s], offsets[s + 1]):
+            w = ids[t]
+            state = _next(state)
+            if np.uint32(state >> np.uint64(32)) < keep[w]:
+                sent[n] = w
+                n += 1
+        words += offsets[s + 1] - offsets[s]
+        trained += n
+        for i in range(n):
+            state = _next(state)
+            b = int((state >> np.uint64(33)) % np.uint64(window))
+            lo = max(0, i - window + b)
+            hi = min(n, i + window - b + 1)
+            if sg:
+                for j in range(lo, hi):
+                    if j == i:
+                        continue
+                    ctx = syn0[sent[j]]
+                    e[:] = 0.0
+                    ll += _hs_step(ctx, e, syn1, sent[i], pstart, prow, pchoice, parity, lr, sig, logsig, scores)
+                    npred += 1
+                    for k in range(dim):
+                        ctx[k] += e[k]
+            else:
+                cw = hi - lo - 1
+                if cw == 0:
+                    continue
+                h[:] = 0.0
+                for j in range(lo, hi):
+                    if j != i:
+                        v = syn0[sent[j]]
+                        for k in range(dim):
+                            h[k] += v[k]
+                inv = np.float32(1.0 / cw)
+                for k in range(dim):
+                    h[k] *= inv
+                e[:] = 0.0
+                ll += _hs_step(h, e, syn1, sent[i], pstart, prow, pchoice, parity, lr, sig, logsig, scores)
+                npred += 1
+                for j in range(lo, hi):
+                    if j != i:
+                        v = syn0[sent[j]]
+                        for k in range(dim):
+                            v[k] += e[k]
+    return words, trained, ll, npred
+
+
+@numba.njit(nogil=True, cache=True, fastmath=True)
+def word_loglik(ids, offsets, s_lo, s_hi, syn0, syn1, pstart, prow, pchoice, parity, sg, window, h, scores):
+    """Mean log-likelihood of the CBOW/skip-gram predictions over sentences ``s_lo:s_hi`` with the
+    full window and no subsampling or update (an evaluation, e.g. to check training helps).
+    Uses exact log-sigmoids."""
+    dim = syn0.shape[1]
+    total = 0.0
+    count = 0
+    for s in range(s_lo, s_hi):
+        a, b = offsets[s], offsets[s + 1]
+        for i in range(a, b):
+            lo = max(a, i - window)
+            hi = min(b, i + window + 1)
+            if sg:
+                for j in range(lo, hi):
+                    if j != i:
+                        total += _path_loglik(syn0[ids[j]], syn1, ids[i], pstart, prow, pchoice, parity, scores)
+                        count += 1
+            elif hi - lo > 1:
+                h[:] = 0.0
+                for j in range(lo, hi):
+                    if j != i:
+                        for k in range(dim):
+                            h[k] += syn0[ids[j], k]
+                for k in range(dim):
+                    h[k] /= hi - lo - 1
+                total += _path_loglik(h, syn1, ids[i], pstart, prow, pchoice, parity, scores)
+                count += 1
+    return total / max(count, 1)
+
+
+@numba.njit(nogil=True, cache=True, fastmath=True)
+def _path_loglik(h, syn1, word, pstart, prow, pchoice, parity, scores):
+    dim = h.shape[0]
+    ll = 0.0
+    for p in range(pstart[word], pstart[word + 1]):
+        r, c, a = prow[p], pchoice[p], parity[p]
+        if a == 2:
+            f = 0.0
+            for k in range(dim):
+                f += h[k] * syn1[r, k]
+            x = f if c == 1 else -f
+            ll += -np.log1p(np.exp(-x)) if x > 0 else x - np.log1p(np.exp(x))
+        else:
+            m = -np.inf
+            for j in range(a):
+                f = 0.0
+                for k in range(dim):
+                    f += h[k] * syn1[r + j, k]
+                scores[j] = f
+                m = max(m, f)
+            z = 0.0
+            for j in range(a):
+                z += np.exp(scores[j] - m)
+            ll += scores[c] - m - np.log(z)
+    return ll
