@@ -136,19 +136,37 @@ class Word2Vec:
             CorpusError: missing or empty corpus, or no word reaching ``min_count``.
             ValueError: a checkpoint that does not match, or a tree that does not fit the vocabulary.
         """
-        if resume and checkpoint is None:
-            raise ValueError("resume=True needs a checkpoint directory")
         owned = not isinstance(corpus, EncodedCorpus)
         enc = self._encode(corpus) if owned else corpus
         try:
-            if resume:
-                self._load_checkpoint(os.fspath(checkpoint), enc.vocab)
-            else:
-                self._setup(enc.vocab)
-            self._train(enc, None if checkpoint is None else os.fspath(checkpoint))
+            self.build(enc, checkpoint, resume)
+            self.train(enc, checkpoint)
         finally:
             if owned:
                 enc.close()
+        return self
+
+    def build(self, corpus: EncodedCorpus, checkpoint: str | os.PathLike | None = None,
+              resume: bool = False) -> "Word2Vec":
+        """First half of :meth:`fit`: take the corpus's vocabulary, build the tree and initialise
+        the vectors, or restore them from ``checkpoint`` when ``resume``. Checks everything that
+        can be wrong before any training starts."""
+        if resume and checkpoint is None:
+            raise ValueError("resume=True needs a checkpoint directory")
+        if not isinstance(corpus, EncodedCorpus):
+            raise TypeError(f"build() takes an EncodedCorpus, got {type(corpus).__name__}")
+        if resume:
+            self._load_checkpoint(os.fspath(checkpoint), corpus.vocab)
+        else:
+            self._setup(corpus.vocab)
+        return self
+
+    def train(self, corpus: EncodedCorpus, checkpoint: str | os.PathLike | None = None) -> "Word2Vec":
+        """Second half of :meth:`fit`: run the remaining epochs on an encoded corpus."""
+        self._require_trained()
+        if corpus.vocab.words != self.vocab.words:
+            raise ValueError("the corpus was encoded with a different vocabulary")
+        self._train(corpus, None if checkpoint is None else os.fspath(checkpoint))
         return self
 
     def save(self, path: str | os.PathLike, binary: bool | None = None) -> None:
@@ -199,7 +217,7 @@ class Word2Vec:
 
     def _require_trained(self) -> None:
         if self.syn0 is None:
-            raise ValueError("the model is not trained yet: call fit() first")
+            raise ValueError("the model has no vectors yet: call fit() (or build()) first")
 
     # ------------------------------------------------------------------ training loop
     def _train(self, enc: EncodedCorpus, checkpoint: str | None) -> None:

@@ -1,0 +1,188 @@
+"""The ``hsoftmax`` command: word2vec and evaluate, good runs and bad input."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from hsoftmax.cli import main
+from hsoftmax.tree import Tree
+from hsoftmax.word2vec import load_vectors
+
+
+def write_corpus(path, n=400, seed=0):
+    rng = random.Random(seed)
+    with open(path, "w") as f:
+        for _ in range(n):
+            t = rng.randrange(3)
+            f.write(" ".join(f"t{t}w{rng.randrange(8)}" for _ in range(8)) + "\n")
+    return path
+
+
+@pytest.fixture()
+def corpus(tmp_path):
+    return str(write_corpus(tmp_path / "corpus.txt"))
+
+
+FAST = ["--dim", "8", "--epochs", "1", "--threads", "1", "--no-progress", "--min-count", "1"]
+
+
+def run(argv, capsys):
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, err, pattern):
+    assert code == 2
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("hsoftmax: error:") and pattern in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("name,binary", [("v.txt", False), ("v.bin", True)])
+def test_word2vec_writes_format_by_extension(tmp_path, corpus, capsys, name, binary):
+    out = tmp_path / name
+    code, _, err = run(["word2vec", corpus, "-o", str(out), *FAST], capsys)
+    assert code == 0, err
+    kv = load_vectors(out, binary=binary)
+    assert kv.vectors.shape == (24, 8)
+    if binary:
+        with pytest.raises(ValueError):
+            load_vectors(out, binary=False)
+    else:
+        lines = out.read_text().splitlines()
+        assert lines[0] == "24 8" and all(len(ln.split()) == 9 for ln in lines[1:])
+
+
+def test_binary_flag_overrides_the_name(tmp_path, corpus, capsys):
+    out = tmp_path / "v.txt"
+    assert run(["word2vec", corpus, "-o", str(out), "--binary", *FAST], capsys)[0] == 0
+    kv = load_vectors(out, binary=True)
+    assert len(kv) == 24
+    with pytest.raises(ValueError):
+        load_vectors(out, binary=False)
+
+
+@pytest.mark.parametrize("tree", ["balanced", "FILE"])
+def test_tree_option(tmp_path, corpus, capsys, tree):
+    if tree == "FILE":
+        tree = str(tmp_path / "tree.npz")
+        Tree.balanced(24, arity=4).save(tree)
+    out = tmp_path / "v.txt"
+    code, _, err = run(["word2vec", corpus, "-o", str(out), "--skipgram", "--tree", tree, *FAST], capsys)
+    assert code == 0, err
+    assert len(load_vectors(out)) == 24
+
+
+def test_tree_file_of_wrong_size(tmp_path, corpus, capsys):
+    tree = str(tmp_path / "tree.npz")
+    Tree.balanced(5).save(tree)
+    out = tmp_path / "v.txt"
+    code, _, err = run(["word2vec", corpus, "-o", str(out), "--tree", tree, *FAST], capsys)
+    assert_one_line_error(code, err, "classes")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("content,pattern", [
+    (None, "not found"),
+    (b"", "no words"),
+    (b"\n  \n", "no words"),
+    (b"a b c\nd e\n", "min_count=5"),
+], ids=["missing", "empty", "blank", "rare"])
+def test_bad_corpus_is_one_line_exit_2_no_output(tmp_path, capsys, content, pattern):
+    path = tmp_path / "c.txt"
+    if content is not None:
+        path.write_bytes(content)
+    out = tmp_path / "v.bin"
+    code, _, err = run(["word2vec", str(path), "-o", str(out), "--no-progress"], capsys)
+    assert_one_line_error(code, err, pattern)
+    assert not out.exists()
+    assert sorted(os.listdir(tmp_path)) == ([] if content is None else ["c.txt"])
+
+
+def test_invalid_utf8_is_replaced_and_reported(tmp_path, capsys):
+    path = tmp_path / "c.txt"
+    path.write_bytes(b"ok ok ok x\xff y\n" * 5)
+    out = tmp_path / "v.txt"
+    code, _, err = run(["word2vec", str(path), "-o", str(out), *FAST], capsys)
+    assert code == 0
+    assert "replaced 5 invalid UTF-8" in err
+    assert "x\ufffd" in load_vectors(out)
+
+
+@pytest.mark.parametrize("argv,pattern", [
+    (["word2vec", "c.txt"], "required"),
+    (["word2vec", "c.txt", "-o", "v.txt", "--dim", "0"], "--dim"),
+    (["word2vec", "c.txt", "-o", "v.txt", "--cbow", "--skipgram"], "not allowed"),
+    (["word2vec", "c.txt", "-o", "v.txt", "--resume"], "--checkpoint"),
+    (["word2vec", "c.txt", "-o", "v.txt", "--tree", "nonsense"], "--tree"),
+    (["word2vec", "c.txt", "-o", "nodir/v.txt"], "directory"),
+    (["evaluate", "missing.txt"], "not found"),
+    ([], "required"),
+], ids=["no-output", "dim", "mode", "resume", "tree", "outdir", "eval-missing", "no-command"])
+def test_usage_errors(tmp_path, capsys, monkeypatch, argv, pattern):
+    monkeypatch.chdir(tmp_path)
+    write_corpus(tmp_path / "c.txt")
+    code, _, err = run(argv, capsys)
+    assert_one_line_error(code, err, pattern)
+    assert not (tmp_path / "v.txt").exists()
+
+
+def test_checkpoint_resume_matches_uninterrupted(tmp_path, corpus, capsys, monkeypatch):
+    from hsoftmax.word2vec import Word2Vec
+
+    base = ["--dim", "8", "--threads", "1", "--no-progress", "--min-count", "1", "--epochs", "3"]
+    full = tmp_path / "full.bin"
+    assert run(["word2vec", corpus, "-o", str(full), *base], capsys)[0] == 0
+
+    real_save = Word2Vec._save_checkpoint
+
+    def save_then_interrupt(self, directory):
+        real_save(self, directory)
+        if self.epochs_done == 1:
+            raise KeyboardInterrupt  # Ctrl-C right after the first epoch's checkpoint
+
+    monkeypatch.setattr(Word2Vec, "_save_checkpoint", save_then_interrupt)
+    ck = tmp_path / "ck"
+    out = tmp_path / "resumed.bin"
+    assert run(["word2vec", corpus, "-o", str(out), "--checkpoint", str(ck), *base], capsys)[0] == 130
+    assert not out.exists()  # an interrupted run leaves no output
+    assert os.listdir(ck) == ["checkpoint.npz"]
+    monkeypatch.setattr(Word2Vec, "_save_checkpoint", real_save)
+    code, _, err = run(["word2vec", corpus, "-o", str(out), "--checkpoint", str(ck), "--resume", *base], capsys)
+    assert code == 0, err
+    np.testing.assert_array_equal(load_vectors(out).vectors, load_vectors(full).vectors)
+
+    code, _, err = run(["word2vec", corpus, "-o", str(tmp_path / "x.bin"), *base[:-1], "4",
+                        "--checkpoint", str(ck), "--resume"], capsys)
+    assert_one_line_error(code, err, "epochs")
+    assert not (tmp_path / "x.bin").exists()
+
+
+def test_evaluate_prints_scores(tmp_path, corpus, capsys):
+    out = tmp_path / "v.txt"
+    assert run(["word2vec", corpus, "-o", str(out), *FAST], capsys)[0] == 0
+    q = tmp_path / "q.txt"
+    q.write_text(": topic\nt0w1 t0w2 t1w1 t1w2\nt0w1 t0w2 zz t1w2\n")
+    pairs = tmp_path / "p.tsv"
+    pairs.write_text("# header\nt0w1\tt0w2\t9\nt0w1\tt1w1\t1\nt1w3\tt1w4\t8\nzz\tt0w1\t3\n")
+    code, stdout, err = run(["evaluate", str(out), "--analogies", str(q), "--similarity", str(pairs),
+                             "--neighbours", "t0w1"], capsys)
+    assert code == 0, err
+    assert "(0/1; 1 skipped" in stdout or "(1/1; 1 skipped" in stdout
+    assert "3 pairs, 1 skipped" in stdout
+    assert "neighbours of t0w1:" in stdout
+
+
+def test_console_script_entry_point(tmp_path):
+    """`python -m hsoftmax.cli` (what the console script calls) exits 2 on a missing corpus."""
+    r = subprocess.run([sys.executable, "-m", "hsoftmax.cli", "word2vec", str(tmp_path / "none.txt"),
+                        "-o", str(tmp_path / "v.txt")], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and "not found" in r.stderr
