@@ -24,7 +24,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
+from . import kernels as K
 from .tree import Tree
 
 __all__ = ["TreeTensors", "tree_tensors", "target_log_prob", "log_prob", "topk", "sample"]
@@ -177,12 +179,157 @@ def target_log_prob(
         return h.new_zeros(h.shape[0]) + 0.0 * h.sum()
     if tt.is_binary:
         return _binary_path_log_prob(h, target, weight, bias, tt, sparse)
+    if _use_kernels(h, weight, bias) is not None:
+        return _GroupedFn.apply(h, weight, bias, target, tt, sparse)
     if tt.is_two_level:
         return _two_level_log_prob(h, target, weight, bias, tt, sparse)
     return _stepwise_log_prob(h, target, weight, bias, tt, sparse)
 
 
+def _use_kernels(h: Tensor, weight: Tensor, bias: Tensor | None):
+    """The numba module if this call can take the CPU fast path, else ``None``: every tensor on
+    the CPU, one float32/float64 dtype (the torch path handles mixed dtypes), and no autograd
+    graph through anything but ``h``, ``weight`` and ``bias`` themselves (forward-mode AD,
+    functorch transforms and double backward use the torch path)."""
+    if h.device.type != "cpu" or weight.device.type != "cpu":
+        return None
+    dt = h.dtype
+    if dt not in (torch.float32, torch.float64) or weight.dtype != dt:
+        return None
+    if bias is not None and (bias.dtype != dt or bias.device.type != "cpu"):
+        return None
+    if torch._C._functorch.is_functorch_wrapped_tensor(h) or torch._C._functorch.is_functorch_wrapped_tensor(weight):
+        return None
+    return K.cpu()
+
+
+def _np(t: Tensor) -> np.ndarray:
+    return t.detach().contiguous().numpy()
+
+
+class _BinaryPathFn(torch.autograd.Function):
+    """Fused binary-path log-prob on the CPU: gather, dot, log-sigmoid and sum in one pass, and a
+    backward that yields an already coalesced (unique, sorted rows) node-table gradient, sparse
+    or dense. Same math as :func:`_binary_path_log_prob`'s torch code."""
+
+    @staticmethod
+    def forward(ctx, h, weight, bias, target, rows, signs, sparse):  # type: ignore[override]
+        k = K.cpu()
+        hn, wn = _np(h), _np(weight)
+        bn = _np(bias) if bias is not None else np.empty(0, hn.dtype)
+        tn = _np(target)
+        out = np.empty(hn.shape[0], hn.dtype)
+        coef = np.empty((hn.shape[0], rows.shape[1]), hn.dtype)
+        k.binary_forward(hn, wn, bn, rows.numpy(), signs.numpy(), tn, out, coef)
+        ctx.save_for_backward(h, weight, target, rows, signs, torch.from_numpy(coef))
+        ctx.sparse = sparse
+        ctx.has_bias = bias is not None
+        return torch.from_numpy(out)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, go):  # type: ignore[override]
+        k = K.cpu()
+        h, weight, target, rows, signs, coef_t = ctx.saved_tensors
+        coef = coef_t.numpy()
+        gon = _np(go.to(h.dtype))
+        hn, wn, tn = _np(h), _np(weight), _np(target)
+        gh = gw = gb = None
+        if ctx.needs_input_grad[0]:
+            ghn = np.empty_like(hn)
+            k.binary_grad_input(gon, coef, wn, rows.numpy(), tn, ghn)
+            gh = torch.from_numpy(ghn)
+        want_b = ctx.has_bias and ctx.needs_input_grad[2]
+        if ctx.needs_input_grad[1] or want_b:
+            P = weight.shape[0]
+            with K.borrow_marks(P) as mark:
+                uniq, gwn, gbn = k.binary_grad_params(
+                    gon, coef, hn, rows.numpy(), signs.numpy(), tn, mark, want_b
+                )
+            gw, gb = _table_grads(uniq, gwn, gbn, weight.shape, ctx.sparse)
+            if not ctx.needs_input_grad[1]:
+                gw = None
+        return gh, gw, gb, None, None, None, None
+
+
+def _table_grads(uniq: np.ndarray, gw: np.ndarray, gb: np.ndarray | None, shape, sparse: bool):
+    """Wrap coalesced row gradients as sparse COO tensors (flagged coalesced, so no optimizer
+    re-sorts them) or scatter them into dense zeros."""
+    idx = torch.from_numpy(uniq)
+    vals = torch.from_numpy(gw)
+    bvals = None if gb is None else torch.from_numpy(gb)
+    if sparse:
+        i2 = idx.unsqueeze(0)
+        W = torch.sparse_coo_tensor(i2, vals, tuple(shape), is_coalesced=True, check_invariants=False)
+        b = None if bvals is None else torch.sparse_coo_tensor(
+            i2, bvals, (shape[0],), is_coalesced=True, check_invariants=False
+        )
+        return W, b
+    W = vals.new_zeros(tuple(shape)).index_copy_(0, idx, vals)
+    b = None if bvals is None else bvals.new_zeros(shape[0]).index_copy_(0, idx, bvals)
+    return W, b
+
+
+class _GroupedFn(torch.autograd.Function):
+    """Log-prob of targets in any tree on the CPU, with the batch's decisions grouped by node so
+    each node's rows (a two-level tree's cluster block) are read once per batch; backward yields
+    a coalesced node-table gradient. Same math as :func:`_stepwise_log_prob`."""
+
+    @staticmethod
+    def forward(ctx, h, weight, bias, target, tt, sparse):  # type: ignore[override]
+        k = K.cpu()
+        hn, wn = _np(h), _np(weight)
+        bn = _np(bias) if bias is not None else np.empty(0, hn.dtype)
+        tn = _np(target)
+        dn, dc, L = tt.decision_nodes.numpy(), tt.decision_choices.numpy(), tt.decision_lengths.numpy()
+        arity, poff = tt.arity.numpy(), tt.param_offset.numpy()
+        D = dn.shape[1]
+        with K.borrow_marks(arity.shape[0]) as mark:
+            groups, gstart, entries, soff, eitems, ritems, vstart = k.group_plan(dn, dc, L, tn, arity, poff, mark)
+        ex, sb, ch, pos = k.entry_info(entries, dc, tn, soff, D)
+        S = np.empty(soff[-1], hn.dtype)
+        lpe = np.empty(entries.shape[0], hn.dtype)
+        out = np.empty(hn.shape[0], hn.dtype)
+        k.grouped_forward(hn, wn, bn, arity, poff, groups, ex, sb, ch, eitems, S, lpe)
+        k.sum_decisions(lpe, pos, L, tn, D, out)
+        ctx.save_for_backward(h, weight, target)
+        ctx.plan = (groups, gstart, eitems, ritems, vstart, ex, sb, ch, pos, S)
+        ctx.tt, ctx.sparse, ctx.has_bias = tt, sparse, bias is not None
+        return torch.from_numpy(out)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, go):  # type: ignore[override]
+        k = K.cpu()
+        h, weight, target = ctx.saved_tensors
+        tt = ctx.tt
+        groups, gstart, eitems, ritems, vstart, ex, sb, ch, pos, S = ctx.plan
+        gon = _np(go.to(h.dtype))
+        hn, wn, tn = _np(h), _np(weight), _np(target)
+        L, arity, poff = tt.decision_lengths.numpy(), tt.arity.numpy(), tt.param_offset.numpy()
+        D = tt.decision_nodes.shape[1]
+        gh = gw = gb = None
+        if ctx.needs_input_grad[0]:
+            ghd = np.empty((ex.shape[0], hn.shape[1]), hn.dtype)
+            ghn = np.empty_like(hn)
+            k.grouped_grad_input(gon, wn, arity, poff, groups, ex, sb, ch, eitems, S, ghd)
+            k.sum_rows_by_example(ghd, pos, L, tn, D, ghn)
+            gh = torch.from_numpy(ghn)
+        want_b = ctx.has_bias and ctx.needs_input_grad[2]
+        if ctx.needs_input_grad[1] or want_b:
+            gwn = np.empty((vstart[-1], hn.shape[1]), hn.dtype)
+            gbn = np.empty(vstart[-1] if want_b else 0, hn.dtype)
+            k.grouped_grad_params(gon, hn, arity, groups, gstart, ex, sb, ch, ritems, vstart, S, gwn, gbn)
+            uniq = k.group_rows_index(groups, poff, vstart)
+            gw, gb = _table_grads(uniq, gwn, gbn if want_b else None, weight.shape, ctx.sparse)
+            if not ctx.needs_input_grad[1]:
+                gw = None
+        return gh, gw, gb, None, None, None
+
+
 def _binary_path_log_prob(h, target, weight, bias, tt: TreeTensors, sparse: bool) -> Tensor:
+    if _use_kernels(h, weight, bias) is not None:
+        return _BinaryPathFn.apply(h, weight, bias, target, tt.path_rows, tt.path_signs, sparse)
     rows = tt.path_rows[target].long()  # (B, D)
     sign = tt.path_signs[target].to(h.dtype)  # (B, D); 0 marks padding
     s = _scores(h, weight, bias, rows, sparse)

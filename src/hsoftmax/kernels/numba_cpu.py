@@ -1,0 +1,476 @@
+r"""numba CPU kernels for the hot paths of :mod:`hsoftmax.functional`.
+
+They compute exactly the same math as the torch code (same parametrization, same normalization),
+but read every weight row straight from the table instead of gathering ``(B, depth, d)`` copies,
+and they produce the node-table gradient already coalesced (unique, sorted rows), so neither the
+autograd engine nor the optimizer has to sort or sum duplicate rows.
+
+Conventions: ``h`` is ``(B, d)``, ``W`` is ``(P, d)``, ``b`` is ``(P,)`` (a length-0 array when
+the layer has no bias), all of one float dtype (float32 or float64; each dtype compiles once and
+is cached on disk). Index arrays are int32 except where noted. Every kernel that writes into an
+output array writes all of it, so callers may pass ``np.empty`` buffers.
+
+fastmath is restricted to reassociation/contraction (so dot products vectorize); ``nnan``/
+``ninf`` are *not* assumed, because ``-inf`` is a meaningful log-probability here.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+_FM = {"reassoc", "contract", "nsz", "arcp"}
+_SEQ = dict(nogil=True, cache=True, fastmath=_FM)
+_PAR = dict(nogil=True, cache=True, fastmath=_FM, parallel=True)
+
+
+@njit(inline="always", **_SEQ)
+def _dot(w, x):
+    d = w.shape[0]
+    s = w[0] * x[0]
+    for k in range(1, d):
+        s += w[k] * x[k]
+    return s
+
+
+@njit(inline="always", **_SEQ)
+def _logsig_and_grad(z):
+    """``(log sigmoid(z), sigmoid(-z))``, stable for any sign of ``z``."""
+    if z >= 0:
+        e = np.exp(-z)
+        return -np.log1p(e), e / (1.0 + e)
+    e = np.exp(z)
+    return z - np.log1p(e), 1.0 / (1.0 + e)
+
+
+# ---------------------------------------------------------------------------- binary paths
+@njit(**_PAR)
+def binary_forward(h, W, b, rows, signs, target, out, coef):
+    """Sum of ``log sigmoid(sign * (W[r] . h + b[r]))`` along each target's padded path.
+
+    rows/signs: ``(V, D)`` int32/int8 (sign 0 = padding, always at the end of a row);
+    target: ``(B,)`` int64. Writes ``out (B,)`` and ``coef (B, D)``, the derivative of each
+    example's log-prob with respect to each path score (0 on padding), kept for backward.
+    """
+    B = h.shape[0]
+    D = rows.shape[1]
+    has_b = b.shape[0] > 0
+    for i in prange(B):
+        t = target[i]
+        x = h[i]
+        acc = 0.0
+        for j in range(D):
+            sg = signs[t, j]
+            if sg == 0:
+                coef[i, j] = 0.0
+                continue
+            r = rows[t, j]
+            s = _dot(W[r], x)
+            if has_b:
+                s += b[r]
+            ls, sn = _logsig_and_grad(sg * s)
+            acc += ls
+            coef[i, j] = sg * sn
+        out[i] = acc
+
+
+@njit(**_PAR)
+def binary_grad_input(go, coef, W, rows, target, gh):
+    """``gh[i] = sum_j go[i] * coef[i, j] * W[rows[target[i], j]]``."""
+    B, d = gh.shape
+    D = rows.shape[1]
+    for i in prange(B):
+        t = target[i]
+        g = gh[i]
+        for k in range(d):
+            g[k] = 0.0
+        for j in range(D):
+            c = coef[i, j] * go[i]
+            if c == 0.0:
+                continue
+            w = W[rows[t, j]]
+            for k in range(d):
+                g[k] += c * w[k]
+
+
+@njit(**_SEQ)
+def _group_rows(rows, signs, target, mark):
+    """Coalesce the batch's path rows: returns ``(uniq, start, entries)`` where ``uniq`` are
+    the distinct rows, sorted; the flat path entries ``i * D + j`` that use ``uniq[s]`` are
+    ``entries[start[s]:start[s + 1]]``. ``mark`` is a ``(P,)`` int32 scratch array of -1 that
+    is restored to -1 before returning (so it can be reused without a P-sized reset)."""
+    B = target.shape[0]
+    D = rows.shape[1]
+    n = 0
+    uniq = np.empty(B * D, np.int64)
+    for i in range(B):
+        t = target[i]
+        for j in range(D):
+            if signs[t, j] == 0:
+                break
+            r = rows[t, j]
+            if mark[r] < 0:
+                mark[r] = 0
+                uniq[n] = r
+                n += 1
+    uniq = np.sort(uniq[:n])
+    for s in range(n):
+        mark[uniq[s]] = s
+    start = np.zeros(n + 1, np.int64)
+    for i in range(B):
+        t = target[i]
+        for j in range(D):
+            if signs[t, j] == 0:
+                break
+            start[mark[rows[t, j]] + 1] += 1
+    for s in range(n):
+        start[s + 1] += start[s]
+    fill = start[:-1].copy()
+    entries = np.empty(start[n], np.int64)
+    for i in range(B):
+        t = target[i]
+        for j in range(D):
+            if signs[t, j] == 0:
+                break
+            s = mark[rows[t, j]]
+            entries[fill[s]] = i * D + j
+            fill[s] += 1
+    for s in range(n):
+        mark[uniq[s]] = -1
+    return uniq, start, entries
+
+
+@njit(**_PAR)
+def _binary_row_grads(go, coef, h, start, entries, gw, gb):
+    n = start.shape[0] - 1
+    D = coef.shape[1]
+    d = h.shape[1]
+    want_b = gb.shape[0] > 0
+    for s in prange(n):
+        g = gw[s]
+        for k in range(d):
+            g[k] = 0.0
+        cb = 0.0
+        for e in range(start[s], start[s + 1]):
+            f = entries[e]
+            i = f // D
+            c = coef[i, f - i * D] * go[i]
+            cb += c
+            x = h[i]
+            for k in range(d):
+                g[k] += c * x[k]
+        if want_b:
+            gb[s] = cb
+
+
+def binary_grad_params(go, coef, h, rows, signs, target, mark, want_bias):
+    """Coalesced node-table gradient of a binary-path batch.
+
+    Returns ``(uniq (U,) int64 sorted rows, gw (U, d), gb (U,) or None)``: the gradient of
+    ``sum_i go[i] * out[i]`` with respect to ``W[uniq]`` and ``b[uniq]``; every other row's
+    gradient is zero.
+    """
+    uniq, start, entries = _group_rows(rows, signs, target, mark)
+    gw = np.empty((uniq.shape[0], h.shape[1]), h.dtype)
+    gb = np.empty(uniq.shape[0] if want_bias else 0, h.dtype)
+    _binary_row_grads(go, coef, h, start, entries, gw, gb)
+    return uniq, gw, (gb if want_bias else None)
+
+
+# ---------------------------------------------------------------------------- grouped nodes
+# Any tree (two-level, k-ary, taxonomies): the batch's decisions are grouped by node, so the rows
+# of a node are read once per group of examples that pass through it (a two-level tree's cluster
+# block is read once per batch, not once per example). Work is cut into items of at most _CE
+# examples (forward, input gradient) or _CR rows (weight gradient) so one wide node, e.g. the root
+# that every example visits, still spreads over all cores. A decision is named by its flat index
+# f = i * D + j (example i, step j); S holds each decision's node scores at S[soff[f]:soff[f+1]].
+_CE = 32
+_CR = 8
+
+
+@njit(**_SEQ)
+def group_plan(dn, dc, lengths, target, arity, poff, mark):
+    """Group the decisions of a batch by node. Returns
+    ``(groups, gstart, entries, soff, eitems, ritems, vstart)``:
+    groups (G,) the nodes visited, ascending; entries[gstart[g]:gstart[g+1]] the flat decisions at
+    groups[g]; soff (B*D+1,) score offsets; eitems (n, 3) (group, entry lo, entry hi) work items;
+    ritems (m, 3) (group, row lo, row hi); vstart (G+1,) offsets of each group's rows in the
+    coalesced gradient (whose row ids are poff[groups[g]] + 0..). ``mark`` (N,) int32 scratch of
+    -1, restored on return."""
+    B = target.shape[0]
+    D = dn.shape[1]
+    G = 0
+    seen = np.empty(B * D, np.int64)
+    soff = np.zeros(B * D + 1, np.int64)
+    for i in range(B):
+        t = target[i]
+        for j in range(D):
+            f = i * D + j
+            if j < lengths[t]:
+                n = dn[t, j]
+                if mark[n] < 0:
+                    mark[n] = 0
+                    seen[G] = n
+                    G += 1
+                k = arity[n]
+                soff[f + 1] = 1 if k == 2 else k
+    for f in range(B * D):
+        soff[f + 1] += soff[f]
+    groups = np.sort(seen[:G])
+    for g in range(G):
+        mark[groups[g]] = g
+    gstart = np.zeros(G + 1, np.int64)
+    for i in range(B):
+        t = target[i]
+        for j in range(lengths[t]):
+            gstart[mark[dn[t, j]] + 1] += 1
+    for g in range(G):
+        gstart[g + 1] += gstart[g]
+    fill = gstart[:-1].copy()
+    entries = np.empty(gstart[G], np.int64)
+    for i in range(B):
+        t = target[i]
+        for j in range(lengths[t]):
+            g = mark[dn[t, j]]
+            entries[fill[g]] = i * D + j
+            fill[g] += 1
+    for g in range(G):
+        mark[groups[g]] = -1
+    ne = 0
+    nr = 0
+    vstart = np.zeros(G + 1, np.int64)
+    for g in range(G):
+        cnt = gstart[g + 1] - gstart[g]
+        ne += (cnt + _CE - 1) // _CE
+        k = arity[groups[g]]
+        rows = 1 if k == 2 else k
+        vstart[g + 1] = vstart[g] + rows
+        nr += (rows + _CR - 1) // _CR
+    eitems = np.empty((ne, 3), np.int64)
+    ritems = np.empty((nr, 3), np.int64)
+    a = 0
+    c = 0
+    for g in range(G):
+        for lo in range(gstart[g], gstart[g + 1], _CE):
+            eitems[a, 0] = g
+            eitems[a, 1] = lo
+            eitems[a, 2] = min(lo + _CE, gstart[g + 1])
+            a += 1
+        rows = vstart[g + 1] - vstart[g]
+        for lo in range(0, rows, _CR):
+            ritems[c, 0] = g
+            ritems[c, 1] = lo
+            ritems[c, 2] = min(lo + _CR, rows)
+            c += 1
+    return groups, gstart, entries, soff, eitems, ritems, vstart
+
+
+@njit(**_SEQ)
+def entry_info(entries, dc, target, soff, D):
+    """Per grouped entry: its example, score offset and choice (hoisted out of the inner loops)."""
+    n = entries.shape[0]
+    ex = np.empty(n, np.int64)
+    sb = np.empty(n, np.int64)
+    ch = np.empty(n, np.int64)
+    pos = np.full(soff.shape[0] - 1, -1, np.int64)
+    for e in range(n):
+        f = entries[e]
+        i = f // D
+        ex[e] = i
+        sb[e] = soff[f]
+        ch[e] = dc[target[i], f - i * D]
+        pos[f] = e
+    return ex, sb, ch, pos
+
+
+@njit(**_PAR)
+def grouped_forward(h, W, b, arity, poff, groups, ex, sb, ch, eitems, S, lpe):
+    """Scores and log-prob of every grouped decision (``lpe``, by entry). On return S holds, per
+    decision, what backward needs: for a binary node the derivative of the log-prob w.r.t. its
+    score, for a k-ary node the softmax."""
+    has_b = b.shape[0] > 0
+    d = h.shape[1]
+    for it in prange(eitems.shape[0]):
+        n = groups[eitems[it, 0]]
+        lo = eitems[it, 1]
+        hi = eitems[it, 2]
+        k = arity[n]
+        o = poff[n]
+        nrows = 1 if k == 2 else k
+        for r in range(nrows):
+            w = W[o + r]
+            bb = b[o + r] if has_b else 0.0
+            e = lo
+            # Four examples per pass over the row: each weight load feeds four dot products.
+            while e + 4 <= hi:
+                x0 = h[ex[e]]
+                x1 = h[ex[e + 1]]
+                x2 = h[ex[e + 2]]
+                x3 = h[ex[e + 3]]
+                a0 = w[0] * x0[0]
+                a1 = w[0] * x1[0]
+                a2 = w[0] * x2[0]
+                a3 = w[0] * x3[0]
+                for q in range(1, d):
+                    wq = w[q]
+                    a0 += wq * x0[q]
+                    a1 += wq * x1[q]
+                    a2 += wq * x2[q]
+                    a3 += wq * x3[q]
+                S[sb[e] + r] = a0 + bb
+                S[sb[e + 1] + r] = a1 + bb
+                S[sb[e + 2] + r] = a2 + bb
+                S[sb[e + 3] + r] = a3 + bb
+                e += 4
+            while e < hi:
+                S[sb[e] + r] = _dot(w, h[ex[e]]) + bb
+                e += 1
+        for e in range(lo, hi):
+            j = ch[e]
+            s0 = sb[e]
+            if k == 2:
+                sg = 1.0 if j == 1 else -1.0
+                ls, sn = _logsig_and_grad(sg * S[s0])
+                lpe[e] = ls
+                S[s0] = sg * sn
+            else:
+                m = S[s0]
+                for r in range(1, k):
+                    if S[s0 + r] > m:
+                        m = S[s0 + r]
+                z = 0.0
+                for r in range(k):
+                    z += np.exp(S[s0 + r] - m)
+                lse = m + np.log(z)
+                lpe[e] = S[s0 + j] - lse
+                for r in range(k):
+                    S[s0 + r] = np.exp(S[s0 + r] - lse)
+
+
+@njit(**_PAR)
+def sum_decisions(vals, pos, lengths, target, D, out):
+    """``out[i] = sum_j vals[pos[i * D + j]]`` over example i's decisions."""
+    for i in prange(out.shape[0]):
+        acc = 0.0
+        for j in range(lengths[target[i]]):
+            acc += vals[pos[i * D + j]]
+        out[i] = acc
+
+
+@njit(inline="always", **_SEQ)
+def _gcoef(S, s0, k, r, j, go_i):
+    """d(go_i * log p(choice j)) / d(score r) from what grouped_forward left in S."""
+    if k == 2:
+        return go_i * S[s0]
+    return go_i * ((1.0 if r == j else 0.0) - S[s0 + r])
+
+
+@njit(**_PAR)
+def grouped_grad_input(go, W, arity, poff, groups, ex, sb, ch, eitems, S, ghd):
+    """Per-entry input gradients ``ghd (n_entries, d)`` (each entry belongs to one work item, so
+    no races); :func:`sum_rows_by_example` adds them up per example."""
+    d = W.shape[1]
+    for it in prange(eitems.shape[0]):
+        n = groups[eitems[it, 0]]
+        lo = eitems[it, 1]
+        hi = eitems[it, 2]
+        k = arity[n]
+        o = poff[n]
+        nrows = 1 if k == 2 else k
+        for e in range(lo, hi):
+            g = ghd[e]
+            for q in range(d):
+                g[q] = 0.0
+        for r in range(nrows):
+            w = W[o + r]
+            e = lo
+            while e + 4 <= hi:
+                c0 = _gcoef(S, sb[e], k, r, ch[e], go[ex[e]])
+                c1 = _gcoef(S, sb[e + 1], k, r, ch[e + 1], go[ex[e + 1]])
+                c2 = _gcoef(S, sb[e + 2], k, r, ch[e + 2], go[ex[e + 2]])
+                c3 = _gcoef(S, sb[e + 3], k, r, ch[e + 3], go[ex[e + 3]])
+                g0 = ghd[e]
+                g1 = ghd[e + 1]
+                g2 = ghd[e + 2]
+                g3 = ghd[e + 3]
+                for q in range(d):
+                    wq = w[q]
+                    g0[q] += c0 * wq
+                    g1[q] += c1 * wq
+                    g2[q] += c2 * wq
+                    g3[q] += c3 * wq
+                e += 4
+            while e < hi:
+                c = _gcoef(S, sb[e], k, r, ch[e], go[ex[e]])
+                g = ghd[e]
+                for q in range(d):
+                    g[q] += c * w[q]
+                e += 1
+
+
+@njit(**_PAR)
+def sum_rows_by_example(ghd, pos, lengths, target, D, gh):
+    """``gh[i] = sum_j ghd[pos[i * D + j]]`` over example i's decisions."""
+    d = gh.shape[1]
+    for i in prange(gh.shape[0]):
+        g = gh[i]
+        for q in range(d):
+            g[q] = 0.0
+        for j in range(lengths[target[i]]):
+            x = ghd[pos[i * D + j]]
+            for q in range(d):
+                g[q] += x[q]
+
+
+@njit(**_PAR)
+def grouped_grad_params(go, h, arity, groups, gstart, ex, sb, ch, ritems, vstart, S, gw, gb):
+    """Coalesced weight/bias gradients: row ``vstart[g] + r`` of ``gw``/``gb`` is node
+    ``groups[g]``'s row ``r`` (table row ``poff[groups[g]] + r``)."""
+    d = h.shape[1]
+    want_b = gb.shape[0] > 0
+    for it in prange(ritems.shape[0]):
+        g_ = ritems[it, 0]
+        k = arity[groups[g_]]
+        lo = gstart[g_]
+        hi = gstart[g_ + 1]
+        for r in range(ritems[it, 1], ritems[it, 2]):
+            acc = gw[vstart[g_] + r]
+            for q in range(d):
+                acc[q] = 0.0
+            cb = 0.0
+            e = lo
+            # Four entries per pass: one read-modify-write of the gradient row feeds four FMAs.
+            while e + 4 <= hi:
+                c0 = _gcoef(S, sb[e], k, r, ch[e], go[ex[e]])
+                c1 = _gcoef(S, sb[e + 1], k, r, ch[e + 1], go[ex[e + 1]])
+                c2 = _gcoef(S, sb[e + 2], k, r, ch[e + 2], go[ex[e + 2]])
+                c3 = _gcoef(S, sb[e + 3], k, r, ch[e + 3], go[ex[e + 3]])
+                cb += c0 + c1 + c2 + c3
+                x0 = h[ex[e]]
+                x1 = h[ex[e + 1]]
+                x2 = h[ex[e + 2]]
+                x3 = h[ex[e + 3]]
+                for q in range(d):
+                    acc[q] += c0 * x0[q] + c1 * x1[q] + c2 * x2[q] + c3 * x3[q]
+                e += 4
+            while e < hi:
+                c = _gcoef(S, sb[e], k, r, ch[e], go[ex[e]])
+                cb += c
+                x = h[ex[e]]
+                for q in range(d):
+                    acc[q] += c * x[q]
+                e += 1
+            if want_b:
+                gb[vstart[g_] + r] = cb
+
+
+@njit(**_SEQ)
+def group_rows_index(groups, poff, vstart):
+    """Table row ids of the coalesced gradient rows (ascending, since nodes own disjoint,
+    increasing row blocks)."""
+    out = np.empty(vstart[-1], np.int64)
+    for g in range(groups.shape[0]):
+        o = poff[groups[g]]
+        for r in range(vstart[g + 1] - vstart[g]):
+            out[vstart[g] + r] = o + r
+    return out
