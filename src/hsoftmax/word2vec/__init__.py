@@ -11,7 +11,7 @@ Public names: :class:`Word2Vec` (the trainer), :class:`KeyedVectors` / :func:`lo
 :func:`evaluate_analogies`, :func:`evaluate_similarity`, :func:`spearman`.
 """
 
-from .corpus import CorpusError, EncodedCorpus, encode_file, encode_sentences
+from .corpus import CorpusError, EncodedCorpus, embedded_corpus_path, encode_file, encode_sentences
 from .evaluate import AnalogyResult, SimilarityResult, evaluate_analogies, evaluate_similarity, spearman
 from .io import read_word2vec, write_word2vec
 from .keyed_vectors import KeyedVectors, load_vectors
@@ -20,6 +20,6 @@ from .vocab import Vocab, keep_probabilities
 
 __all__ = [
     "Word2Vec", "KeyedVectors", "load_vectors", "Vocab", "keep_probabilities", "EncodedCorpus",
-    "CorpusError", "encode_file", "encode_sentences", "evaluate_analogies", "evaluate_similarity",
+    "CorpusError", "encode_file", "encode_sentences", "embedded_corpus_path", "evaluate_analogies", "evaluate_similarity",
     "spearman", "AnalogyResult", "SimilarityResult", "read_word2vec", "write_word2vec",
 ]

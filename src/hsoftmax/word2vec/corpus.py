@@ -13,6 +13,8 @@ from __future__ import annotations
 import codecs
 import contextlib
 import gc
+import gzip
+import lzma
 import os
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
@@ -21,7 +23,13 @@ import numpy as np
 
 from .vocab import Vocab
 
-__all__ = ["EncodedCorpus", "CorpusError", "encode_file", "encode_sentences"]
+__all__ = ["EncodedCorpus", "CorpusError", "encode_file", "encode_sentences", "embedded_corpus_path"]
+
+
+def embedded_corpus_path() -> str:
+    """Path of the corpus shipped with the package: the King James Bible and Jane Austen's six
+    novels (public domain, about 1.5M tokens, xz-compressed; see ``hsoftmax/data/README.md``)."""
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "kjv_austen.txt.xz")
 
 #: Longer sentences are cut into pieces of this many in-vocabulary words (as gensim does), so
 #: per-thread scratch buffers have a fixed size.
@@ -200,11 +208,20 @@ def _split_long(off: np.ndarray, limit: int) -> np.ndarray:
     return np.concatenate(pieces).astype(np.int64)
 
 
+def _open_binary(path: str):
+    """Plain, ``.xz`` or ``.gz`` files, decompressed on the fly."""
+    if path.endswith(".xz"):
+        return lzma.open(path, "rb")
+    if path.endswith(".gz"):
+        return gzip.open(path, "rb")
+    return open(path, "rb")
+
+
 def _iter_file_blocks(path: str) -> Iterator[list[str]]:
     """Yield blocks of tokens of about 1 MiB of text each, ``_EOL`` ending every line."""
     dec = codecs.getincrementaldecoder("utf-8")("hsoftmax.count_replace")
     rest = ""
-    with open(path, "rb") as f:
+    with _open_binary(path) as f:
         while True:
             data = f.read(_READ_BYTES)
             text = rest + dec.decode(data, final=not data)
@@ -232,7 +249,8 @@ def _check_params(min_count: int, max_sentence_length: int) -> None:
 
 def encode_file(path: str | os.PathLike, min_count: int = 5, max_vocab: int | None = None,
                 workdir: str | None = None, max_sentence_length: int = MAX_SENTENCE_LENGTH) -> EncodedCorpus:
-    """Read a text corpus (one sentence per line) and encode it to token ids.
+    """Read a text corpus (one sentence per line; ``.xz``/``.gz`` are decompressed on the fly)
+    and encode it to token ids.
 
     Invalid UTF-8 is replaced by U+FFFD and counted in ``.replaced``.
 
@@ -254,8 +272,8 @@ def encode_file(path: str | os.PathLike, min_count: int = 5, max_vocab: int | No
             with _no_gc():
                 for block in _iter_file_blocks(path):
                     enc.add_tokens(block)
-        except OSError as e:
-            raise CorpusError(f"cannot read corpus {path}: {e.strerror or e}") from None
+        except (OSError, EOFError, lzma.LZMAError) as e:  # unreadable or corrupt compressed file
+            raise CorpusError(f"cannot read corpus {path}: {getattr(e, 'strerror', None) or e}") from None
         return _finish(enc, min_count, max_vocab, tmp, _replaced[0] - before, max_sentence_length, path)
     except BaseException:
         tmp.cleanup()
