@@ -433,6 +433,16 @@ def topk(h: Tensor, k: int, weight: Tensor, bias: Tensor | None, tt: TreeTensors
     grows with ``k * depth``, not with the number of classes.
     """
     B, V = h.shape[0], tt.num_classes
+    kern = _use_kernels(h, weight, bias) if B else None
+    if kern is not None:
+        vals_n = np.empty((B, k), np.float64)
+        idx_n = np.empty((B, k), np.int64)
+        bn = _np(bias) if bias is not None else np.empty(0, _np(h).dtype)
+        kern.topk_search(
+            _np(h), _np(weight), bn, tt.child_offset.numpy(), tt.children.numpy(), tt.arity.numpy(),
+            tt.param_offset.numpy(), V, k, vals_n, idx_n,
+        )
+        return torch.from_numpy(vals_n).to(h.dtype), torch.from_numpy(idx_n)
     dev = h.device
     vals = h.new_full((B, k), float("-inf"))
     idx = torch.zeros(B, k, dtype=torch.long, device=dev)

@@ -474,3 +474,123 @@ def group_rows_index(groups, poff, vstart):
         for r in range(vstart[g + 1] - vstart[g]):
             out[vstart[g] + r] = o + r
     return out
+
+
+# ---------------------------------------------------------------------------- top-k search
+@njit(**_SEQ)
+def _heap_push(hv, hr, n, v, r):
+    """Push (v, r) on a max-heap of n entries held in hv/hr (capacity checked by the caller)."""
+    c = n
+    while c > 0:
+        p = (c - 1) >> 1
+        if hv[p] >= v:
+            break
+        hv[c] = hv[p]
+        hr[c] = hr[p]
+        c = p
+    hv[c] = v
+    hr[c] = r
+
+
+@njit(**_SEQ)
+def _heap_pop(hv, hr, n):
+    """Remove the max of a heap of n entries (n >= 1); returns it."""
+    top_v = hv[0]
+    top_r = hr[0]
+    n -= 1
+    v = hv[n]
+    r = hr[n]
+    c = 0
+    while True:
+        a = 2 * c + 1
+        if a >= n:
+            break
+        if a + 1 < n and hv[a + 1] > hv[a]:
+            a += 1
+        if hv[a] <= v:
+            break
+        hv[c] = hv[a]
+        hr[c] = hr[a]
+        c = a
+    hv[c] = v
+    hr[c] = r
+    return top_v, top_r
+
+
+@njit(**_SEQ)
+def _topk_one(x, W, b, child_offset, children, arity, poff, V, K, amax, vals, idx):
+    """Best-first search for one example (a function of its own, so that numba's parfor pass
+    cannot hoist the heap allocations out of the parallel loop and share them across threads)."""
+    has_b = b.shape[0] > 0
+    cap = 64 + 2 * amax
+    hv = np.empty(cap, np.float64)
+    hr = np.empty(cap, np.int64)
+    sc = np.empty(amax, np.float64)
+    hv[0] = 0.0
+    hr[0] = V  # the root
+    n = 1
+    found = 0
+    while found < K and n > 0:
+        lp, ref = _heap_pop(hv, hr, n)
+        n -= 1
+        if ref < V:
+            vals[found] = lp
+            idx[found] = ref
+            found += 1
+            continue
+        node = ref - V
+        k = arity[node]
+        o = poff[node]
+        c0 = child_offset[node]
+        if n + k > cap:
+            cap = 2 * (n + k)
+            hv2 = np.empty(cap, np.float64)
+            hr2 = np.empty(cap, np.int64)
+            hv2[:n] = hv[:n]
+            hr2[:n] = hr[:n]
+            hv = hv2
+            hr = hr2
+        if k == 1:
+            _heap_push(hv, hr, n, lp, children[c0])
+            n += 1
+        elif k == 2:
+            s = _dot(W[o], x)
+            if has_b:
+                s += b[o]
+            l1, _ = _logsig_and_grad(s)
+            l0, _ = _logsig_and_grad(-s)
+            _heap_push(hv, hr, n, lp + l0, children[c0])
+            n += 1
+            _heap_push(hv, hr, n, lp + l1, children[c0 + 1])
+            n += 1
+        else:
+            m = -np.inf
+            for r in range(k):
+                s = _dot(W[o + r], x)
+                if has_b:
+                    s += b[o + r]
+                sc[r] = s
+                if s > m:
+                    m = s
+            z = 0.0
+            for r in range(k):
+                z += np.exp(sc[r] - m)
+            lse = m + np.log(z)
+            for r in range(k):
+                _heap_push(hv, hr, n, lp + (sc[r] - lse), children[c0 + r])
+                n += 1
+
+
+@njit(**_PAR)
+def topk_search(h, W, b, child_offset, children, arity, poff, V, K, vals, idx):
+    """Exact top-K classes of each row of ``h`` by best-first search (one heap per example).
+
+    A node's log-prob bounds every class below it, since each edge adds a log-prob <= 0, so
+    classes leave the heap in exactly descending order. Log-probs accumulate in float64.
+    Writes ``vals (B, K)`` float64 and ``idx (B, K)`` int64."""
+    amax = 1
+    for n_ in range(arity.shape[0]):
+        if arity[n_] > amax:
+            amax = arity[n_]
+    for i in prange(h.shape[0]):
+        _topk_one(h[i], W, b, child_offset, children, arity, poff, V, K, amax, vals[i], idx[i])
