@@ -365,3 +365,32 @@ def test_spearman_handles_ties_like_scipy():
     x = rng.integers(0, 5, 50).astype(float)
     y = x + rng.integers(0, 3, 50)
     assert spearman(x, y) == pytest.approx(stats.spearmanr(x, y)[0], abs=1e-12)
+
+
+def test_compressed_corpora_and_the_embedded_one(tmp_path, corpus):
+    import gzip
+    import lzma
+
+    text = "".join(" ".join(s) + "\n" for s in corpus[:300]).encode()
+    (tmp_path / "c.txt").write_bytes(text)
+    (tmp_path / "c.txt.xz").write_bytes(lzma.compress(text))
+    (tmp_path / "c.txt.gz").write_bytes(gzip.compress(text))
+    plain = encode_file(tmp_path / "c.txt", min_count=1)
+    for name in ("c.txt.xz", "c.txt.gz"):
+        other = encode_file(tmp_path / name, min_count=1)
+        assert other.vocab.words == plain.vocab.words
+        np.testing.assert_array_equal(np.asarray(other.ids), np.asarray(plain.ids))
+        other.close()
+    plain.close()
+    (tmp_path / "bad.xz").write_bytes(b"not xz at all")
+    with pytest.raises(CorpusError, match="cannot read"):
+        encode_file(tmp_path / "bad.xz")
+
+    from hsoftmax.word2vec import embedded_corpus_path
+
+    path = embedded_corpus_path()
+    assert os.path.getsize(path) > 1_000_000
+    with lzma.open(path, "rt", encoding="utf-8") as f:
+        head = [next(f) for _ in range(3)]
+    assert head[1].startswith("in the beginning god created the heaven and the earth")
+    assert os.path.exists(os.path.join(os.path.dirname(path), "LICENSE"))

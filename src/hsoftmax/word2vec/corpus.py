@@ -37,7 +37,7 @@ MAX_SENTENCE_LENGTH = 10000
 _READ_BYTES = 1 << 20  # 1 MiB of text per read: bounded memory, few Python round trips
 _EOL = "\x00"  # not whitespace, so split() keeps it as a token marking the end of a line
 _EOL_SPACED = " \x00 "
-_BLOCK = 1 << 22  # tokens per remap block
+_BLOCK = 1 << 20  # tokens per remap block
 
 _replaced = [0]
 
@@ -172,25 +172,28 @@ class _Encoder:
 
 
 def _remap(src: str, lut: np.ndarray, raw_off: np.ndarray, dst: str) -> tuple[np.ndarray, np.ndarray]:
-    """Provisional ids -> final ids, out-of-vocabulary tokens dropped, in sentence-aligned blocks."""
-    raw = np.memmap(src, dtype=np.int32, mode="r")
+    """Provisional ids -> final ids, out-of-vocabulary tokens dropped, in sentence-aligned blocks.
+
+    Blocks are read with plain reads into fresh buffers rather than through a memory map, so the
+    pages of the provisional file never count towards this process's resident memory."""
     new_off = np.zeros_like(raw_off)
     kept = 0
-    with open(dst, "wb") as f:
+    ns = raw_off.size - 1
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
         s = 0
-        ns = raw_off.size - 1
         while s < ns:
-            # Take whole sentences up to about _BLOCK tokens (at least one sentence).
+            # Whole sentences up to about _BLOCK tokens (at least one sentence).
             e = max(s + 1, int(np.searchsorted(raw_off, raw_off[s] + _BLOCK, side="right")) - 1)
             e = min(e, ns)
-            block = lut[raw[raw_off[s] : raw_off[e]]]
+            n = int(raw_off[e] - raw_off[s])
+            block = lut[np.fromfile(fin, dtype=np.int32, count=n)]
             keep = block >= 0
-            csum = np.concatenate(([0], np.cumsum(keep)))
+            csum = np.zeros(n + 1, dtype=np.int64)
+            np.cumsum(keep, out=csum[1:])
             new_off[s + 1 : e + 1] = kept + csum[raw_off[s + 1 : e + 1] - raw_off[s]]
-            block[keep].tofile(f)
+            block[keep].tofile(fout)
             kept += int(csum[-1])
             s = e
-    del raw
     if kept == 0:  # unreachable when the vocabulary is non-empty, kept for safety
         raise CorpusError("no token of the corpus is in the vocabulary")
     ids = np.memmap(dst, dtype=np.int32, mode="r", shape=(kept,))
@@ -200,12 +203,11 @@ def _remap(src: str, lut: np.ndarray, raw_off: np.ndarray, dst: str) -> tuple[np
 def _split_long(off: np.ndarray, limit: int) -> np.ndarray:
     """Cut sentences longer than ``limit`` into ``limit``-sized pieces."""
     lengths = np.diff(off)
-    if lengths.size == 0 or lengths.max() <= limit:
+    long = np.flatnonzero(lengths > limit)
+    if long.size == 0:
         return off
-    pieces = [off[:1]]
-    for s in range(lengths.size):
-        pieces.append(np.append(np.arange(off[s] + limit, off[s + 1], limit), off[s + 1]))
-    return np.concatenate(pieces).astype(np.int64)
+    cuts = [np.arange(off[s] + limit, off[s + 1], limit) for s in long]  # only the long ones
+    return np.union1d(off, np.concatenate(cuts)).astype(np.int64)
 
 
 def _open_binary(path: str):
