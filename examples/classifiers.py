@@ -15,7 +15,6 @@ import lzma
 import math
 import time
 from collections import Counter
-from importlib import resources
 
 import numpy as np
 import torch
@@ -23,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hsoftmax import HierarchicalSoftmax, Tree
+from hsoftmax.word2vec import embedded_corpus_path
 
 
 class FullSoftmax(nn.Module):
@@ -91,12 +91,10 @@ def digits_task(quick: bool) -> None:
 
 
 def load_corpus_tokens(max_tokens: int) -> list[str]:
-    """Tokens of the package's embedded corpus (one paragraph per line, lowercased, tokenized)."""
-    files = sorted(p for p in resources.files("hsoftmax.data").iterdir() if p.name.endswith(".txt.xz"))
-    if not files:
-        raise SystemExit("the embedded corpus (hsoftmax/data/*.txt.xz) is missing from the install")
+    """Tokens of the package's embedded corpus (one paragraph per line, lowercased, tokenized),
+    with an end-of-line token so the model sees sentence boundaries."""
     tokens: list[str] = []
-    with resources.as_file(files[0]) as path, lzma.open(path, "rt", encoding="utf-8") as f:
+    with lzma.open(embedded_corpus_path(), "rt", encoding="utf-8") as f:
         for line in f:
             tokens.extend(line.split())
             tokens.append("</s>")
@@ -106,7 +104,7 @@ def load_corpus_tokens(max_tokens: int) -> list[str]:
 
 
 def language_model_task(quick: bool) -> None:
-    tokens = load_corpus_tokens(400_000 if quick else 1_500_000)
+    tokens = load_corpus_tokens(250_000 if quick else 1_500_000)
     counts = Counter(tokens)
     vocab = [w for w, c in counts.most_common() if c >= 3]
     index = {w: i for i, w in enumerate(vocab)}
