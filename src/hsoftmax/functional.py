@@ -398,6 +398,18 @@ def log_prob(h: Tensor, weight: Tensor, bias: Tensor | None, tt: TreeTensors) ->
     s_all = h @ weight.to(h.dtype).T
     if bias is not None:
         s_all = s_all + bias.to(h.dtype)
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (h, weight, bias))
+    kern = None if needs_grad else _use_kernels(h, weight, bias)
+    if kern is not None:
+        # Inference: the (B, P) matmul stays with torch's BLAS; one pass over the tree per
+        # example replaces the level-by-level gathers (which cost a kernel launch per level).
+        out_n = np.empty((B, V), _np(h).dtype)
+        sp = F.softplus(-s_all.abs())  # vectorized here; a scalar exp+log1p per node is slower
+        kern.log_prob_all(
+            _np(s_all), _np(sp), tt.child_offset.numpy(), tt.children.numpy(), tt.arity.numpy(),
+            tt.param_offset.numpy(), V, out_n,
+        )
+        return torch.from_numpy(out_n)
     has = tt.edge_rows >= 0
     edge_s = torch.where(has, s_all[:, tt.edge_rows.clamp(min=0)], 0.0)  # (B, E)
     # Segment log-softmax over each node's children (the max is only a stability shift).

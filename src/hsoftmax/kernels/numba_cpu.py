@@ -594,3 +594,62 @@ def topk_search(h, W, b, child_offset, children, arity, poff, V, K, vals, idx):
             amax = arity[n_]
     for i in prange(h.shape[0]):
         _topk_one(h[i], W, b, child_offset, children, arity, poff, V, K, amax, vals[i], idx[i])
+
+
+# ---------------------------------------------------------------------------- all classes
+@njit(**_SEQ)
+def _log_prob_one(s, sp, child_offset, children, arity, poff, V, out):
+    """One example: node scores ``s (P,)`` -> class log-probs ``out (V,)``, top-down in BFS order
+    (a parent's id is smaller than its children's, so its log-prob is ready when reached).
+    ``sp = log1p(exp(-|s|))``, computed beforehand with vectorized math."""
+    N = arity.shape[0]
+    node_lp = np.empty(N, s.dtype)
+    node_lp[0] = 0.0
+    for n in range(N):
+        lp = node_lp[n]
+        k = arity[n]
+        c0 = child_offset[n]
+        o = poff[n]
+        if k == 1:
+            c = children[c0]
+            if c < V:
+                out[c] = lp
+            else:
+                node_lp[c - V] = lp
+            continue
+        if k == 2:
+            # log sigmoid(+-x) = min(+-x, 0) - log1p(exp(-|x|)): one exp and one log1p for both.
+            x = s[o]
+            l1 = min(x, 0.0) - sp[o]
+            l0 = min(-x, 0.0) - sp[o]
+            for r in range(2):
+                c = children[c0 + r]
+                v = lp + (l1 if r == 1 else l0)
+                if c < V:
+                    out[c] = v
+                else:
+                    node_lp[c - V] = v
+            continue
+        m = -np.inf
+        for r in range(k):
+            if s[o + r] > m:
+                m = s[o + r]
+        z = 0.0
+        for r in range(k):
+            z += np.exp(s[o + r] - m)
+        lse = m + np.log(z)
+        for r in range(k):
+            c = children[c0 + r]
+            v = lp + (s[o + r] - lse)
+            if c < V:
+                out[c] = v
+            else:
+                node_lp[c - V] = v
+
+
+@njit(**_PAR)
+def log_prob_all(S, SP, child_offset, children, arity, poff, V, out):
+    """``out (B, V)``: exact log-probabilities of every class from node scores ``S (B, P)`` and
+    ``SP = log1p(exp(-|S|))`` (only read at binary nodes)."""
+    for i in prange(S.shape[0]):
+        _log_prob_one(S[i], SP[i], child_offset, children, arity, poff, V, out[i])

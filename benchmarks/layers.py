@@ -1,0 +1,420 @@
+"""Output layers head to head: full softmax, AdaptiveLogSoftmaxWithLoss, and hsoftmax's trees.
+
+Run ``python benchmarks/layers.py`` (``make bench``) for the full grid, ``--quick`` for a small
+subset that finishes in a couple of minutes. Everything timed in one table is measured in this
+one process, one method after another, on the same Zipf-distributed targets:
+
+* **train**: examples/s of one training step = forward + backward + optimizer step, input
+  ``(B, d)`` with ``requires_grad`` (so the input gradient is part of the work, as in a real
+  model). Full softmax is ``nn.Linear(d, V)`` + ``F.cross_entropy`` with dense SGD; adaptive is
+  ``nn.AdaptiveLogSoftmaxWithLoss`` (``div_value=4``, cutoffs ``2k, 20k, 200k`` below ``V``, in
+  the spirit of Grave et al. 2017 for Zipf-distributed words) with dense SGD; hsoftmax layers
+  use ``sparse=True`` and :func:`hsoftmax.optim.paired` (row-sparse SGD on the node table).
+* **peak memory**: the peak resident set size (``ru_maxrss``) of a *fresh child process* that
+  imports torch, builds the one layer and runs three training steps: the whole process, torch
+  and the interpreter included (about 0.3-0.5 GB of it is the imports, shown as ``base``).
+* **inference** (batch 64): target log-prob, full ``log_prob``, ``predict`` (argmax) and top-5.
+  The peers' top-5 is ``log_prob(x).topk(5)`` (they have no cheaper exact way); hsoftmax's is
+  its best-first tree search.
+
+Configurations that cannot fit are printed as ``skipped (N GB)`` (e.g. full softmax at V=1M,
+batch 4096 needs 16 GB for the logits alone); slow peers are time-boxed to fewer iterations.
+Results go to ``benchmarks/results/layers.json`` (git-ignored) and a plot of train examples/s vs
+V on log axes to ``benchmarks/results/layers.png``; ``--plot benchmarks/layers.png`` writes the
+README's copy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import gc
+import json
+import math
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+HERE = Path(__file__).resolve().parent
+METHODS = ("full", "adaptive", "huffman", "balanced", "two_level")
+HS_METHODS = ("huffman", "balanced", "two_level")
+MEM_LIMIT_GB = 8.0  # skip a configuration whose estimated working set exceeds this
+
+
+# ---------------------------------------------------------------------------- data and models
+def zipf_counts(V: int, s: float = 1.0) -> np.ndarray:
+    """Word counts following Zipf's law (rank r has count ~ 1/r^s), the usual text shape."""
+    return 1e9 / np.arange(1, V + 1, dtype=np.float64) ** s
+
+
+def zipf_targets(V: int, n: int, seed: int) -> torch.Tensor:
+    p = zipf_counts(V)
+    p /= p.sum()
+    rng = np.random.default_rng(seed)
+    return torch.from_numpy(rng.choice(V, size=n, p=p)).long()
+
+
+def cutoffs(V: int) -> list[int]:
+    return [c for c in (2_000, 20_000, 200_000) if c < V // 2]
+
+
+_TREES: dict[tuple[str, int], object] = {}
+
+
+def tree_for(method: str, V: int):
+    from hsoftmax import Tree
+
+    key = (method, V)
+    if key not in _TREES:
+        counts = zipf_counts(V)
+        if method == "huffman":
+            _TREES[key] = Tree.huffman(counts)
+        elif method == "balanced":
+            _TREES[key] = Tree.balanced(V)
+        else:
+            _TREES[key] = Tree.two_level(V, counts=counts)
+    return _TREES[key]
+
+
+def est_gb(method: str, V: int, d: int, B: int) -> float:
+    """Rough working set of a training step, to skip what cannot fit."""
+    if method == "full":
+        return (2 * V * d + 3 * B * V) * 4 / 1e9  # weight + grad, logits + softmax + grad
+    if method == "adaptive":
+        return (2 * V * d / 4 + 3 * B * (cutoffs(V) or [V])[0]) * 4 / 1e9
+    return 1.5 * V * d * 4 / 1e9
+
+
+class Method:
+    """A layer with a uniform interface: ``train_step(x, y)`` and the four inference calls."""
+
+    def __init__(self, name: str, V: int, d: int, device: str, seed: int = 0) -> None:
+        import hsoftmax
+        from hsoftmax.optim import paired
+
+        torch.manual_seed(seed)
+        self.name = name
+        if name == "full":
+            self.m = nn.Linear(d, V, device=device)
+            self.opt = torch.optim.SGD(self.m.parameters(), lr=0.05)
+        elif name == "adaptive":
+            self.m = nn.AdaptiveLogSoftmaxWithLoss(d, V, cutoffs=cutoffs(V), div_value=4.0).to(device)
+            self.opt = torch.optim.SGD(self.m.parameters(), lr=0.05)
+        else:
+            self.m = hsoftmax.HierarchicalSoftmax(d, tree_for(name, V), sparse=True).to(device)
+            self.opt = paired(self.m, torch.optim.SGD, lr=0.05)
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        x.grad = None
+        if self.name == "full":
+            loss = F.cross_entropy(self.m(x), y)
+        else:
+            loss = self.m(x, y).loss
+        loss.backward()
+        self.opt.step()
+
+    @torch.no_grad()
+    def target_log_prob(self, x, y):
+        if self.name == "full":
+            return F.log_softmax(self.m(x), -1).gather(1, y[:, None])
+        return self.m(x, y).output
+
+    @torch.no_grad()
+    def log_prob(self, x, y=None):
+        if self.name == "full":
+            return F.log_softmax(self.m(x), -1)
+        return self.m.log_prob(x)
+
+    @torch.no_grad()
+    def predict(self, x, y=None):
+        if self.name == "full":
+            return self.m(x).argmax(-1)
+        return self.m.predict(x)
+
+    @torch.no_grad()
+    def top5(self, x, y=None):
+        if self.name in ("full", "adaptive"):
+            return self.log_prob(x).topk(5)
+        return self.m.topk(x, 5)
+
+
+# ---------------------------------------------------------------------------- timing
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timeit(fn, device: str, budget_s: float, max_iters: int = 200, warmup: int = 1) -> tuple[float, int]:
+    """Seconds per call: ``warmup`` untimed calls, then calls until ``budget_s`` is spent (at
+    least one, at most ``max_iters``). A single call slower than the budget is timed once."""
+    for _ in range(warmup):
+        fn(0)
+    _sync(device)
+    n, t0 = 0, time.perf_counter()
+    while True:
+        fn(n + 1)
+        n += 1
+        _sync(device)
+        el = time.perf_counter() - t0
+        if el >= budget_s or n >= max_iters:
+            return el / n, n
+
+
+# ---------------------------------------------------------------------------- peak memory (child)
+def child_memory(method: str, V: int, d: int, B: int, device: str) -> dict:
+    """Run in a fresh process: build one layer, three training steps, report peak RSS."""
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KiB -> GB (Linux)
+    m = Method(method, V, d, device)
+    ys = zipf_targets(V, 3 * B, seed=1).to(device).view(3, B)
+    x = torch.randn(B, d, device=device, requires_grad=True)
+    for i in range(3):
+        m.train_step(x, ys[i])
+    _sync(device)
+    out = {"peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, "base_rss_gb": base}
+    if device.startswith("cuda"):
+        out["peak_cuda_gb"] = torch.cuda.max_memory_allocated() / 1e9
+    return out
+
+
+def measure_memory(method: str, V: int, d: int, B: int, device: str, timeout: float = 900) -> dict:
+    cmd = [sys.executable, __file__, "--child-memory", method, str(V), str(d), str(B), "--device", device]
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": "timeout"}
+    if r.returncode != 0:
+        return {"error": (r.stderr.strip().splitlines() or ["failed"])[-1][:200]}
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------------------- the grid
+def run(args) -> dict:
+    device = args.device
+    Vs, ds, Bs = args.V, args.d, args.batch
+    results: dict = {
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} torch threads, device {device}",
+        "train": [],
+        "inference": [],
+        "notes": {
+            "train": "examples/s of forward+backward+optimizer step; peak_rss_gb from a fresh child process",
+            "inference": f"batch {args.infer_batch}; seconds per call",
+        },
+    }
+    for V in Vs:
+        ys_all = zipf_targets(V, 8 * max(Bs + [args.infer_batch]), seed=0).to(device)
+        for d in ds:
+            for B in Bs:
+                ys = ys_all[: 8 * B].view(8, B)
+                x = torch.randn(B, d, device=device, requires_grad=True)
+                for name in args.methods:
+                    row = {"V": V, "d": d, "batch": B, "method": name}
+                    gb = est_gb(name, V, d, B)
+                    if gb > MEM_LIMIT_GB:
+                        row["skipped"] = f"skipped ({gb:.0f} GB)"
+                        print(f"  V={V:>8} d={d} B={B:>5} {name:<10} {row['skipped']}", flush=True)
+                        results["train"].append(row)
+                        continue
+                    t_build = time.perf_counter()
+                    m = Method(name, V, d, device)
+                    row["build_s"] = round(time.perf_counter() - t_build, 3)
+                    sec, n = timeit(lambda i: m.train_step(x, ys[i % 8]), device, args.budget)
+                    row.update(step_s=sec, iters=n, examples_per_s=B / sec)
+                    del m
+                    gc.collect()
+                    if not args.no_memory:
+                        row.update(measure_memory(name, V, d, B, device))
+                    print(
+                        f"  V={V:>8} d={d} B={B:>5} {name:<10} {B / sec:>12,.0f} ex/s"
+                        f"  ({n} it)  peak {row.get('peak_rss_gb', float('nan')):.2f} GB",
+                        flush=True,
+                    )
+                    results["train"].append(row)
+            # Inference at one batch size per (V, d).
+            Bi = args.infer_batch
+            yi = ys_all[:Bi]
+            xi = torch.randn(Bi, d, device=device)
+            for name in args.methods:
+                row = {"V": V, "d": d, "batch": Bi, "method": name}
+                gb = (V * d + 3 * Bi * V) * 4 / 1e9 if name == "full" else 0.0
+                if gb > MEM_LIMIT_GB:
+                    row["skipped"] = f"skipped ({gb:.0f} GB)"
+                    results["inference"].append(row)
+                    continue
+                m = Method(name, V, d, device)
+                for op in ("target_log_prob", "log_prob", "predict", "top5"):
+                    fn = getattr(m, op)
+                    sec, n = timeit(lambda i: fn(xi, yi), device, args.budget / 2, warmup=1)
+                    row[op + "_s"] = sec
+                del m
+                gc.collect()
+                print(
+                    f"  V={V:>8} d={d} B={Bi:>5} {name:<10} infer: target {row['target_log_prob_s'] * 1e3:9.2f} ms"
+                    f"  log_prob {row['log_prob_s'] * 1e3:9.2f} ms  predict {row['predict_s'] * 1e3:9.2f} ms"
+                    f"  top5 {row['top5_s'] * 1e3:9.2f} ms",
+                    flush=True,
+                )
+                results["inference"].append(row)
+            _TREES.clear()
+    add_ratios(results)
+    return results
+
+
+def add_ratios(results: dict) -> None:
+    """hsoftmax / peer ratios (same configuration, same run): speed-ups for train examples/s,
+    and time ratios peer/hsoftmax for inference."""
+    for table, key, higher_better in (("train", "examples_per_s", True),):
+        rows = results[table]
+        idx = {(r["V"], r["d"], r["batch"], r["method"]): r for r in rows}
+        for r in rows:
+            if r["method"] not in HS_METHODS or key not in r:
+                continue
+            for peer in ("full", "adaptive"):
+                p = idx.get((r["V"], r["d"], r["batch"], peer))
+                if p and key in p:
+                    r[f"x_{peer}"] = r[key] / p[key]
+    rows = results["inference"]
+    idx = {(r["V"], r["d"], r["method"]): r for r in rows}
+    for r in rows:
+        if r["method"] not in HS_METHODS or "top5_s" not in r:
+            continue
+        for peer in ("full", "adaptive"):
+            p = idx.get((r["V"], r["d"], peer))
+            if p and "top5_s" in p:
+                r[f"top5_x_{peer}"] = p["top5_s"] / r["top5_s"]
+                r[f"top5_x_{peer}_predict"] = p["predict_s"] / r["top5_s"]
+                r[f"target_x_{peer}"] = p["target_log_prob_s"] / r["target_log_prob_s"]
+
+
+# ---------------------------------------------------------------------------- report
+def _fmt_rate(x: float) -> str:
+    return f"{x / 1e3:,.1f}k" if x >= 1e3 else f"{x:,.0f}"
+
+
+def markdown(results: dict) -> str:
+    out = [f"Measured {results['date']} on {results['machine']}.", ""]
+    out.append("**Training step** (forward + backward + optimizer step; examples/s; peak RSS of the whole process)")
+    out.append("")
+    out.append("| V | d | batch | full softmax | adaptive | HS Huffman | HS balanced | HS two-level | Huffman ÷ full | Huffman ÷ adaptive | two-level ÷ adaptive |")
+    out.append("|---|---|---|---|---|---|---|---|---|---|---|")
+    groups: dict = {}
+    for r in results["train"]:
+        groups.setdefault((r["V"], r["d"], r["batch"]), {})[r["method"]] = r
+
+    def cell(r):
+        if r is None:
+            return "—"
+        if "skipped" in r:
+            return r["skipped"]
+        mem = f" / {r['peak_rss_gb']:.2f} GB" if "peak_rss_gb" in r else ""
+        return _fmt_rate(r["examples_per_s"]) + mem
+
+    def ratio(r, peer):
+        return f"{r[f'x_{peer}']:,.0f}×" if r and f"x_{peer}" in r else "—"
+
+    for (V, d, B), g in sorted(groups.items()):
+        cells = [cell(g.get(m)) for m in METHODS]
+        out.append(
+            f"| {V:,} | {d} | {B} | " + " | ".join(cells) + f" | {ratio(g.get('huffman'), 'full')} | "
+            f"{ratio(g.get('huffman'), 'adaptive')} | {ratio(g.get('two_level'), 'adaptive')} |"
+        )
+    out.append("")
+    out.append("**Inference** (batch %d; milliseconds per call: target log-prob / full log_prob / predict / top-5)"
+               % results["inference"][0]["batch"] if results["inference"] else "")
+    out.append("")
+    out.append("| V | d | method | target log-prob | log_prob | predict | top-5 | top-5 speed-up vs full top-5 | vs adaptive top-5 | vs adaptive predict |")
+    out.append("|---|---|---|---|---|---|---|---|---|---|")
+    for r in sorted(results["inference"], key=lambda r: (r["V"], r["d"], METHODS.index(r["method"]))):
+        if "skipped" in r:
+            out.append(f"| {r['V']:,} | {r['d']} | {r['method']} | {r['skipped']} | | | | | | |")
+            continue
+        ms = [f"{r[k + '_s'] * 1e3:.2f}" for k in ("target_log_prob", "log_prob", "predict", "top5")]
+        rat = [f"{r[k]:,.1f}×" if k in r else "—" for k in ("top5_x_full", "top5_x_adaptive", "top5_x_adaptive_predict")]
+        out.append(f"| {r['V']:,} | {r['d']} | {r['method']} | " + " | ".join(ms + rat) + " |")
+    return "\n".join(out)
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    styles = {"full": "k", "adaptive": "tab:gray", "huffman": "tab:blue", "balanced": "tab:green", "two_level": "tab:orange"}
+    labels = {"full": "full softmax", "adaptive": "AdaptiveLogSoftmaxWithLoss", "huffman": "HS Huffman",
+              "balanced": "HS balanced", "two_level": "HS two-level"}
+    combos = sorted({(r["d"], r["batch"]) for r in results["train"]})
+    d0 = combos[0][0]
+    for d, B in combos:
+        if d != d0:
+            continue
+        ls = "-" if B == min(b for _, b in combos) else "--"
+        for m in METHODS:
+            pts = sorted((r["V"], r["examples_per_s"]) for r in results["train"]
+                         if r["method"] == m and r["d"] == d and r["batch"] == B and "examples_per_s" in r)
+            if pts:
+                ax.plot(*zip(*pts), ls, marker="o", color=styles[m], label=f"{labels[m]}, batch {B}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("number of classes V")
+    ax.set_ylabel("training examples / s (fwd + bwd + optimizer)")
+    ax.set_title(f"Output layers, d={d0}: {results['machine'].split(', device')[0]}", fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="V in {10k, 100k}, d=256, batch 512: a couple of minutes")
+    ap.add_argument("--V", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    ap.add_argument("--d", type=int, nargs="+", default=[256, 512])
+    ap.add_argument("--batch", type=int, nargs="+", default=[512, 4096])
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    ap.add_argument("--infer-batch", type=int, default=64)
+    ap.add_argument("--budget", type=float, default=2.0, help="seconds of timed calls per measurement")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory child processes")
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "layers.json")
+    ap.add_argument("--plot", type=Path, default=None, help="PNG path (default: next to --out)")
+    ap.add_argument("--child-memory", nargs=4, metavar=("METHOD", "V", "D", "B"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child_memory:
+        name, V, d, B = args.child_memory
+        print(json.dumps(child_memory(name, int(V), int(d), int(B), args.device)))
+        return
+    if args.quick:
+        args.V, args.d, args.batch, args.budget = [10_000, 100_000], [256], [512], min(args.budget, 1.5)
+    results = run(args)
+    results["argv"] = sys.argv[1:]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1))
+    table = markdown(results)
+    args.out.with_suffix(".md").write_text(table + "\n")
+    print()
+    print(table)
+    png = args.plot or args.out.with_suffix(".png")
+    try:
+        plot(results, png)
+        print(f"\nwrote {args.out}, {args.out.with_suffix('.md')} and {png}")
+    except ImportError:
+        print(f"\nwrote {args.out} (install matplotlib for the plot)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,269 @@
+"""The compiled CPU fast paths equal the device-generic torch math: values, gradients, top-k."""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import pytest
+import torch
+
+import hsoftmax.kernels as K
+from hsoftmax import HierarchicalSoftmax, Tree
+from hsoftmax import functional as HF
+from trees import named_trees, random_taxonomy
+
+pytestmark = pytest.mark.skipif(K.cpu() is None, reason="numba kernels unavailable")
+
+NAMED = named_trees()
+rng = np.random.default_rng(7)
+ZIPF = 1.0 / np.arange(1, 3001)
+BIG = {
+    "huffman_zipf": Tree.huffman(ZIPF),
+    "balanced": Tree.balanced(3000),
+    "huffman4": Tree.huffman(ZIPF, arity=4),
+    "two_level_zipf": Tree.two_level(3000, counts=ZIPF),
+    "two_level_plain": Tree.two_level(3000, num_clusters=40),
+    "taxonomy": random_taxonomy(rng, 500, 60),
+}
+ALL = {**NAMED, **BIG}
+
+
+@contextlib.contextmanager
+def kernels(flag: bool):
+    old = K.set_enabled(flag)
+    try:
+        yield
+    finally:
+        K.set_enabled(old)
+
+
+def layer(tree: Tree, d: int, dtype=torch.float64, bias=True, seed=0, **kw) -> HierarchicalSoftmax:
+    torch.manual_seed(seed)
+    hs = HierarchicalSoftmax(d, tree, bias=bias, **kw).to(dtype)
+    with torch.no_grad():
+        hs.weight.normal_(0, 1.0 / np.sqrt(d) * 2)
+        if hs.bias is not None:
+            hs.bias.normal_(0, 0.5)
+    return hs
+
+
+def batch(tree: Tree, n: int, d: int, dtype=torch.float64, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g, dtype=dtype)
+    y = torch.randint(0, tree.num_classes, (n,), generator=g)
+    y[: min(n, 5)] = 0  # repeated targets: rows shared within the batch
+    return x, y
+
+
+def grads(hs: HierarchicalSoftmax, x: torch.Tensor, y: torch.Tensor, fast: bool, reduction="sum"):
+    hs.zero_grad(set_to_none=True)
+    x = x.clone().requires_grad_()
+    hs.reduction = reduction
+    with kernels(fast):
+        out, loss = hs(x, y)
+        # A non-uniform upstream gradient, so per-example scaling is exercised too.
+        (loss + (out * torch.linspace(0.5, 1.5, out.numel(), dtype=out.dtype)).sum()).backward()
+    gw = hs.weight.grad
+    gb = None if hs.bias is None else hs.bias.grad
+    if gw is not None and gw.is_sparse:
+        gw = gw.to_dense()
+    if gb is not None and gb.is_sparse:
+        gb = gb.to_dense()
+    return out.detach(), x.grad, gw, gb
+
+
+# ---------------------------------------------------------------------------- training paths
+@pytest.mark.parametrize("name", list(ALL))
+@pytest.mark.parametrize("sparse", [False, True])
+def test_forward_and_gradients_equal_torch_path(name, sparse):
+    tree = ALL[name]
+    d = 7
+    hs = layer(tree, d, sparse=sparse)
+    x, y = batch(tree, 97, d)
+    ref = grads(hs, x, y, fast=False)
+    got = grads(hs, x, y, fast=True)
+    for a, b in zip(got, ref):
+        if a is None or b is None:
+            assert a is None and b is None
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["huffman_zipf", "two_level_zipf", "huffman4", "taxonomy"])
+def test_no_bias_and_float32(name):
+    tree = ALL[name]
+    d = 33
+    for bias in (False, True):
+        hs64 = layer(tree, d, bias=bias, sparse=True)
+        hs32 = layer(tree, d, dtype=torch.float32, bias=bias, sparse=True)
+        hs32.load_state_dict(hs64.state_dict())  # the same numbers, rounded to float32
+        x, y = batch(tree, 64, d)
+        ref = grads(hs64, x, y, fast=False)
+        got = grads(hs32, x.float(), y, fast=True)
+        for a, b in zip(got, ref):
+            if b is None:
+                assert a is None
+            else:
+                torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["huffman_zipf", "two_level_zipf", "taxonomy"])
+def test_sparse_gradient_is_coalesced_and_only_touched_rows(name):
+    tree = ALL[name]
+    hs = layer(tree, 5, sparse=True)
+    x, y = batch(tree, 40, 5)
+    with kernels(True):
+        hs(x, y).loss.backward()
+    for g in (hs.weight.grad, hs.bias.grad):
+        # Rows come out unique and sorted (autograd drops the is_coalesced flag on the way).
+        assert g.is_sparse
+        idx = g._indices()[0]
+        assert torch.equal(idx, torch.unique(idx))
+    touched = set()
+    for c in y.tolist():
+        nodes, _ = tree.path(c)
+        for n in nodes:
+            k = int(tree.arity[n])
+            o = int(tree.param_offset[n])
+            touched |= set(range(o, o + (0 if k == 1 else 1 if k == 2 else k)))
+    assert set(hs.weight.grad._indices()[0].tolist()) == touched
+
+
+def test_gradcheck_fast_paths():
+    for name in ("huffman", "two_level_counts", "taxonomy", "huffman3"):
+        tree = NAMED[name]
+        hs = layer(tree, 3)
+        x, y = batch(tree, 6, 3)
+        x.requires_grad_()
+
+        def fwd(x, w, b):
+            return torch.func.functional_call(hs, {"weight": w, "bias": b}, (x, y)).output
+
+        with kernels(True):
+            assert torch.autograd.gradcheck(fwd, (x, hs.weight, hs.bias))
+
+
+def test_input_only_and_weight_only_gradients():
+    tree = BIG["two_level_zipf"]
+    hs = layer(tree, 4)
+    x, y = batch(tree, 30, 4)
+    with kernels(True):
+        hs.weight.requires_grad_(False)
+        hs.bias.requires_grad_(False)
+        xg = x.clone().requires_grad_()
+        hs(xg, y).loss.backward()
+        assert xg.grad is not None and hs.weight.grad is None
+        hs.weight.requires_grad_(True)
+        hs(x, y).loss.backward()  # x needs no gradient
+        assert hs.weight.grad is not None and hs.bias.grad is None
+
+
+def test_mixed_dtypes_fall_back_to_torch():
+    tree = BIG["huffman_zipf"]
+    hs = layer(tree, 4, dtype=torch.float32)
+    x, y = batch(tree, 10, 4)  # float64 input, float32 weights: promoted, torch path
+    with kernels(True):
+        out = hs(x, y).output
+    with kernels(False):
+        ref = hs(x, y).output
+    torch.testing.assert_close(out, ref)
+
+
+def test_ignore_index_with_fast_path():
+    tree = BIG["two_level_zipf"]
+    hs = layer(tree, 4, sparse=True)
+    x, y = batch(tree, 20, 4)
+    y[3] = -100
+    res = []
+    for fast in (True, False):
+        res.append(grads(hs, x, y, fast=fast, reduction="mean"))
+    for a, b in zip(*res):
+        torch.testing.assert_close(a, b)
+    assert res[0][1][3].abs().sum() == 0
+
+
+# ---------------------------------------------------------------------------- inference paths
+@pytest.mark.parametrize("name", list(ALL))
+def test_log_prob_equals_torch_path(name):
+    tree = ALL[name]
+    hs = layer(tree, 6)
+    x, _ = batch(tree, 9, 6)
+    with torch.no_grad():
+        with kernels(True):
+            got = hs.log_prob(x)
+        with kernels(False):
+            ref = hs.log_prob(x)
+    torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(got.exp().sum(-1), torch.ones(9, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("name", list(ALL))
+def test_topk_is_exact(name):
+    tree = ALL[name]
+    hs = layer(tree, 6)
+    x, _ = batch(tree, 17, 6)
+    k = min(7, tree.num_classes)
+    with torch.no_grad(), kernels(True):
+        vals, idx = hs.topk(x, k)
+        pred = hs.predict(x)
+        ref_v, ref_i = hs.log_prob(x).topk(k)
+    torch.testing.assert_close(vals, ref_v, rtol=1e-10, atol=1e-10)
+    assert torch.equal(idx, ref_i)
+    assert torch.equal(pred, ref_i[:, 0])
+
+
+def test_topk_float32_and_all_classes():
+    tree = BIG["two_level_zipf"]
+    hs = layer(tree, 16, dtype=torch.float32)
+    x = torch.randn(5, 16)
+    with torch.no_grad():
+        v, i = hs.topk(x, 50)
+        rv, ri = hs.log_prob(x).topk(50)
+    torch.testing.assert_close(v, rv, rtol=1e-5, atol=1e-5)
+    assert (i == ri).float().mean() > 0.98  # float32 near-ties may swap neighbours
+    small = NAMED["huffman3"]
+    hs = layer(small, 4)
+    x, _ = batch(small, 3, 4)
+    v, i = hs.topk(x, small.num_classes)
+    assert torch.equal(torch.sort(i, dim=1).values, torch.arange(small.num_classes).expand(3, -1))
+
+
+def test_torch_topk_fallback_handles_wide_nodes():
+    tree = BIG["two_level_zipf"]  # clusters of very different widths
+    hs = layer(tree, 6)
+    x, _ = batch(tree, 8, 6)
+    with torch.no_grad(), kernels(False):
+        v, i = hs.topk(x, 5)
+        rv, ri = hs.log_prob(x).topk(5)
+    torch.testing.assert_close(v, rv)
+    assert torch.equal(i, ri)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", ["huffman_zipf", "two_level_zipf", "taxonomy"])
+def test_cuda_torch_path_equals_cpu_fast_path(name):
+    tree = ALL[name]
+    hs = layer(tree, 8, sparse=True)
+    x, y = batch(tree, 50, 8)
+    cpu = grads(hs, x, y, fast=True)
+    hs_c = hs.to("cuda")
+    got = grads(hs_c, x.cuda(), y.cuda(), fast=True)
+    for a, b in zip(got, cpu):
+        torch.testing.assert_close(a.cpu(), b)
+    with torch.no_grad():
+        v, i = hs_c.topk(x.cuda(), 5)
+        rv, ri = hs.cpu().topk(x, 5)
+    torch.testing.assert_close(v.cpu(), rv)
+    assert torch.equal(i.cpu(), ri)
+
+
+def test_functional_target_log_prob_matches_log_prob_gather():
+    tree = BIG["huffman4"]
+    hs = layer(tree, 5)
+    tt = hs.tree_tensors
+    x, y = batch(tree, 30, 5)
+    with kernels(True):
+        got = HF.target_log_prob(x, y, hs.weight, hs.bias, tt)
+    ref = HF.log_prob(x, hs.weight, hs.bias, tt).gather(1, y[:, None]).squeeze(1)
+    torch.testing.assert_close(got, ref)
