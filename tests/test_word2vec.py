@@ -162,9 +162,10 @@ def test_training_learns_cooccurrence(corpus, sg):
     lambda v: Tree.from_paths([["topic" + w[1] if w[1].isdigit() else "filler"] for w in v.words],
                               labels=list(v.words)),
 ], ids=["huffman3", "balanced2", "balanced5", "taxonomy"])
-def test_other_trees_train(corpus, make_tree):
+@pytest.mark.parametrize("sg", [False, True], ids=["cbow", "skipgram"])
+def test_other_trees_train(corpus, make_tree, sg):
     m = Word2Vec(dim=24, window=4, min_count=1, sample=0, epochs=4, threads=1, seed=3, progress=False,
-                 alpha=0.05, tree=make_tree)
+                 alpha=0.05, tree=make_tree, sg=sg)
     m.fit(corpus)
     assert m.tree == make_tree(m.vocab)
     same, other = topic_separation(m.wv)
@@ -187,6 +188,34 @@ def test_kary_kernel_matches_exact_softmax_gradient():
     ll = kernels._hs_step(h, e, syn1, 2, start, row, choice, arity, 0.1, sig, logsig, np.zeros(3))
     assert ll == pytest.approx(np.log(p[2]), rel=1e-4)
     np.testing.assert_allclose(syn1, new, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("tree", [Tree.huffman([9, 5, 3, 2, 1]), Tree.balanced(5, arity=3)], ids=["binary", "3-ary"])
+def test_window_step_equals_sequential_steps_from_the_same_rows(tree):
+    """Skip-gram's window-at-once step: each context's gradient and log-likelihood are those of a
+    single step taken from the same syn1 rows, and syn1 receives the sum of the single updates."""
+    start, row, choice, arity = kernels.flat_paths(tree)
+    sig, logsig = kernels.sigmoid_tables()
+    rng = np.random.default_rng(1)
+    syn0 = rng.standard_normal((5, 8)).astype(np.float32) * 0.5
+    syn1 = rng.standard_normal((tree.num_params, 8)).astype(np.float32) * 0.5
+    ctx = np.array([1, 3, 4], dtype=np.int32)
+    word, lr = 2, 0.05
+    E = np.zeros((3, 8), np.float32)
+    G = np.zeros((3, 3), np.float32)
+    batched = syn1.copy()
+    ll = kernels._hs_step_many(syn0, ctx, 3, E, G, batched, word, start, row, choice, arity, lr, sig, logsig,
+                               np.zeros(3))
+    total_ll, delta = 0.0, np.zeros_like(syn1)
+    for q, c in enumerate(ctx):
+        one = syn1.copy()
+        e = np.zeros(8, np.float32)
+        total_ll += kernels._hs_step(syn0[c].copy(), e, one, word, start, row, choice, arity, lr, sig, logsig,
+                                     np.zeros(3))
+        delta += one - syn1
+        np.testing.assert_allclose(E[q], e, rtol=1e-4, atol=1e-6)
+    assert ll == pytest.approx(total_ll, rel=1e-4)
+    np.testing.assert_allclose(batched, syn1 + delta, rtol=1e-4, atol=1e-6)
 
 
 def test_binary_step_follows_the_sigmoid_convention():

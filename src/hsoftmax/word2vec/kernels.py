@@ -21,8 +21,10 @@ import numpy as np
 
 __all__ = ["flat_paths", "sigmoid_tables", "train_chunk", "SIGMOID_RANGE"]
 
-#: Scores beyond +-SIGMOID_RANGE use the saturated sigmoid (0 or 1); inside, a table lookup.
-SIGMOID_RANGE = 8.0
+#: Inside +-SIGMOID_RANGE the sigmoid comes from a table; beyond, it saturates to 0 or 1, so a
+#: confidently right decision costs no update (as in word2vec.c) and a confidently wrong one gets
+#: the full gradient (word2vec.c skips those too).
+SIGMOID_RANGE = 6.0
 _TABLE_SIZE = 4096
 _LCG_MUL = np.uint64(6364136223846793005)
 _LCG_ADD = np.uint64(1442695040888963407)
@@ -113,6 +115,78 @@ def _hs_step(h, e, syn1, word, pstart, prow, pchoice, parity, lr, sig, logsig, s
     return ll
 
 
+@numba.njit(nogil=True, cache=True, fastmath=True, inline="always")
+def _hs_step_many(syn0, ctx, nc, E, G, syn1, word, pstart, prow, pchoice, parity, lr, sig, logsig, scores):
+    """Skip-gram: every context word ``syn0[ctx[q]]`` (``q < nc``) predicts the same centre
+    ``word``, so its path is walked once for the whole window: each node's rows are read once and
+    take the summed update of all contexts (a minibatch of the window) while they sit in cache.
+    ``E[q]`` accumulates ``lr * dlogp/dh`` for context ``q``. Returns the summed log-likelihood."""
+    dim = syn0.shape[1]
+    scale = _TABLE_SIZE / (2.0 * SIGMOID_RANGE)
+    ll = 0.0
+    for p in range(pstart[word], pstart[word + 1]):
+        r = prow[p]
+        c = pchoice[p]
+        a = parity[p]
+        if a == 2:
+            for q in range(nc):
+                v = syn0[ctx[q]]
+                f = np.float32(0.0)
+                for k in range(dim):
+                    f += v[k] * syn1[r, k]
+                if f >= SIGMOID_RANGE:
+                    s = np.float32(1.0)
+                    ll += 0.0 if c == 1 else -f
+                elif f <= -SIGMOID_RANGE:
+                    s = np.float32(0.0)
+                    ll += f if c == 1 else 0.0
+                else:
+                    i = int((f + SIGMOID_RANGE) * scale)
+                    s = sig[i]
+                    ll += logsig[i] if c == 1 else logsig[i] - f
+                G[q, 0] = np.float32((c - s) * lr)
+            for q in range(nc):  # gradients w.r.t. the contexts use the rows before the update
+                g = G[q, 0]
+                if g != 0.0:
+                    for k in range(dim):
+                        E[q, k] += g * syn1[r, k]
+            for q in range(nc):
+                g = G[q, 0]
+                if g != 0.0:
+                    v = syn0[ctx[q]]
+                    for k in range(dim):
+                        syn1[r, k] += g * v[k]
+        else:
+            for q in range(nc):
+                v = syn0[ctx[q]]
+                m = -np.inf
+                for j in range(a):
+                    f = np.float32(0.0)
+                    for k in range(dim):
+                        f += v[k] * syn1[r + j, k]
+                    scores[j] = f
+                    m = max(m, f)
+                z = 0.0
+                for j in range(a):
+                    z += np.exp(scores[j] - m)
+                lz = m + np.log(z)
+                ll += scores[c] - lz
+                for j in range(a):
+                    G[q, j] = np.float32(((1.0 if j == c else 0.0) - np.exp(scores[j] - lz)) * lr)
+            for q in range(nc):
+                for j in range(a):
+                    g = G[q, j]
+                    for k in range(dim):
+                        E[q, k] += g * syn1[r + j, k]
+            for q in range(nc):
+                v = syn0[ctx[q]]
+                for j in range(a):
+                    g = G[q, j]
+                    for k in range(dim):
+                        syn1[r + j, k] += g * v[k]
+    return ll
+
+
 @numba.njit(nogil=True, cache=True)
 def _next(state):
     return state * _LCG_MUL + _LCG_ADD
@@ -121,7 +195,7 @@ def _next(state):
 @numba.njit(nogil=True, cache=True, fastmath=True)
 def train_chunk(ids, offsets, s_lo, s_hi, syn0, syn1, pstart, prow, pchoice, parity, keep,
                 sg, window, alpha, min_alpha, words_before, total_words, seed,
-                sig, logsig, sent, h, e, scores):
+                sig, logsig, sent, h, e, scores, ctx, E, G):
     """Train on sentences ``s_lo:s_hi`` of an encoded corpus.
 
     Args:
@@ -135,7 +209,9 @@ def train_chunk(ids, offsets, s_lo, s_hi, syn0, syn1, pstart, prow, pchoice, par
         seed: uint64 seed of this chunk's random stream (subsampling, window sizes).
         sig, logsig: tables from :func:`sigmoid_tables`.
         sent: int32 scratch of at least the longest sentence; h, e: ``(dim,)`` float32 scratch;
-            scores: float64 scratch of the largest arity.
+            scores: float64 scratch of the largest arity; ctx: ``(2 * window,)`` int32,
+            E: ``(2 * window, dim)`` float32 and G: ``(2 * window, max arity)`` float32 scratch
+            for skip-gram's window-at-once step.
 
     Returns:
         ``(words, trained, loglik, predictions)``: corpus words read, words kept after
@@ -165,15 +241,21 @@ def train_chunk(ids, offsets, s_lo, s_hi, syn0, syn1, pstart, prow, pchoice, par
             lo = max(0, i - window + b)
             hi = min(n, i + window - b + 1)
             if sg:
+                nc = 0
                 for j in range(lo, hi):
-                    if j == i:
-                        continue
-                    ctx = syn0[sent[j]]
-                    e[:] = 0.0
-                    ll += _hs_step(ctx, e, syn1, sent[i], pstart, prow, pchoice, parity, lr, sig, logsig, scores)
-                    npred += 1
+                    if j != i:
+                        ctx[nc] = sent[j]
+                        nc += 1
+                if nc == 0:
+                    continue
+                E[:nc] = 0.0
+                ll += _hs_step_many(syn0, ctx, nc, E, G, syn1, sent[i], pstart, prow, pchoice, parity,
+                                    lr, sig, logsig, scores)
+                npred += nc
+                for q in range(nc):
+                    v = syn0[ctx[q]]
                     for k in range(dim):
-                        ctx[k] += e[k]
+                        v[k] += E[q, k]
             else:
                 cw = hi - lo - 1
                 if cw == 0:

@@ -260,6 +260,9 @@ class Word2Vec:
             h = np.zeros(self.dim, dtype=np.float32)
             e = np.zeros(self.dim, dtype=np.float32)
             scores = np.zeros(max_arity, dtype=np.float64)
+            ctx = np.zeros(2 * self.window, dtype=np.int32)
+            E = np.zeros((2 * self.window, self.dim), dtype=np.float32)
+            G = np.zeros((2 * self.window, max_arity), dtype=np.float32)
             try:
                 while True:
                     with lock:
@@ -273,7 +276,7 @@ class Word2Vec:
                     w, t, ll, npred = kernels.train_chunk(
                         enc.ids, offsets, s_lo, s_hi, self.syn0, self.syn1, *paths, keep, self.sg,
                         self.window, self.alpha, self.min_alpha, before, total, seed, sig, logsig,
-                        sent, h, e, scores)
+                        sent, h, e, scores, ctx, E, G)
                     with lock:
                         acc["words"] += w
                         acc["trained"] += t
