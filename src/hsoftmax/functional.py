@@ -154,8 +154,33 @@ def child_log_probs(
     kary = k > 2
     has_param = torch.where(kary, j < k, (k == 2) & (j == 1))
     exists = j < k
+    M = nodes.shape[0]
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (h, weight, bias))
     if tt.num_params == 0:
-        s = h.new_zeros(nodes.shape[0], A)
+        s = h.new_zeros(M, A)
+    elif not needs_grad and M * A > 4 * int(k.sum()) + 64 and M * A * h.shape[1] > (1 << 20):
+        # Mixed arities (a wide node among narrow ones, e.g. a two-level root next to small
+        # clusters): padding every node to A and gathering (M, A, d) rows would be mostly
+        # waste. Score each distinct node once with a matmul over the rows that visit it.
+        s = h.new_zeros(M, A)
+        uniq, inv = torch.unique(nodes, return_inverse=True)
+        order = torch.argsort(inv)
+        counts = torch.bincount(inv, minlength=uniq.numel()).tolist()
+        pos = 0
+        for u, c in zip(uniq.tolist(), counts):
+            m = order[pos : pos + c]
+            pos += c
+            ku, ou = int(tt.arity[u]), int(tt.param_offset[u])
+            if ku == 1:
+                continue
+            r = 1 if ku == 2 else ku
+            su = h[m] @ weight[ou : ou + r].to(h.dtype).T
+            if bias is not None:
+                su = su + bias[ou : ou + r].to(h.dtype)
+            if ku == 2:
+                s[m, 1:2] = su
+            else:
+                s[m, :ku] = su
     else:
         rows = torch.where(kary, o + j, o).clamp_(max=tt.num_params - 1)
         s = torch.where(has_param, _scores(h, weight, bias, rows, sparse), 0.0)
@@ -357,16 +382,36 @@ def _two_level_log_prob(h, target, weight, bias, tt: TreeTensors, sparse: bool) 
     cluster = tt.class_parent[target]
     root_lp = _node_log_probs(h, 0, weight, bias, tt, sparse)
     out = root_lp.gather(1, (cluster - 1).unsqueeze(1)).squeeze(1)
-    # Second level: group the batch by cluster so each cluster's block is read once.
+    # Second level: group the batch by cluster so each cluster's block is read once. All the
+    # blocks present are fetched with ONE row gather and cut with split (and the inputs with one
+    # index + split), so autograd builds one sparse gradient and one input gradient, not one per
+    # cluster (accumulating hundreds of sparse gradients was quadratic).
     order = torch.argsort(cluster)
     uniq, counts = torch.unique_consecutive(cluster[order], return_counts=True)
-    parts, pos = [], 0
-    for n, c in zip(uniq.tolist(), counts.tolist()):
-        idx = order[pos : pos + c]
-        pos += c
-        lp = _node_log_probs(h[idx], n, weight, bias, tt, sparse)
-        parts.append(lp.gather(1, tt.class_choice[target[idx]].unsqueeze(1)).squeeze(1))
-    return out.index_add(0, order, torch.cat(parts))
+    k = tt.arity[uniq]
+    nrows = torch.where(k == 2, 1, torch.where(k == 1, 0, k))
+    starts = tt.param_offset[uniq]
+    total = int(nrows.sum())
+    seg = torch.repeat_interleave(torch.arange(uniq.numel(), device=h.device), nrows, output_size=total)
+    first = torch.cumsum(nrows, 0) - nrows
+    rows = starts[seg] + torch.arange(total, device=h.device) - first[seg]
+    w_blocks = _rows(weight, rows, sparse).to(h.dtype).split(nrows.tolist())
+    b_all = _bias(bias, rows, sparse)
+    b_blocks = b_all.to(h.dtype).split(nrows.tolist()) if isinstance(b_all, Tensor) else None
+    h_groups = h[order].split(counts.tolist())
+    choice = tt.class_choice[target[order]].split(counts.tolist())
+    parts = []
+    for g, (ku, hg) in enumerate(zip(k.tolist(), h_groups)):
+        if ku == 1:
+            parts.append(hg.new_zeros(hg.shape[0]))
+            continue
+        sc = hg @ w_blocks[g].T
+        if b_blocks is not None:
+            sc = sc + b_blocks[g]
+        lp = torch.cat([F.logsigmoid(-sc), F.logsigmoid(sc)], dim=-1) if ku == 2 else torch.log_softmax(sc, -1)
+        parts.append(lp.gather(1, choice[g].unsqueeze(1)).squeeze(1))
+    second = torch.cat(parts)
+    return out + second[torch.argsort(order)]
 
 
 def _stepwise_log_prob(h, target, weight, bias, tt: TreeTensors, sparse: bool) -> Tensor:
