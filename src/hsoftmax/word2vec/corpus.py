@@ -161,14 +161,28 @@ class _Encoder:
         vocab = Vocab.from_counts(counts, min_count, max_vocab)
         lut = np.full(len(words), -1, dtype=np.int32)
         lut[[self.index[w] for w in vocab.words]] = np.arange(len(vocab), dtype=np.int32)
+        del words, counts  # the full word table is no longer needed: free it before _remap
         self.index = {}
         raw_off = np.zeros(sum(a.size for a in self.lengths) + 1, dtype=np.int64)
         np.cumsum(np.concatenate(self.lengths), out=raw_off[1:])
         self.lengths = []
+        _release_memory()
         ids, off = _remap(self.path, lut, raw_off, os.path.join(tmpdir.name, "ids.i32"))
         os.remove(self.path)
         off = _split_long(off, max_sentence_length)
         return EncodedCorpus(vocab, ids, off, self.raw_words, replaced, tmpdir)
+
+
+def _release_memory() -> None:
+    """Hand the word table's freed memory back to the OS before the big arrays are allocated, so
+    it does not add to the peak (glibc keeps freed small objects otherwise). No-op elsewhere."""
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _remap(src: str, lut: np.ndarray, raw_off: np.ndarray, dst: str) -> tuple[np.ndarray, np.ndarray]:

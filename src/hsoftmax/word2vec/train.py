@@ -210,7 +210,9 @@ class Word2Vec:
         self.tree = self._make_tree(vocab)
         rng = np.random.default_rng(self.seed)
         # word2vec's initialisation: small uniform input vectors, zero node rows.
-        self.syn0 = ((rng.random((len(vocab), self.dim), dtype=np.float32) - 0.5) / self.dim).astype(np.float32)
+        self.syn0 = rng.random((len(vocab), self.dim), dtype=np.float32)
+        self.syn0 -= 0.5  # in place: no full-size temporaries at peak memory
+        self.syn0 /= self.dim
         self.syn1 = np.zeros((self.tree.num_params, self.dim), dtype=np.float32)
         self.epochs_done = 0
         self.history = []
