@@ -155,19 +155,22 @@ def _sync(device: str) -> None:
 
 
 def timeit(fn, device: str, budget_s: float, max_iters: int = 200, warmup: int = 1) -> tuple[float, int]:
-    """Seconds per call: ``warmup`` untimed calls, then calls until ``budget_s`` is spent (at
-    least one, at most ``max_iters``). A single call slower than the budget is timed once."""
+    """Median seconds per call: ``warmup`` untimed calls, then calls until ``budget_s`` is spent
+    (at least one, at most ``max_iters``; a call slower than the budget is timed once). The
+    median, not the mean, so that a burst of load from another process on a shared machine
+    does not decide the result."""
     for _ in range(warmup):
         fn(0)
     _sync(device)
-    n, t0 = 0, time.perf_counter()
+    times: list[float] = []
+    t0 = time.perf_counter()
     while True:
-        fn(n + 1)
-        n += 1
+        t = time.perf_counter()
+        fn(len(times) + 1)
         _sync(device)
-        el = time.perf_counter() - t0
-        if el >= budget_s or n >= max_iters:
-            return el / n, n
+        times.append(time.perf_counter() - t)
+        if time.perf_counter() - t0 >= budget_s or len(times) >= max_iters:
+            return float(np.median(times)), len(times)
 
 
 # ---------------------------------------------------------------------------- peak memory (child)

@@ -269,7 +269,7 @@ class _BinaryPathFn(torch.autograd.Function):
             P = weight.shape[0]
             with K.borrow_marks(P) as mark:
                 uniq, gwn, gbn = k.binary_grad_params(
-                    gon, coef, hn, rows.numpy(), signs.numpy(), tn, mark, want_b
+                    gon, coef, hn, rows.numpy(), signs.numpy(), tn, mark, want_b, K.buffer
                 )
             gw, gb = _table_grads(uniq, gwn, gbn, weight.shape, ctx.sparse)
             if not ctx.needs_input_grad[1]:
@@ -335,14 +335,14 @@ class _GroupedFn(torch.autograd.Function):
         D = tt.decision_nodes.shape[1]
         gh = gw = gb = None
         if ctx.needs_input_grad[0]:
-            ghd = np.empty((ex.shape[0], hn.shape[1]), hn.dtype)
+            ghd = K.buffer((ex.shape[0], hn.shape[1]), hn.dtype)
             ghn = np.empty_like(hn)
             k.grouped_grad_input(gon, wn, arity, poff, groups, ex, sb, ch, eitems, S, ghd)
             k.sum_rows_by_example(ghd, pos, L, tn, D, ghn)
             gh = torch.from_numpy(ghn)
         want_b = ctx.has_bias and ctx.needs_input_grad[2]
         if ctx.needs_input_grad[1] or want_b:
-            gwn = np.empty((vstart[-1], hn.shape[1]), hn.dtype)
+            gwn = K.buffer((vstart[-1], hn.shape[1]), hn.dtype)
             gbn = np.empty(vstart[-1] if want_b else 0, hn.dtype)
             k.grouped_grad_params(gon, hn, arity, groups, gstart, ex, sb, ch, ritems, vstart, S, gwn, gbn)
             uniq = k.group_rows_index(groups, poff, vstart)

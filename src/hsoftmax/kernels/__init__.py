@@ -9,6 +9,7 @@ the torch code, e.g. to compare the two.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 
 import numpy as np
@@ -72,3 +73,41 @@ class borrow_marks:
             if exc[0] is not None:  # a kernel may have died mid-way: don't trust the array
                 _scratch.pop(self.n, None)
             _scratch_lock.release()
+
+
+# Reusable output buffers for the node-table gradient values. A fresh multi-megabyte np.empty
+# is a fresh mmap: every step would pay a page fault and a kernel-side zeroing per 4 KiB page
+# (about as much as computing the gradient). A buffer is handed out again only when nothing
+# else refers to it any more (the tensors built on it hold references to the array), so a
+# gradient the caller still keeps is never overwritten.
+_pool: dict[tuple, list[np.ndarray]] = {}
+_pool_lock = threading.Lock()
+_POOL_PER_KEY = 3
+_POOL_MIN_BYTES = 1 << 20
+
+
+def buffer(shape: tuple[int, ...], dtype) -> np.ndarray:
+    """An uninitialized C-contiguous array of ``shape`` (like ``np.empty``), recycled when possible."""
+    dtype = np.dtype(dtype)
+    n = int(np.prod(shape))
+    if n * dtype.itemsize < _POOL_MIN_BYTES:
+        return np.empty(shape, dtype)
+    key = (dtype.str, shape[1:] if len(shape) > 1 else ())
+    with _pool_lock:
+        bufs = _pool.setdefault(key, [])
+        for base in bufs:
+            # References: the list, the loop variable, getrefcount's argument.
+            if base.size >= n and sys.getrefcount(base) <= 3:
+                return base[:n].reshape(shape)
+        base = np.empty(int(n * 1.25) + 1, dtype)
+        if len(bufs) >= _POOL_PER_KEY:
+            # Replace a free buffer if there is one, else just don't pool this one.
+            for i in range(len(bufs)):
+                if sys.getrefcount(bufs[i]) <= 2:  # the list and getrefcount's argument
+                    bufs[i] = base
+                    break
+            else:
+                return base[:n].reshape(shape)
+        else:
+            bufs.append(base)
+        return base[:n].reshape(shape)

@@ -163,15 +163,15 @@ def _binary_row_grads(go, coef, h, start, entries, gw, gb):
             gb[s] = cb
 
 
-def binary_grad_params(go, coef, h, rows, signs, target, mark, want_bias):
+def binary_grad_params(go, coef, h, rows, signs, target, mark, want_bias, alloc=np.empty):
     """Coalesced node-table gradient of a binary-path batch.
 
     Returns ``(uniq (U,) int64 sorted rows, gw (U, d), gb (U,) or None)``: the gradient of
     ``sum_i go[i] * out[i]`` with respect to ``W[uniq]`` and ``b[uniq]``; every other row's
-    gradient is zero.
+    gradient is zero. ``alloc(shape, dtype)`` allocates ``gw``.
     """
     uniq, start, entries = _group_rows(rows, signs, target, mark)
-    gw = np.empty((uniq.shape[0], h.shape[1]), h.dtype)
+    gw = alloc((uniq.shape[0], h.shape[1]), h.dtype)
     gb = np.empty(uniq.shape[0] if want_bias else 0, h.dtype)
     _binary_row_grads(go, coef, h, start, entries, gw, gb)
     return uniq, gw, (gb if want_bias else None)
