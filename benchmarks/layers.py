@@ -10,7 +10,7 @@ one process, one method after another, on the same Zipf-distributed targets:
   ``nn.AdaptiveLogSoftmaxWithLoss`` (``div_value=4``, cutoffs ``2k, 20k, 200k`` below ``V``, in
   the spirit of Grave et al. 2017 for Zipf-distributed words) with dense SGD; hsoftmax layers
   use ``sparse=True`` and :func:`hsoftmax.optim.paired` (row-sparse SGD on the node table).
-* **peak memory**: the peak resident set size (``ru_maxrss``) of a *fresh child process* that
+* **peak memory**: the peak resident set size (``VmHWM``) of a *fresh child process* that
   imports torch, builds the one layer and runs two training steps: the whole process, torch
   and the interpreter included (about 0.3-0.5 GB of it is the imports, shown as ``base``).
 * **inference** (batch 64): target log-prob, full ``log_prob``, ``predict`` (argmax) and top-5.
@@ -180,16 +180,30 @@ def timeit(fn, device: str, budget_s: float, max_iters: int = 200, warmup: int =
 
 
 # ---------------------------------------------------------------------------- peak memory (child)
+def peak_rss_gb() -> float:
+    """This process's peak resident set size in GB: ``VmHWM`` from /proc (Linux). Not
+    ``ru_maxrss``: Linux carries that over from the parent across fork+exec, so a child of a
+    big benchmark process would report the parent's size."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024 / 1e9
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # KiB elsewhere on Linux
+
+
 def child_memory(method: str, V: int, d: int, B: int, device: str) -> dict:
     """Run in a fresh process: build one layer, two training steps, report peak RSS."""
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KiB -> GB (Linux)
+    base = peak_rss_gb()
     m = Method(method, V, d, device)
     ys = zipf_targets(V, 2 * B, seed=1).to(device).view(2, B)
     x = torch.randn(B, d, device=device, requires_grad=True)
     for i in range(2):
         m.train_step(x, ys[i])
     _sync(device)
-    out = {"peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, "base_rss_gb": base}
+    out = {"peak_rss_gb": peak_rss_gb(), "base_rss_gb": base}
     if device.startswith("cuda"):
         out["peak_cuda_gb"] = torch.cuda.max_memory_allocated() / 1e9
     return out

@@ -37,7 +37,11 @@ class HierarchicalSoftmax(nn.Module):
     Scoring given targets (``forward``) costs :math:`O(d \cdot \text{depth})` per example and never
     builds a ``(batch, num_classes)`` tensor: binary trees gather each example's padded path of
     weight rows, two-level trees (root -> clusters -> classes) do one matmul at the root and one
-    per cluster present in the batch, other trees walk their decisions step by step.
+    per cluster present in the batch, other trees walk their decisions step by step. On the CPU
+    (float32/float64) compiled numba kernels (:mod:`hsoftmax.kernels`) do the same math in one
+    pass: rows are read straight from the table (a node's rows once per batch), and the node-table
+    gradient comes out already coalesced; ``topk``/``predict`` run one best-first heap search per
+    example. Other devices use the torch code, which gives the same numbers.
 
     It mirrors :class:`torch.nn.AdaptiveLogSoftmaxWithLoss` so it can be swapped in, and adds
     ``reduction`` and ``ignore_index`` as in :class:`torch.nn.CrossEntropyLoss`.
@@ -48,7 +52,8 @@ class HierarchicalSoftmax(nn.Module):
         bias: learn a bias per weight row. Default: ``True``.
         sparse: make :attr:`weight` and :attr:`bias` gradients sparse, so an optimizer step
             touches only the nodes on the batch's paths (use ``torch.optim.SGD``,
-            ``torch.optim.SparseAdam``, or :func:`hsoftmax.optim.sparse_param_groups`).
+            ``torch.optim.SparseAdam``, or :func:`hsoftmax.optim.paired`, which gives the node
+            table a row-sparse optimizer and the rest of the model yours).
         reduction: ``'mean'`` (over non-ignored targets), ``'sum'`` or ``'none'``.
         ignore_index: targets equal to it give output 0, are left out of the mean and get no
             gradient. Default: ``-100``.
