@@ -1,0 +1,71 @@
+"""Under torch.distributed (DDP, gloo on loopback), gradients equal single-process training."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from hsoftmax import HierarchicalSoftmax, Tree
+
+WORLD = 2
+
+
+def _model() -> HierarchicalSoftmax:
+    torch.manual_seed(0)
+    return HierarchicalSoftmax(8, Tree.huffman(list(range(1, 101))))
+
+
+def _batch() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(16, 8, generator=g), torch.randint(0, 100, (16,), generator=g)
+
+
+def _worker(rank: int, port: int, queue) -> None:
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    try:
+        torch.set_num_threads(1)
+        model = torch.nn.parallel.DistributedDataParallel(_model())
+        opt = torch.optim.SGD(model.parameters(), lr=0.5)
+        x, y = _batch()
+        model(x[rank::WORLD], y[rank::WORLD]).loss.backward()
+        opt.step()
+        if rank == 0:
+            queue.put({k: v.detach().clone() for k, v in model.module.state_dict().items() if k != "_extra_state"})
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo")
+def test_ddp_step_equals_single_process_step():
+    ref = _model()
+    x, y = _batch()
+    # DDP averages the ranks' mean losses; with equal shards that is the full-batch mean.
+    ref(x, y).loss.backward()
+    torch.optim.SGD(ref.parameters(), lr=0.5).step()
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    port = _free_port()
+    procs = [ctx.Process(target=_worker, args=(r, port, queue)) for r in range(WORLD)]
+    for p in procs:
+        p.start()
+    got = queue.get(timeout=120)
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    assert not torch.equal(got["weight"], _model().weight)  # the step did something
+    torch.testing.assert_close(got["weight"], ref.weight.detach())
+    torch.testing.assert_close(got["bias"], ref.bias.detach())
