@@ -394,7 +394,7 @@ def plot(results: dict, path: Path) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("number of classes V")
     ax.set_ylabel("training examples / s (fwd + bwd + optimizer)")
-    ax.set_title(f"Output layers, d={d0}: {results['machine'].split(', device')[0]}", fontsize=9)
+    ax.set_title(f"Output layers, d={d0}, {os.cpu_count()}-core CPU, torch {torch.__version__.split('+')[0]}", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
