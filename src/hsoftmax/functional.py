@@ -53,6 +53,7 @@ class TreeTensors(NamedTuple):
     edge_owner: Tensor  # (E,) long: the node each child slot belongs to
     class_parent: Tensor  # (V,) long: parent node of each class
     class_choice: Tensor  # (V,) long: child index of each class within its parent
+    max_arity: int = 1  # the largest number of children of any node
 
 
 def tree_tensors(tree: Tree, device: torch.device | str | None = None) -> TreeTensors:
@@ -99,6 +100,7 @@ def tree_tensors(tree: Tree, device: torch.device | str | None = None) -> TreeTe
         edge_owner=t(owner, torch.long),
         class_parent=t(np.asarray(tree.parent)[:V], torch.long),
         class_choice=t(np.asarray(tree.choice)[:V], torch.long),
+        max_arity=int(arity.max()) if arity.size else 1,
     )
 
 
@@ -497,7 +499,7 @@ def topk(h: Tensor, k: int, weight: Tensor, bias: Tensor | None, tt: TreeTensors
         bn = _np(bias) if bias is not None else np.empty(0, _np(h).dtype)
         kern.topk_search(
             _np(h), _np(weight), bn, tt.child_offset.numpy(), tt.children.numpy(), tt.arity.numpy(),
-            tt.param_offset.numpy(), V, k, vals_n, idx_n,
+            tt.param_offset.numpy(), V, k, max(tt.max_arity, 1), vals_n, idx_n,
         )
         return torch.from_numpy(vals_n).to(h.dtype), torch.from_numpy(idx_n)
     dev = h.device

@@ -526,17 +526,19 @@ def _topk_one(x, W, b, child_offset, children, arity, poff, V, K, amax, vals, id
     hv = np.empty(cap, np.float64)
     hr = np.empty(cap, np.int64)
     sc = np.empty(amax, np.float64)
-    hv[0] = 0.0
-    hr[0] = V  # the root
-    n = 1
+    n = 0
     found = 0
-    while found < K and n > 0:
-        lp, ref = _heap_pop(hv, hr, n)
-        n -= 1
+    lp = 0.0
+    ref = V  # the root
+    while found < K:
         if ref < V:
             vals[found] = lp
             idx[found] = ref
             found += 1
+            if found == K or n == 0:
+                break
+            lp, ref = _heap_pop(hv, hr, n)
+            n -= 1
             continue
         node = ref - V
         k = arity[node]
@@ -550,18 +552,24 @@ def _topk_one(x, W, b, child_offset, children, arity, poff, V, K, amax, vals, id
             hr2[:n] = hr[:n]
             hv = hv2
             hr = hr2
+        # Expand the node; the best child is kept in hand instead of pushed and popped again
+        # when nothing on the heap beats it (it would be the next pop anyway).
         if k == 1:
-            _heap_push(hv, hr, n, lp, children[c0])
-            n += 1
-        elif k == 2:
+            ref = children[c0]
+            continue
+        if k == 2:
             s = _dot(W[o], x)
             if has_b:
                 s += b[o]
-            l1, _ = _logsig_and_grad(s)
-            l0, _ = _logsig_and_grad(-s)
-            _heap_push(hv, hr, n, lp + l0, children[c0])
-            n += 1
-            _heap_push(hv, hr, n, lp + l1, children[c0 + 1])
+            # log sigmoid(s) and log sigmoid(-s) = log sigmoid(s) - s: one exp, one log1p.
+            l1 = min(s, 0.0) - np.log1p(np.exp(-abs(s)))
+            l0 = l1 - s
+            if l1 >= l0:
+                best_lp, best_ref = lp + l1, children[c0 + 1]
+                _heap_push(hv, hr, n, lp + l0, children[c0])
+            else:
+                best_lp, best_ref = lp + l0, children[c0]
+                _heap_push(hv, hr, n, lp + l1, children[c0 + 1])
             n += 1
         else:
             m = -np.inf
@@ -576,22 +584,32 @@ def _topk_one(x, W, b, child_offset, children, arity, poff, V, K, amax, vals, id
             for r in range(k):
                 z += np.exp(sc[r] - m)
             lse = m + np.log(z)
+            rb = 0
+            for r in range(1, k):
+                if sc[r] > sc[rb]:
+                    rb = r
             for r in range(k):
-                _heap_push(hv, hr, n, lp + (sc[r] - lse), children[c0 + r])
-                n += 1
+                if r != rb:
+                    _heap_push(hv, hr, n, lp + (sc[r] - lse), children[c0 + r])
+                    n += 1
+            best_lp, best_ref = lp + (sc[rb] - lse), children[c0 + rb]
+        if best_lp >= hv[0]:
+            lp, ref = best_lp, best_ref
+        else:
+            _heap_push(hv, hr, n, best_lp, best_ref)
+            n += 1
+            lp, ref = _heap_pop(hv, hr, n)
+            n -= 1
 
 
 @njit(**_PAR)
-def topk_search(h, W, b, child_offset, children, arity, poff, V, K, vals, idx):
+def topk_search(h, W, b, child_offset, children, arity, poff, V, K, amax, vals, idx):
     """Exact top-K classes of each row of ``h`` by best-first search (one heap per example).
 
     A node's log-prob bounds every class below it, since each edge adds a log-prob <= 0, so
     classes leave the heap in exactly descending order. Log-probs accumulate in float64.
-    Writes ``vals (B, K)`` float64 and ``idx (B, K)`` int64."""
-    amax = 1
-    for n_ in range(arity.shape[0]):
-        if arity[n_] > amax:
-            amax = arity[n_]
+    ``amax`` is the largest arity (precomputed: scanning ``arity`` here would cost O(nodes) per
+    call). Writes ``vals (B, K)`` float64 and ``idx (B, K)`` int64."""
     for i in prange(h.shape[0]):
         _topk_one(h[i], W, b, child_offset, children, arity, poff, V, K, amax, vals[i], idx[i])
 
