@@ -32,7 +32,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
 SYSTEMS = ["hsoftmax", "gensim-file", "gensim-iter", "fasttext"]
-SETTINGS = dict(dim=100, window=5, min_count=5, sample=1e-3, epochs=3, alpha=0.025)
+SETTINGS = dict(dim=100, window=5, min_count=5, sample=1e-3, epochs=3, alpha=0.025, seed=1)
 
 
 def gensim_data(name: str) -> str:
@@ -53,7 +53,7 @@ def train_hsoftmax(corpus: str, sg: bool, threads: int):
     enc = encode_file(corpus, SETTINGS["min_count"])
     model = Word2Vec(dim=SETTINGS["dim"], window=SETTINGS["window"], min_count=SETTINGS["min_count"],
                      sample=SETTINGS["sample"], sg=sg, epochs=SETTINGS["epochs"], alpha=SETTINGS["alpha"],
-                     threads=threads, progress=False)
+                     threads=threads, seed=SETTINGS["seed"], progress=False)
     model.build(enc)
     t0 = time.perf_counter()
     model.train(enc)
@@ -68,7 +68,7 @@ def train_gensim(corpus: str, sg: bool, threads: int, file_mode: bool):
 
     model = Word2Vec(vector_size=SETTINGS["dim"], window=SETTINGS["window"], min_count=SETTINGS["min_count"],
                      sample=SETTINGS["sample"], sg=int(sg), hs=1, negative=0, alpha=SETTINGS["alpha"],
-                     workers=threads, seed=1)
+                     workers=threads, seed=SETTINGS["seed"])
     if file_mode:
         model.build_vocab(corpus_file=corpus)
         t0 = time.perf_counter()
@@ -90,7 +90,7 @@ def train_fasttext(corpus: str, sg: bool, threads: int):
     model = fasttext.train_unsupervised(
         corpus, model="skipgram" if sg else "cbow", loss="hs", dim=SETTINGS["dim"], ws=SETTINGS["window"],
         minCount=SETTINGS["min_count"], t=SETTINGS["sample"], epoch=SETTINGS["epochs"], lr=SETTINGS["alpha"],
-        thread=threads, minn=0, maxn=0, bucket=0, verbose=0)
+        thread=threads, minn=0, maxn=0, bucket=0, verbose=0, seed=SETTINGS["seed"])
     seconds = time.perf_counter() - t0
     words = model.get_words()
     return seconds, words, np.stack([model.get_input_vector(i) for i in range(len(words))])
@@ -177,7 +177,8 @@ def run_one(system: str, mode: str, threads: int, corpus: str, timeout: float) -
     out = os.path.join(RESULTS, f"run-{system}-{mode}-{threads}.json")
     if os.path.exists(out):
         os.remove(out)
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", system, mode, str(threads), corpus, out]
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", system, mode, str(threads), corpus, out,
+           str(SETTINGS["seed"])]
     try:
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -209,7 +210,8 @@ def table(results: list[dict], tokens: int) -> str:
 
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        system, mode, threads, corpus, out = sys.argv[2:7]
+        system, mode, threads, corpus, out, seed = sys.argv[2:8]
+        SETTINGS["seed"] = int(seed)
         worker(system, mode, int(threads), corpus, out)
         return 0
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -218,8 +220,10 @@ def main() -> int:
     p.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     p.add_argument("--systems", nargs="+", default=SYSTEMS, choices=SYSTEMS)
     p.add_argument("--timeout", type=float, default=1800, help="seconds per run")
+    p.add_argument("--seed", type=int, default=1, help="random seed given to every system")
     p.add_argument("--json", default=os.path.join(RESULTS, "word2vec_vs_peers.json"))
     args = p.parse_args()
+    SETTINGS["seed"] = args.seed
     os.makedirs(RESULTS, exist_ok=True)
     corpus = ensure_corpus(args.corpus)
     tokens = count_tokens(corpus)
