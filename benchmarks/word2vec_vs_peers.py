@@ -1,6 +1,6 @@
 """hsoftmax word2vec vs gensim and fastText, hierarchical softmax, same corpus, same machine.
 
-Every (system, mode, threads) run happens in its own subprocess, so peak memory (ru_maxrss, taken
+Every (system, mode, threads) run happens in its own subprocess, so peak memory (VmHWM, taken
 right after training, before evaluation) is per run. All systems use the same settings: dim 100,
 window 5, min_count 5, sample 1e-3, 3 epochs, learning rate 0.025 (gensim's default), HS with no
 negative sampling; fastText runs with no subwords (minn=maxn=0, bucket=0). All vectors are scored
@@ -43,6 +43,15 @@ def gensim_data(name: str) -> str:
 
 
 def peak_mb() -> float:
+    """This process's peak resident memory. VmHWM is reset by exec; ru_maxrss is not on Linux (it can
+    report the parent's peak), so it is only the fallback."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
