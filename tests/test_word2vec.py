@@ -233,6 +233,28 @@ def test_binary_step_follows_the_sigmoid_convention():
         assert np.sign(syn1 @ h)[0] == sign
 
 
+def test_labelled_tree_is_matched_by_label(corpus):
+    """A taxonomy whose classes are in alphabetical order, not the vocabulary's: each word must
+    train along the path of its own label."""
+    words = sorted({w for s in corpus for w in s})
+    tree = Tree.from_paths([["topic" + w[1] if w[1].isdigit() else "filler"] for w in words], labels=words)
+    m = Word2Vec(dim=24, window=4, min_count=1, sample=0, epochs=4, threads=1, seed=3, progress=False,
+                 alpha=0.05, tree=tree).fit(corpus)
+    assert m.vocab.words != tuple(words)
+    start, row, choice, arity = kernels.flat_paths(m.tree, m.word_classes)
+    for w in ("the", "t2w5"):
+        i = m.vocab[w]
+        nodes, choices = tree.path(tree.index(w))
+        deciding = [(n, c) for n, c in zip(nodes, choices) if tree.arity[n] >= 2]
+        assert row[start[i] : start[i + 1]].tolist() == [int(tree.param_offset[n]) for n, _ in deciding]
+        assert choice[start[i] : start[i + 1]].tolist() == [int(c) for _, c in deciding]
+    same, other = topic_separation(m.wv)
+    assert same > other + 0.3
+    wrong = Tree.balanced(len(words), labels=[w + "x" for w in words])
+    with pytest.raises(ValueError, match="labels"):
+        Word2Vec(dim=8, min_count=1, epochs=1, progress=False, tree=wrong).fit(corpus)
+
+
 def test_tree_must_match_vocabulary(corpus):
     with pytest.raises(ValueError, match="classes"):
         Word2Vec(dim=8, min_count=1, epochs=1, progress=False, tree=Tree.balanced(3)).fit(corpus)

@@ -37,8 +37,12 @@ def sigmoid_tables() -> tuple[np.ndarray, np.ndarray]:
     return (1.0 / (1.0 + np.exp(-x))).astype(np.float32), (-np.logaddexp(0.0, -x)).astype(np.float32)
 
 
-def flat_paths(tree) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def flat_paths(tree, classes=None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per-word decision paths as flat arrays (CSR by word).
+
+    Args:
+        tree: a :class:`hsoftmax.Tree`.
+        classes: ``(V,)`` tree class of each word id (default: word ``w`` is class ``w``).
 
     Returns:
         ``start`` ``(V + 1,)`` int64: word ``w``'s steps are ``start[w]:start[w+1]``;
@@ -51,14 +55,15 @@ def flat_paths(tree) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     >>> start.tolist(), arity.tolist()
     ([0, 1, 3, 6, 9], [2, 2, 2, 2, 2, 2, 2, 2, 2])
     """
-    lengths = np.asarray(tree.decision_lengths, dtype=np.int64)
+    cls = np.arange(tree.num_classes) if classes is None else np.asarray(classes, dtype=np.int64)
+    lengths = np.asarray(tree.decision_lengths, dtype=np.int64)[cls]
     D = tree.decision_nodes.shape[1]
     mask = np.arange(D)[None, :] < lengths[:, None]
-    nodes = np.asarray(tree.decision_nodes)[mask]  # row-major: word by word, root first
+    nodes = np.asarray(tree.decision_nodes)[cls][mask]  # row-major: word by word, root first
     start = np.zeros(lengths.size + 1, dtype=np.int64)
     np.cumsum(lengths, out=start[1:])
     row = np.asarray(tree.param_offset)[nodes].astype(np.int32)
-    choice = np.asarray(tree.decision_choices)[mask].astype(np.int32)
+    choice = np.asarray(tree.decision_choices)[cls][mask].astype(np.int32)
     arity = np.asarray(tree.arity)[nodes].astype(np.int32)
     return start, row, choice, arity
 

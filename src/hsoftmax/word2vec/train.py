@@ -72,8 +72,9 @@ class Word2Vec:
         threads: worker threads (default: all cores).
         seed: seeds the initial vectors and every random draw.
         tree: ``"huffman"`` (default: a Huffman tree over the word counts), ``"balanced"``, a
-            :class:`~hsoftmax.tree.Tree` over the vocabulary (word ``i`` is class ``i``; words
-            are ordered by decreasing count), or a callable ``vocab -> Tree``.
+            :class:`~hsoftmax.tree.Tree` over the vocabulary, or a callable ``vocab -> Tree``. A
+            tree with labels is matched to the words by label; without labels word ``i`` (words
+            are ordered by decreasing count) is class ``i``.
         progress: show a tqdm bar (words/s, ETA, learning rate).
     """
 
@@ -100,6 +101,7 @@ class Word2Vec:
         self.progress = bool(progress)
         self.vocab: Vocab | None = None
         self.tree: Tree | None = None
+        self.word_classes: np.ndarray | None = None  # tree class of each word id (None: the same)
         self.syn0: np.ndarray | None = None
         self.syn1: np.ndarray | None = None
         self.epochs_done = 0
@@ -180,7 +182,7 @@ class Word2Vec:
         if corpus.vocab.words != self.vocab.words:
             raise ValueError("the corpus was encoded with a different vocabulary")
         S = corpus.num_sentences if max_sentences is None else min(max_sentences, corpus.num_sentences)
-        paths = kernels.flat_paths(self.tree)
+        paths = kernels.flat_paths(self.tree, self.word_classes)
         h = np.zeros(self.dim, dtype=np.float32)
         scores = np.zeros(int(self.tree.arity.max()), dtype=np.float64)
         return float(kernels.word_loglik(corpus.ids, corpus.offsets, 0, S, self.syn0, self.syn1, *paths,
@@ -208,6 +210,7 @@ class Word2Vec:
     def _setup(self, vocab: Vocab) -> None:
         self.vocab = vocab
         self.tree = self._make_tree(vocab)
+        self.word_classes = _word_classes(self.tree, vocab)
         rng = np.random.default_rng(self.seed)
         # word2vec's initialisation: small uniform input vectors, zero node rows.
         self.syn0 = rng.random((len(vocab), self.dim), dtype=np.float32)
@@ -223,7 +226,7 @@ class Word2Vec:
 
     # ------------------------------------------------------------------ training loop
     def _train(self, enc: EncodedCorpus, checkpoint: str | None) -> None:
-        paths = kernels.flat_paths(self.tree)
+        paths = kernels.flat_paths(self.tree, self.word_classes)
         p_keep = keep_probabilities(self.vocab.counts, self.sample)
         keep = np.minimum(np.floor(p_keep * 2.0**32), 2.0**32 - 1).astype(np.uint32)
         keep[p_keep >= 1.0] = np.uint32(2**32 - 1)
@@ -341,10 +344,23 @@ class Word2Vec:
                 raise ValueError("checkpoint vocabulary differs from this corpus's: resume on the same corpus")
             self.vocab = vocab
             self.tree = Tree.from_state({k[5:]: z[k] for k in z.files if k.startswith("tree_")})
+            self.word_classes = _word_classes(self.tree, vocab)
             self.syn0 = np.array(z["syn0"])
             self.syn1 = np.array(z["syn1"])
             self.epochs_done = int(z["epochs_done"])
             self.history = json.loads(str(z["history"]))
+
+
+def _word_classes(tree: Tree, vocab: Vocab) -> np.ndarray | None:
+    """A labelled tree is matched to the vocabulary by label (any class order); an unlabelled one
+    by position (word ``i`` is class ``i``)."""
+    if tree.labels is None or tree.labels == vocab.words:
+        return None
+    labels = set(tree.labels)
+    missing = [w for w in vocab.words if w not in labels][:1]
+    if missing:
+        raise ValueError(f"the tree's labels do not cover the vocabulary: {missing[0]!r} is not a label")
+    return np.array([tree.index(w) for w in vocab.words], dtype=np.int64)
 
 
 def _chunk_bounds(offsets: np.ndarray, words: int) -> np.ndarray:
