@@ -60,6 +60,14 @@ def test_word2vec_writes_format_by_extension(tmp_path, corpus, capsys, name, bin
         assert lines[0] == "24 8" and all(len(ln.split()) == 9 for ln in lines[1:])
 
 
+@pytest.mark.parametrize("flag,sg", [(None, False), ("--cbow", False), ("--skipgram", True)])
+def test_mode_flags(flag, sg):
+    from hsoftmax.cli import build_parser
+
+    argv = ["word2vec", "c.txt", "-o", "v.txt"] + ([flag] if flag else [])
+    assert build_parser().parse_args(argv).sg is sg
+
+
 def test_binary_flag_overrides_the_name(tmp_path, corpus, capsys):
     out = tmp_path / "v.txt"
     assert run(["word2vec", corpus, "-o", str(out), "--binary", *FAST], capsys)[0] == 0

@@ -70,7 +70,8 @@ def _add_word2vec(sub) -> None:
     p.add_argument("--checkpoint", metavar="DIR", help="save the full state here after every epoch")
     p.add_argument("--resume", action="store_true", help="continue from the state in --checkpoint")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    p.set_defaults(func=_run_word2vec)
+    # set explicitly: otherwise the default would come from --cbow's store_false (True = skip-gram)
+    p.set_defaults(func=_run_word2vec, sg=False)
 
 
 def _load_tree(spec: str):
