@@ -273,7 +273,7 @@ class Word2Vec:
                     with lock:
                         c = next_chunk[0]
                         next_chunk[0] += 1
-                    if c >= chunks.size - 1 or errors:
+                    if c >= chunks.size - 1 or errors or stop:
                         return
                     s_lo, s_hi = int(chunks[c]), int(chunks[c + 1])
                     before = epoch * N + int(offsets[s_lo])
@@ -291,15 +291,22 @@ class Word2Vec:
             except BaseException as exc:  # surface worker failures in the caller
                 errors.append(exc)
 
+        stop: list[bool] = []
         threads = [threading.Thread(target=worker, daemon=True) for _ in range(self.threads)]
         for t in threads:
             t.start()
-        for t in threads:
-            while t.is_alive():
-                t.join(0.1)
-                with lock:
-                    words, far = acc["words"], done[0]
-                bar.update_to(epoch * N + words, self._lr_at(far, total))
+        try:
+            for t in threads:
+                while t.is_alive():
+                    t.join(0.1)
+                    with lock:
+                        words, far = acc["words"], done[0]
+                    bar.update_to(epoch * N + words, self._lr_at(far, total))
+        except BaseException:  # Ctrl-C: let the workers finish their chunk and stop, then re-raise
+            stop.append(True)
+            for t in threads:
+                t.join()
+            raise
         if errors:
             raise errors[0]
         return {"words": acc["words"], "trained_words": acc["trained"],
