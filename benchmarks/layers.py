@@ -345,7 +345,10 @@ def markdown(results: dict) -> str:
         return _fmt_rate(r["examples_per_s"]) + mem
 
     def ratio(r, peer):
-        return f"{r[f'x_{peer}']:,.0f}×" if r and f"x_{peer}" in r else "—"
+        if not r or f"x_{peer}" not in r:
+            return "—"
+        x = r[f"x_{peer}"]
+        return f"{x:,.0f}×" if x >= 10 else f"{x:.1f}×"
 
     for (V, d, B), g in sorted(groups.items()):
         cells = [cell(g.get(m)) for m in METHODS]
