@@ -1,11 +1,21 @@
 """hsoftmax: exact, fast hierarchical softmax for huge label spaces.
 
 Public names: :class:`Tree` (every label hierarchy) and :class:`HierarchicalSoftmax` (the
-PyTorch output layer). The math lives in :mod:`hsoftmax.functional`.
+PyTorch output layer); the math lives in :mod:`hsoftmax.functional`, the sparse-aware optimizers
+in :mod:`hsoftmax.optim` and the word2vec trainer in :mod:`hsoftmax.word2vec`.
 """
 
-from .layer import HierarchicalSoftmax, HierarchicalSoftmaxOutput
 from .tree import Tree
 
 __all__ = ["Tree", "HierarchicalSoftmax", "HierarchicalSoftmaxOutput"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # PEP 562: torch (~180 MB resident) is imported only when the layer is used, so the word2vec
+    # trainer and the CLI, which need only the Tree and numba, stay light.
+    if name in ("HierarchicalSoftmax", "HierarchicalSoftmaxOutput"):
+        from . import layer
+
+        return getattr(layer, name)
+    raise AttributeError(f"module 'hsoftmax' has no attribute {name!r}")
