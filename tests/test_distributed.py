@@ -37,7 +37,9 @@ def _worker(rank: int, port: int, queue) -> None:
         model(x[rank::WORLD], y[rank::WORLD]).loss.backward()
         opt.step()
         if rank == 0:
-            queue.put({k: v.detach().clone() for k, v in model.module.state_dict().items() if k != "_extra_state"})
+            # numpy arrays travel by value; tensors would travel as shared memory that dies with
+            # this process before the parent reads them.
+            queue.put({k: v.detach().numpy().copy() for k, v in model.module.state_dict().items() if k != "_extra_state"})
     finally:
         dist.destroy_process_group()
 
@@ -62,7 +64,7 @@ def test_ddp_step_equals_single_process_step():
     procs = [ctx.Process(target=_worker, args=(r, port, queue)) for r in range(WORLD)]
     for p in procs:
         p.start()
-    got = queue.get(timeout=120)
+    got = {k: torch.from_numpy(v) for k, v in queue.get(timeout=120).items()}
     for p in procs:
         p.join(timeout=60)
         assert p.exitcode == 0
