@@ -18,4 +18,8 @@ def __getattr__(name: str):
         from . import layer
 
         return getattr(layer, name)
+    if name in ("functional", "optim", "word2vec"):
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module 'hsoftmax' has no attribute {name!r}")
