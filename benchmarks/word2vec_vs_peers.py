@@ -19,7 +19,6 @@ vocabulary pass (it has no separate one); "wall" is the whole run for everyone.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -36,10 +35,12 @@ SETTINGS = dict(dim=100, window=5, min_count=5, sample=1e-3, epochs=3, alpha=0.0
 
 
 def gensim_data(name: str) -> str:
-    spec = importlib.util.find_spec("gensim")
-    if spec is None:
+    from hsoftmax.word2vec import gensim_test_file
+
+    path = gensim_test_file(name)
+    if path is None:
         raise SystemExit("gensim is needed for the evaluation files: pip install -e '.[bench]'")
-    return os.path.join(os.path.dirname(spec.origin), "test", "test_data", name)
+    return path
 
 
 def peak_mb() -> float:

@@ -10,21 +10,12 @@ is installed). About half a minute on 2 cores.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import time
 
-from hsoftmax.word2vec import Word2Vec, embedded_corpus_path, encode_file
+from hsoftmax.word2vec import Word2Vec, embedded_corpus_path, encode_file, gensim_test_file
 
 WORDS = ["king", "god", "love", "sister", "gold", "jerusalem", "marriage", "elizabeth"]
-
-
-def gensim_test_file(name: str) -> str | None:
-    spec = importlib.util.find_spec("gensim")
-    if spec is None or spec.origin is None:
-        return None
-    path = os.path.join(os.path.dirname(spec.origin), "test", "test_data", name)
-    return path if os.path.isfile(path) else None
 
 
 def main() -> None:

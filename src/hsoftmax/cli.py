@@ -13,7 +13,6 @@ Subcommands are registered in :data:`COMMANDS`, so more can be added beside thes
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -131,15 +130,6 @@ def _report_corpus(corpus, model) -> None:
 
 
 # ---------------------------------------------------------------------------- evaluate
-def _gensim_test_file(name: str) -> str | None:
-    """The standard evaluation files ship inside gensim's wheel; use them if gensim is installed."""
-    spec = importlib.util.find_spec("gensim")
-    if spec is None or spec.origin is None:
-        return None
-    path = os.path.join(os.path.dirname(spec.origin), "test", "test_data", name)
-    return path if os.path.isfile(path) else None
-
-
 def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="analogy accuracy and similarity correlation of word vectors",
                        description="Evaluate word2vec-format vectors. Without --analogies/--similarity, "
@@ -158,14 +148,14 @@ def _add_evaluate(sub) -> None:
 def _run_evaluate(args: argparse.Namespace) -> int:
     if not os.path.isfile(args.vectors):
         raise UsageError(f"vectors file not found: {args.vectors}")
-    from .word2vec import load_vectors
+    from .word2vec import gensim_test_file, load_vectors
 
     try:
         kv = load_vectors(args.vectors, binary=args.binary)
     except (ValueError, UnicodeDecodeError) as e:
         raise UsageError(_one_line(e)) from None
-    analogies = args.analogies or _gensim_test_file("questions-words.txt")
-    pairs = args.similarity or [p for p in (_gensim_test_file("wordsim353.tsv"), _gensim_test_file("simlex999.txt")) if p]
+    analogies = args.analogies or gensim_test_file("questions-words.txt")
+    pairs = args.similarity or [p for p in (gensim_test_file("wordsim353.tsv"), gensim_test_file("simlex999.txt")) if p]
     for path in ([analogies] if analogies else []) + pairs:
         if not os.path.isfile(path):
             raise UsageError(f"evaluation file not found: {path}")

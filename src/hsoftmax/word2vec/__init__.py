@@ -12,7 +12,9 @@ Public names: :class:`Word2Vec` (the trainer), :class:`KeyedVectors` / :func:`lo
 """
 
 from .corpus import CorpusError, EncodedCorpus, embedded_corpus_path, encode_file, encode_sentences
-from .evaluate import AnalogyResult, SimilarityResult, evaluate_analogies, evaluate_similarity, spearman
+from .evaluate import (
+    AnalogyResult, SimilarityResult, evaluate_analogies, evaluate_similarity, gensim_test_file, spearman,
+)
 from .io import read_word2vec, write_word2vec
 from .keyed_vectors import KeyedVectors, load_vectors
 from .train import Word2Vec
@@ -21,5 +23,5 @@ from .vocab import Vocab, keep_probabilities
 __all__ = [
     "Word2Vec", "KeyedVectors", "load_vectors", "Vocab", "keep_probabilities", "EncodedCorpus",
     "CorpusError", "encode_file", "encode_sentences", "embedded_corpus_path", "evaluate_analogies", "evaluate_similarity",
-    "spearman", "AnalogyResult", "SimilarityResult", "read_word2vec", "write_word2vec",
+    "spearman", "gensim_test_file", "AnalogyResult", "SimilarityResult", "read_word2vec", "write_word2vec",
 ]

@@ -10,12 +10,13 @@ counted, and an analogy's answer is the nearest word to ``b - a + c`` on unit ve
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["AnalogyResult", "SimilarityResult", "evaluate_analogies", "evaluate_similarity", "spearman"]
+__all__ = ["AnalogyResult", "SimilarityResult", "evaluate_analogies", "evaluate_similarity", "spearman", "gensim_test_file"]
 
 
 @dataclass
@@ -159,3 +160,13 @@ def spearman(x, y) -> float:
     if x.size < 2:
         return float("nan")
     return float(np.corrcoef(_rank(x), _rank(y))[0, 1])
+
+
+def gensim_test_file(name: str) -> str | None:
+    """Path of a standard evaluation file (``questions-words.txt``, ``wordsim353.tsv``,
+    ``simlex999.txt``) from an installed gensim wheel, which ships them; ``None`` without gensim."""
+    spec = importlib.util.find_spec("gensim")
+    if spec is None or spec.origin is None:
+        return None
+    path = os.path.join(os.path.dirname(spec.origin), "test", "test_data", name)
+    return path if os.path.isfile(path) else None
