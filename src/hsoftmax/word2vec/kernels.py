@@ -69,11 +69,23 @@ def flat_paths(tree, classes=None) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
 
 
 @numba.njit(nogil=True, cache=True, fastmath=True, inline="always")
+def _binary_decision(f, c, sig, logsig):
+    """``(sigmoid(f), log p(choice c))`` for a binary node's score ``f``: from the tables inside
+    +-SIGMOID_RANGE, saturated beyond it (where the log-probability is exactly 0 or the score)."""
+    if f >= SIGMOID_RANGE:
+        return np.float32(1.0), float(0.0 if c == 1 else -f)
+    if f <= -SIGMOID_RANGE:
+        return np.float32(0.0), float(f if c == 1 else 0.0)
+    i = int((f + SIGMOID_RANGE) * (_TABLE_SIZE / (2.0 * SIGMOID_RANGE)))
+    # log(1 - sigmoid(f)) = log sigmoid(f) - f
+    return np.float32(sig[i]), float(logsig[i] if c == 1 else logsig[i] - f)
+
+
+@numba.njit(nogil=True, cache=True, fastmath=True, inline="always")
 def _hs_step(h, e, syn1, word, pstart, prow, pchoice, parity, lr, sig, logsig, scores):
     """Score ``word`` from hidden ``h`` along its path: add ``lr * dlogp/dh`` into ``e`` and update
     the path's ``syn1`` rows. Returns ``log p(word | h)``."""
     dim = h.shape[0]
-    scale = _TABLE_SIZE / (2.0 * SIGMOID_RANGE)
     ll = 0.0
     for p in range(pstart[word], pstart[word + 1]):
         r = prow[p]
@@ -83,17 +95,8 @@ def _hs_step(h, e, syn1, word, pstart, prow, pchoice, parity, lr, sig, logsig, s
             f = np.float32(0.0)
             for k in range(dim):
                 f += h[k] * syn1[r, k]
-            if f >= SIGMOID_RANGE:
-                s = np.float32(1.0)
-                ll += 0.0 if c == 1 else -f
-            elif f <= -SIGMOID_RANGE:
-                s = np.float32(0.0)
-                ll += f if c == 1 else 0.0
-            else:
-                i = int((f + SIGMOID_RANGE) * scale)
-                s = sig[i]
-                # log(1 - sigmoid(f)) = log sigmoid(f) - f
-                ll += logsig[i] if c == 1 else logsig[i] - f
+            s, dll = _binary_decision(f, c, sig, logsig)
+            ll += dll
             g = np.float32((c - s) * lr)
             if g != 0.0:
                 for k in range(dim):
@@ -127,7 +130,6 @@ def _hs_step_many(syn0, ctx, nc, E, G, syn1, word, pstart, prow, pchoice, parity
     take the summed update of all contexts (a minibatch of the window) while they sit in cache.
     ``E[q]`` accumulates ``lr * dlogp/dh`` for context ``q``. Returns the summed log-likelihood."""
     dim = syn0.shape[1]
-    scale = _TABLE_SIZE / (2.0 * SIGMOID_RANGE)
     ll = 0.0
     for p in range(pstart[word], pstart[word + 1]):
         r = prow[p]
@@ -139,16 +141,8 @@ def _hs_step_many(syn0, ctx, nc, E, G, syn1, word, pstart, prow, pchoice, parity
                 f = np.float32(0.0)
                 for k in range(dim):
                     f += v[k] * syn1[r, k]
-                if f >= SIGMOID_RANGE:
-                    s = np.float32(1.0)
-                    ll += 0.0 if c == 1 else -f
-                elif f <= -SIGMOID_RANGE:
-                    s = np.float32(0.0)
-                    ll += f if c == 1 else 0.0
-                else:
-                    i = int((f + SIGMOID_RANGE) * scale)
-                    s = sig[i]
-                    ll += logsig[i] if c == 1 else logsig[i] - f
+                s, dll = _binary_decision(f, c, sig, logsig)
+                ll += dll
                 G[q, 0] = np.float32((c - s) * lr)
             for q in range(nc):  # gradients w.r.t. the contexts use the rows before the update
                 g = G[q, 0]
