@@ -82,6 +82,23 @@ def _binary_decision(f, c, sig, logsig):
 
 
 @numba.njit(nogil=True, cache=True, fastmath=True, inline="always")
+def _kary_scores(v, syn1, r, a, scores):
+    """Scores of a k-ary node's ``a`` rows (from ``r``) against ``v`` into ``scores[:a]``;
+    returns their log-sum-exp, so ``scores[j] - lz`` is ``log p(child j)``."""
+    m = -np.inf
+    for j in range(a):
+        f = np.float32(0.0)
+        for k in range(v.shape[0]):
+            f += v[k] * syn1[r + j, k]
+        scores[j] = f
+        m = max(m, f)
+    z = 0.0
+    for j in range(a):
+        z += np.exp(scores[j] - m)
+    return m + np.log(z)
+
+
+@numba.njit(nogil=True, cache=True, fastmath=True, inline="always")
 def _hs_step(h, e, syn1, word, pstart, prow, pchoice, parity, lr, sig, logsig, scores):
     """Score ``word`` from hidden ``h`` along its path: add ``lr * dlogp/dh`` into ``e`` and update
     the path's ``syn1`` rows. Returns ``log p(word | h)``."""
@@ -103,17 +120,7 @@ def _hs_step(h, e, syn1, word, pstart, prow, pchoice, parity, lr, sig, logsig, s
                     e[k] += g * syn1[r, k]
                     syn1[r, k] += g * h[k]
         else:  # k-ary node: softmax over its k rows
-            m = -np.inf
-            for j in range(a):
-                f = np.float32(0.0)
-                for k in range(dim):
-                    f += h[k] * syn1[r + j, k]
-                scores[j] = f
-                m = max(m, f)
-            z = 0.0
-            for j in range(a):
-                z += np.exp(scores[j] - m)
-            lz = m + np.log(z)
+            lz = _kary_scores(h, syn1, r, a, scores)
             ll += scores[c] - lz
             for j in range(a):
                 g = np.float32(((1.0 if j == c else 0.0) - np.exp(scores[j] - lz)) * lr)
@@ -158,17 +165,7 @@ def _hs_step_many(syn0, ctx, nc, E, G, syn1, word, pstart, prow, pchoice, parity
         else:
             for q in range(nc):
                 v = syn0[ctx[q]]
-                m = -np.inf
-                for j in range(a):
-                    f = np.float32(0.0)
-                    for k in range(dim):
-                        f += v[k] * syn1[r + j, k]
-                    scores[j] = f
-                    m = max(m, f)
-                z = 0.0
-                for j in range(a):
-                    z += np.exp(scores[j] - m)
-                lz = m + np.log(z)
+                lz = _kary_scores(v, syn1, r, a, scores)
                 ll += scores[c] - lz
                 for j in range(a):
                     G[q, j] = np.float32(((1.0 if j == c else 0.0) - np.exp(scores[j] - lz)) * lr)
