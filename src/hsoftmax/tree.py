@@ -243,33 +243,41 @@ class Tree:
         cp = parent[:V]
         class_depth = node_depth[cp] + 1
         class_dec = node_dec[cp] + (arity[cp] >= 2)
-        D = max(int(class_dec.max()), 1)
-
-        # Decision paths: walk every class up to the root at once; a deciding node lands at the
-        # column given by the number of decisions above it.
-        dn = np.zeros((V, D), dtype=np.int32)
-        dc = np.zeros((V, D), dtype=np.int32)
-        cls = np.arange(V)
-        ref = cls.copy()
-        cur = cp.copy()
-        while cls.size:
-            dec = arity[cur] >= 2
-            dn[cls[dec], node_dec[cur[dec]]] = cur[dec]
-            dc[cls[dec], node_dec[cur[dec]]] = choice[ref[dec]]
-            ref = V + cur
-            cur = parent[ref]
-            keep = cur >= 0
-            cls, ref, cur = cls[keep], ref[keep], cur[keep]
 
         self._parent = _readonly(parent)
         self._choice = _readonly(choice)
         self._arity = _readonly(arity)
         self._param_offset = _readonly(poff)
         self._node_depth = _readonly(node_depth)
+        self._node_decisions = _readonly(node_dec)
         self._class_depth = _readonly(class_depth)
-        self._decision_nodes = _readonly(dn)
-        self._decision_choices = _readonly(dc)
         self._decision_lengths = _readonly(class_dec)
+        # The padded (V, max_decisions) arrays are built on first use: a consumer that walks
+        # ``parent``/``choice`` itself (the word2vec trainer) never pays for them.
+        self._decisions: tuple[np.ndarray, np.ndarray] | None = None
+
+    def _decision_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._decisions is None:
+            V, parent, choice, arity = self._num_classes, self._parent, self._choice, self._arity
+            node_dec = self._node_decisions
+            D = max(int(self._decision_lengths.max()), 1)
+            # Walk every class up to the root at once; a deciding node lands at the column
+            # given by the number of decisions above it.
+            dn = np.zeros((V, D), dtype=np.int32)
+            dc = np.zeros((V, D), dtype=np.int32)
+            cls = np.arange(V)
+            ref = cls.copy()
+            cur = parent[:V].copy()
+            while cls.size:
+                dec = arity[cur] >= 2
+                dn[cls[dec], node_dec[cur[dec]]] = cur[dec]
+                dc[cls[dec], node_dec[cur[dec]]] = choice[ref[dec]]
+                ref = V + cur
+                cur = parent[ref]
+                keep = cur >= 0
+                cls, ref, cur = cls[keep], ref[keep], cur[keep]
+            self._decisions = (_readonly(dn), _readonly(dc))
+        return self._decisions
 
     # ------------------------------------------------------------------ builders
     @classmethod
@@ -624,8 +632,10 @@ class Tree:
     choice = property(lambda self: self._choice, doc="Child index of each ref within its parent.")
     node_depth = property(lambda self: self._node_depth, doc="Depth of each internal node (root 0).")
     class_depth = property(lambda self: self._class_depth, doc="Depth of each class in edges.")
-    decision_nodes = property(lambda self: self._decision_nodes, doc="(V, max_decisions) nodes deciding each class, padded with 0.")
-    decision_choices = property(lambda self: self._decision_choices, doc="(V, max_decisions) choice at each decision, padded with 0.")
+    decision_nodes = property(lambda self: self._decision_arrays()[0],
+                              doc="(V, max_decisions) nodes deciding each class, padded with 0 (built on first use).")
+    decision_choices = property(lambda self: self._decision_arrays()[1],
+                                doc="(V, max_decisions) choice at each decision, padded with 0 (built on first use).")
     decision_lengths = property(lambda self: self._decision_lengths, doc="(V,) number of decisions per class.")
 
     def path(self, i: int) -> tuple[np.ndarray, np.ndarray]:
