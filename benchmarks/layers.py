@@ -9,7 +9,10 @@ one process, one method after another, on the same Zipf-distributed targets:
   model). Full softmax is ``nn.Linear(d, V)`` + ``F.cross_entropy`` with dense SGD; adaptive is
   ``nn.AdaptiveLogSoftmaxWithLoss`` (``div_value=4``, cutoffs ``2k, 20k, 200k`` below ``V``, in
   the spirit of Grave et al. 2017 for Zipf-distributed words) with dense SGD; hsoftmax layers
-  use ``sparse=True`` and :func:`hsoftmax.optim.paired` (row-sparse SGD on the node table).
+  use ``sparse=True`` and :func:`hsoftmax.optim.paired` (row-sparse SGD on the node table);
+  the ``*_fused`` variants instead set ``fused_sgd_lr`` (the same SGD update, applied to the node
+  table inside the backward kernel, so no gradient is materialized). Inference is the same layer,
+  so the fused variants are timed for training only.
 * **peak memory**: the peak resident set size (``VmHWM``) of a *fresh child process* that
   imports torch, builds the one layer and runs two training steps: the whole process, torch
   and the interpreter included (about 0.3-0.5 GB of it is the imports, shown as ``base``).
@@ -51,8 +54,9 @@ import torch.nn.functional as F
 from torch import nn
 
 HERE = Path(__file__).resolve().parent
-METHODS = ("full", "adaptive", "huffman", "balanced", "two_level")
-HS_METHODS = ("huffman", "balanced", "two_level")
+METHODS = ("full", "adaptive", "huffman", "balanced", "two_level", "huffman_fused", "two_level_fused")
+HS_METHODS = ("huffman", "balanced", "two_level", "huffman_fused", "two_level_fused")
+LR = 0.05
 MEM_LIMIT_GB = 12.0  # skip a configuration whose estimated working set exceeds this (24 GB machine)
 
 
@@ -79,6 +83,7 @@ _TREES: dict[tuple[str, int], object] = {}
 def tree_for(method: str, V: int):
     from hsoftmax import Tree
 
+    method = method.removesuffix("_fused")
     key = (method, V)
     if key not in _TREES:
         counts = zipf_counts(V)
@@ -111,13 +116,14 @@ class Method:
         self.name = name
         if name == "full":
             self.m = nn.Linear(d, V, device=device)
-            self.opt = torch.optim.SGD(self.m.parameters(), lr=0.05)
+            self.opt = torch.optim.SGD(self.m.parameters(), lr=LR)
         elif name == "adaptive":
             self.m = nn.AdaptiveLogSoftmaxWithLoss(d, V, cutoffs=cutoffs(V), div_value=4.0).to(device)
-            self.opt = torch.optim.SGD(self.m.parameters(), lr=0.05)
+            self.opt = torch.optim.SGD(self.m.parameters(), lr=LR)
         else:
-            self.m = hsoftmax.HierarchicalSoftmax(d, tree_for(name, V), sparse=True).to(device)
-            self.opt = paired(self.m, torch.optim.SGD, lr=0.05)
+            fused = LR if name.endswith("_fused") else None
+            self.m = hsoftmax.HierarchicalSoftmax(d, tree_for(name, V), sparse=True, fused_sgd_lr=fused).to(device)
+            self.opt = paired(self.m, torch.optim.SGD, lr=LR)  # a no-op for a fused node table
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         self.opt.zero_grad(set_to_none=True)
@@ -270,6 +276,8 @@ def run(args) -> dict:
             yi = ys_all[:Bi]
             xi = torch.randn(Bi, d, device=device)
             for name in args.methods:
+                if name.endswith("_fused"):
+                    continue  # the same layer as the unfused one at inference
                 row = {"V": V, "d": d, "batch": Bi, "method": name}
                 gb = (V * d + 3 * Bi * V) * 4 / 1e9 if name == "full" else 0.0
                 if gb > MEM_LIMIT_GB:
@@ -330,8 +338,8 @@ def markdown(results: dict) -> str:
     out = [f"Measured {results['date']} on {results['machine']}.", ""]
     out.append("**Training step** (forward + backward + optimizer step; examples/s; peak RSS of the whole process)")
     out.append("")
-    out.append("| V | d | batch | full softmax | adaptive | HS Huffman | HS balanced | HS two-level | Huffman ÷ full | Huffman ÷ adaptive | two-level ÷ adaptive |")
-    out.append("|---|---|---|---|---|---|---|---|---|---|---|")
+    out.append("| V | d | batch | full softmax | adaptive | HS Huffman | HS balanced | HS two-level | HS Huffman, fused SGD | HS two-level, fused SGD | Huffman ÷ full | Huffman ÷ adaptive | two-level ÷ adaptive | two-level fused ÷ adaptive |")
+    out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     groups: dict = {}
     for r in results["train"]:
         groups.setdefault((r["V"], r["d"], r["batch"]), {})[r["method"]] = r
@@ -354,7 +362,8 @@ def markdown(results: dict) -> str:
         cells = [cell(g.get(m)) for m in METHODS]
         out.append(
             f"| {V:,} | {d} | {B} | " + " | ".join(cells) + f" | {ratio(g.get('huffman'), 'full')} | "
-            f"{ratio(g.get('huffman'), 'adaptive')} | {ratio(g.get('two_level'), 'adaptive')} |"
+            f"{ratio(g.get('huffman'), 'adaptive')} | {ratio(g.get('two_level'), 'adaptive')} | "
+            f"{ratio(g.get('two_level_fused'), 'adaptive')} |"
         )
     out.append("")
     out.append("**Inference** (batch %d; milliseconds per call: target log-prob / full log_prob / predict / top-5)"
@@ -378,10 +387,12 @@ def plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    styles = {"full": "k", "adaptive": "tab:gray", "huffman": "tab:blue", "balanced": "tab:green", "two_level": "tab:orange"}
+    fig, ax = plt.subplots(figsize=(7, 6))
+    styles = {"full": "k", "adaptive": "tab:gray", "huffman": "tab:blue", "balanced": "tab:green", "two_level": "tab:orange",
+              "huffman_fused": "tab:cyan", "two_level_fused": "tab:red"}
     labels = {"full": "full softmax", "adaptive": "AdaptiveLogSoftmaxWithLoss", "huffman": "HS Huffman",
-              "balanced": "HS balanced", "two_level": "HS two-level"}
+              "balanced": "HS balanced", "two_level": "HS two-level", "huffman_fused": "HS Huffman, fused SGD",
+              "two_level_fused": "HS two-level, fused SGD"}
     combos = sorted({(r["d"], r["batch"]) for r in results["train"]})
     d0 = combos[0][0]
     for d, B in combos:
@@ -399,7 +410,8 @@ def plot(results: dict, path: Path) -> None:
     ax.set_ylabel("training examples / s (fwd + bwd + optimizer)")
     ax.set_title(f"Output layers, d={d0}, {os.cpu_count()}-core CPU, torch {torch.__version__.split('+')[0]}", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    # Below the axes: inside, it would hide the slowest curves.
+    ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.13))
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

@@ -267,3 +267,126 @@ def test_functional_target_log_prob_matches_log_prob_gather():
         got = HF.target_log_prob(x, y, hs.weight, hs.bias, tt)
     ref = HF.log_prob(x, hs.weight, hs.bias, tt).gather(1, y[:, None]).squeeze(1)
     torch.testing.assert_close(got, ref)
+
+
+# ---------------------------------------------------------------------------- fused SGD update
+def _fused_vs_step(tree, fast, sparse=True, bias=True, n=97, d=7, lr=0.3, reduction="sum", y=None):
+    """Output, input gradient and updated table of a fused-SGD backward, and the same from a
+    plain backward followed by ``table -= lr * grad``."""
+    hs = layer(tree, d, bias=bias, sparse=sparse)
+    x, yy = batch(tree, n, d)
+    y = yy if y is None else y
+    out, gx, gw, gb = grads(hs, x, y, fast=fast, reduction=reduction)
+    ref_w = hs.weight.detach() - lr * gw if gw is not None else hs.weight.detach()  # (no rows: one class)
+    ref_b = None if not bias else hs.bias.detach() - lr * gb if gb is not None else hs.bias.detach()
+    fused = layer(tree, d, bias=bias, sparse=sparse, fused_sgd_lr=lr)
+    f_out, f_gx, f_gw, f_gb = grads(fused, x, y, fast=fast, reduction=reduction)
+    assert f_gw is None and f_gb is None  # applied, not left in .grad
+    return (out, gx, ref_w, ref_b), (f_out, f_gx, fused.weight.detach(), None if not bias else fused.bias.detach())
+
+
+@pytest.mark.parametrize("name", list(ALL))
+@pytest.mark.parametrize("fast", [True, False])
+def test_fused_sgd_equals_gradient_then_sgd_step(name, fast):
+    ref, got = _fused_vs_step(ALL[name], fast)
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["huffman_zipf", "two_level_zipf", "huffman4"])
+def test_fused_sgd_dense_no_bias_big_batch_and_ignore_index(name):
+    tree = ALL[name]
+    for kw in ({"sparse": False}, {"bias": False}, {"n": 700, "reduction": "mean"}):
+        for fast in (True, False):
+            ref, got = _fused_vs_step(tree, fast, **kw)
+            for a, b in zip(got, ref):
+                if b is None:
+                    assert a is None
+                else:
+                    torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    _, y = batch(tree, 50, 7)
+    y[[3, 10]] = -100
+    for fast in (True, False):
+        ref, got = _fused_vs_step(tree, fast, n=50, y=y, reduction="mean")
+        for a, b in zip(got, ref):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["huffman_zipf", "two_level_zipf"])
+@pytest.mark.parametrize("fast", [True, False])
+def test_fused_sgd_frozen_weight_updates_bias_only_and_no_grad_updates_nothing(name, fast):
+    tree = ALL[name]
+    hs = layer(tree, 5, sparse=True)
+    x, y = batch(tree, 40, 5)
+    with kernels(fast):
+        hs.weight.requires_grad_(False)
+        hs(x, y).loss.backward()
+        gb = hs.bias.grad.to_dense()
+        fused = layer(tree, 5, sparse=True, fused_sgd_lr=0.5)
+        fused.weight.requires_grad_(False)
+        w0 = fused.weight.detach().clone()
+        fused(x, y).loss.backward()
+        assert torch.equal(fused.weight, w0) and fused.bias.grad is None
+        torch.testing.assert_close(fused.bias.detach(), hs.bias.detach() - 0.5 * gb)
+        b1 = fused.bias.detach().clone()
+        with torch.no_grad():
+            fused(x, y)
+        fused.fused_sgd_lr = None  # off again: gradients as usual
+        fused(x, y).loss.backward()
+        assert torch.equal(fused.bias.detach(), b1) and fused.bias.grad is not None
+
+
+def test_fused_sgd_rejects_bad_rates_and_trains():
+    tree = BIG["two_level_zipf"]
+    hs = layer(tree, 8, sparse=True, fused_sgd_lr=float("nan"))
+    x, y = batch(tree, 64, 8)
+    with pytest.raises(ValueError, match="fused_sgd_lr"):
+        hs(x, y)
+    hs.fused_sgd_lr = 0.5
+    first = hs(x, y).loss
+    first.backward()
+    for _ in range(20):
+        loss = hs(x, y).loss
+        loss.backward()
+    assert loss.item() < first.item()
+    assert "fused_sgd_lr=0.5" in repr(hs)
+
+
+def test_balance_deals_every_item_once_and_evenly():
+    k = K.cpu()
+    cost = np.array([100.0, 1, 1, 50, 49, 1, 1, 1], dtype=np.float64)
+    for T in (1, 2, 3):
+        perm, tstart = k.balance(cost, T)
+        assert sorted(perm.tolist()) == list(range(cost.size))
+        loads = [cost[perm[tstart[t]:tstart[t + 1]]].sum() for t in range(T)]
+        assert max(loads) <= max(cost.max(), cost.sum() / T + cost.max())
+    perm, tstart = k.balance(cost, 2)  # largest first, to the lighter thread: 102 and 102
+    loads = sorted(cost[perm[tstart[t]:tstart[t + 1]]].sum() for t in range(2))
+    assert loads == [102.0, 102.0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("wd", [0.0, 0.01])
+def test_sparse_sgd_row_kernel_equals_index_add(dtype, wd):
+    from hsoftmax.optim import SparseSGD
+
+    g = torch.Generator().manual_seed(3)
+    P, d = 5000, 64
+    rows = torch.randperm(P, generator=g)[:3000].sort().values  # 192k values: the kernel's size
+    vals = torch.randn(3000, d, generator=g, dtype=dtype)
+    w0 = torch.randn(P, d, generator=g, dtype=dtype)
+    out = []
+    for fast in (True, False):
+        p = torch.nn.Parameter(w0.clone())
+        p.grad = torch.sparse_coo_tensor(rows.unsqueeze(0), vals, (P, d), check_invariants=True)
+        version = p._version
+        with kernels(fast):
+            SparseSGD([p], lr=0.3, weight_decay=wd).step()
+        assert p._version > version  # the numpy-side write is visible to autograd, as index_add_ is
+        out.append(p.detach())
+    tol = {"rtol": 1e-6, "atol": 1e-6} if dtype == torch.float32 else {}
+    torch.testing.assert_close(out[0], out[1], **tol)
+    untouched = torch.ones(P, dtype=torch.bool)
+    untouched[rows] = False
+    assert torch.equal(out[0][untouched], w0[untouched])
+    assert not torch.equal(out[0][rows], w0[rows])

@@ -364,6 +364,15 @@ def test_bad_input_raises_clear_errors():
         hs(bad, torch.tensor([0, 1, 2, 3]))
     with pytest.raises(ValueError, match="NaN"):
         hs.log_prob(bad)
+    for v in (float("inf"), float("-inf")):
+        bad = x.clone()
+        bad[3, 0] = v
+        with pytest.raises(ValueError, match="Inf"):
+            hs.topk(bad, 2)
+    # Finite values whose sum overflows are still finite input (the quick sum check falls back).
+    huge = torch.full((4, 6), torch.finfo(x.dtype).max / 2, dtype=x.dtype)
+    assert hs.topk(huge, 1).indices.shape == (4, 1)
+    assert hs.topk(torch.full((4, 6), 6e4, dtype=torch.float16), 1).indices.shape == (4, 1)
     with pytest.raises(ValueError, match="k must be"):
         hs.topk(x, 0)
     with pytest.raises(ValueError, match="reduction"):

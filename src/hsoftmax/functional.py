@@ -194,20 +194,32 @@ def child_log_probs(
 
 # ---------------------------------------------------------------------------- target log-prob
 def target_log_prob(
-    h: Tensor, target: Tensor, weight: Tensor, bias: Tensor | None, tt: TreeTensors, sparse: bool = False
+    h: Tensor, target: Tensor, weight: Tensor, bias: Tensor | None, tt: TreeTensors, sparse: bool = False,
+    sgd_lr: float | None = None,
 ) -> Tensor:
     """``log p(target[i] | h[i])`` for ``h`` (B, d) and ``target`` (B,) long in range: ``(B,)``.
 
     Never builds a (B, V) tensor: binary trees gather each example's padded path of rows,
     two-level trees do one matmul at the root and one per cluster present in the batch, other
     trees walk the decisions step by step.
+
+    With ``sgd_lr`` set, backward does not return gradients for ``weight``/``bias``: it applies
+    plain SGD to them in place, ``weight -= sgd_lr * grad`` (the same gradient it would have
+    returned), after the input gradient has been computed from the old values. On the CPU
+    kernels the update happens inside the backward kernel, so no gradient is materialized.
     """
     if h.shape[0] == 0 or tt.num_params == 0:
         return h.new_zeros(h.shape[0]) + 0.0 * h.sum()
+    if sgd_lr is not None and not _fusable(h, weight, bias):
+        # Generic path: take the gradient through an identity whose backward applies it.
+        weight = _SGDInBackward.apply(weight, sgd_lr) if weight.requires_grad else weight
+        if bias is not None and bias.requires_grad:
+            bias = _SGDInBackward.apply(bias, sgd_lr)
+        sgd_lr = None
     if tt.is_binary:
-        return _binary_path_log_prob(h, target, weight, bias, tt, sparse)
+        return _binary_path_log_prob(h, target, weight, bias, tt, sparse, sgd_lr)
     if _use_kernels(h, weight, bias) is not None:
-        return _GroupedFn.apply(h, weight, bias, target, tt, sparse)
+        return _GroupedFn.apply(h, weight, bias, target, tt, sparse, sgd_lr)
     if tt.is_two_level:
         return _two_level_log_prob(h, target, weight, bias, tt, sparse)
     return _stepwise_log_prob(h, target, weight, bias, tt, sparse)
@@ -234,13 +246,42 @@ def _np(t: Tensor) -> np.ndarray:
     return t.detach().contiguous().numpy()
 
 
+def _fusable(h: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
+    """Whether the CPU kernels can apply an in-place SGD update to ``weight``/``bias``: they
+    must take the fast path and be contiguous (the kernels write through a numpy view)."""
+    return (
+        _use_kernels(h, weight, bias) is not None
+        and weight.is_contiguous()
+        and (bias is None or bias.is_contiguous())
+    )
+
+
+class _SGDInBackward(torch.autograd.Function):
+    """Identity on a parameter whose backward applies ``param -= lr * grad`` in place and passes
+    no gradient on. Autograd runs it after every use of the parameter in the graph has
+    contributed (they all depend on its output), so each of them saw the old value."""
+
+    @staticmethod
+    def forward(ctx, param, lr):  # type: ignore[override]
+        ctx.param = param
+        ctx.lr = lr
+        return param.view_as(param)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):  # type: ignore[override]
+        with torch.no_grad():
+            ctx.param.add_(grad.to(ctx.param.dtype), alpha=-ctx.lr)
+        return None, None
+
+
 class _BinaryPathFn(torch.autograd.Function):
     """Fused binary-path log-prob on the CPU: gather, dot, log-sigmoid and sum in one pass, and a
     backward that yields an already coalesced (unique, sorted rows) node-table gradient, sparse
     or dense. Same math as :func:`_binary_path_log_prob`'s torch code."""
 
     @staticmethod
-    def forward(ctx, h, weight, bias, target, rows, signs, sparse):  # type: ignore[override]
+    def forward(ctx, h, weight, bias, target, rows, signs, sparse, sgd_lr=None):  # type: ignore[override]
         k = K.cpu()
         hn, wn = _np(h), _np(weight)
         bn = _np(bias) if bias is not None else np.empty(0, hn.dtype)
@@ -251,6 +292,7 @@ class _BinaryPathFn(torch.autograd.Function):
         ctx.save_for_backward(h, weight, target, rows, signs, torch.from_numpy(coef))
         ctx.sparse = sparse
         ctx.has_bias = bias is not None
+        ctx.sgd = None if sgd_lr is None else (float(sgd_lr), wn, bn)
         return torch.from_numpy(out)
 
     @staticmethod
@@ -267,16 +309,25 @@ class _BinaryPathFn(torch.autograd.Function):
             k.binary_grad_input(gon, coef, wn, rows.numpy(), tn, ghn)
             gh = torch.from_numpy(ghn)
         want_b = ctx.has_bias and ctx.needs_input_grad[2]
-        if ctx.needs_input_grad[1] or want_b:
+        if ctx.sgd is not None and (ctx.needs_input_grad[1] or want_b):
+            # Fused SGD: the table rows are updated in place (the input gradient above already
+            # read the old ones); no gradient is returned for them.
+            lr, wt, bt = ctx.sgd
+            with K.borrow_marks(weight.shape[0]) as mark:
+                k.binary_sgd_params(
+                    gon, coef, hn, rows.numpy(), signs.numpy(), tn, mark, wt, bt, lr,
+                    bool(ctx.needs_input_grad[1]), want_b, K.threads(),
+                )
+        elif ctx.needs_input_grad[1] or want_b:
             P = weight.shape[0]
             with K.borrow_marks(P) as mark:
                 uniq, gwn, gbn = k.binary_grad_params(
-                    gon, coef, hn, rows.numpy(), signs.numpy(), tn, mark, want_b, K.buffer
+                    gon, coef, hn, rows.numpy(), signs.numpy(), tn, mark, want_b, K.buffer, K.threads()
                 )
             gw, gb = _table_grads(uniq, gwn, gbn, weight.shape, ctx.sparse)
             if not ctx.needs_input_grad[1]:
                 gw = None
-        return gh, gw, gb, None, None, None, None
+        return gh, gw, gb, None, None, None, None, None
 
 
 def _table_grads(uniq: np.ndarray, gw: np.ndarray, gb: np.ndarray | None, shape, sparse: bool):
@@ -297,31 +348,53 @@ def _table_grads(uniq: np.ndarray, gw: np.ndarray, gb: np.ndarray | None, shape,
     return W, b
 
 
+_ROOT_BLAS_MIN_ARITY = 8  # a k-ary root this wide, visited by the whole batch, goes to BLAS
+
+
 class _GroupedFn(torch.autograd.Function):
     """Log-prob of targets in any tree on the CPU, with the batch's decisions grouped by node so
     each node's rows (a two-level tree's cluster block) are read once per batch; backward yields
-    a coalesced node-table gradient. Same math as :func:`_stepwise_log_prob`."""
+    a coalesced node-table gradient, or with ``sgd_lr`` applies SGD to the rows in place. A wide
+    root (a two-level tree's cluster softmax, a dense ``(B, k)`` softmax every example visits)
+    is one BLAS matmul each way instead. Same math as :func:`_stepwise_log_prob`."""
 
     @staticmethod
-    def forward(ctx, h, weight, bias, target, tt, sparse):  # type: ignore[override]
+    def forward(ctx, h, weight, bias, target, tt, sparse, sgd_lr=None):  # type: ignore[override]
         k = K.cpu()
         hn, wn = _np(h), _np(weight)
         bn = _np(bias) if bias is not None else np.empty(0, hn.dtype)
         tn = _np(target)
         dn, dc, L = tt.decision_nodes.numpy(), tt.decision_choices.numpy(), tt.decision_lengths.numpy()
         arity, poff = tt.arity.numpy(), tt.param_offset.numpy()
-        D = dn.shape[1]
+        B, D = hn.shape[0], dn.shape[1]
         with K.borrow_marks(arity.shape[0]) as mark:
-            groups, gstart, entries, soff, eitems, ritems, vstart = k.group_plan(dn, dc, L, tn, arity, poff, mark)
+            groups, gstart, entries, soff, vstart = k.group_plan(dn, dc, L, tn, arity, poff, mark)
+        # Group 0 is the root and, when every example visits it, its entries are 0..B-1 in order.
+        kr = int(arity[0])
+        root = (
+            groups.shape[0] > 0 and groups[0] == 0 and kr >= _ROOT_BLAS_MIN_ARITY and int(gstart[1]) == B
+        )
+        T = K.threads()
+        items = k.work_items(groups, gstart, vstart, 1 if root else 0, T)
+        fitems, fperm, fstart = items[:3]
         ex, sb, ch, pos = k.entry_info(entries, dc, tn, soff, D)
         S = np.empty(soff[-1], hn.dtype)
         lpe = np.empty(entries.shape[0], hn.dtype)
-        out = np.empty(hn.shape[0], hn.dtype)
-        k.grouped_forward(hn, wn, bn, arity, poff, groups, ex, sb, ch, eitems, S, lpe)
+        out = np.empty(B, hn.dtype)
+        k.grouped_forward(hn, wn, bn, arity, poff, groups, ex, sb, ch, fitems, fperm, fstart, S, lpe)
+        p_root = None
+        if root:
+            ht, wt = torch.from_numpy(hn), torch.from_numpy(wn)[:kr]
+            sr = ht @ wt.T if bias is None else torch.addmm(torch.from_numpy(bn)[:kr], ht, wt.T)
+            lse = torch.logsumexp(sr, 1, keepdim=True)
+            c = torch.from_numpy(ch[:B])
+            torch.from_numpy(lpe)[:B] = (sr.gather(1, c.unsqueeze(1)) - lse).squeeze(1)
+            p_root = sr.sub_(lse).exp_()  # the root softmax, for backward
         k.sum_decisions(lpe, pos, L, tn, D, out)
         ctx.save_for_backward(h, weight, target)
-        ctx.plan = (groups, gstart, eitems, ritems, vstart, ex, sb, ch, pos, S)
+        ctx.plan = (groups, gstart, vstart, items, ex, sb, ch, pos, S, p_root, kr)
         ctx.tt, ctx.sparse, ctx.has_bias = tt, sparse, bias is not None
+        ctx.sgd = None if sgd_lr is None else (float(sgd_lr), wn, bn)
         return torch.from_numpy(out)
 
     @staticmethod
@@ -330,33 +403,76 @@ class _GroupedFn(torch.autograd.Function):
         k = K.cpu()
         h, weight, target = ctx.saved_tensors
         tt = ctx.tt
-        groups, gstart, eitems, ritems, vstart, ex, sb, ch, pos, S = ctx.plan
+        groups, gstart, vstart, items, ex, sb, ch, pos, S, p_root, kr = ctx.plan
+        _, _, _, eitems, eperm, estart, ritems, rperm, rstart = items
         gon = _np(go.to(h.dtype))
-        hn, wn, tn = _np(h), _np(weight), _np(target)
+        hn, tn = _np(h), _np(target)
         L, arity, poff = tt.decision_lengths.numpy(), tt.arity.numpy(), tt.param_offset.numpy()
         D = tt.decision_nodes.shape[1]
+        d = hn.shape[1]
+        want_h = ctx.needs_input_grad[0]
+        want_w = ctx.needs_input_grad[1]
+        want_b = ctx.has_bias and ctx.needs_input_grad[2]
+        if not (want_h or want_w or want_b):
+            return None, None, None, None, None, None, None
+        fused = ctx.sgd is not None and want_w
+        if ctx.sgd is not None:
+            lr, wn, bn = ctx.sgd
+        else:
+            lr, wn = 0.0, _np(weight)
+            bn = np.empty(0, hn.dtype)
+        ghd = K.buffer((ex.shape[0], d), hn.dtype)
+        if fused:
+            gwn = hn[:0]
+            gbn = np.empty(1 if want_b else 0, hn.dtype)  # non-empty: update the bias too
+        else:
+            gwn = K.buffer((vstart[-1], d), hn.dtype)
+            gbn = np.empty(vstart[-1] if want_b else 0, hn.dtype)
+        g_root = gw_root = None
+        if p_root is not None:
+            # Root: G = go * (onehot(choice) - softmax); input grad G @ W_root, row grads G^T h.
+            B = hn.shape[0]
+            g_root = p_root.neg().scatter_add_(
+                1, torch.from_numpy(ch[:B]).unsqueeze(1), torch.ones(B, 1, dtype=p_root.dtype)
+            ).mul_(torch.from_numpy(gon).unsqueeze(1))
+            wr = torch.from_numpy(wn)[:kr]
+            torch.mm(g_root, wr, out=torch.from_numpy(ghd)[:B])
+            gw_root = g_root.T @ torch.from_numpy(hn)
+        # Input gradient of the big groups first (it reads their old rows), then one pass over
+        # the rows: row gradients (or in-place SGD) and the other groups' input gradients.
+        k.grouped_grad_input(gon, wn, arity, poff, groups, ex, sb, ch, eitems, eperm, estart, S, ghd)
+        k.grouped_backward_rows(
+            gon, hn, wn, bn, lr, arity, poff, groups, gstart, ex, sb, ch, vstart, S, ritems, rperm, rstart,
+            ghd, gwn, gbn, fused,
+        )
         gh = gw = gb = None
-        if ctx.needs_input_grad[0]:
-            ghd = K.buffer((ex.shape[0], hn.shape[1]), hn.dtype)
+        if want_h:
             ghn = np.empty_like(hn)
-            k.grouped_grad_input(gon, wn, arity, poff, groups, ex, sb, ch, eitems, S, ghd)
             k.sum_rows_by_example(ghd, pos, L, tn, D, ghn)
             gh = torch.from_numpy(ghn)
-        want_b = ctx.has_bias and ctx.needs_input_grad[2]
-        if ctx.needs_input_grad[1] or want_b:
-            gwn = K.buffer((vstart[-1], hn.shape[1]), hn.dtype)
-            gbn = np.empty(vstart[-1] if want_b else 0, hn.dtype)
-            k.grouped_grad_params(gon, hn, arity, groups, gstart, ex, sb, ch, ritems, vstart, S, gwn, gbn)
+        if fused:
+            if gw_root is not None:
+                torch.from_numpy(wn)[:kr].sub_(gw_root, alpha=lr)
+                if want_b:
+                    torch.from_numpy(bn)[:kr].sub_(g_root.sum(0), alpha=lr)
+        elif want_w or want_b:
+            if gw_root is not None:
+                gwn[:kr] = gw_root.numpy()
+                if want_b:
+                    gbn[:kr] = g_root.sum(0).numpy()
             uniq = k.group_rows_index(groups, poff, vstart)
             gw, gb = _table_grads(uniq, gwn, gbn if want_b else None, weight.shape, ctx.sparse)
-            if not ctx.needs_input_grad[1]:
+            if ctx.sgd is not None and want_b:  # bias-only SGD (the weight is frozen)
+                torch.from_numpy(ctx.sgd[2]).index_add_(0, torch.from_numpy(uniq), torch.from_numpy(gbn), alpha=-lr)
+                gb = None
+            if not want_w:
                 gw = None
-        return gh, gw, gb, None, None, None
+        return gh, gw, gb, None, None, None, None
 
 
-def _binary_path_log_prob(h, target, weight, bias, tt: TreeTensors, sparse: bool) -> Tensor:
+def _binary_path_log_prob(h, target, weight, bias, tt: TreeTensors, sparse: bool, sgd_lr=None) -> Tensor:
     if _use_kernels(h, weight, bias) is not None:
-        return _BinaryPathFn.apply(h, weight, bias, target, tt.path_rows, tt.path_signs, sparse)
+        return _BinaryPathFn.apply(h, weight, bias, target, tt.path_rows, tt.path_signs, sparse, sgd_lr)
     rows = tt.path_rows[target].long()  # (B, D)
     sign = tt.path_signs[target].to(h.dtype)  # (B, D); 0 marks padding
     s = _scores(h, weight, bias, rows, sparse)
@@ -483,6 +599,9 @@ def log_prob(h: Tensor, weight: Tensor, bias: Tensor | None, tt: TreeTensors) ->
 
 
 # ---------------------------------------------------------------------------- top-k search
+_TOPK_TOP_ROWS = 128  # at most this many top table rows are scored up front with BLAS
+
+
 @torch.no_grad()
 def topk(h: Tensor, k: int, weight: Tensor, bias: Tensor | None, tt: TreeTensors) -> tuple[Tensor, Tensor]:
     """Exact ``k`` most probable classes per row by best-first search: ``(values, indices)``, (B, k).
@@ -494,14 +613,28 @@ def topk(h: Tensor, k: int, weight: Tensor, bias: Tensor | None, tt: TreeTensors
     B, V = h.shape[0], tt.num_classes
     kern = _use_kernels(h, weight, bias) if B else None
     if kern is not None:
-        vals_n = np.empty((B, k), np.float64)
+        hn = _np(h)
+        vals_n = np.empty((B, k), hn.dtype)
         idx_n = np.empty((B, k), np.int64)
-        bn = _np(bias) if bias is not None else np.empty(0, _np(h).dtype)
+        bn = _np(bias) if bias is not None else np.empty(0, hn.dtype)
+        # The top of the tree is expanded by most searches: score its first R rows for the whole
+        # batch with one BLAS matmul (and their log-sigmoid terms vectorized) instead of one dot
+        # product (and one exp + log1p) per expansion. R grows with the batch, so that a row is
+        # precomputed only where many examples are likely to need it.
+        R = min(tt.num_params, 2 * B, _TOPK_TOP_ROWS) if B >= 8 else 0
+        if R:
+            st = h @ weight[:R].T
+            if bias is not None:
+                st += bias[:R]
+            spt = F.softplus(-st.abs())
+            st_n, spt_n = st.numpy(), spt.numpy()
+        else:
+            st_n = spt_n = np.empty((B, 0), hn.dtype)
         kern.topk_search(
-            _np(h), _np(weight), bn, tt.child_offset.numpy(), tt.children.numpy(), tt.arity.numpy(),
+            hn, _np(weight), bn, st_n, spt_n, tt.child_offset.numpy(), tt.children.numpy(), tt.arity.numpy(),
             tt.param_offset.numpy(), V, k, max(tt.max_arity, 1), vals_n, idx_n,
         )
-        return torch.from_numpy(vals_n).to(h.dtype), torch.from_numpy(idx_n)
+        return torch.from_numpy(vals_n), torch.from_numpy(idx_n)
     dev = h.device
     vals = h.new_full((B, k), float("-inf"))
     idx = torch.zeros(B, k, dtype=torch.long, device=dev)

@@ -57,6 +57,18 @@ class HierarchicalSoftmax(nn.Module):
         reduction: ``'mean'`` (over non-ignored targets), ``'sum'`` or ``'none'``.
         ignore_index: targets equal to it give output 0, are left out of the mean and get no
             gradient. Default: ``-100``.
+        fused_sgd_lr: opt-in fused update (word2vec/fastText style). When a float, ``backward``
+            does not leave gradients in :attr:`weight`/:attr:`bias`: it applies plain SGD to the
+            node-table rows the batch touched, ``row -= fused_sgd_lr * grad`` with exactly the
+            gradient it would have produced, in place, after the input gradient has been computed
+            from the old rows. On the CPU kernels the update happens inside the backward kernel,
+            so the gradient is never materialized and no optimizer pass over it is needed (for a
+            two-level tree, where nearly every cluster is in every batch, that halves the
+            step). Your optimizer then sees ``grad is None`` for the table and skips it. No
+            momentum or weight decay; each backward is one update (no gradient accumulation over
+            several backward calls; one forward call per backward, since a second backward
+            through the same table would see the already updated rows). The attribute can be changed between steps (e.g. by a
+            schedule); ``None`` (the default) turns it off.
 
     Shape:
         - input: ``(*, in_features)``; target: ``(*)`` integer class indices.
@@ -95,6 +107,7 @@ class HierarchicalSoftmax(nn.Module):
         ignore_index: int = -100,
         device: Any = None,
         dtype: torch.dtype | None = None,
+        fused_sgd_lr: float | None = None,
     ) -> None:
         super().__init__()
         if isinstance(in_features, bool) or not isinstance(in_features, int) or in_features < 1:
@@ -110,6 +123,7 @@ class HierarchicalSoftmax(nn.Module):
         self.sparse = bool(sparse)
         self.reduction = reduction
         self.ignore_index = ignore_index
+        self.fused_sgd_lr = fused_sgd_lr
         self.weight = nn.Parameter(torch.empty(tree.num_params, in_features, **factory))
         self.bias = nn.Parameter(torch.empty(tree.num_params, **factory)) if bias else None
         self._set_tree(tree, device)
@@ -128,9 +142,17 @@ class HierarchicalSoftmax(nn.Module):
     @property
     def tree_tensors(self) -> HF.TreeTensors:
         """The tree's arrays as tensors on this module's device."""
+        # Cached per set of buffer objects: ``.to()``/``_set_tree`` replace the buffers, which
+        # invalidates the cache (rebuilding costs ~30 us, a tenth of a small top-k call).
+        key = tuple(map(id, self._buffers.values()))
+        cached = self.__dict__.get("_tt_cache")
+        if cached is not None and cached[0] == key:
+            return cached[1]
         fields = {k: getattr(self, f"_tree_{k}", None) for k in HF.TreeTensors._fields}
         fields.update(self._tt_static)
-        return HF.TreeTensors(**fields)
+        tt = HF.TreeTensors(**fields)
+        self.__dict__["_tt_cache"] = (key, tt, tuple(self._buffers.values()))
+        return tt
 
     def get_extra_state(self) -> dict[str, Any]:
         return {"tree": self.tree.state()}
@@ -158,6 +180,7 @@ class HierarchicalSoftmax(nn.Module):
         return (
             f"in_features={self.in_features}, num_classes={self.num_classes}, tree={self.tree!r}, "
             f"bias={self.bias is not None}, sparse={self.sparse}, reduction={self.reduction!r}"
+            + ("" if self.fused_sgd_lr is None else f", fused_sgd_lr={self.fused_sgd_lr}")
         )
 
     # ------------------------------------------------------------------ checks
@@ -170,14 +193,15 @@ class HierarchicalSoftmax(nn.Module):
             raise ValueError(
                 f"input's last dimension must be in_features={self.in_features}, got shape {tuple(input.shape)}"
             )
-        if input.numel() and not bool(torch.isfinite(input).all()):
+        if input.numel() and not _all_finite(input):
             raise ValueError("input contains NaN or Inf")
         if input.device != self.weight.device:
             raise ValueError(f"input is on {input.device} but the layer is on {self.weight.device}")
         dtype = torch.promote_types(input.dtype, self.weight.dtype)
         if dtype not in (torch.float32, torch.float64):
             dtype = torch.float32  # half-precision path math overflows; float32 is exact enough
-        return input.reshape(-1, self.in_features).to(dtype)
+        x = input.reshape(-1, self.in_features)
+        return x if x.dtype == dtype else x.to(dtype)
 
     def _check_target(self, target: Tensor, batch_shape: torch.Size) -> Tensor:
         if not isinstance(target, Tensor):
@@ -207,12 +231,19 @@ class HierarchicalSoftmax(nn.Module):
         all_kept = bool(keep.all())
         tv = t if all_kept else t[keep]
         self._check_range(tv)
+        lr = self.fused_sgd_lr
+        if lr is not None:
+            lr = float(lr)
+            if not (math.isfinite(lr) and lr >= 0):
+                raise ValueError(f"fused_sgd_lr must be None or a finite number >= 0, got {self.fused_sgd_lr!r}")
+            if not torch.is_grad_enabled():
+                lr = None
         with torch.autocast(device_type=h.device.type, enabled=False):
             if all_kept:
-                out = HF.target_log_prob(h, tv, self.weight, self.bias, self.tree_tensors, self.sparse)
+                out = HF.target_log_prob(h, tv, self.weight, self.bias, self.tree_tensors, self.sparse, lr)
             else:
                 idx = torch.nonzero(keep).squeeze(1)
-                lp = HF.target_log_prob(h[idx], tv, self.weight, self.bias, self.tree_tensors, self.sparse)
+                lp = HF.target_log_prob(h[idx], tv, self.weight, self.bias, self.tree_tensors, self.sparse, lr)
                 out = h.new_zeros(t.shape[0]).index_put((idx,), lp)
         out = out.view(target.shape)
         if self.reduction == "none":
@@ -275,6 +306,16 @@ class HierarchicalSoftmax(nn.Module):
                 temperature=float(temperature), generator=generator,
             )
         return draws.view(*input.shape[:-1], num_samples)
+
+
+def _all_finite(x: Tensor) -> bool:
+    """Whether every element of ``x`` is finite. The sum is finite exactly when no element is
+    NaN or +-Inf, unless finite elements overflow it: only then is the elementwise test (about
+    10x slower, e.g. 0.3 ms for a 512 x 256 float32 batch on the CPU) needed to decide."""
+    with torch.no_grad():
+        if math.isfinite(float(x.sum())):
+            return True
+        return bool(torch.isfinite(x).all())
 
 
 def _detach(t: Tensor | None) -> Tensor | None:

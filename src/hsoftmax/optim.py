@@ -98,10 +98,39 @@ class SparseSGD(torch.optim.Optimizer):
                         g = g.add(p, alpha=wd)
                     p.add_(g, alpha=-lr)
                     continue
+                if _sgd_rows_kernel(p, rows, g, lr, wd):
+                    continue
                 if wd:
                     g = g.add(p.index_select(0, rows), alpha=wd)
                 p.index_add_(0, rows, g.to(p.dtype), alpha=-lr)
         return loss
+
+
+def _sgd_rows_kernel(p: Tensor, rows: Tensor, g: Tensor, lr: float, wd: float) -> bool:
+    """The row update of :class:`SparseSGD` with the parallel CPU kernel, when it applies (a
+    contiguous float32/float64 CPU table, gradient of the same dtype, unique rows, enough work
+    to be worth waking the threads). Returns whether it ran."""
+    if (
+        p.device.type != "cpu" or p.dtype not in (torch.float32, torch.float64) or g.dtype != p.dtype
+        or not p.is_contiguous() or p.dim() != 2 or g.numel() < (1 << 16)
+    ):
+        return False
+    from . import kernels as K
+
+    k = K.cpu()
+    if k is None:
+        return False
+    k.sgd_rows(p.detach().numpy(), rows.contiguous().numpy(), g.contiguous().numpy(), float(lr), float(wd))
+    # The kernel wrote through numpy, which autograd does not see: bump the version counter as an
+    # in-place torch op would, so a graph that saved the old table raises instead of going stale.
+    _increment_version(p)
+    return True
+
+
+def _increment_version(t: Tensor) -> None:
+    bump = getattr(torch.autograd.graph, "increment_version", None)
+    if bump is not None:
+        bump(t)
 
 
 class SparseAdamW(torch.optim.Optimizer):

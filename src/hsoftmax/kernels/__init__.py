@@ -30,6 +30,13 @@ def enabled() -> bool:
     return _enabled
 
 
+def threads() -> int:
+    """How many threads the parallel kernels use (numba's current setting)."""
+    import numba
+
+    return int(numba.get_num_threads())
+
+
 def cpu():
     """The :mod:`hsoftmax.kernels.numba_cpu` module, or ``None`` if disabled or numba is missing."""
     global _cpu, _import_failed

@@ -140,16 +140,16 @@ def _group_rows(rows, signs, target, mark):
     return uniq, start, entries
 
 
-@njit(**_PAR)
-def _binary_row_grads(go, coef, h, start, entries, gw, gb):
-    n = start.shape[0] - 1
+@njit(**_SEQ)
+def _binary_rows_range(go, coef, h, uniq, start, entries, perm, gw, gb, W, b, lr, fused, upd_b):
     D = coef.shape[1]
     d = h.shape[1]
-    want_b = gb.shape[0] > 0
-    for s in prange(n):
-        g = gw[s]
+    acc = np.empty(d, h.dtype)
+    for q in range(perm.shape[0]):
+        s = perm[q]
+        a = acc if fused else gw[s]
         for k in range(d):
-            g[k] = 0.0
+            a[k] = 0.0
         cb = 0.0
         for e in range(start[s], start[s + 1]):
             f = entries[e]
@@ -158,12 +158,25 @@ def _binary_row_grads(go, coef, h, start, entries, gw, gb):
             cb += c
             x = h[i]
             for k in range(d):
-                g[k] += c * x[k]
-        if want_b:
+                a[k] += c * x[k]
+        if fused:
+            w = W[uniq[s]]
+            for k in range(d):
+                w[k] -= lr * a[k]
+            if upd_b:
+                b[uniq[s]] -= lr * cb
+        elif gb.shape[0] > 0:
             gb[s] = cb
 
 
-def binary_grad_params(go, coef, h, rows, signs, target, mark, want_bias, alloc=np.empty):
+@njit(**_PAR)
+def _binary_rows(go, coef, h, uniq, start, entries, perm, tstart, gw, gb, W, b, lr, fused, upd_b):
+    for t in prange(tstart.shape[0] - 1):
+        _binary_rows_range(go, coef, h, uniq, start, entries, perm[tstart[t]:tstart[t + 1]], gw, gb, W, b, lr,
+                           fused, upd_b)
+
+
+def binary_grad_params(go, coef, h, rows, signs, target, mark, want_bias, alloc=np.empty, threads=1):
     """Coalesced node-table gradient of a binary-path batch.
 
     Returns ``(uniq (U,) int64 sorted rows, gw (U, d), gb (U,) or None)``: the gradient of
@@ -173,8 +186,57 @@ def binary_grad_params(go, coef, h, rows, signs, target, mark, want_bias, alloc=
     uniq, start, entries = _group_rows(rows, signs, target, mark)
     gw = alloc((uniq.shape[0], h.shape[1]), h.dtype)
     gb = np.empty(uniq.shape[0] if want_bias else 0, h.dtype)
-    _binary_row_grads(go, coef, h, start, entries, gw, gb)
+    perm, tstart = balance((np.diff(start) + 2).astype(np.float64), threads)
+    _binary_rows(go, coef, h, uniq, start, entries, perm, tstart, gw, gb, h[:0], gb, 0.0, False, False)
     return uniq, gw, (gb if want_bias else None)
+
+
+def binary_sgd_params(go, coef, h, rows, signs, target, mark, W, b, lr, update_w, update_b, threads=1):
+    """Plain SGD in place with the gradient :func:`binary_grad_params` would return:
+    ``W[r] -= lr * gw`` (if ``update_w``) and ``b[r] -= lr * gb`` (if ``update_b``) for the
+    batch's rows, without materializing the gradient. The input gradient, which reads the old
+    rows, must be computed before."""
+    uniq, start, entries = _group_rows(rows, signs, target, mark)
+    perm, tstart = balance((np.diff(start) + 2).astype(np.float64), threads)
+    if update_w:
+        _binary_rows(go, coef, h, uniq, start, entries, perm, tstart, h[:0], b[:0], W, b, lr, True, update_b)
+    elif update_b:  # bias only: the weight rows are left as they are
+        gw = np.empty((uniq.shape[0], h.shape[1]), h.dtype)
+        gb = np.empty(uniq.shape[0], h.dtype)
+        _binary_rows(go, coef, h, uniq, start, entries, perm, tstart, gw, gb, h[:0], gb, 0.0, False, False)
+        b[uniq] -= lr * gb
+
+
+# ---------------------------------------------------------------------------- work balancing
+@njit(**_SEQ)
+def balance(cost, T):
+    """Deal work items over ``T`` threads, largest first, each to the least loaded thread (LPT).
+    Returns ``(perm, tstart)``: thread t runs items ``perm[tstart[t]:tstart[t + 1]]``. numba's
+    ``prange`` splits an index range into equal contiguous chunks, which is badly unbalanced when
+    item costs vary by orders of magnitude (a two-level tree's clusters do)."""
+    n = cost.shape[0]
+    order = np.argsort(-cost, kind="mergesort")
+    load = np.zeros(T, np.float64)
+    owner = np.empty(n, np.int64)
+    count = np.zeros(T, np.int64)
+    for q in range(n):
+        t = 0
+        for u in range(1, T):
+            if load[u] < load[t]:
+                t = u
+        load[t] += cost[order[q]]
+        owner[order[q]] = t
+        count[t] += 1
+    tstart = np.zeros(T + 1, np.int64)
+    for t in range(T):
+        tstart[t + 1] = tstart[t] + count[t]
+    fill = tstart[:-1].copy()
+    perm = np.empty(n, np.int64)
+    for it in range(n):  # keep each thread's items in their original (memory) order
+        t = owner[it]
+        perm[fill[t]] = it
+        fill[t] += 1
+    return perm, tstart
 
 
 # ---------------------------------------------------------------------------- grouped nodes
@@ -190,13 +252,11 @@ _CR = 8
 
 @njit(**_SEQ)
 def group_plan(dn, dc, lengths, target, arity, poff, mark):
-    """Group the decisions of a batch by node. Returns
-    ``(groups, gstart, entries, soff, eitems, ritems, vstart)``:
+    """Group the decisions of a batch by node. Returns ``(groups, gstart, entries, soff, vstart)``:
     groups (G,) the nodes visited, ascending; entries[gstart[g]:gstart[g+1]] the flat decisions at
-    groups[g]; soff (B*D+1,) score offsets; eitems (n, 3) (group, entry lo, entry hi) work items;
-    ritems (m, 3) (group, row lo, row hi); vstart (G+1,) offsets of each group's rows in the
-    coalesced gradient (whose row ids are poff[groups[g]] + 0..). ``mark`` (N,) int32 scratch of
-    -1, restored on return."""
+    groups[g] (in example order); soff (B*D+1,) score offsets; vstart (G+1,) offsets of each
+    group's rows in the coalesced gradient (whose row ids are poff[groups[g]] + 0..). ``mark``
+    (N,) int32 scratch of -1, restored on return."""
     B = target.shape[0]
     D = dn.shape[1]
     G = 0
@@ -236,33 +296,82 @@ def group_plan(dn, dc, lengths, target, arity, poff, mark):
             fill[g] += 1
     for g in range(G):
         mark[groups[g]] = -1
-    ne = 0
-    nr = 0
     vstart = np.zeros(G + 1, np.int64)
     for g in range(G):
-        cnt = gstart[g + 1] - gstart[g]
-        ne += (cnt + _CE - 1) // _CE
         k = arity[groups[g]]
-        rows = 1 if k == 2 else k
-        vstart[g + 1] = vstart[g] + rows
-        nr += (rows + _CR - 1) // _CR
+        vstart[g + 1] = vstart[g] + (1 if k == 2 else k)
+    return groups, gstart, entries, soff, vstart
+
+
+@njit(**_SEQ)
+def work_items(groups, gstart, vstart, first, T):
+    """Work items for groups ``first..G-1`` (``first=1`` leaves group 0, a root done with BLAS,
+    out), each list with its thread assignment ``(perm, tstart)`` from :func:`balance`:
+
+    * ``fitems (n, 3)``: (group, entry lo, entry hi), at most _CE entries: forward;
+    * ``eitems (n, 3)``: the same for groups with more than _CE entries only: their input
+      gradient, computed before the row pass;
+    * ``ritems (m, 4)``: (group, row lo, row hi, whole): the row pass of the backward. A group of at
+      most _CE entries is one item (``whole=1``) that also computes its entries' input gradient
+      in the same pass over its rows; a bigger group is cut into _CR-row items (``whole=0``)."""
+    G = groups.shape[0]
+    nf = 0
+    ne = 0
+    nr = 0
+    for g in range(first, G):
+        cnt = gstart[g + 1] - gstart[g]
+        chunks = (cnt + _CE - 1) // _CE
+        nf += chunks
+        if cnt > _CE:
+            ne += chunks
+            nr += (vstart[g + 1] - vstart[g] + _CR - 1) // _CR
+        else:
+            nr += 1
+    fitems = np.empty((nf, 3), np.int64)
+    fcost = np.empty(nf, np.float64)
     eitems = np.empty((ne, 3), np.int64)
-    ritems = np.empty((nr, 3), np.int64)
+    ecost = np.empty(ne, np.float64)
+    ritems = np.empty((nr, 4), np.int64)
+    rcost = np.empty(nr, np.float64)
     a = 0
     c = 0
-    for g in range(G):
-        for lo in range(gstart[g], gstart[g + 1], _CE):
-            eitems[a, 0] = g
-            eitems[a, 1] = lo
-            eitems[a, 2] = min(lo + _CE, gstart[g + 1])
-            a += 1
+    r = 0
+    for g in range(first, G):
+        cnt = gstart[g + 1] - gstart[g]
         rows = vstart[g + 1] - vstart[g]
-        for lo in range(0, rows, _CR):
-            ritems[c, 0] = g
-            ritems[c, 1] = lo
-            ritems[c, 2] = min(lo + _CR, rows)
-            c += 1
-    return groups, gstart, entries, soff, eitems, ritems, vstart
+        for lo in range(gstart[g], gstart[g + 1], _CE):
+            hi = min(lo + _CE, gstart[g + 1])
+            fitems[a, 0] = g
+            fitems[a, 1] = lo
+            fitems[a, 2] = hi
+            fcost[a] = rows * (hi - lo + 2.0)
+            a += 1
+            if cnt > _CE:
+                eitems[c, 0] = g
+                eitems[c, 1] = lo
+                eitems[c, 2] = hi
+                ecost[c] = rows * (hi - lo + 2.0)
+                c += 1
+        if cnt > _CE:
+            for lo in range(0, rows, _CR):
+                hi = min(lo + _CR, rows)
+                ritems[r, 0] = g
+                ritems[r, 1] = lo
+                ritems[r, 2] = hi
+                ritems[r, 3] = 0
+                rcost[r] = (hi - lo) * (cnt + 2.0)
+                r += 1
+        else:
+            ritems[r, 0] = g
+            ritems[r, 1] = 0
+            ritems[r, 2] = rows
+            ritems[r, 3] = 1
+            rcost[r] = rows * (2.0 * cnt + 2.0)
+            r += 1
+    fperm, fstart = balance(fcost, T)
+    eperm, estart = balance(ecost, T)
+    rperm, rstart = balance(rcost, T)
+    return fitems, fperm, fstart, eitems, eperm, estart, ritems, rperm, rstart
 
 
 @njit(**_SEQ)
@@ -283,17 +392,15 @@ def entry_info(entries, dc, target, soff, D):
     return ex, sb, ch, pos
 
 
-@njit(**_PAR)
-def grouped_forward(h, W, b, arity, poff, groups, ex, sb, ch, eitems, S, lpe):
-    """Scores and log-prob of every grouped decision (``lpe``, by entry). On return S holds, per
-    decision, what backward needs: for a binary node the derivative of the log-prob w.r.t. its
-    score, for a k-ary node the softmax."""
+@njit(**_SEQ)
+def _forward_items(h, W, b, arity, poff, groups, ex, sb, ch, items, perm, S, lpe):
     has_b = b.shape[0] > 0
     d = h.shape[1]
-    for it in prange(eitems.shape[0]):
-        n = groups[eitems[it, 0]]
-        lo = eitems[it, 1]
-        hi = eitems[it, 2]
+    for q in range(perm.shape[0]):
+        it = perm[q]
+        n = groups[items[it, 0]]
+        lo = items[it, 1]
+        hi = items[it, 2]
         k = arity[n]
         o = poff[n]
         nrows = 1 if k == 2 else k
@@ -311,12 +418,12 @@ def grouped_forward(h, W, b, arity, poff, groups, ex, sb, ch, eitems, S, lpe):
                 a1 = w[0] * x1[0]
                 a2 = w[0] * x2[0]
                 a3 = w[0] * x3[0]
-                for q in range(1, d):
-                    wq = w[q]
-                    a0 += wq * x0[q]
-                    a1 += wq * x1[q]
-                    a2 += wq * x2[q]
-                    a3 += wq * x3[q]
+                for q2 in range(1, d):
+                    wq = w[q2]
+                    a0 += wq * x0[q2]
+                    a1 += wq * x1[q2]
+                    a2 += wq * x2[q2]
+                    a3 += wq * x3[q2]
                 S[sb[e] + r] = a0 + bb
                 S[sb[e + 1] + r] = a1 + bb
                 S[sb[e + 2] + r] = a2 + bb
@@ -348,6 +455,15 @@ def grouped_forward(h, W, b, arity, poff, groups, ex, sb, ch, eitems, S, lpe):
 
 
 @njit(**_PAR)
+def grouped_forward(h, W, b, arity, poff, groups, ex, sb, ch, items, perm, tstart, S, lpe):
+    """Scores and log-prob of every grouped decision of ``items`` (``lpe``, by entry). On return
+    S holds, per decision, what backward needs: for a binary node the derivative of the log-prob
+    w.r.t. its score, for a k-ary node the softmax."""
+    for t in prange(tstart.shape[0] - 1):
+        _forward_items(h, W, b, arity, poff, groups, ex, sb, ch, items, perm[tstart[t]:tstart[t + 1]], S, lpe)
+
+
+@njit(**_PAR)
 def sum_decisions(vals, pos, lengths, target, D, out):
     """``out[i] = sum_j vals[pos[i * D + j]]`` over example i's decisions."""
     for i in prange(out.shape[0]):
@@ -366,21 +482,28 @@ def _gcoef(S, s0, k, r, j, go_i):
 
 
 @njit(**_PAR)
-def grouped_grad_input(go, W, arity, poff, groups, ex, sb, ch, eitems, S, ghd):
-    """Per-entry input gradients ``ghd (n_entries, d)`` (each entry belongs to one work item, so
-    no races); :func:`sum_rows_by_example` adds them up per example."""
+def grouped_grad_input(go, W, arity, poff, groups, ex, sb, ch, items, perm, tstart, S, ghd):
+    """Per-entry input gradients ``ghd[e]`` of the entries of ``items`` (each entry belongs to
+    one item, so no races); :func:`sum_rows_by_example` adds them up per example."""
+    for t in prange(tstart.shape[0] - 1):
+        _grad_input_range(go, W, arity, poff, groups, ex, sb, ch, items, perm[tstart[t]:tstart[t + 1]], S, ghd)
+
+
+@njit(**_SEQ)
+def _grad_input_range(go, W, arity, poff, groups, ex, sb, ch, items, perm, S, ghd):
     d = W.shape[1]
-    for it in prange(eitems.shape[0]):
-        n = groups[eitems[it, 0]]
-        lo = eitems[it, 1]
-        hi = eitems[it, 2]
+    for q in range(perm.shape[0]):
+        it = perm[q]
+        n = groups[items[it, 0]]
+        lo = items[it, 1]
+        hi = items[it, 2]
         k = arity[n]
         o = poff[n]
         nrows = 1 if k == 2 else k
         for e in range(lo, hi):
             g = ghd[e]
-            for q in range(d):
-                g[q] = 0.0
+            for q2 in range(d):
+                g[q2] = 0.0
         for r in range(nrows):
             w = W[o + r]
             e = lo
@@ -393,18 +516,18 @@ def grouped_grad_input(go, W, arity, poff, groups, ex, sb, ch, eitems, S, ghd):
                 g1 = ghd[e + 1]
                 g2 = ghd[e + 2]
                 g3 = ghd[e + 3]
-                for q in range(d):
-                    wq = w[q]
-                    g0[q] += c0 * wq
-                    g1[q] += c1 * wq
-                    g2[q] += c2 * wq
-                    g3[q] += c3 * wq
+                for q2 in range(d):
+                    wq = w[q2]
+                    g0[q2] += c0 * wq
+                    g1[q2] += c1 * wq
+                    g2[q2] += c2 * wq
+                    g3[q2] += c3 * wq
                 e += 4
             while e < hi:
                 c = _gcoef(S, sb[e], k, r, ch[e], go[ex[e]])
                 g = ghd[e]
-                for q in range(d):
-                    g[q] += c * w[q]
+                for q2 in range(d):
+                    g[q2] += c * w[q2]
                 e += 1
 
 
@@ -422,24 +545,37 @@ def sum_rows_by_example(ghd, pos, lengths, target, D, gh):
                 g[q] += x[q]
 
 
-@njit(**_PAR)
-def grouped_grad_params(go, h, arity, groups, gstart, ex, sb, ch, ritems, vstart, S, gw, gb):
-    """Coalesced weight/bias gradients: row ``vstart[g] + r`` of ``gw``/``gb`` is node
-    ``groups[g]``'s row ``r`` (table row ``poff[groups[g]] + r``)."""
+@njit(**_SEQ)
+def _row_pass_range(go, h, W, b, lr, arity, poff, groups, gstart, ex, sb, ch, vstart, S, items, perm,
+                    ghd, gw, gb, fused):
+    """The row pass of the grouped backward for one thread's items (see grouped_backward_rows)."""
     d = h.shape[1]
+    has_b = b.shape[0] > 0
     want_b = gb.shape[0] > 0
-    for it in prange(ritems.shape[0]):
-        g_ = ritems[it, 0]
-        k = arity[groups[g_]]
+    acc = np.empty(d, h.dtype)  # the row's gradient when it is applied in place (fused)
+    for q in range(perm.shape[0]):
+        it = perm[q]
+        g_ = items[it, 0]
+        n = groups[g_]
+        k = arity[n]
+        o = poff[n]
         lo = gstart[g_]
         hi = gstart[g_ + 1]
-        for r in range(ritems[it, 1], ritems[it, 2]):
-            acc = gw[vstart[g_] + r]
-            for q in range(d):
-                acc[q] = 0.0
+        whole = items[it, 3] == 1
+        if whole:
+            for e in range(lo, hi):
+                gz = ghd[e]
+                for q2 in range(d):
+                    gz[q2] = 0.0
+        for r in range(items[it, 1], items[it, 2]):
+            w = W[o + r]
+            a = acc if fused else gw[vstart[g_] + r]
+            for q2 in range(d):
+                a[q2] = 0.0
             cb = 0.0
             e = lo
-            # Four entries per pass: one read-modify-write of the gradient row feeds four FMAs.
+            # Four entries per pass: one read of the weight row and one read-modify-write of
+            # the gradient row feed four entries' FMAs.
             while e + 4 <= hi:
                 c0 = _gcoef(S, sb[e], k, r, ch[e], go[ex[e]])
                 c1 = _gcoef(S, sb[e + 1], k, r, ch[e + 1], go[ex[e + 1]])
@@ -450,18 +586,57 @@ def grouped_grad_params(go, h, arity, groups, gstart, ex, sb, ch, ritems, vstart
                 x1 = h[ex[e + 1]]
                 x2 = h[ex[e + 2]]
                 x3 = h[ex[e + 3]]
-                for q in range(d):
-                    acc[q] += c0 * x0[q] + c1 * x1[q] + c2 * x2[q] + c3 * x3[q]
+                if whole:
+                    g0 = ghd[e]
+                    g1 = ghd[e + 1]
+                    g2 = ghd[e + 2]
+                    g3 = ghd[e + 3]
+                    for q2 in range(d):
+                        wq = w[q2]
+                        g0[q2] += c0 * wq
+                        g1[q2] += c1 * wq
+                        g2[q2] += c2 * wq
+                        g3[q2] += c3 * wq
+                        a[q2] += c0 * x0[q2] + c1 * x1[q2] + c2 * x2[q2] + c3 * x3[q2]
+                else:
+                    for q2 in range(d):
+                        a[q2] += c0 * x0[q2] + c1 * x1[q2] + c2 * x2[q2] + c3 * x3[q2]
                 e += 4
             while e < hi:
                 c = _gcoef(S, sb[e], k, r, ch[e], go[ex[e]])
                 cb += c
                 x = h[ex[e]]
-                for q in range(d):
-                    acc[q] += c * x[q]
+                if whole:
+                    gz = ghd[e]
+                    for q2 in range(d):
+                        gz[q2] += c * w[q2]
+                        a[q2] += c * x[q2]
+                else:
+                    for q2 in range(d):
+                        a[q2] += c * x[q2]
                 e += 1
-            if want_b:
+            if fused:
+                # Plain SGD on the row, after its old value served the input gradient above.
+                for q2 in range(d):
+                    w[q2] -= lr * a[q2]
+                if has_b and want_b:
+                    b[o + r] -= lr * cb
+            elif want_b:
                 gb[vstart[g_] + r] = cb
+
+
+@njit(**_PAR)
+def grouped_backward_rows(go, h, W, b, lr, arity, poff, groups, gstart, ex, sb, ch, vstart, S, items,
+                          perm, tstart, ghd, gw, gb, fused):
+    """One pass over the rows of every item of ``ritems`` (see :func:`work_items`): each row's
+    gradient, ``sum_e coef(e, r) * h[ex[e]]``, and for ``whole`` items also the input gradient of
+    the group's entries (``ghd``) from the same read of the row. Not fused: the gradient goes to
+    ``gw``/``gb`` (row ``vstart[g] + r``; ``gb`` may be empty). Fused: ``W[row] -= lr * grad``
+    (and ``b`` likewise when ``gb`` is non-empty) in place, and ``gw`` is not touched. Items that
+    are not whole must have their input gradient computed (reading ``W``) before this runs."""
+    for t in prange(tstart.shape[0] - 1):
+        _row_pass_range(go, h, W, b, lr, arity, poff, groups, gstart, ex, sb, ch, vstart, S, items,
+                        perm[tstart[t]:tstart[t + 1]], ghd, gw, gb, fused)
 
 
 @njit(**_SEQ)
@@ -474,6 +649,23 @@ def group_rows_index(groups, poff, vstart):
         for r in range(vstart[g + 1] - vstart[g]):
             out[vstart[g] + r] = o + r
     return out
+
+
+# ---------------------------------------------------------------------------- optimizer
+@njit(**_PAR)
+def sgd_rows(W, rows, G, lr, wd):
+    """``W[rows[s]] -= lr * (G[s] + wd * W[rows[s]])`` for distinct ``rows`` (int64), in
+    parallel: torch's ``index_add_`` runs this on one thread at about half the memory bandwidth."""
+    d = W.shape[1]
+    for s in prange(rows.shape[0]):
+        w = W[rows[s]]
+        g = G[s]
+        if wd != 0.0:
+            for k in range(d):
+                w[k] -= lr * (g[k] + wd * w[k])
+        else:
+            for k in range(d):
+                w[k] -= lr * g[k]
 
 
 # ---------------------------------------------------------------------------- top-k search
@@ -518,10 +710,13 @@ def _heap_pop(hv, hr, n):
 
 
 @njit(**_SEQ)
-def _topk_one(x, W, b, child_offset, children, arity, poff, V, K, amax, vals, idx):
+def _topk_one(x, W, b, st, spt, child_offset, children, arity, poff, V, K, amax, vals, idx):
     """Best-first search for one example (a function of its own, so that numba's parfor pass
-    cannot hoist the heap allocations out of the parallel loop and share them across threads)."""
+    cannot hoist the heap allocations out of the parallel loop and share them across threads).
+    ``st`` holds this example's precomputed scores of the first ``R = st.shape[0]`` table rows
+    (bias included) and ``spt`` their ``log1p(exp(-|s|))``; rows past R are scored here."""
     has_b = b.shape[0] > 0
+    R = st.shape[0]
     cap = 64 + 2 * amax
     hv = np.empty(cap, np.float64)
     hr = np.empty(cap, np.int64)
@@ -558,11 +753,15 @@ def _topk_one(x, W, b, child_offset, children, arity, poff, V, K, amax, vals, id
             ref = children[c0]
             continue
         if k == 2:
-            s = _dot(W[o], x)
-            if has_b:
-                s += b[o]
             # log sigmoid(s) and log sigmoid(-s) = log sigmoid(s) - s: one exp, one log1p.
-            l1 = min(s, 0.0) - np.log1p(np.exp(-abs(s)))
+            if o < R:
+                s = st[o]
+                l1 = min(s, 0.0) - spt[o]
+            else:
+                s = _dot(W[o], x)
+                if has_b:
+                    s += b[o]
+                l1 = min(s, 0.0) - np.log1p(np.exp(-abs(s)))
             l0 = l1 - s
             if l1 >= l0:
                 best_lp, best_ref = lp + l1, children[c0 + 1]
@@ -573,10 +772,14 @@ def _topk_one(x, W, b, child_offset, children, arity, poff, V, K, amax, vals, id
             n += 1
         else:
             m = -np.inf
+            pre = o + k <= R
             for r in range(k):
-                s = _dot(W[o + r], x)
-                if has_b:
-                    s += b[o + r]
+                if pre:
+                    s = st[o + r]
+                else:
+                    s = _dot(W[o + r], x)
+                    if has_b:
+                        s += b[o + r]
                 sc[r] = s
                 if s > m:
                     m = s
@@ -603,15 +806,17 @@ def _topk_one(x, W, b, child_offset, children, arity, poff, V, K, amax, vals, id
 
 
 @njit(**_PAR)
-def topk_search(h, W, b, child_offset, children, arity, poff, V, K, amax, vals, idx):
+def topk_search(h, W, b, St, SPt, child_offset, children, arity, poff, V, K, amax, vals, idx):
     """Exact top-K classes of each row of ``h`` by best-first search (one heap per example).
 
     A node's log-prob bounds every class below it, since each edge adds a log-prob <= 0, so
     classes leave the heap in exactly descending order. Log-probs accumulate in float64.
     ``amax`` is the largest arity (precomputed: scanning ``arity`` here would cost O(nodes) per
-    call). Writes ``vals (B, K)`` float64 and ``idx (B, K)`` int64."""
+    call). ``St (B, R)``: scores of the first R table rows (the top of the tree, which most
+    searches expand), computed beforehand with one BLAS matmul, and ``SPt = log1p(exp(-|St|))``;
+    R may be 0. Writes ``vals (B, K)`` (float64 or h's dtype) and ``idx (B, K)`` int64."""
     for i in prange(h.shape[0]):
-        _topk_one(h[i], W, b, child_offset, children, arity, poff, V, K, amax, vals[i], idx[i])
+        _topk_one(h[i], W, b, St[i], SPt[i], child_offset, children, arity, poff, V, K, amax, vals[i], idx[i])
 
 
 # ---------------------------------------------------------------------------- all classes
