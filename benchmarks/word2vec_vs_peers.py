@@ -100,7 +100,7 @@ def train_fasttext(corpus: str, sg: bool, threads: int):
     model = fasttext.train_unsupervised(
         corpus, model="skipgram" if sg else "cbow", loss="hs", dim=SETTINGS["dim"], ws=SETTINGS["window"],
         minCount=SETTINGS["min_count"], t=SETTINGS["sample"], epoch=SETTINGS["epochs"], lr=SETTINGS["alpha"],
-        thread=threads, minn=0, maxn=0, bucket=0, verbose=0, seed=SETTINGS["seed"])
+        thread=threads, minn=0, maxn=0, bucket=0, verbose=0)  # 0.9.3's Python API takes no seed
     seconds = time.perf_counter() - t0
     words = model.get_words()
     return seconds, words, np.stack([model.get_input_vector(i) for i in range(len(words))])

@@ -131,15 +131,36 @@ def test_invalid_utf8_is_replaced_and_reported(tmp_path, capsys):
     (["word2vec", "c.txt", "-o", "v.txt", "--resume"], "--checkpoint"),
     (["word2vec", "c.txt", "-o", "v.txt", "--tree", "nonsense"], "--tree"),
     (["word2vec", "c.txt", "-o", "nodir/v.txt"], "directory"),
+    (["word2vec", "c.txt", "-o", "v.txt", "--tmp-dir", "nodir"], "--tmp-dir"),
     (["evaluate", "missing.txt"], "not found"),
     ([], "required"),
-], ids=["no-output", "dim", "mode", "resume", "tree", "outdir", "eval-missing", "no-command"])
+], ids=["no-output", "dim", "mode", "resume", "tree", "outdir", "tmpdir", "eval-missing", "no-command"])
 def test_usage_errors(tmp_path, capsys, monkeypatch, argv, pattern):
     monkeypatch.chdir(tmp_path)
     write_corpus(tmp_path / "c.txt")
     code, _, err = run(argv, capsys)
     assert_one_line_error(code, err, pattern)
     assert not (tmp_path / "v.txt").exists()
+
+
+def test_tmp_dir_holds_the_encoded_corpus_while_training(tmp_path, corpus, capsys, monkeypatch):
+    from hsoftmax.word2vec import Word2Vec
+
+    work = tmp_path / "work"
+    work.mkdir()
+    seen = []
+    train = Word2Vec.train
+
+    def spy(self, enc, checkpoint=None):
+        seen.append(sorted(p.name for p in work.iterdir()))
+        return train(self, enc, checkpoint)
+
+    monkeypatch.setattr(Word2Vec, "train", spy)
+    argv = ["word2vec", corpus, "-o", str(tmp_path / "v.txt"), "--dim", "8", "--min-count", "1",
+            "--epochs", "1", "--no-progress", "--tmp-dir", str(work)]
+    assert run(argv, capsys)[0] == 0
+    assert len(seen) == 1 and len(seen[0]) == 1 and seen[0][0].startswith("hsoftmax-corpus-")
+    assert list(work.iterdir()) == []  # deleted afterwards
 
 
 def test_checkpoint_resume_matches_uninterrupted(tmp_path, corpus, capsys, monkeypatch):

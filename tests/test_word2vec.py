@@ -8,6 +8,8 @@ import random
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from hsoftmax.tree import Tree
 from hsoftmax.word2vec import (
@@ -114,6 +116,86 @@ def test_encode_file_matches_encode_sentences_and_counts_bad_utf8(tmp_path, corp
     a.close(), b.close()
 
 
+# Pieces that stress the byte-level tokenizer: every kind of Unicode whitespace, NUL, \r, invalid
+# UTF-8 (stray continuation, truncated sequences, surrogate, overlong, a lead byte before a
+# whitespace sequence), a literal U+FFFD (collides with decoded invalid bytes) and a non-ASCII word.
+_PIECES = [b"a", b"bb", b"a", b" ", b" ", b"\t", b"\n", b"\n", b"\r", b"\x00", b"\x0b", b"\x1c", b"\x1f",
+           "\u0085".encode(), "\u00a0".encode(), "\u1680".encode(), "\u2000".encode(), "\u200a".encode(),
+           "\u2028".encode(), "\u202f".encode(), "\u205f".encode(), "\u3000".encode(), "\u200b".encode(),
+           b"\xff", b"\x80", b"\xe2\x80", b"\xe2", b"\xed\xa0\x80", b"\xc0\xaf", b"\xf4\x90\x80\x80",
+           "\ufffd".encode(), "caf\u00e9".encode(), "\U0001f600".encode()]
+
+
+def _reference_encoding(data: bytes):
+    """What decoding the whole text first and splitting it with str.split() gives."""
+    from hsoftmax.word2vec import corpus as corpus_mod
+
+    before = corpus_mod._replaced[0]
+    text = data.decode("utf-8", "hsoftmax.count_replace")
+    replaced = corpus_mod._replaced[0] - before
+    sentences = [line.replace("\x00", " ").split() for line in text.split("\n")]
+    return sentences, replaced
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.sampled_from(_PIECES), max_size=60).map(b"".join))
+@example(b"\xff \x80 \xef\xbf\xbd x\xff x\xe2\x80\n x\x80\x80 \xe2\x80\xe2\x80 \xfe\xff")  # merges
+def test_byte_tokenizer_matches_decode_then_split(tmp_path, data):
+    path = tmp_path / "c.txt"
+    path.write_bytes(data)
+    sentences, replaced = _reference_encoding(data)
+    if not any(sentences):
+        with pytest.raises(CorpusError, match="no words"):
+            encode_file(path, min_count=1)
+        return
+    a = encode_file(path, min_count=1)
+    b = encode_sentences(sentences, min_count=1)
+    assert a.vocab.words == b.vocab.words
+    assert a.vocab.counts.tolist() == b.vocab.counts.tolist()
+    np.testing.assert_array_equal(np.asarray(a.ids), np.asarray(b.ids))
+    np.testing.assert_array_equal(a.offsets, b.offsets)
+    assert (a.raw_words, a.replaced) == (b.raw_words, replaced)
+    a.close(), b.close()
+
+
+def test_blocks_split_only_between_lines(tmp_path, monkeypatch, corpus):
+    """Reads far smaller than a line (and lines longer than a read) give the same encoding."""
+    from hsoftmax.word2vec import corpus as corpus_mod
+
+    path = tmp_path / "c.txt"
+    text = "\n".join(" ".join(s) for s in corpus[:300]) + "\n" + " ".join(corpus[0] * 40)  # no final newline
+    path.write_text(text, encoding="utf-8")
+    whole = encode_file(path, min_count=2)
+    monkeypatch.setattr(corpus_mod, "_READ_BYTES", 7)
+    small = encode_file(path, min_count=2)
+    assert small.vocab.words == whole.vocab.words
+    np.testing.assert_array_equal(np.asarray(small.ids), np.asarray(whole.ids))
+    np.testing.assert_array_equal(small.offsets, whole.offsets)
+    whole.close(), small.close()
+
+
+def test_word_table_grows_past_its_capacity():
+    from hsoftmax.word2vec.word_table import WordTable
+
+    t = WordTable(capacity=16)
+    words = [f"w{i}" for i in range(5000)]
+    ids, lines = t.add_block((" ".join(words + words[:10]) + "\n").encode())
+    assert len(t) == 5000 and lines.tolist() == [5010]
+    assert ids.tolist() == list(range(5000)) + list(range(10))
+    assert t.counts[:12].tolist() == [2] * 10 + [1, 1]
+    assert t.words(np.array([4999, 0, 17])) == ["w4999", "w0", "w17"]
+    assert t.find(b"w123") == 123 and t.find(b"nope") == -1
+
+
+def test_corpus_ids_are_read_in_chunks(tmp_path, corpus):
+    c = encode_sentences(corpus[:50], min_count=1)
+    buf = np.empty(100, dtype=np.int32)
+    np.testing.assert_array_equal(c.read_ids(7, 60, buf), np.asarray(c.ids)[7:60])
+    c.close()
+    with pytest.raises(ValueError, match="closed"):
+        c.read_ids(0, 5, buf)
+
+
 def test_bad_corpora(tmp_path):
     with pytest.raises(CorpusError, match="not found"):
         encode_file(tmp_path / "nope.txt")
@@ -171,6 +253,20 @@ def test_other_trees_train(corpus, make_tree, sg):
     same, other = topic_separation(m.wv)
     assert same > other + 0.3, (same, other)
     assert m.history[-1]["loss"] < m.history[0]["loss"]
+
+
+@pytest.mark.parametrize("sg", [False, True], ids=["cbow", "skipgram"])
+def test_packed_binary_paths_train_exactly_like_plain_ones(monkeypatch, corpus, sg):
+    """The trainer's packed paths (2 * row + choice per step) give bit-identical vectors."""
+    enc = encode_sentences(corpus[:400], min_count=2)
+    packed = Word2Vec(dim=16, min_count=2, epochs=1, threads=1, sg=sg, progress=False).fit(enc)
+    plain_paths = kernels.flat_paths
+    monkeypatch.setattr(kernels, "flat_paths", lambda tree, classes=None, packed=False: plain_paths(tree, classes))
+    plain = Word2Vec(dim=16, min_count=2, epochs=1, threads=1, sg=sg, progress=False).fit(enc)
+    assert kernels.flat_paths(packed.tree)[2].size > 0  # the patch really gives plain paths
+    np.testing.assert_array_equal(packed.syn0, plain.syn0)
+    np.testing.assert_array_equal(packed.syn1, plain.syn1)
+    enc.close()
 
 
 def test_kary_kernel_matches_exact_softmax_gradient():

@@ -69,6 +69,9 @@ def _add_word2vec(sub) -> None:
     p.add_argument("--checkpoint", metavar="DIR", help="save the full state here after every epoch")
     p.add_argument("--resume", action="store_true", help="continue from the state in --checkpoint")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.add_argument("--tmp-dir", metavar="DIR", default=None,
+                   help="where the encoded corpus (4 bytes per token, deleted at the end) is kept "
+                        "(default: the system's temporary directory)")
     # set explicitly: otherwise the default would come from --cbow's store_false (True = skip-gram)
     p.set_defaults(func=_run_word2vec, sg=False)
 
@@ -94,6 +97,8 @@ def _run_word2vec(args: argparse.Namespace) -> int:
     out_dir = os.path.dirname(os.path.abspath(args.output))
     if not os.path.isdir(out_dir):
         raise UsageError(f"output directory does not exist: {out_dir}")
+    if args.tmp_dir is not None and not os.path.isdir(args.tmp_dir):
+        raise UsageError(f"--tmp-dir is not a directory: {args.tmp_dir}")
     tree = _load_tree(args.tree)
 
     from .word2vec import CorpusError, Word2Vec, encode_file
@@ -102,7 +107,7 @@ def _run_word2vec(args: argparse.Namespace) -> int:
                      sample=args.sample, sg=args.sg, epochs=args.epochs, alpha=args.alpha,
                      threads=args.threads, seed=args.seed, tree=tree, progress=args.progress)
     try:
-        corpus = encode_file(args.corpus, args.min_count, args.max_vocab)
+        corpus = encode_file(args.corpus, args.min_count, args.max_vocab, workdir=args.tmp_dir)
     except CorpusError as e:
         raise UsageError(str(e)) from None
     try:

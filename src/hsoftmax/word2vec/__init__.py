@@ -7,7 +7,7 @@
 
 Public names: :class:`Word2Vec` (the trainer), :class:`KeyedVectors` / :func:`load_vectors`
 (vectors, ``most_similar``, evaluation, the word2vec text/binary formats), :class:`Vocab`,
-:func:`encode_file` / :func:`encode_sentences` (a corpus as memory-mapped token ids),
+:func:`encode_file` / :func:`encode_sentences` (a corpus as token ids on disk),
 :func:`evaluate_analogies`, :func:`evaluate_similarity`, :func:`spearman`.
 """
 

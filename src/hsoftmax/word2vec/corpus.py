@@ -5,13 +5,14 @@ already tokenized (this is what word2vec.c, gensim's ``corpus_file`` and fastTex
 read in one streaming pass: each token gets a provisional id in order of first appearance and the
 provisional ids go to a temporary file on disk. The vocabulary is then chosen from the counts and a
 vectorised remap writes the final ``int32`` ids (words below ``min_count`` dropped) to a second
-file, which training memory-maps. No Python list of strings ever holds the corpus.
+file, which training reads chunk by chunk. No Python list of strings ever holds the corpus; a file
+is tokenized and counted at the byte level (:mod:`.word_table`), so only vocabulary words ever
+become Python strings.
 """
 
 from __future__ import annotations
 
 import codecs
-import contextlib
 import gc
 import gzip
 import lzma
@@ -21,7 +22,8 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .vocab import Vocab
+from .vocab import Vocab, no_word_reaches, rank
+from .word_table import WordTable
 
 __all__ = ["EncodedCorpus", "CorpusError", "encode_file", "encode_sentences", "embedded_corpus_path"]
 
@@ -36,8 +38,7 @@ def embedded_corpus_path() -> str:
 MAX_SENTENCE_LENGTH = 10000
 _READ_BYTES = 1 << 20  # 1 MiB of text per read: bounded memory, few Python round trips
 _EOL = "\x00"  # not whitespace, so split() keeps it as a token marking the end of a line
-_EOL_SPACED = " \x00 "
-_BLOCK = 1 << 20  # tokens per remap block
+_BLOCK = 1 << 18  # tokens per remap block (its temporaries are ~20 bytes per token)
 
 _replaced = [0]
 
@@ -51,19 +52,6 @@ def _count_and_replace(exc: UnicodeDecodeError) -> tuple[str, int]:
 codecs.register_error("hsoftmax.count_replace", _count_and_replace)
 
 
-@contextlib.contextmanager
-def _no_gc():
-    # Millions of short-lived token strings would trigger the cyclic collector over and over
-    # (they hold no cycles): pausing it makes encoding about twice as fast.
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
-
-
 class CorpusError(ValueError):
     """The corpus cannot be trained on (missing, empty, or no word reaches ``min_count``)."""
 
@@ -71,22 +59,27 @@ class CorpusError(ValueError):
 class EncodedCorpus:
     """A corpus as in-vocabulary token ids plus sentence boundaries.
 
+    The ids stay on disk (in a temporary directory that lives as long as this object): training
+    reads them a chunk at a time with :meth:`read_ids`, so they never add to the process's memory.
+
     Attributes:
         vocab: the :class:`~hsoftmax.word2vec.vocab.Vocab`.
-        ids: ``(num_tokens,)`` int32 word ids, memory-mapped from ``workdir``.
+        ids: ``(num_tokens,)`` int32 word ids, memory-mapped on first access.
         offsets: ``(num_sentences + 1,)`` int64; sentence ``s`` is ``ids[offsets[s]:offsets[s+1]]``.
         raw_words: tokens read, out-of-vocabulary ones included.
         replaced: invalid UTF-8 sequences that were replaced by U+FFFD.
     """
 
-    def __init__(self, vocab: Vocab, ids: np.ndarray, offsets: np.ndarray, raw_words: int,
+    def __init__(self, vocab: Vocab, ids_path: str, offsets: np.ndarray, raw_words: int,
                  replaced: int = 0, tmpdir: tempfile.TemporaryDirectory | None = None) -> None:
         self.vocab = vocab
-        self.ids = ids
         self.offsets = offsets
         self.raw_words = int(raw_words)
         self.replaced = int(replaced)
-        self._tmpdir = tmpdir  # keeps the memory-mapped file alive as long as this object
+        self._path = ids_path
+        self._ids: np.ndarray | None = None
+        self._fd: int | None = os.open(ids_path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        self._tmpdir = tmpdir  # keeps the ids file alive as long as this object
 
     @property
     def num_tokens(self) -> int:
@@ -96,16 +89,63 @@ class EncodedCorpus:
     def num_sentences(self) -> int:
         return int(self.offsets.size - 1)
 
+    @property
+    def ids(self) -> np.ndarray:
+        if self._ids is None:
+            if self._fd is None:
+                raise ValueError("the corpus is closed")
+            self._ids = np.memmap(self._path, dtype=np.int32, mode="r", shape=(self.num_tokens,))
+        return self._ids
+
+    def read_ids(self, start: int, stop: int, out: np.ndarray) -> np.ndarray:
+        """Tokens ``start:stop`` into the front of ``out`` (int32, large enough); returns that view.
+
+        A positional read (no shared file position, the GIL released during the copy), so worker
+        threads call it concurrently. The pages go through the OS's cache, not this process's
+        memory, as gensim's and word2vec.c's reads of the text do.
+        """
+        if self._fd is None:
+            raise ValueError("the corpus is closed")
+        n = int(stop) - int(start)
+        view = out[:n]
+        mv = memoryview(view).cast("B")
+        got, pos = 0, int(start) * 4
+        while got < mv.nbytes:
+            k = _pread_into(self._fd, mv[got:], pos + got)
+            if k <= 0:
+                raise OSError(f"the encoded corpus {self._path} is shorter than expected")
+            got += k
+        return view
+
     def close(self) -> None:
-        """Drop the memory map and delete the temporary files."""
-        self.ids = np.zeros(0, dtype=np.int32)
+        """Drop the memory map, close and delete the temporary files."""
+        self._ids = None
+        self._close_fd()
         if self._tmpdir is not None:
             self._tmpdir.cleanup()
             self._tmpdir = None
 
+    def _close_fd(self) -> None:
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    __del__ = _close_fd  # the temporary directory has a finalizer of its own
+
     def __repr__(self) -> str:
         return (f"EncodedCorpus({self.num_tokens} tokens in vocabulary of {self.raw_words} read, "
                 f"{self.num_sentences} sentences, {len(self.vocab)} words)")
+
+
+def _pread_copy(fd: int, mv: memoryview, pos: int) -> int:
+    """os.preadv's fallback for systems without it (one copy more)."""
+    data = os.pread(fd, mv.nbytes, pos)
+    mv[: len(data)] = data
+    return len(data)
+
+
+#: Read at a file position into a buffer, without moving a shared file offset.
+_pread_into = (lambda fd, mv, pos: os.preadv(fd, [mv], pos)) if hasattr(os, "preadv") else _pread_copy
 
 
 class _Encoder:
@@ -151,8 +191,7 @@ class _Encoder:
             toks.append(_EOL)
         self.add_tokens(toks)
 
-    def finish(self, min_count: int, max_vocab: int | None, tmpdir, replaced: int,
-               max_sentence_length: int) -> EncodedCorpus:
+    def finish(self, min_count: int, max_vocab: int | None, tmpdir, max_sentence_length: int) -> EncodedCorpus:
         self.file.close()
         if self.raw_words == 0:
             raise CorpusError("the corpus contains no words")
@@ -163,14 +202,90 @@ class _Encoder:
         lut[[self.index[w] for w in vocab.words]] = np.arange(len(vocab), dtype=np.int32)
         del words, counts  # the full word table is no longer needed: free it before _remap
         self.index = {}
-        raw_off = np.zeros(sum(a.size for a in self.lengths) + 1, dtype=np.int64)
-        np.cumsum(np.concatenate(self.lengths), out=raw_off[1:])
-        self.lengths = []
-        _release_memory()
-        ids, off = _remap(self.path, lut, raw_off, os.path.join(tmpdir.name, "ids.i32"))
-        os.remove(self.path)
-        off = _split_long(off, max_sentence_length)
-        return EncodedCorpus(vocab, ids, off, self.raw_words, replaced, tmpdir)
+        lengths, self.lengths = self.lengths, []
+        return _encoded(self.path, lut, lengths, vocab, self.raw_words, 0, tmpdir, max_sentence_length)
+
+
+class _ByteEncoder:
+    """The file path: blocks of bytes tokenized and counted by a :class:`WordTable`, provisional
+    ids (from 0) streamed to disk."""
+
+    def __init__(self, workdir: str) -> None:
+        self.table = WordTable()
+        self.lengths: list[np.ndarray] = []
+        self.path = os.path.join(workdir, "provisional.i32")
+        self.file = open(self.path, "wb")
+        self.raw_words = 0
+
+    def add_block(self, data: bytes) -> None:
+        ids, lines = self.table.add_block(data)
+        ids.tofile(self.file)
+        self.raw_words += ids.size
+        self.lengths.append(lines)
+
+    def finish(self, min_count: int, max_vocab: int | None, tmpdir, max_sentence_length: int) -> EncodedCorpus:
+        self.file.close()
+        if self.raw_words == 0:
+            raise CorpusError("the corpus contains no words")
+        t = self.table
+        counts = t.counts.copy()
+        canon, names, replaced = self._merge_invalid(counts)
+        kept = np.flatnonzero(counts >= min_count)
+        if kept.size == 0:
+            raise no_word_reaches(min_count, int(np.count_nonzero(counts)), int(counts.max()))
+        # Well-formed words are decoded in one go; the merged invalid ones already have a text.
+        plain = iter(t.words(np.array([w for w in kept.tolist() if w not in names], dtype=np.int64)))
+        kept_words = [names[w] if w in names else next(plain) for w in kept.tolist()]
+        kept_counts = counts[kept]
+        order = rank(kept_words, kept_counts.tolist(), max_vocab)
+        vocab = Vocab([kept_words[i] for i in order], kept_counts[order])
+        lut = np.full(len(t), -1, dtype=np.int32)
+        lut[kept[order]] = np.arange(len(order), dtype=np.int32)
+        lut = lut[canon]  # a merged word's tokens take its canonical word's id
+        del kept_words, t, canon
+        self.table = None
+        return _encoded(self.path, lut, self.lengths, vocab, self.raw_words, replaced, tmpdir, max_sentence_length)
+
+    def _merge_invalid(self, counts: np.ndarray) -> tuple[np.ndarray, dict[int, str], int]:
+        """Decode the words that are not well-formed UTF-8 (each invalid sequence becomes U+FFFD,
+        counted once per occurrence) and merge each into the word with the same text, so the
+        vocabulary is what decoding the whole text first would give. ``counts`` is updated in
+        place; returns each word's canonical id, the texts of the invalid canonical words, and
+        the replacements made."""
+        t = self.table
+        canon = np.arange(len(t), dtype=np.int64)
+        names: dict[int, str] = {}
+        seen: dict[str, int] = {}
+        replaced = 0
+        for w in t.invalid_utf8().tolist():
+            before = _replaced[0]
+            text = t.word(w, "hsoftmax.count_replace")
+            replaced += (_replaced[0] - before) * int(counts[w])
+            c = t.find(text.encode("utf-8"))  # a well-formed word that reads the same
+            if c < 0:
+                c = seen.setdefault(text, w)
+            if c == w:
+                names[w] = text
+            else:
+                canon[w] = c
+                counts[c] += counts[w]
+                counts[w] = 0
+        return canon, names, replaced
+
+
+def _encoded(prov_path: str, lut: np.ndarray, lengths: list[np.ndarray], vocab: Vocab, raw_words: int,
+             replaced: int, tmpdir, max_sentence_length: int) -> EncodedCorpus:
+    """Provisional ids on disk + the provisional -> final id table -> an :class:`EncodedCorpus`."""
+    _release_memory()
+    raw_off = np.zeros(sum(a.size for a in lengths) + 1, dtype=np.int64)
+    np.cumsum(np.concatenate(lengths), out=raw_off[1:])
+    lengths.clear()
+    dst = os.path.join(tmpdir.name, "ids.i32")
+    off = _remap(prov_path, lut, raw_off, dst)
+    os.remove(prov_path)
+    off = _split_long(off, max_sentence_length)
+    _release_memory()
+    return EncodedCorpus(vocab, dst, off, raw_words, replaced, tmpdir)
 
 
 def _release_memory() -> None:
@@ -185,7 +300,7 @@ def _release_memory() -> None:
         pass
 
 
-def _remap(src: str, lut: np.ndarray, raw_off: np.ndarray, dst: str) -> tuple[np.ndarray, np.ndarray]:
+def _remap(src: str, lut: np.ndarray, raw_off: np.ndarray, dst: str) -> np.ndarray:
     """Provisional ids -> final ids, out-of-vocabulary tokens dropped, in sentence-aligned blocks.
 
     Blocks are read with plain reads into fresh buffers rather than through a memory map, so the
@@ -210,8 +325,8 @@ def _remap(src: str, lut: np.ndarray, raw_off: np.ndarray, dst: str) -> tuple[np
             s = e
     if kept == 0:  # unreachable when the vocabulary is non-empty, kept for safety
         raise CorpusError("no token of the corpus is in the vocabulary")
-    ids = np.memmap(dst, dtype=np.int32, mode="r", shape=(kept,))
-    return ids, np.unique(new_off)  # unique() drops sentences left empty
+    # Sentences left empty repeat their start: drop them (the offsets are already sorted).
+    return new_off[np.concatenate(([True], new_off[1:] != new_off[:-1]))]
 
 
 def _split_long(off: np.ndarray, limit: int) -> np.ndarray:
@@ -233,27 +348,23 @@ def _open_binary(path: str):
     return open(path, "rb")
 
 
-def _iter_file_blocks(path: str) -> Iterator[list[str]]:
-    """Yield blocks of tokens of about 1 MiB of text each, ``_EOL`` ending every line."""
-    dec = codecs.getincrementaldecoder("utf-8")("hsoftmax.count_replace")
-    rest = ""
+def _iter_file_blocks(path: str) -> Iterator[bytes]:
+    """Yield blocks of complete lines, about 1 MiB each; the last line always ends with ``\\n``."""
+    parts: list[bytes] = []  # a line longer than one read, gathered until its newline
     with _open_binary(path) as f:
         while True:
             data = f.read(_READ_BYTES)
-            text = rest + dec.decode(data, final=not data)
-            if data:
-                cut = text.rfind("\n")
-                if cut < 0:  # a line longer than the read size: keep reading
-                    rest = text
-                    continue
-                text, rest = text[: cut + 1], text[cut + 1 :]
-            elif text and not text.endswith("\n"):
-                text += "\n"
-            # One split() for the whole block: newlines become marker tokens, so sentence
-            # boundaries survive without a Python list per line.
-            yield text.replace(_EOL, " ").replace("\n", _EOL_SPACED).split()
             if not data:
+                rest = b"".join(parts)
+                if rest:
+                    yield rest + b"\n"
                 return
+            cut = data.rfind(b"\n")
+            if cut < 0:
+                parts.append(data)
+                continue
+            yield b"".join(parts) + data[: cut + 1] if parts else data[: cut + 1]
+            parts = [data[cut + 1 :]]
 
 
 def _check_params(min_count: int, max_sentence_length: int) -> None:
@@ -282,15 +393,13 @@ def encode_file(path: str | os.PathLike, min_count: int = 5, max_vocab: int | No
         raise CorpusError(f"corpus path is a directory, not a file: {path}")
     tmp = tempfile.TemporaryDirectory(prefix="hsoftmax-corpus-", dir=workdir)
     try:
-        enc = _Encoder(tmp.name)
-        before = _replaced[0]
+        enc = _ByteEncoder(tmp.name)
         try:
-            with _no_gc():
-                for block in _iter_file_blocks(path):
-                    enc.add_tokens(block)
+            for block in _iter_file_blocks(path):
+                enc.add_block(block)
         except (OSError, EOFError, lzma.LZMAError) as e:  # unreadable or corrupt compressed file
             raise CorpusError(f"cannot read corpus {path}: {getattr(e, 'strerror', None) or e}") from None
-        return _finish(enc, min_count, max_vocab, tmp, _replaced[0] - before, max_sentence_length, path)
+        return _finish(lambda: enc.finish(min_count, max_vocab, tmp, max_sentence_length), path)
     except BaseException:
         tmp.cleanup()
         raise
@@ -319,15 +428,15 @@ def encode_sentences(sentences: Iterable[Sequence[str]], min_count: int = 5, max
                 enc.add(block)
                 block = []
         enc.add(block)
-        return _finish(enc, min_count, max_vocab, tmp, 0, max_sentence_length, "the corpus")
+        return _finish(lambda: enc.finish(min_count, max_vocab, tmp, max_sentence_length), "the corpus")
     except BaseException:
         tmp.cleanup()
         raise
 
 
-def _finish(enc, min_count, max_vocab, tmp, replaced, max_sentence_length, name) -> EncodedCorpus:
+def _finish(finish, name) -> EncodedCorpus:
     try:
-        return enc.finish(min_count, max_vocab, tmp, replaced, max_sentence_length)
+        return finish()
     except CorpusError as e:
         raise CorpusError(f"{name}: {e}") from None
     except ValueError as e:  # the vocabulary's "no word reaches min_count"

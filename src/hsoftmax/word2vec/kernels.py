@@ -37,35 +37,78 @@ def sigmoid_tables() -> tuple[np.ndarray, np.ndarray]:
     return (1.0 / (1.0 + np.exp(-x))).astype(np.float32), (-np.logaddexp(0.0, -x)).astype(np.float32)
 
 
-def flat_paths(tree, classes=None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def flat_paths(tree, classes=None, packed=False) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per-word decision paths as flat arrays (CSR by word).
+
+    Built by walking :class:`hsoftmax.Tree`'s ``parent``/``choice`` arrays, so the tree's padded
+    ``(V, max_decisions)`` arrays are never materialised.
 
     Args:
         tree: a :class:`hsoftmax.Tree`.
         classes: ``(V,)`` tree class of each word id (default: word ``w`` is class ``w``).
+        packed: for a tree whose deciding nodes are all binary (Huffman, balanced binary), return
+            each step as one int32 ``2 * row + choice`` and empty ``choice``/``arity`` arrays: a
+            third of the memory and of the loads in the hot loop. Other trees ignore it.
 
     Returns:
         ``start`` ``(V + 1,)`` int64: word ``w``'s steps are ``start[w]:start[w+1]``;
         ``row`` int32: first ``syn1`` row of each step's node;
         ``choice`` int32: child taken (for a binary node: the sigmoid's target, 1 or 0);
-        ``arity`` int32: children of the node (2 on the fast path).
+        ``arity`` int32: children of the node (2 on the fast path). (int8 would save memory but
+        made the CBOW kernel 18% slower, measured.)
 
     >>> from hsoftmax.tree import Tree
     >>> start, row, choice, arity = flat_paths(Tree.huffman([4, 2, 1, 1]))
     >>> start.tolist(), arity.tolist()
     ([0, 1, 3, 6, 9], [2, 2, 2, 2, 2, 2, 2, 2, 2])
+    >>> _, row, choice, _ = flat_paths(Tree.huffman([4, 2, 1, 1]))
+    >>> _, code, no_choice, no_arity = flat_paths(Tree.huffman([4, 2, 1, 1]), packed=True)
+    >>> bool((code == 2 * row + choice).all()), no_choice.size, no_arity.size
+    (True, 0, 0)
     """
     cls = np.arange(tree.num_classes) if classes is None else np.asarray(classes, dtype=np.int64)
     lengths = np.asarray(tree.decision_lengths, dtype=np.int64)[cls]
-    D = tree.decision_nodes.shape[1]
-    mask = np.arange(D)[None, :] < lengths[:, None]
-    nodes = np.asarray(tree.decision_nodes)[cls][mask]  # row-major: word by word, root first
     start = np.zeros(lengths.size + 1, dtype=np.int64)
     np.cumsum(lengths, out=start[1:])
-    row = np.asarray(tree.param_offset)[nodes].astype(np.int32)
-    choice = np.asarray(tree.decision_choices)[cls][mask].astype(np.int32)
-    arity = np.asarray(tree.arity)[nodes].astype(np.int32)
+    packed = bool(packed) and int(np.max(tree.arity)) <= 2 and tree.num_params < 2**30
+    row = np.empty(int(start[-1]), dtype=np.int32)
+    choice = np.empty(0 if packed else row.size, dtype=np.int32)
+    arity = np.empty(0 if packed else row.size, dtype=np.int32)
+    _walk_paths(cls, start, tree.num_classes, np.asarray(tree.parent), np.asarray(tree.choice),
+                np.asarray(tree.arity), np.asarray(tree.param_offset), np.asarray(tree._node_decisions),
+                packed, row, choice, arity)
     return start, row, choice, arity
+
+
+@numba.njit(nogil=True, cache=True)
+def _walk_paths(cls, start, V, parent, choice_of, arity_of, param_offset, node_dec, packed, row, choice, arity):
+    # A deciding node (two or more children) lands at its word's start + the decisions above it,
+    # so the walk up from the leaf writes the path root first.
+    for w in range(cls.size):
+        ref = cls[w]
+        cur = parent[ref]
+        while cur >= 0:
+            a = arity_of[cur]
+            if a >= 2:
+                p = start[w] + node_dec[cur]
+                if packed:
+                    row[p] = 2 * param_offset[cur] + choice_of[ref]
+                else:
+                    row[p] = param_offset[cur]
+                    choice[p] = choice_of[ref]
+                    arity[p] = a
+            ref = V + cur
+            cur = parent[ref]
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _step(p, prow, pchoice, parity):
+    """``(row, choice, arity)`` of path step ``p``, from :func:`flat_paths`'s packed or plain
+    arrays (the test is the same for every step, so the compiler lifts it out of the loop)."""
+    if parity.size == 0:
+        code = prow[p]
+        return code >> 1, code & 1, 2
+    return prow[p], pchoice[p], parity[p]
 
 
 @numba.njit(nogil=True, cache=True, fastmath=True, inline="always")
@@ -105,9 +148,7 @@ def _hs_step(h, e, syn1, word, pstart, prow, pchoice, parity, lr, sig, logsig, s
     dim = h.shape[0]
     ll = 0.0
     for p in range(pstart[word], pstart[word + 1]):
-        r = prow[p]
-        c = pchoice[p]
-        a = parity[p]
+        r, c, a = _step(p, prow, pchoice, parity)
         if a == 2:  # the common case: one row, a sigmoid
             f = np.float32(0.0)
             for k in range(dim):
@@ -139,9 +180,7 @@ def _hs_step_many(syn0, ctx, nc, E, G, syn1, word, pstart, prow, pchoice, parity
     dim = syn0.shape[1]
     ll = 0.0
     for p in range(pstart[word], pstart[word + 1]):
-        r = prow[p]
-        c = pchoice[p]
-        a = parity[p]
+        r, c, a = _step(p, prow, pchoice, parity)
         if a == 2:
             for q in range(nc):
                 v = syn0[ctx[q]]
@@ -197,7 +236,7 @@ def train_chunk(ids, offsets, s_lo, s_hi, syn0, syn1, pstart, prow, pchoice, par
     Args:
         ids: ``(N,)`` int32 word ids; offsets: ``(S + 1,)`` int64 sentence bounds.
         syn0: ``(V, dim)`` float32 input vectors; syn1: ``(num_params, dim)`` float32 node rows.
-        pstart, prow, pchoice, parity: the tree, from :func:`flat_paths`.
+        pstart, prow, pchoice, parity: the tree, from :func:`flat_paths` (plain or packed).
         keep: ``(V,)`` uint32: keep an occurrence when a uniform 32-bit draw is below it.
         sg: skip-gram if true, else CBOW (mean of the context).
         alpha, min_alpha: learning rate at progress 0, floor at progress 1; it decays linearly
@@ -312,7 +351,7 @@ def _path_loglik(h, syn1, word, pstart, prow, pchoice, parity, scores):
     dim = h.shape[0]
     ll = 0.0
     for p in range(pstart[word], pstart[word + 1]):
-        r, c, a = prow[p], pchoice[p], parity[p]
+        r, c, a = _step(p, prow, pchoice, parity)
         if a == 2:
             f = 0.0
             for k in range(dim):

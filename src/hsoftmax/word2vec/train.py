@@ -20,7 +20,7 @@ import numpy as np
 
 from ..tree import Tree
 from . import kernels
-from .corpus import EncodedCorpus, encode_file, encode_sentences
+from .corpus import EncodedCorpus, _release_memory, encode_file, encode_sentences
 from .io import atomic_path
 from .keyed_vectors import KeyedVectors
 from .vocab import Vocab, keep_probabilities
@@ -182,7 +182,7 @@ class Word2Vec:
         if corpus.vocab.words != self.vocab.words:
             raise ValueError("the corpus was encoded with a different vocabulary")
         S = corpus.num_sentences if max_sentences is None else min(max_sentences, corpus.num_sentences)
-        paths = kernels.flat_paths(self.tree, self.word_classes)
+        paths = kernels.flat_paths(self.tree, self.word_classes, packed=True)
         h = np.zeros(self.dim, dtype=np.float32)
         scores = np.zeros(int(self.tree.arity.max()), dtype=np.float64)
         return float(kernels.word_loglik(corpus.ids, corpus.offsets, 0, S, self.syn0, self.syn1, *paths,
@@ -211,6 +211,7 @@ class Word2Vec:
         self.vocab = vocab
         self.tree = self._make_tree(vocab)
         self.word_classes = _word_classes(self.tree, vocab)
+        _release_memory()  # the tree's build temporaries, before the tables take their place
         rng = np.random.default_rng(self.seed)
         # word2vec's initialisation: small uniform input vectors, zero node rows.
         self.syn0 = rng.random((len(vocab), self.dim), dtype=np.float32)
@@ -226,7 +227,8 @@ class Word2Vec:
 
     # ------------------------------------------------------------------ training loop
     def _train(self, enc: EncodedCorpus, checkpoint: str | None) -> None:
-        paths = kernels.flat_paths(self.tree, self.word_classes)
+        paths = kernels.flat_paths(self.tree, self.word_classes, packed=True)
+        _release_memory()
         p_keep = keep_probabilities(self.vocab.counts, self.sample)
         keep = np.minimum(np.floor(p_keep * 2.0**32), 2.0**32 - 1).astype(np.uint32)
         keep[p_keep >= 1.0] = np.uint32(2**32 - 1)
@@ -258,16 +260,18 @@ class Word2Vec:
         acc = {"words": 0, "trained": 0, "loglik": 0.0, "predictions": 0}
         errors: list[BaseException] = []
         offsets = enc.offsets
+        max_chunk = int(np.max(offsets[chunks[1:]] - offsets[chunks[:-1]]))
         done = [epoch * N]  # furthest corpus position reached: drives the bar's learning rate
 
         def worker() -> None:
-            sent = np.zeros(max_len, dtype=np.int32)
-            h = np.zeros(self.dim, dtype=np.float32)
-            e = np.zeros(self.dim, dtype=np.float32)
-            scores = np.zeros(max_arity, dtype=np.float64)
-            ctx = np.zeros(2 * self.window, dtype=np.int32)
-            E = np.zeros((2 * self.window, self.dim), dtype=np.float32)
-            G = np.zeros((2 * self.window, max_arity), dtype=np.float32)
+            chunk_ids = np.empty(max_chunk, dtype=np.int32)
+            sent = _private((max_len,), np.int32)
+            h = _private((self.dim,), np.float32)
+            e = _private((self.dim,), np.float32)
+            scores = _private((max_arity,), np.float64)
+            ctx = _private((2 * self.window,), np.int32)
+            E = _private((2 * self.window, self.dim), np.float32)
+            G = _private((2 * self.window, max_arity), np.float32)
             try:
                 while True:
                     with lock:
@@ -276,10 +280,14 @@ class Word2Vec:
                     if c >= chunks.size - 1 or errors or stop:
                         return
                     s_lo, s_hi = int(chunks[c]), int(chunks[c + 1])
-                    before = epoch * N + int(offsets[s_lo])
+                    lo = int(offsets[s_lo])
+                    before = epoch * N + lo
                     seed = _chunk_seed(self.seed, epoch, c)
+                    # Each chunk's ids are read from disk into this thread's buffer: the corpus
+                    # never sits in the process's memory.
+                    ids = enc.read_ids(lo, offsets[s_hi], chunk_ids)
                     w, t, ll, npred = kernels.train_chunk(
-                        enc.ids, offsets, s_lo, s_hi, self.syn0, self.syn1, *paths, keep, self.sg,
+                        ids, offsets[s_lo : s_hi + 1] - lo, 0, s_hi - s_lo, self.syn0, self.syn1, *paths, keep, self.sg,
                         self.window, self.alpha, self.min_alpha, before, total, seed, sig, logsig,
                         sent, h, e, scores, ctx, E, G)
                     with lock:
@@ -368,6 +376,23 @@ def _word_classes(tree: Tree, vocab: Vocab) -> np.ndarray | None:
     if missing:
         raise ValueError(f"the tree's labels do not cover the vocabulary: {missing[0]!r} is not a label")
     return np.array([tree.index(w) for w in vocab.words], dtype=np.int64)
+
+
+_CACHE_LINE = 64
+
+
+def _private(shape: tuple[int, ...], dtype) -> np.ndarray:
+    """A zeroed scratch array for one thread that shares no cache line with any other allocation.
+
+    Small numpy arrays of different threads can sit side by side in memory; when two threads
+    keep writing their own ``h``/``e`` on a shared cache line, the line bounces between cores on
+    every write (false sharing): that made 2-thread CBOW slower than 1 thread. Each scratch array
+    is therefore cut, cache-line aligned, from its own buffer with a free line on both sides."""
+    itemsize = np.dtype(dtype).itemsize
+    n = int(np.prod(shape))
+    raw = np.zeros(n * itemsize + 3 * _CACHE_LINE, dtype=np.uint8)
+    start = (-raw.ctypes.data) % _CACHE_LINE + _CACHE_LINE
+    return raw[start : start + n * itemsize].view(dtype).reshape(shape)
 
 
 def _chunk_bounds(offsets: np.ndarray, words: int) -> np.ndarray:

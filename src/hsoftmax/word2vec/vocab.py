@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["Vocab", "keep_probabilities"]
+__all__ = ["Vocab", "keep_probabilities", "rank"]
 
 
 class Vocab:
@@ -35,9 +35,16 @@ class Vocab:
             raise ValueError(f"got {self.counts.size} counts for {len(self.words)} words")
         if np.any(self.counts < 0):
             raise ValueError("counts must be non-negative")
-        self.index = {w: i for i, w in enumerate(self.words)}
-        if len(self.index) != len(self.words):
+        if len(set(self.words)) != len(self.words):
             raise ValueError("vocabulary words must be unique")
+        self._index: dict[str, int] | None = None
+
+    @property
+    def index(self) -> dict[str, int]:
+        """``word -> id``, built on first use (training never needs it: a few MB saved)."""
+        if self._index is None:
+            self._index = {w: i for i, w in enumerate(self.words)}
+        return self._index
 
     @classmethod
     def from_counts(cls, counts: Mapping[str, int], min_count: int = 5, max_vocab: int | None = None) -> "Vocab":
@@ -52,15 +59,10 @@ class Vocab:
             raise ValueError(f"max_vocab must be an int >= 1 or None, got {max_vocab!r}")
         kept = [(w, int(c)) for w, c in counts.items() if c >= min_count]
         if not kept:
-            best = max(counts.values(), default=0)
-            raise ValueError(
-                f"no word occurs at least min_count={min_count} times "
-                f"({len(counts)} distinct words, the most frequent occurs {best} times)"
-            )
-        kept.sort(key=lambda wc: (-wc[1], wc[0]))
-        if max_vocab is not None:
-            kept = kept[:max_vocab]
-        return cls([w for w, _ in kept], [c for _, c in kept])
+            raise no_word_reaches(min_count, len(counts), max(counts.values(), default=0))
+        words = [w for w, _ in kept]
+        order = rank(words, [c for _, c in kept], max_vocab)
+        return cls([words[i] for i in order], [kept[i][1] for i in order])
 
     def __len__(self) -> int:
         return len(self.words)
@@ -81,6 +83,19 @@ class Vocab:
 
     def __repr__(self) -> str:
         return f"Vocab({len(self)} words, {self.total} tokens)"
+
+
+def rank(words: Sequence[str], counts: Sequence[int], max_vocab: int | None = None) -> list[int]:
+    """Positions of ``words`` in vocabulary order (decreasing count, ties alphabetical), the
+    first ``max_vocab`` of them."""
+    order = sorted(range(len(words)), key=lambda i: (-counts[i], words[i]))
+    return order if max_vocab is None else order[:max_vocab]
+
+
+def no_word_reaches(min_count: int, distinct: int, best: int) -> ValueError:
+    """The error for a corpus in which no word reaches ``min_count`` (says how close it came)."""
+    return ValueError(f"no word occurs at least min_count={min_count} times "
+                      f"({distinct} distinct words, the most frequent occurs {best} times)")
 
 
 def keep_probabilities(counts: np.ndarray, sample: float) -> np.ndarray:
