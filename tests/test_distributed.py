@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 import socket
 
@@ -28,20 +29,30 @@ def _batch() -> tuple[torch.Tensor, torch.Tensor]:
 def _worker(rank: int, port: int, queue) -> None:
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
-    try:
-        torch.set_num_threads(1)
-        model = torch.nn.parallel.DistributedDataParallel(_model())
-        opt = torch.optim.SGD(model.parameters(), lr=0.5)
-        x, y = _batch()
-        model(x[rank::WORLD], y[rank::WORLD]).loss.backward()
-        opt.step()
-        if rank == 0:
-            # numpy arrays travel by value; tensors would travel as shared memory that dies with
-            # this process before the parent reads them.
-            queue.put({k: v.detach().numpy().copy() for k, v in model.module.state_dict().items() if k != "_extra_state"})
-    finally:
-        dist.destroy_process_group()
+    # A short timeout: a rank that fails must not leave the other waiting in a collective.
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=datetime.timedelta(seconds=60))
+    torch.set_num_threads(1)
+    model = torch.nn.parallel.DistributedDataParallel(_model())
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    x, y = _batch()
+    model(x[rank::WORLD], y[rank::WORLD]).loss.backward()
+    opt.step()
+    if rank == 0:
+        # numpy arrays travel by value; tensors would travel as shared memory that dies with
+        # this process before the parent reads them.
+        queue.put({k: v.detach().numpy().copy() for k, v in model.module.state_dict().items() if k != "_extra_state"})
+    # Orderly teardown: both ranks finish before either drops its sockets, and DDP's reducer
+    # (which holds the process group) goes before the group does.
+    dist.barrier()
+    del model, opt
+    dist.destroy_process_group()
+    queue.close()
+    queue.join_thread()  # the result is in the pipe before this process ends
+    # Skip interpreter finalization: its static destructors race gloo's and OpenMP's idle
+    # threads and once aborted ("terminate called without an active exception", CI
+    # 2026-11-23) after the work above had succeeded. Any failure above still raises and
+    # gives a non-zero exit code, which the test checks.
+    os._exit(0)
 
 
 def _free_port() -> int:
@@ -61,7 +72,7 @@ def test_ddp_step_equals_single_process_step():
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     port = _free_port()
-    procs = [ctx.Process(target=_worker, args=(r, port, queue)) for r in range(WORLD)]
+    procs = [ctx.Process(target=_worker, args=(r, port, queue), daemon=True) for r in range(WORLD)]
     for p in procs:
         p.start()
     got = {k: torch.from_numpy(v) for k, v in queue.get(timeout=120).items()}
