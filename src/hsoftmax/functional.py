@@ -275,6 +275,32 @@ class _SGDInBackward(torch.autograd.Function):
         return None, None
 
 
+def _saved_tensors(ctx):
+    """``ctx.saved_tensors``, with a clear error when a fused SGD backward (``sgd_lr``) finds
+    that the table it saved was already updated in place, e.g. by the fused backward of an
+    earlier-run second call on the same table. Its input gradient would need the old rows."""
+    try:
+        return ctx.saved_tensors
+    except RuntimeError as e:
+        if ctx.sgd is None or "inplace" not in str(e):
+            raise
+        raise RuntimeError(
+            "fused_sgd_lr: the node table was modified in place after this forward, most likely "
+            "by the fused SGD backward of another call on the same table in the same graph. With "
+            "fused_sgd_lr, call the layer once per backward (concatenate the inputs), or set "
+            "fused_sgd_lr=None and use an optimizer."
+        ) from e
+
+
+def _fused_done(weight: Tensor, bias: Tensor | None, want_w: bool, want_b: bool) -> None:
+    """After an in-place fused update through numpy: bump autograd's version counters, so any
+    other graph node that saved the old table raises instead of reading the new rows."""
+    if want_w:
+        K.bump_version(weight)
+    if want_b and bias is not None:
+        K.bump_version(bias)
+
+
 class _BinaryPathFn(torch.autograd.Function):
     """Fused binary-path log-prob on the CPU: gather, dot, log-sigmoid and sum in one pass, and a
     backward that yields an already coalesced (unique, sorted rows) node-table gradient, sparse
@@ -289,7 +315,8 @@ class _BinaryPathFn(torch.autograd.Function):
         out = np.empty(hn.shape[0], hn.dtype)
         coef = np.empty((hn.shape[0], rows.shape[1]), hn.dtype)
         k.binary_forward(hn, wn, bn, rows.numpy(), signs.numpy(), tn, out, coef)
-        ctx.save_for_backward(h, weight, target, rows, signs, torch.from_numpy(coef))
+        # The bias is saved only for the fused update's version check.
+        ctx.save_for_backward(h, weight, bias if sgd_lr is not None else None, target, rows, signs, torch.from_numpy(coef))
         ctx.sparse = sparse
         ctx.has_bias = bias is not None
         ctx.sgd = None if sgd_lr is None else (float(sgd_lr), wn, bn)
@@ -299,7 +326,7 @@ class _BinaryPathFn(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, go):  # type: ignore[override]
         k = K.cpu()
-        h, weight, target, rows, signs, coef_t = ctx.saved_tensors
+        h, weight, bias, target, rows, signs, coef_t = _saved_tensors(ctx)
         coef = coef_t.numpy()
         gon = _np(go.to(h.dtype))
         hn, wn, tn = _np(h), _np(weight), _np(target)
@@ -318,6 +345,7 @@ class _BinaryPathFn(torch.autograd.Function):
                     gon, coef, hn, rows.numpy(), signs.numpy(), tn, mark, wt, bt, lr,
                     bool(ctx.needs_input_grad[1]), want_b, K.threads(),
                 )
+            _fused_done(weight, bias, ctx.needs_input_grad[1], want_b)
         elif ctx.needs_input_grad[1] or want_b:
             P = weight.shape[0]
             with K.borrow_marks(P) as mark:
@@ -391,7 +419,7 @@ class _GroupedFn(torch.autograd.Function):
             torch.from_numpy(lpe)[:B] = (sr.gather(1, c.unsqueeze(1)) - lse).squeeze(1)
             p_root = sr.sub_(lse).exp_()  # the root softmax, for backward
         k.sum_decisions(lpe, pos, L, tn, D, out)
-        ctx.save_for_backward(h, weight, target)
+        ctx.save_for_backward(h, weight, bias if sgd_lr is not None else None, target)
         ctx.plan = (groups, gstart, vstart, items, ex, sb, ch, pos, S, p_root, kr)
         ctx.tt, ctx.sparse, ctx.has_bias = tt, sparse, bias is not None
         ctx.sgd = None if sgd_lr is None else (float(sgd_lr), wn, bn)
@@ -401,7 +429,7 @@ class _GroupedFn(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, go):  # type: ignore[override]
         k = K.cpu()
-        h, weight, target = ctx.saved_tensors
+        h, weight, bias, target = _saved_tensors(ctx)
         tt = ctx.tt
         groups, gstart, vstart, items, ex, sb, ch, pos, S, p_root, kr = ctx.plan
         _, _, _, eitems, eperm, estart, ritems, rperm, rstart = items
@@ -467,6 +495,8 @@ class _GroupedFn(torch.autograd.Function):
                 gb = None
             if not want_w:
                 gw = None
+        if ctx.sgd is not None:
+            _fused_done(weight, bias, want_w, want_b)
         return gh, gw, gb, None, None, None, None
 
 

@@ -66,8 +66,10 @@ class HierarchicalSoftmax(nn.Module):
             two-level tree, where nearly every cluster is in every batch, that halves the
             step). Your optimizer then sees ``grad is None`` for the table and skips it. No
             momentum or weight decay; each backward is one update (no gradient accumulation over
-            several backward calls; one forward call per backward, since a second backward
-            through the same table would see the already updated rows). The attribute can be changed between steps (e.g. by a
+            several backward calls). Call the layer once per backward (concatenate inputs):
+            on the CPU kernels, a second call on the same table in one graph raises a
+            ``RuntimeError`` in backward, because its input gradient would need rows the first
+            update already changed. The attribute can be changed between steps (e.g. by a
             schedule); ``None`` (the default) turns it off.
 
     Shape:

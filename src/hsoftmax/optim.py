@@ -121,16 +121,8 @@ def _sgd_rows_kernel(p: Tensor, rows: Tensor, g: Tensor, lr: float, wd: float) -
     if k is None:
         return False
     k.sgd_rows(p.detach().numpy(), rows.contiguous().numpy(), g.contiguous().numpy(), float(lr), float(wd))
-    # The kernel wrote through numpy, which autograd does not see: bump the version counter as an
-    # in-place torch op would, so a graph that saved the old table raises instead of going stale.
-    _increment_version(p)
+    K.bump_version(p)
     return True
-
-
-def _increment_version(t: Tensor) -> None:
-    bump = getattr(torch.autograd.graph, "increment_version", None)
-    if bump is not None:
-        bump(t)
 
 
 class SparseAdamW(torch.optim.Optimizer):

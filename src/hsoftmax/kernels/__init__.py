@@ -37,6 +37,17 @@ def threads() -> int:
     return int(numba.get_num_threads())
 
 
+def bump_version(t) -> None:
+    """Tell autograd that ``t`` was modified in place: the kernels write through numpy, which
+    autograd does not see. A graph that saved the old ``t`` then raises on use instead of
+    silently reading the new values, as it would after an in-place torch op."""
+    import torch
+
+    bump = getattr(torch.autograd.graph, "increment_version", None)
+    if bump is not None:
+        bump(t)
+
+
 def cpu():
     """The :mod:`hsoftmax.kernels.numba_cpu` module, or ``None`` if disabled or numba is missing."""
     global _cpu, _import_failed
