@@ -259,7 +259,7 @@ def run(args) -> dict:
                     t_build = time.perf_counter()
                     m = Method(name, V, d, device)
                     row["build_s"] = round(time.perf_counter() - t_build, 3)
-                    sec, n = timeit(lambda i: m.train_step(x, ys[i % 8]), device, args.budget)
+                    sec, n = timeit(lambda i, m=m: m.train_step(x, ys[i % 8]), device, args.budget)
                     row.update(step_s=sec, iters=n, examples_per_s=B / sec)
                     del m
                     gc.collect()
