@@ -16,9 +16,9 @@ from hsoftmax import HierarchicalSoftmax, Tree
 WORLD = 2
 
 
-def _model() -> HierarchicalSoftmax:
+def _model(sparse: bool) -> HierarchicalSoftmax:
     torch.manual_seed(0)
-    return HierarchicalSoftmax(8, Tree.huffman(list(range(1, 101))))
+    return HierarchicalSoftmax(8, Tree.huffman(list(range(1, 101))), sparse=sparse)
 
 
 def _batch() -> tuple[torch.Tensor, torch.Tensor]:
@@ -26,13 +26,13 @@ def _batch() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(16, 8, generator=g), torch.randint(0, 100, (16,), generator=g)
 
 
-def _worker(rank: int, port: int, queue) -> None:
+def _worker(rank: int, port: int, queue, sparse: bool) -> None:
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     # A short timeout: a rank that fails must not leave the other waiting in a collective.
     dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=datetime.timedelta(seconds=60))
     torch.set_num_threads(1)
-    model = torch.nn.parallel.DistributedDataParallel(_model())
+    model = torch.nn.parallel.DistributedDataParallel(_model(sparse))
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     x, y = _batch()
     model(x[rank::WORLD], y[rank::WORLD]).loss.backward()
@@ -62,8 +62,10 @@ def _free_port() -> int:
 
 
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo")
-def test_ddp_step_equals_single_process_step():
-    ref = _model()
+@pytest.mark.parametrize("sparse", [False, True])
+def test_ddp_step_equals_single_process_step(sparse):
+    # Sparse gradients reach DDP's sparse all-reduce because the table is an nn.Embedding.
+    ref = _model(sparse)
     x, y = _batch()
     # DDP averages the ranks' mean losses; with equal shards that is the full-batch mean.
     ref(x, y).loss.backward()
@@ -72,13 +74,14 @@ def test_ddp_step_equals_single_process_step():
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     port = _free_port()
-    procs = [ctx.Process(target=_worker, args=(r, port, queue), daemon=True) for r in range(WORLD)]
+    procs = [ctx.Process(target=_worker, args=(r, port, queue, sparse), daemon=True) for r in range(WORLD)]
     for p in procs:
         p.start()
     got = {k: torch.from_numpy(v) for k, v in queue.get(timeout=120).items()}
     for p in procs:
         p.join(timeout=60)
         assert p.exitcode == 0
-    assert not torch.equal(got["weight"], _model().weight)  # the step did something
-    torch.testing.assert_close(got["weight"], ref.weight.detach())
-    torch.testing.assert_close(got["bias"], ref.bias.detach())
+    assert ref.weight.grad.is_sparse == sparse
+    assert not torch.equal(got["table.weight"], _model(sparse).weight)  # the step did something
+    torch.testing.assert_close(got["table.weight"], ref.weight.detach())
+    torch.testing.assert_close(got["table.bias"], ref.bias.detach())

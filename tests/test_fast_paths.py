@@ -138,7 +138,7 @@ def test_gradcheck_fast_paths():
         x.requires_grad_()
 
         def fwd(x, w, b):
-            return torch.func.functional_call(hs, {"weight": w, "bias": b}, (x, y)).output
+            return torch.func.functional_call(hs, {"table.weight": w, "table.bias": b}, (x, y)).output
 
         with kernels(True):
             assert torch.autograd.gradcheck(fwd, (x, hs.weight, hs.bias))

@@ -163,21 +163,22 @@ def test_gradcheck(name):
     params = (x, hs.weight, hs.bias)
 
     def fwd(x, w, b):
-        return torch.func.functional_call(hs, {"weight": w, "bias": b}, (x, y)).output
+        return torch.func.functional_call(hs, {"table.weight": w, "table.bias": b}, (x, y)).output
 
     assert torch.autograd.gradcheck(fwd, params)
     assert torch.autograd.gradcheck(lambda x, w, b: _log_prob_call(hs, x, w, b), params)
 
 
 def _log_prob_call(hs, x, w, b):
-    old_w, old_b = hs.weight, hs.bias
+    t = hs.table
+    old_w, old_b = t.weight, t.bias
     try:
-        del hs.weight, hs.bias
-        hs.weight, hs.bias = w, b
+        del t.weight, t.bias
+        t.weight, t.bias = w, b
         return hs.log_prob(x)
     finally:
-        del hs.weight, hs.bias
-        hs.weight, hs.bias = old_w, old_b
+        del t.weight, t.bias
+        t.weight, t.bias = old_w, old_b
 
 
 @pytest.mark.parametrize("name", ["huffman", "two_level", "taxonomy"])
@@ -288,13 +289,35 @@ def test_state_dict_roundtrip():
     tree = Tree.from_paths([["a"], ["a"], ["b"], ["b"], ["b"]], labels=list("vwxyz"))
     hs = make_layer(tree)
     sd = hs.state_dict()
-    assert set(sd) == {"weight", "bias", "_extra_state"}
-    other = HierarchicalSoftmax(6, Tree.balanced(5, arity=3)).double()  # same shapes, other tree
-    assert other.weight.shape == hs.weight.shape
-    other.load_state_dict(sd)
-    assert other.tree == tree and other.tree.labels == tuple("vwxyz")
+    assert set(sd) == {"table.weight", "table.bias", "_extra_state"}
+    assert dict(hs.named_parameters()) == {"table.weight": hs.weight, "table.bias": hs.bias}
     x = inputs(3)
-    torch.testing.assert_close(other.log_prob(x), hs.log_prob(x), rtol=0, atol=0)
+    # Also state dicts saved before the table was its own module (keys weight/bias).
+    legacy = {("_extra_state" if k == "_extra_state" else k.split(".")[1]): v for k, v in sd.items()}
+    for saved in (sd, legacy):
+        other = HierarchicalSoftmax(6, Tree.balanced(5, arity=3)).double()  # same shapes, other tree
+        assert other.weight.shape == hs.weight.shape
+        other.load_state_dict(saved)  # strict: no key missing or unexpected
+        assert other.tree == tree and other.tree.labels == tuple("vwxyz")
+        torch.testing.assert_close(other.log_prob(x), hs.log_prob(x), rtol=0, atol=0)
+
+
+def test_parameters_live_on_the_node_table():
+    from hsoftmax.layer import NodeTable
+
+    hs = make_layer(NAMED["huffman"], sparse=True)
+    assert isinstance(hs.table, NodeTable) and isinstance(hs.table, torch.nn.Embedding)
+    assert hs.weight is hs.table.weight and hs.bias is hs.table.bias and hs.sparse and hs.table.sparse
+    hs.sparse = False  # assignments go through to the table, which DDP reads
+    assert hs.table.sparse is False and hs.sparse is False
+    w = torch.nn.Parameter(torch.zeros_like(hs.weight))
+    hs.weight = w
+    assert hs.table.weight is w and "weight" not in hs._parameters
+    assert [p for p in hs.parameters()] == [w, hs.bias]
+    nobias = HierarchicalSoftmax(4, Tree.balanced(6), bias=False)
+    assert nobias.bias is None and [n for n, _ in nobias.named_parameters()] == ["table.weight"]
+    bound = 1 / 4 ** 0.5
+    assert nobias.weight.abs().max() <= bound and nobias.weight.std() > bound / 4  # Linear-style init
 
 
 def test_load_state_dict_rejects_mismatched_tree():

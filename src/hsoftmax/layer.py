@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from . import functional as HF
 from .tree import Tree
 
-__all__ = ["HierarchicalSoftmax", "HierarchicalSoftmaxOutput"]
+__all__ = ["HierarchicalSoftmax", "HierarchicalSoftmaxOutput", "NodeTable"]
 
 _REDUCTIONS = ("mean", "sum", "none")
 
@@ -22,6 +22,40 @@ class HierarchicalSoftmaxOutput(NamedTuple):
 
     output: Tensor
     loss: Tensor
+
+
+class NodeTable(nn.Embedding):
+    """The node table of a :class:`HierarchicalSoftmax`: ``weight`` ``(num_params, in_features)``,
+    one row per internal-node parameter row (word2vec's ``syn1``), and ``bias`` ``(num_params,)``
+    or ``None``.
+
+    It is an embedding of the tree's internal nodes, read along paths by the layer rather than
+    through ``forward``. Being an :class:`torch.nn.Embedding` is what lets
+    :class:`~torch.nn.parallel.DistributedDataParallel` all-reduce its sparse gradients: DDP
+    expects sparse gradients only from parameters owned by an Embedding with ``sparse=True``.
+    """
+
+    def __init__(self, num_params: int, in_features: int, bias: bool, sparse: bool, device=None, dtype=None) -> None:
+        factory = {"device": device, "dtype": dtype}
+        # _weight skips Embedding's N(0, 1) init; reset_parameters sets the layer's own.
+        super().__init__(num_params, in_features, sparse=sparse, _weight=torch.empty(num_params, in_features, **factory))
+        self.bias = nn.Parameter(torch.empty(num_params, **factory)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Rows uniform in ``+-1/sqrt(in_features)``, as :class:`torch.nn.Linear`; bias zeros."""
+        bound = 1.0 / math.sqrt(self.embedding_dim)
+        with torch.no_grad():
+            nn.init.uniform_(self.weight, -bound, bound)
+            if self.bias is not None:
+                nn.init.zeros_(self.bias)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, bias={self.bias is not None}, sparse={self.sparse}"
+
+
+# Attributes of HierarchicalSoftmax that live on its NodeTable.
+_TABLE_ATTRS = ("weight", "bias", "sparse")
 
 
 class HierarchicalSoftmax(nn.Module):
@@ -77,8 +111,16 @@ class HierarchicalSoftmax(nn.Module):
         - output: ``(*)``; loss: scalar, or ``(*)`` with ``reduction='none'``.
 
     Attributes:
-        weight: ``(tree.num_params, in_features)``, initialised like :class:`torch.nn.Linear`.
-        bias: ``(tree.num_params,)``, zeros at init, or ``None``.
+        table: the :class:`NodeTable` holding the parameters (state-dict keys ``table.weight``
+            and ``table.bias``).
+        weight: ``table.weight``, ``(tree.num_params, in_features)``, initialised like
+            :class:`torch.nn.Linear`.
+        bias: ``table.bias``, ``(tree.num_params,)``, zeros at init, or ``None``.
+        sparse: ``table.sparse``.
+
+    Under :class:`~torch.nn.parallel.DistributedDataParallel` both dense and sparse gradients
+    are averaged over the ranks (the table is an Embedding, which DDP expects sparse gradients
+    from). ``fused_sgd_lr`` updates each rank's table locally, so do not use it under DDP.
 
     Under :func:`torch.autocast` (or with half-precision inputs/weights) the path math runs in
     float32; float64 inputs and weights compute in float64.
@@ -122,14 +164,29 @@ class HierarchicalSoftmax(nn.Module):
             raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
         factory = {"device": device, "dtype": dtype}
         self.in_features = in_features
-        self.sparse = bool(sparse)
         self.reduction = reduction
         self.ignore_index = ignore_index
         self.fused_sgd_lr = fused_sgd_lr
-        self.weight = nn.Parameter(torch.empty(tree.num_params, in_features, **factory))
-        self.bias = nn.Parameter(torch.empty(tree.num_params, **factory)) if bias else None
+        self.table = NodeTable(tree.num_params, in_features, bias=bias, sparse=bool(sparse), **factory)
         self._set_tree(tree, device)
-        self.reset_parameters()
+
+    # The parameters live on the NodeTable; these read and assign through to it.
+    weight = property(lambda self: self.table.weight)
+    bias = property(lambda self: self.table.bias)
+    sparse = property(lambda self: self.table.sparse)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _TABLE_ATTRS and "table" in self.__dict__.get("_modules", {}):
+            setattr(self._modules["table"], name, bool(value) if name == "sparse" else value)
+        else:
+            super().__setattr__(name, value)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # State dicts saved before the table was its own module name ``weight``/``bias``.
+        for name in ("weight", "bias"):
+            if prefix + name in state_dict and prefix + "table." + name not in state_dict:
+                state_dict[prefix + "table." + name] = state_dict.pop(prefix + name)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ------------------------------------------------------------------ tree state
     def _set_tree(self, tree: Tree, device: Any = None) -> None:
@@ -173,10 +230,7 @@ class HierarchicalSoftmax(nn.Module):
         return self.tree.num_classes
 
     def reset_parameters(self) -> None:
-        bound = 1.0 / math.sqrt(self.in_features)
-        nn.init.uniform_(self.weight, -bound, bound)
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
+        self.table.reset_parameters()
 
     def extra_repr(self) -> str:
         return (
