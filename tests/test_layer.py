@@ -337,6 +337,23 @@ def test_torch_save_module_roundtrip():
     assert back.sparse and back.reduction == "sum" and back.tree == hs.tree
 
 
+def test_torch_load_of_a_module_pickled_before_the_node_table():
+    hs = make_layer(NAMED["taxonomy"], sparse=True)
+    x = inputs(4)
+    want = hs.log_prob(x)
+    # The old layout: parameters on the layer itself, ``sparse`` a plain attribute.
+    table = hs._modules.pop("table")
+    hs._parameters["weight"], hs._parameters["bias"] = table.weight, table.bias
+    hs.__dict__["sparse"] = True
+    buf = io.BytesIO()
+    torch.save(hs, buf)
+    buf.seek(0)
+    back = torch.load(buf, weights_only=False)
+    assert [n for n, _ in back.named_parameters()] == ["table.weight", "table.bias"]
+    assert back.sparse and back.table.sparse and back.weight is back.table.weight
+    torch.testing.assert_close(back.log_prob(x), want, rtol=0, atol=0)
+
+
 def test_to_dtype_and_device():
     hs = HierarchicalSoftmax(6, NAMED["huffman"])
     assert hs.weight.dtype == torch.float32
