@@ -125,12 +125,13 @@ def _binary_decision(f, c, sig, logsig):
 
 
 @numba.njit(nogil=True, cache=True, fastmath=True, inline="always")
-def _kary_scores(v, syn1, r, a, scores):
+def _kary_scores(v, syn1, r, a, scores, zero):
     """Scores of a k-ary node's ``a`` rows (from ``r``) against ``v`` into ``scores[:a]``;
-    returns their log-sum-exp, so ``scores[j] - lz`` is ``log p(child j)``."""
+    returns their log-sum-exp, so ``scores[j] - lz`` is ``log p(child j)``. The dot products
+    accumulate in ``zero``'s type: float32 in training, float64 in the exact evaluation."""
     m = -np.inf
     for j in range(a):
-        f = np.float32(0.0)
+        f = zero
         for k in range(v.shape[0]):
             f += v[k] * syn1[r + j, k]
         scores[j] = f
@@ -161,7 +162,7 @@ def _hs_step(h, e, syn1, word, pstart, prow, pchoice, parity, lr, sig, logsig, s
                     e[k] += g * syn1[r, k]
                     syn1[r, k] += g * h[k]
         else:  # k-ary node: softmax over its k rows
-            lz = _kary_scores(h, syn1, r, a, scores)
+            lz = _kary_scores(h, syn1, r, a, scores, np.float32(0.0))
             ll += scores[c] - lz
             for j in range(a):
                 g = np.float32(((1.0 if j == c else 0.0) - np.exp(scores[j] - lz)) * lr)
@@ -204,7 +205,7 @@ def _hs_step_many(syn0, ctx, nc, E, G, syn1, word, pstart, prow, pchoice, parity
         else:
             for q in range(nc):
                 v = syn0[ctx[q]]
-                lz = _kary_scores(v, syn1, r, a, scores)
+                lz = _kary_scores(v, syn1, r, a, scores, np.float32(0.0))
                 ll += scores[c] - lz
                 for j in range(a):
                     G[q, j] = np.float32(((1.0 if j == c else 0.0) - np.exp(scores[j] - lz)) * lr)
@@ -359,15 +360,6 @@ def _path_loglik(h, syn1, word, pstart, prow, pchoice, parity, scores):
             x = f if c == 1 else -f
             ll += -np.log1p(np.exp(-x)) if x > 0 else x - np.log1p(np.exp(x))
         else:
-            m = -np.inf
-            for j in range(a):
-                f = 0.0
-                for k in range(dim):
-                    f += h[k] * syn1[r + j, k]
-                scores[j] = f
-                m = max(m, f)
-            z = 0.0
-            for j in range(a):
-                z += np.exp(scores[j] - m)
-            ll += scores[c] - m - np.log(z)
+            lz = _kary_scores(h, syn1, r, a, scores, 0.0)  # fills scores[:a] first
+            ll += scores[c] - lz
     return ll
