@@ -282,7 +282,7 @@ def _saved_tensors(ctx):
     try:
         return ctx.saved_tensors
     except RuntimeError as e:
-        if ctx.sgd is None or "inplace" not in str(e):
+        if ctx.sgd_lr is None or "inplace" not in str(e):
             raise
         raise RuntimeError(
             "fused_sgd_lr: the node table was modified in place after this forward, most likely "
@@ -315,11 +315,11 @@ class _BinaryPathFn(torch.autograd.Function):
         out = np.empty(hn.shape[0], hn.dtype)
         coef = np.empty((hn.shape[0], rows.shape[1]), hn.dtype)
         k.binary_forward(hn, wn, bn, rows.numpy(), signs.numpy(), tn, out, coef)
-        # The bias is saved only for the fused update's version check.
+        # The bias is saved only for the fused update, which writes it in place (and checks its version).
         ctx.save_for_backward(h, weight, bias if sgd_lr is not None else None, target, rows, signs, torch.from_numpy(coef))
         ctx.sparse = sparse
         ctx.has_bias = bias is not None
-        ctx.sgd = None if sgd_lr is None else (float(sgd_lr), wn, bn)
+        ctx.sgd_lr = None if sgd_lr is None else float(sgd_lr)
         return torch.from_numpy(out)
 
     @staticmethod
@@ -336,13 +336,14 @@ class _BinaryPathFn(torch.autograd.Function):
             k.binary_grad_input(gon, coef, wn, rows.numpy(), tn, ghn)
             gh = torch.from_numpy(ghn)
         want_b = ctx.has_bias and ctx.needs_input_grad[2]
-        if ctx.sgd is not None and (ctx.needs_input_grad[1] or want_b):
-            # Fused SGD: the table rows are updated in place (the input gradient above already
-            # read the old ones); no gradient is returned for them.
-            lr, wt, bt = ctx.sgd
+        if ctx.sgd_lr is not None and (ctx.needs_input_grad[1] or want_b):
+            # Fused SGD: the table rows are updated in place through numpy views of the saved
+            # (contiguous) tensors; the input gradient above already read the old rows. No
+            # gradient is returned for them.
+            bn = _np(bias) if bias is not None else np.empty(0, hn.dtype)
             with K.borrow_marks(weight.shape[0]) as mark:
                 k.binary_sgd_params(
-                    gon, coef, hn, rows.numpy(), signs.numpy(), tn, mark, wt, bt, lr,
+                    gon, coef, hn, rows.numpy(), signs.numpy(), tn, mark, wn, bn, ctx.sgd_lr,
                     bool(ctx.needs_input_grad[1]), want_b, K.threads(),
                 )
             _fused_done(weight, bias, ctx.needs_input_grad[1], want_b)
@@ -422,7 +423,7 @@ class _GroupedFn(torch.autograd.Function):
         ctx.save_for_backward(h, weight, bias if sgd_lr is not None else None, target)
         ctx.plan = (groups, gstart, vstart, items, ex, sb, ch, pos, S, p_root, kr)
         ctx.tt, ctx.sparse, ctx.has_bias = tt, sparse, bias is not None
-        ctx.sgd = None if sgd_lr is None else (float(sgd_lr), wn, bn)
+        ctx.sgd_lr = None if sgd_lr is None else float(sgd_lr)
         return torch.from_numpy(out)
 
     @staticmethod
@@ -443,12 +444,13 @@ class _GroupedFn(torch.autograd.Function):
         want_b = ctx.has_bias and ctx.needs_input_grad[2]
         if not (want_h or want_w or want_b):
             return None, None, None, None, None, None, None
-        fused = ctx.sgd is not None and want_w
-        if ctx.sgd is not None:
-            lr, wn, bn = ctx.sgd
-        else:
-            lr, wn = 0.0, _np(weight)
-            bn = np.empty(0, hn.dtype)
+        sgd = ctx.sgd_lr is not None
+        fused = sgd and want_w
+        lr = ctx.sgd_lr if sgd else 0.0
+        # Numpy views of the saved tensors (contiguous when fused): in-place SGD writes through
+        # them. The bias is saved only with SGD.
+        wn = _np(weight)
+        bn = _np(bias) if bias is not None else np.empty(0, hn.dtype)
         ghd = K.buffer((ex.shape[0], d), hn.dtype)
         if fused:
             gwn = hn[:0]
@@ -490,12 +492,12 @@ class _GroupedFn(torch.autograd.Function):
                     gbn[:kr] = g_root.sum(0).numpy()
             uniq = k.group_rows_index(groups, poff, vstart)
             gw, gb = _table_grads(uniq, gwn, gbn if want_b else None, weight.shape, ctx.sparse)
-            if ctx.sgd is not None and want_b:  # bias-only SGD (the weight is frozen)
-                torch.from_numpy(ctx.sgd[2]).index_add_(0, torch.from_numpy(uniq), torch.from_numpy(gbn), alpha=-lr)
+            if sgd and want_b:  # bias-only SGD (the weight is frozen)
+                torch.from_numpy(bn).index_add_(0, torch.from_numpy(uniq), torch.from_numpy(gbn), alpha=-lr)
                 gb = None
             if not want_w:
                 gw = None
-        if ctx.sgd is not None:
+        if sgd:
             _fused_done(weight, bias, want_w, want_b)
         return gh, gw, gb, None, None, None, None
 
