@@ -11,7 +11,7 @@ import torch
 import hsoftmax.kernels as K
 from hsoftmax import HierarchicalSoftmax, Tree
 from hsoftmax import functional as HF
-from trees import named_trees, random_taxonomy
+from conftest import named_trees, random_taxonomy
 
 pytestmark = pytest.mark.skipif(K.cpu() is None, reason="numba kernels unavailable")
 

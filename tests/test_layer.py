@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from scipy.stats import chisquare
 
 from hsoftmax import HierarchicalSoftmax, Tree
-from trees import named_trees, trees
+from conftest import named_trees, trees
 
 NAMED = named_trees()
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

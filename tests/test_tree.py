@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hsoftmax import Tree
-from trees import named_trees, trees
+from conftest import named_trees, trees
 
 
 def check_invariants(t: Tree) -> None:

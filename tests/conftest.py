@@ -1,8 +1,13 @@
-"""Tree factories and hypothesis strategies shared by the tests."""
+"""Shared test helpers: one small tree of every kind, hypothesis strategies over every builder,
+and one factory for layers and batches (every test file uses these instead of its own)."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import numpy as np
+import pytest
 from hypothesis import strategies as st
 
 from hsoftmax import Tree
@@ -59,3 +64,54 @@ def trees(draw, max_classes: int = 40) -> Tree:
         return Tree.two_level(V, num_clusters=C, counts=counts)
     seed = draw(st.integers(0, 2**31 - 1))
     return random_taxonomy(np.random.default_rng(seed), V, draw(st.integers(1, 8)))
+
+
+def make_layer(tree: Tree, d: int = 6, *, seed: int = 0, dtype=None, device="cpu", weight_std=1.0,
+               bias_std=0.5, **kw):
+    """A :class:`hsoftmax.HierarchicalSoftmax` with random (not Linear-init) weights, so that
+    every decision matters: ``weight ~ N(0, weight_std)``, ``bias ~ N(0, bias_std)``; float64
+    unless ``dtype`` says otherwise. ``kw`` goes to the constructor."""
+    import torch
+
+    from hsoftmax import HierarchicalSoftmax
+
+    torch.manual_seed(seed)
+    hs = HierarchicalSoftmax(d, tree, **kw).to(device=device, dtype=dtype or torch.float64)
+    with torch.no_grad():
+        hs.weight.normal_(0, weight_std)
+        if hs.bias is not None:
+            hs.bias.normal_(0, bias_std)
+    return hs
+
+
+def make_batch(tree: Tree, n: int, d: int = 6, *, seed: int = 1, dtype=None, device="cpu",
+               repeat_first: bool = True):
+    """``(x, y)``: ``n`` standard-normal inputs and targets drawn uniformly from ``tree``'s
+    classes; with ``repeat_first`` the first few targets are class 0, so rows are shared
+    within the batch."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g, dtype=dtype or torch.float64)
+    y = torch.randint(0, tree.num_classes, (n,), generator=g)
+    if repeat_first:
+        y[: min(n, 5)] = 0
+    return x.to(device), y.to(device)
+
+
+@contextlib.contextmanager
+def kernels_enabled(flag: bool) -> Iterator[None]:
+    """Run the block with the numba CPU kernels on (``True``) or forced off (``False``)."""
+    import hsoftmax.kernels as K
+
+    old = K.set_enabled(flag)
+    try:
+        yield
+    finally:
+        K.set_enabled(old)
+
+
+@pytest.fixture(params=list(named_trees()), scope="session")
+def named_tree(request) -> Tree:
+    """Each of :func:`named_trees`, by name."""
+    return named_trees()[request.param]
