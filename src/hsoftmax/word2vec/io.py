@@ -1,4 +1,4 @@
-"""The word2vec vector formats (text and binary) and atomic file writes.
+"""The word2vec vector formats (text and binary), written atomically.
 
 Text: a header line ``"<count> <dim>"``, then one line per word: the word and ``dim`` numbers.
 Binary: the same header, then per word its UTF-8 bytes, a space, ``dim`` little-endian float32
@@ -7,40 +7,14 @@ values and a newline. gensim's ``KeyedVectors.load_word2vec_format`` reads both.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["atomic_path", "write_word2vec", "read_word2vec", "is_binary_name"]
+from ..files import atomic_path
 
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[str]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically.
-
-    Readers never see a half-written file, and on failure (or Ctrl-C) nothing is left behind.
-
-    >>> import tempfile, os
-    >>> d = tempfile.mkdtemp()
-    >>> with atomic_path(os.path.join(d, "x.txt")) as tmp:
-    ...     _ = open(tmp, "w").write("done")
-    >>> os.listdir(d)
-    ['x.txt']
-    """
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    os.close(fd)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
+__all__ = ["write_word2vec", "read_word2vec", "is_binary_name"]
 
 
 def is_binary_name(path: str | os.PathLike) -> bool:

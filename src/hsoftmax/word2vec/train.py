@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
+from ..files import atomic_path
 from ..tree import Tree
 from . import kernels
 from .corpus import EncodedCorpus, _release_memory, encode_file, encode_sentences
-from .io import atomic_path
 from .keyed_vectors import KeyedVectors
 from .vocab import Vocab, keep_probabilities
 
