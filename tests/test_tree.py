@@ -1,16 +1,14 @@
-"""Tree: builders, invariants, validation, save/load."""
+"""Tree: invariants of the served arrays, validation, state, save/load (the builders are in
+test_builders.py)."""
 
 from __future__ import annotations
 
-import heapq
-import math
 import os
 import pickle
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from hsoftmax import Tree
 from conftest import named_trees, trees
@@ -41,6 +39,8 @@ def check_invariants(t: Tree) -> None:
         L = int(t.decision_lengths[i])
         assert L == len(deciding)
         assert list(zip(t.decision_nodes[i, :L].tolist(), t.decision_choices[i, :L].tolist())) == deciding
+        # node_decisions: the deciding nodes strictly above each node on the path.
+        assert [int(t.node_decisions[n]) for n, _ in deciding] == list(range(L))
     assert t.depth == max(len(t.path(i)[0]) for i in range(V))
     rows = np.where(t.arity == 1, 0, np.where(t.arity == 2, 1, t.arity))
     assert t.num_params == rows.sum()
@@ -58,102 +58,43 @@ def test_random_trees_invariants(t):
     check_invariants(t)
 
 
-# ---------------------------------------------------------------------------- Huffman
-def optimal_code_length(counts, arity=2) -> float:
-    """Expected code length of an optimal prefix code, by an independent heap computation:
-    the total cost is the sum of the weights of all merged nodes (zero-weight dummies pad the
-    leaves so every merge takes ``arity`` items)."""
-    w = [float(c) for c in counts]
-    while (len(w) - 1) % (arity - 1):
-        w.append(0.0)
-    heapq.heapify(w)
-    cost = 0.0
-    while len(w) > 1:
-        merged = sum(heapq.heappop(w) for _ in range(arity))
-        cost += merged
-        heapq.heappush(w, merged)
-    return cost / sum(counts)
+# ---------------------------------------------------------------------------- served arrays
+ARRAYS = ["child_offset", "children", "arity", "param_offset", "node_depth", "node_decisions", "parent",
+          "choice", "class_depth", "decision_lengths", "decision_nodes", "decision_choices"]
 
 
-@settings(max_examples=80, deadline=None)
-@given(
-    st.lists(st.integers(1, 10_000), min_size=2, max_size=200),
-    st.integers(2, 5),
-)
-def test_huffman_is_optimal(counts, arity):
-    t = Tree.huffman(counts, arity=arity)
-    assert t.expected_code_length(counts) == pytest.approx(optimal_code_length(counts, arity), rel=1e-12)
-    assert int(t.arity.max()) <= arity
+@pytest.mark.parametrize("name", ARRAYS)
+def test_served_arrays_are_read_only(name):
+    a = getattr(named_trees()["taxonomy"], name)
+    assert isinstance(a, np.ndarray) and not a.flags.writeable
+    with pytest.raises(ValueError, match="read-only"):
+        a[..., 0] = 1
 
 
-def test_huffman_frequent_classes_get_short_codes():
-    counts = np.random.default_rng(1).zipf(1.2, 500).astype(float)
-    t = Tree.huffman(counts)
-    order = np.argsort(-counts, kind="stable")
-    depths = t.class_depth[order]
-    assert np.all(np.diff(depths) >= 0) or np.corrcoef(counts, t.class_depth)[0, 1] < 0
-    assert t.class_depth[np.argmax(counts)] == t.class_depth.min()
-    assert t.is_binary and t.num_nodes == 499
+def test_padded_decisions_are_built_on_first_use_only():
+    t = Tree.huffman([5, 3, 1, 1])
+    assert "_padded_decisions" not in vars(t)  # a consumer walking parent/choice never pays
+    nodes = t.decision_nodes
+    assert "_padded_decisions" in vars(t)
+    assert t.decision_nodes is nodes and nodes.shape == (4, t.max_decisions)
+    # Pickling carries the definition, not the cache.
+    assert "_padded_decisions" not in vars(pickle.loads(pickle.dumps(t)))
 
 
-def test_huffman_is_deterministic_and_word2vec_sized():
-    counts = [5, 5, 5, 5, 1, 1]
-    assert Tree.huffman(counts) == Tree.huffman(counts)
-    # Equal counts: a balanced code.
-    t = Tree.huffman([1] * 8)
-    assert set(t.class_depth.tolist()) == {3}
+def test_word2vec_kernels_name_for_node_decisions():
+    t = named_trees()["chain"]
+    assert t._node_decisions is t.node_decisions
 
 
-# ---------------------------------------------------------------------------- balanced / two-level
-@pytest.mark.parametrize("V,k", [(1, 2), (2, 2), (7, 2), (8, 2), (9, 2), (100, 3), (1000, 10)])
-def test_balanced_depth(V, k):
-    t = Tree.balanced(V, arity=k)
-    assert t.depth == (0 if V == 1 else math.ceil(math.log(V) / math.log(k) - 1e-9)) or V == 1
-    assert int(t.arity.max()) <= k
-    assert t.class_depth.max() - t.class_depth.min() <= 1
-
-
-def test_two_level_defaults():
-    t = Tree.two_level(1000)
-    assert t.num_nodes == 1 + math.ceil(math.sqrt(1000))
-    assert t.is_two_level and t.depth == 2
-
-
-def test_two_level_frequency_binning_balances_mass():
-    rng = np.random.default_rng(3)
-    counts = rng.zipf(1.1, 5000).astype(float)
-    counts = np.minimum(counts, 1e6)
-    C = 50
-    t = Tree.two_level(5000, num_clusters=C, counts=counts)
-    assert t.is_two_level
-    cluster = np.asarray(t.parent)[:5000]
-    mass = np.bincount(cluster, weights=counts)[1:]
-    share = counts.sum() / C
-    # A cluster overshoots its share by at most one class; clusters never mix a heavy class in.
-    assert np.all(mass <= share + counts.max() + 1e-9)
-    # Within a cluster classes are ordered by frequency, and frequent ones sit in small clusters.
-    sizes = np.bincount(cluster)[1:]
-    assert sizes[0] <= sizes[-1]
-
-
-def test_two_level_validation():
-    with pytest.raises(ValueError, match="num_clusters"):
-        Tree.two_level(10, num_clusters=11)
-    with pytest.raises(ValueError, match="counts has 3 entries"):
-        Tree.two_level(10, counts=[1, 2, 3])
-
-
-# ---------------------------------------------------------------------------- taxonomy
-def test_from_paths_ragged_and_named():
-    t = Tree.from_paths(
-        [["animal", "dog"], ["animal", "dog"], ["animal"], []],
-        labels=["poodle", "collie", "cat", "rock"],
-    )
-    assert t.num_classes == 4 and t.num_nodes == 3 and t.depth == 3
-    assert t.node_names == (None, "animal", "dog")
-    assert t.index("cat") == 2
-    nodes, _ = t.path(0)
-    assert [t.node_names[n] for n in nodes] == [None, "animal", "dog"]
+def test_state_is_what_save_writes(tmp_path):
+    t = named_trees()["chain"]
+    t.save(tmp_path / "t.npz")
+    with np.load(tmp_path / "t.npz", allow_pickle=False) as z:
+        saved = {k: z[k] for k in z.files}
+    state = t.state()
+    assert saved.keys() == state.keys()
+    assert all(np.array_equal(saved[k], state[k]) for k in state)
+    assert Tree.from_state(state) == t
 
 
 def test_single_child_nodes_cost_nothing():
@@ -162,29 +103,6 @@ def test_single_child_nodes_cost_nothing():
     assert t.num_params == 2  # one row each for the binary root (a | d) and b (class 0 | c)
     assert t.decision_lengths.tolist() == [2, 2, 1]
     assert t.depth == 4
-
-
-@pytest.mark.parametrize(
-    "paths,labels,match",
-    [
-        ([["a"], ["b", "a"]], None, "two parents"),
-        ([["a", "b", "a"]], None, "appears twice"),
-        ([["a"], ["b"]], ["a", "x"], "also used as an internal node name"),
-        ([["a"], ["b"]], ["x", "x"], "duplicate label"),
-        ([["a"], ["b"]], ["x"], "2 classes"),
-        ([], None, "empty"),
-    ],
-)
-def test_from_paths_errors(paths, labels, match):
-    with pytest.raises(ValueError, match=match):
-        Tree.from_paths(paths, labels=labels)
-
-
-def test_from_paths_type_errors():
-    with pytest.raises(TypeError):
-        Tree.from_paths(["abc"])
-    with pytest.raises(TypeError):
-        Tree.from_paths([[1, 2]])
 
 
 # ---------------------------------------------------------------------------- raw validation
@@ -207,26 +125,41 @@ def test_constructor_rejects_malformed(V, off, ch, match):
         Tree(V, off, ch)
 
 
+@pytest.mark.parametrize(
+    "args,kw,error,match",
+    [
+        ((2, [[0, 2]], [0, 1]), {}, ValueError, "must be 1-D"),
+        ((2, [0.0, 2.0], [0, 1]), {}, TypeError, "child_offset must be integers"),
+        ((2, [0, 2], [0.0, 1.0]), {}, TypeError, "children must be integers"),
+        ((2, [0], []), {}, ValueError, "needs a root"),
+        ((2, [1, 2], [0, 1]), {}, ValueError, "must start at 0"),
+        ((2.0, [0, 2], [0, 1]), {}, TypeError, "num_classes must be an int"),
+        ((2, [0, 2], [0, 1]), {"node_names": ["a", "b"]}, ValueError, "2 node names for 1 internal nodes"),
+        ((2, [0, 1, 3], [3, 0, 1]), {"node_names": ["a", "a"]}, ValueError, "duplicate internal node name 'a'"),
+        ((2, [0, 1, 3], [3, 0, 1]), {"node_names": [None, "x"], "labels": ["x", "y"]}, ValueError,
+         "label 'x' is also used as an internal node name"),
+    ],
+)
+def test_constructor_rejects_bad_arguments(args, kw, error, match):
+    with pytest.raises(error, match=match):
+        Tree(*args, **kw)
+
+
+def test_constructor_renumbers_breadth_first_and_keeps_names():
+    # Node 2 is the root's child and node 1 the grandchild: ids swap, names follow their nodes.
+    t = Tree(3, [0, 2, 3, 5], [0, 5, 2, 4, 1], node_names=[None, "low", "high"])
+    assert t.child_offset.tolist() == [0, 2, 4, 5] and t.children.tolist() == [0, 4, 5, 1, 2]
+    assert t.node_names == (None, "high", "low")
+    assert t.path(2)[0].tolist() == [0, 1, 2]
+
+
 def test_constructor_orphan_and_cycle_cut_from_root():
     # Root has classes 0,1; nodes 1 and 2 point at each other (a cycle nobody reaches).
     with pytest.raises(ValueError, match="not reachable|cycle"):
         Tree(3, [0, 2, 3, 5], [0, 1, 5, 2, 4])
 
 
-@pytest.mark.parametrize(
-    "counts,match",
-    [([], "empty"), ([1, -1], "negative"), ([1, float("nan")], "not finite"), ([1, float("inf")], "not finite"), ([[1, 2]], "1-D")],
-)
-def test_bad_counts(counts, match):
-    with pytest.raises(ValueError, match=match):
-        Tree.huffman(counts)
-
-
-def test_bad_arguments():
-    with pytest.raises(ValueError, match="arity"):
-        Tree.huffman([1, 2], arity=1)
-    with pytest.raises(TypeError):
-        Tree.balanced(3.5)
+def test_bad_labels_and_class_index():
     with pytest.raises(ValueError, match="duplicate label"):
         Tree.huffman([1, 2], labels=["a", "a"])
     with pytest.raises(ValueError, match="out of range"):
@@ -282,11 +215,3 @@ def test_load_rejects_garbage(tmp_path):
     )
     with pytest.raises(ValueError, match="more than once"):
         Tree.load(tmp_path / "dup.npz")
-
-
-def test_large_huffman_builds_quickly_and_correctly():
-    counts = 1e6 / np.arange(1, 200_001)
-    t = Tree.huffman(counts)
-    assert t.num_nodes == 199_999
-    # Zipf: depth grows like log V; the most frequent class sits near the root.
-    assert t.depth < 40 and t.class_depth[0] <= 4

@@ -21,19 +21,24 @@ arrays, built once by a builder and never changed afterwards:
   what training and single-target scoring read.
 
 Builders: :meth:`Tree.huffman`, :meth:`Tree.balanced`, :meth:`Tree.two_level`,
-:meth:`Tree.from_paths`; :meth:`Tree.save` / :meth:`Tree.load` write and read a portable
-``.npz`` file (no pickle).
+:meth:`Tree.from_paths` (the algorithms are in :mod:`hsoftmax.builders`, which only produces the
+child table; ``Tree`` validates it). :meth:`Tree.save` / :meth:`Tree.load` write and read a
+portable ``.npz`` file (no pickle) holding :meth:`Tree.state`.
 """
 
 from __future__ import annotations
 
-import math
+import functools
+import operator
 import os
-import tempfile
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
+
+from . import builders
+from .builders import check_counts, check_labels, check_num_classes, concat_ranges
+from .files import atomic_path
 
 __all__ = ["Tree"]
 
@@ -46,53 +51,21 @@ def _readonly(a: np.ndarray) -> np.ndarray:
     return a
 
 
-def _check_counts(counts: Any, name: str = "counts") -> np.ndarray:
-    c = np.asarray(counts, dtype=np.float64)
-    if c.ndim != 1:
-        raise ValueError(f"{name} must be a 1-D sequence, got shape {c.shape}")
-    if c.size == 0:
-        raise ValueError(f"{name} is empty: a tree needs at least one class")
-    if not np.all(np.isfinite(c)):
-        bad = int(np.flatnonzero(~np.isfinite(c))[0])
-        raise ValueError(f"{name}[{bad}] is not finite ({c[bad]})")
-    if np.any(c < 0):
-        bad = int(np.flatnonzero(c < 0)[0])
-        raise ValueError(f"{name}[{bad}] is negative ({c[bad]})")
-    return c
+class _Derived(NamedTuple):
+    """The arrays computed once from the child table (all read-only; ``V`` classes, ``N`` nodes)."""
+
+    arity: np.ndarray  # (N,) children per internal node
+    param_offset: np.ndarray  # (N + 1,) first weight row per node: 0, 1 or k rows each
+    parent: np.ndarray  # (V + N,) parent node of each ref, -1 for the root
+    choice: np.ndarray  # (V + N,) position of each ref among its parent's children
+    node_depth: np.ndarray  # (N,) edges from the root
+    node_decisions: np.ndarray  # (N,) deciding nodes (two or more children) strictly above
+    class_depth: np.ndarray  # (V,) edges from the root
+    decision_lengths: np.ndarray  # (V,) deciding nodes on the path
 
 
-def _check_num_classes(num_classes: Any) -> int:
-    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)):
-        raise TypeError(f"num_classes must be an int, got {type(num_classes).__name__}")
-    if num_classes < 1:
-        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    return int(num_classes)
-
-
-def _check_arity(arity: Any) -> int:
-    if isinstance(arity, bool) or not isinstance(arity, (int, np.integer)):
-        raise TypeError(f"arity must be an int, got {type(arity).__name__}")
-    if arity < 2:
-        raise ValueError(f"arity must be >= 2, got {arity}")
-    return int(arity)
-
-
-def _check_labels(labels: Sequence[str] | None, num_classes: int) -> tuple[str, ...] | None:
-    if labels is None:
-        return None
-    labels = tuple(labels)
-    if len(labels) != num_classes:
-        raise ValueError(f"got {len(labels)} labels for {num_classes} classes")
-    for i, lab in enumerate(labels):
-        if not isinstance(lab, str):
-            raise TypeError(f"labels[{i}] must be a str, got {type(lab).__name__}")
-    if len(set(labels)) != num_classes:
-        seen: set[str] = set()
-        for lab in labels:
-            if lab in seen:
-                raise ValueError(f"duplicate label {lab!r}")
-            seen.add(lab)
-    return labels
+def _derived_array(name: str, doc: str) -> property:
+    return property(operator.attrgetter(f"_derived.{name}"), doc=doc)
 
 
 class Tree:
@@ -135,153 +108,28 @@ class Tree:
         labels: Sequence[str] | None = None,
         node_names: Sequence[str | None] | None = None,
     ) -> None:
-        V = _check_num_classes(num_classes)
-        off = np.asarray(child_offset)
-        ch = np.asarray(children)
-        if off.ndim != 1 or ch.ndim != 1:
-            raise ValueError("child_offset and children must be 1-D arrays")
-        if off.size and not np.issubdtype(off.dtype, np.integer):
-            raise TypeError(f"child_offset must be integers, got {off.dtype}")
-        if ch.size and not np.issubdtype(ch.dtype, np.integer):
-            raise TypeError(f"children must be integers, got {ch.dtype}")
-        off = off.astype(np.int64)
-        ch = ch.astype(np.int64)
+        V = check_num_classes(num_classes)
+        off, ch = _as_index_arrays(child_offset, children)
+        _check_offsets(off, ch)
         N = off.size - 1
-        if N < 1:
-            raise ValueError("a tree needs a root: child_offset must have at least 2 entries")
-        if off[0] != 0 or off[-1] != ch.size or np.any(np.diff(off) < 0):
-            raise ValueError("child_offset must start at 0, be non-decreasing and end at len(children)")
-        arity = np.diff(off)
-        if np.any(arity == 0):
-            raise ValueError(f"internal node {int(np.flatnonzero(arity == 0)[0])} has no children")
-        if ch.size and (ch.min() < 0 or ch.max() >= V + N):
-            bad = int(ch[(ch < 0) | (ch >= V + N)][0])
-            raise ValueError(f"child ref {bad} is out of range [0, {V + N})")
-        seen = np.bincount(ch, minlength=V + N)
-        if np.any(seen[:V] > 1):
-            raise ValueError(f"class {int(np.flatnonzero(seen[:V] > 1)[0])} appears more than once (duplicate leaf)")
-        if np.any(seen[:V] == 0):
-            raise ValueError(f"class {int(np.flatnonzero(seen[:V] == 0)[0])} is missing from the tree")
-        if seen[V] != 0:
-            raise ValueError("the root (internal node 0) appears as a child: the tree has a cycle")
-        if np.any(seen[V + 1 :] > 1):
-            j = int(np.flatnonzero(seen[V + 1 :] > 1)[0]) + 1
-            raise ValueError(f"internal node {j} has more than one parent")
-        if np.any(seen[V + 1 :] == 0):
-            j = int(np.flatnonzero(seen[V + 1 :] == 0)[0]) + 1
-            raise ValueError(f"internal node {j} is an orphan: no parent points to it")
-        labels_t = _check_labels(labels, V)
-        if node_names is not None:
-            node_names = tuple(node_names)
-            if len(node_names) != N:
-                raise ValueError(f"got {len(node_names)} node names for {N} internal nodes")
-
-        # Breadth-first renumbering; a node reached from the root is visited once, so anything
-        # left unvisited sits on a cycle cut off from the root.
-        order = [np.zeros(1, dtype=np.int64)]
-        frontier = order[0]
-        visited = 1
-        while frontier.size:
-            starts, ends = off[frontier], off[frontier + 1]
-            kids = ch[_ranges(starts, ends)]
-            frontier = kids[kids >= V] - V
-            visited += frontier.size
-            if visited > N:
-                raise ValueError("the tree has a cycle")
-            if frontier.size:
-                order.append(frontier)
-        bfs = np.concatenate(order)
-        if bfs.size != N:
-            missing = np.setdiff1d(np.arange(N), bfs)[0]
-            raise ValueError(f"internal node {int(missing)} is not reachable from the root (a cycle)")
-        new_id = np.empty(N, dtype=np.int64)
-        new_id[bfs] = np.arange(N)
-        new_arity = arity[bfs]
-        new_off = np.zeros(N + 1, dtype=np.int64)
-        np.cumsum(new_arity, out=new_off[1:])
-        new_ch = ch[_ranges(off[bfs], off[bfs + 1])]
-        internal = new_ch >= V
-        new_ch[internal] = new_id[new_ch[internal] - V] + V
-        if node_names is not None:
-            node_names = tuple(node_names[int(j)] for j in bfs)
-            _check_node_names(node_names, labels_t)
-
+        _check_each_ref_once(ch, V, N)
+        labels_t = check_labels(labels, V)
+        names = _node_names_tuple(node_names, N)
+        bfs = _breadth_first_order(off, ch, V)
+        off, ch = _renumber(off, ch, V, bfs)
+        if names is not None:
+            names = tuple(names[int(j)] for j in bfs)
+            _check_node_names(names, labels_t)
         self._num_classes = V
-        self._child_offset = _readonly(new_off)
-        self._children = _readonly(new_ch)
+        self._child_offset = _readonly(off)
+        self._children = _readonly(ch)
         self._labels = labels_t
-        self._node_names = node_names
-        self._build_derived()
-
-    # ------------------------------------------------------------------ derived arrays
-    def _build_derived(self) -> None:
-        V, off, ch = self._num_classes, self._child_offset, self._children
-        N = off.size - 1
-        arity = np.diff(off)
-        parent = np.full(V + N, -1, dtype=np.int64)
-        choice = np.zeros(V + N, dtype=np.int64)
-        owner = np.repeat(np.arange(N), arity)
-        parent[ch] = owner
-        choice[ch] = np.arange(ch.size) - off[owner]
-        rows = np.where(arity == 1, 0, np.where(arity == 2, 1, arity))
-        poff = np.zeros(N + 1, dtype=np.int64)
-        np.cumsum(rows, out=poff[1:])
-
-        # Nodes are numbered breadth-first, so each level is a contiguous id block and the
-        # internal children of block [a, b) are exactly the next block.
-        node_depth = np.zeros(N, dtype=np.int64)
-        node_dec = np.zeros(N, dtype=np.int64)  # decisions (arity >= 2 nodes) strictly above
-        a, b, level = 0, 1, 0
-        while a < b:
-            node_depth[a:b] = level
-            kids = ch[off[a] : off[b]]
-            kids = kids[kids >= V] - V
-            if kids.size:
-                p = parent[V + kids]
-                node_dec[kids] = node_dec[p] + (arity[p] >= 2)
-            a, b, level = b, b + kids.size, level + 1
-        cp = parent[:V]
-        class_depth = node_depth[cp] + 1
-        class_dec = node_dec[cp] + (arity[cp] >= 2)
-
-        self._parent = _readonly(parent)
-        self._choice = _readonly(choice)
-        self._arity = _readonly(arity)
-        self._param_offset = _readonly(poff)
-        self._node_depth = _readonly(node_depth)
-        self._node_decisions = _readonly(node_dec)
-        self._class_depth = _readonly(class_depth)
-        self._decision_lengths = _readonly(class_dec)
-        # The padded (V, max_decisions) arrays are built on first use: a consumer that walks
-        # ``parent``/``choice`` itself (the word2vec trainer) never pays for them.
-        self._decisions: tuple[np.ndarray, np.ndarray] | None = None
-
-    def _decision_arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        if self._decisions is None:
-            V, parent, choice, arity = self._num_classes, self._parent, self._choice, self._arity
-            node_dec = self._node_decisions
-            D = max(int(self._decision_lengths.max()), 1)
-            # Walk every class up to the root at once; a deciding node lands at the column
-            # given by the number of decisions above it.
-            dn = np.zeros((V, D), dtype=np.int32)
-            dc = np.zeros((V, D), dtype=np.int32)
-            cls = np.arange(V)
-            ref = cls.copy()
-            cur = parent[:V].copy()
-            while cls.size:
-                dec = arity[cur] >= 2
-                dn[cls[dec], node_dec[cur[dec]]] = cur[dec]
-                dc[cls[dec], node_dec[cur[dec]]] = choice[ref[dec]]
-                ref = V + cur
-                cur = parent[ref]
-                keep = cur >= 0
-                cls, ref, cur = cls[keep], ref[keep], cur[keep]
-            self._decisions = (_readonly(dn), _readonly(dc))
-        return self._decisions
+        self._node_names = names
+        self._derived = _derive(V, off, ch)
 
     # ------------------------------------------------------------------ builders
     @classmethod
-    def huffman(cls, counts: Any, arity: int = 2, labels: Sequence[str] | None = None) -> "Tree":
+    def huffman(cls, counts: Any, arity: int = 2, labels: Sequence[str] | None = None) -> Tree:
         """Huffman tree from class counts: frequent classes get short codes.
 
         This is word2vec's and fastText's tree (``arity=2``); ``arity=k`` builds the optimal
@@ -294,85 +142,17 @@ class Tree:
         >>> Tree.huffman([1, 1, 1, 1, 1, 1, 1], arity=3).depth
         2
         """
-        c = _check_counts(counts)
-        k = _check_arity(arity)
-        V = c.size
-        if V == 1:
-            return cls(1, [0, 1], [0], labels=labels)
-        order = np.argsort(c, kind="stable")
-        leaf_w = c[order]
-        # Two-queue merge (O(V) after the sort): leaves in ascending order, merged nodes are
-        # created in non-decreasing weight, so the k smallest are always at the two fronts.
-        num_internal = -(-(V - 1) // (k - 1))
-        node_w = np.empty(num_internal, dtype=np.float64)
-        kids = np.empty(V + num_internal, dtype=np.int64)  # refs in merge order
-        off = np.zeros(num_internal + 1, dtype=np.int64)
-        first = ((V - 2) % (k - 1)) + 2  # the first merge is smaller so every later one is full
-        li = ni = made = pos = 0
-        lw = leaf_w.tolist()
-        lo = order.tolist()
-        nw = node_w  # local alias
-        while made < num_internal:
-            take = first if made == 0 else k
-            w = 0.0
-            for _ in range(take):
-                if li < V and (ni >= made or lw[li] <= nw[ni]):
-                    w += lw[li]
-                    kids[pos] = lo[li]
-                    li += 1
-                else:
-                    w += nw[ni]
-                    kids[pos] = V + ni
-                    ni += 1
-                pos += 1
-            nw[made] = w
-            made += 1
-            off[made] = pos
-        # Merge order numbers the root last; reverse so the root is internal node 0.
-        rev = num_internal - 1 - np.arange(num_internal)
-        ch = kids[:pos].copy()
-        internal = ch >= V
-        ch[internal] = V + rev[ch[internal] - V]
-        starts, ends = off[:-1][::-1], off[1:][::-1]
-        new_off = np.zeros(num_internal + 1, dtype=np.int64)
-        np.cumsum(ends - starts, out=new_off[1:])
-        return cls(V, new_off, ch[_ranges(starts, ends)], labels=labels)
+        return cls(*builders.huffman(counts, arity, labels))
 
     @classmethod
-    def balanced(cls, num_classes: int, arity: int = 2, labels: Sequence[str] | None = None) -> "Tree":
+    def balanced(cls, num_classes: int, arity: int = 2, labels: Sequence[str] | None = None) -> Tree:
         """A complete tree of depth ``ceil(log_arity(num_classes))`` over classes in index order.
 
         >>> t = Tree.balanced(10, arity=3)
         >>> t.depth, t.num_nodes
         (3, 5)
         """
-        V = _check_num_classes(num_classes)
-        k = _check_arity(arity)
-        if V == 1:
-            return cls(1, [0, 1], [0], labels=labels)
-        # Split [0, V) into k near-equal contiguous ranges, level by level.
-        starts = np.zeros(1, dtype=np.int64)
-        sizes = np.full(1, V, dtype=np.int64)
-        next_id = 1
-        node_ids = np.zeros(1, dtype=np.int64)
-        all_nodes, all_children = [], []
-        while starts.size:
-            nkids = np.minimum(sizes, k)
-            parts_owner = np.repeat(np.arange(starts.size), nkids)
-            rank = np.arange(parts_owner.size) - np.repeat(np.cumsum(nkids) - nkids, nkids)
-            base, rem = sizes[parts_owner] // nkids[parts_owner], sizes[parts_owner] % nkids[parts_owner]
-            psize = base + (rank < rem)
-            pstart = starts[parts_owner] + rank * base + np.minimum(rank, rem)
-            leaf = psize == 1
-            refs = np.where(leaf, pstart, 0)
-            n_int = int((~leaf).sum())
-            new_ids = np.arange(next_id, next_id + n_int)
-            next_id += n_int
-            refs[~leaf] = V + new_ids
-            all_nodes.append(np.repeat(node_ids, nkids))
-            all_children.append(refs)
-            starts, sizes, node_ids = pstart[~leaf], psize[~leaf], new_ids
-        return cls._from_edges(V, next_id, np.concatenate(all_nodes), np.concatenate(all_children), labels)
+        return cls(*builders.balanced(num_classes, arity, labels))
 
     @classmethod
     def two_level(
@@ -381,7 +161,7 @@ class Tree:
         num_clusters: int | None = None,
         counts: Any = None,
         labels: Sequence[str] | None = None,
-    ) -> "Tree":
+    ) -> Tree:
         """Root -> clusters -> classes: the class-factored softmax (Theano's ``h_softmax``).
 
         ``num_clusters`` defaults to ``ceil(sqrt(num_classes))``. Without ``counts`` the classes
@@ -397,37 +177,10 @@ class Tree:
         >>> [int(t.path(i)[0][1]) for i in range(6)]     # the cluster of each class
         [1, 2, 2, 2, 2, 2]
         """
-        V = _check_num_classes(num_classes)
-        C = math.isqrt(V - 1) + 1 if num_clusters is None else num_clusters
-        if isinstance(C, bool) or not isinstance(C, (int, np.integer)):
-            raise TypeError(f"num_clusters must be an int, got {type(C).__name__}")
-        if not 1 <= C <= V:
-            raise ValueError(f"num_clusters must be in [1, num_classes={V}], got {C}")
-        if counts is None:
-            order = np.arange(V)
-            cluster = (np.arange(V) * C) // V
-        else:
-            c = _check_counts(counts)
-            if c.size != V:
-                raise ValueError(f"counts has {c.size} entries for {V} classes")
-            order = np.argsort(-c, kind="stable")
-            w = c[order]
-            total = w.sum()
-            if total <= 0:
-                cluster = (np.arange(V) * C) // V
-            else:
-                before = np.cumsum(w) - w  # mass strictly before each class
-                cluster = np.minimum((before * C / total).astype(np.int64), C - 1)
-        _, cluster = np.unique(cluster, return_inverse=True)
-        C = int(cluster.max()) + 1
-        nodes = np.concatenate([np.zeros(C, dtype=np.int64), 1 + cluster])
-        kids = np.concatenate([V + 1 + np.arange(C), order])
-        return cls._from_edges(V, C + 1, nodes, kids, labels)
+        return cls(*builders.two_level(num_classes, num_clusters, counts, labels))
 
     @classmethod
-    def from_paths(
-        cls, paths: Sequence[Sequence[str]], labels: Sequence[str] | None = None
-    ) -> "Tree":
+    def from_paths(cls, paths: Sequence[Sequence[str]], labels: Sequence[str] | None = None) -> Tree:
         """A user taxonomy: ``paths[i]`` names the internal nodes from the top level down to class
         ``i``'s parent (empty: class ``i`` hangs from the unnamed root). Depths may differ.
 
@@ -441,104 +194,11 @@ class Tree:
         >>> t.node_names
         (None, 'fruit', 'veg', 'root veg')
         """
-        if isinstance(paths, (str, bytes)):
-            raise TypeError("paths must be a sequence of sequences of node names")
-        paths = list(paths)
-        V = len(paths)
-        if V == 0:
-            raise ValueError("paths is empty: a tree needs at least one class")
-        labels_t = _check_labels(labels, V)
-        ids: dict[str, int] = {}
-        names: list[str | None] = [None]
-        parent_of: dict[int, int] = {}
-        child_lists: list[list[int]] = [[]]
-        for i, path in enumerate(paths):
-            if isinstance(path, (str, bytes)):
-                raise TypeError(f"paths[{i}] must be a sequence of node names, not a string")
-            prev = 0
-            on_path: set[int] = set()
-            for name in path:
-                if not isinstance(name, str):
-                    raise TypeError(f"paths[{i}] contains {name!r}: node names must be strings")
-                j = ids.get(name)
-                if j is not None and j in on_path:
-                    raise ValueError(f"node {name!r} appears twice on paths[{i}]: a cycle")
-                if j is None:
-                    j = ids[name] = len(names)
-                    names.append(name)
-                    child_lists.append([])
-                    parent_of[j] = prev
-                    child_lists[prev].append(V + j)
-                elif parent_of[j] != prev:
-                    raise ValueError(
-                        f"node {name!r} has two parents: {names[parent_of[j]]!r} and {names[prev]!r} "
-                        f"(paths[{i}])"
-                    )
-                on_path.add(j)
-                prev = j
-            child_lists[prev].append(i)
-        if labels_t is not None:
-            clash = set(labels_t) & set(ids)
-            if clash:
-                raise ValueError(f"label {sorted(clash)[0]!r} is also used as an internal node name")
-        off = np.zeros(len(child_lists) + 1, dtype=np.int64)
-        np.cumsum([len(c) for c in child_lists], out=off[1:])
-        ch = np.fromiter((r for c in child_lists for r in c), dtype=np.int64, count=int(off[-1]))
-        return cls(V, off, ch, labels=labels_t, node_names=names)
+        return cls(*builders.from_paths(paths, labels))
 
-    @classmethod
-    def _from_edges(cls, V: int, N: int, nodes: np.ndarray, kids: np.ndarray, labels) -> "Tree":
-        """Build from (parent internal node, child ref) edge lists, keeping edge order per parent."""
-        order = np.argsort(nodes, kind="stable")
-        off = np.zeros(N + 1, dtype=np.int64)
-        np.cumsum(np.bincount(nodes, minlength=N), out=off[1:])
-        return cls(V, off, kids[order], labels=labels)
-
-    # ------------------------------------------------------------------ save / load
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the tree to a portable ``.npz`` file (no pickle), atomically.
-
-        >>> import tempfile, os
-        >>> d = tempfile.mkdtemp(); f = os.path.join(d, "t.npz")
-        >>> Tree.huffman([3, 2, 1], labels=["a", "b", "c"]).save(f)
-        >>> Tree.load(f).labels
-        ('a', 'b', 'c')
-        """
-        arrays: dict[str, np.ndarray] = {
-            "format_version": np.array(_FORMAT_VERSION),
-            "num_classes": np.array(self._num_classes),
-            "child_offset": np.asarray(self._child_offset),
-            "children": np.asarray(self._children),
-        }
-        if self._labels is not None:
-            arrays["labels"] = np.array(self._labels, dtype=str)
-        if self._node_names is not None:
-            arrays["node_names"] = np.array([n or "" for n in self._node_names], dtype=str)
-            arrays["node_named"] = np.array([n is not None for n in self._node_names])
-        path = os.fspath(path)
-        directory = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tree-", suffix=".npz.tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez_compressed(f, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "Tree":
-        """Read a tree written by :meth:`save`; the arrays are validated like any new tree."""
-        try:
-            with np.load(os.fspath(path), allow_pickle=False) as z:
-                data = {k: z[k] for k in z.files}
-        except (OSError, ValueError) as e:
-            raise ValueError(f"{os.fspath(path)!r} is not a readable hsoftmax tree file: {e}") from e
-        return cls.from_state(data)
-
+    # ------------------------------------------------------------------ state, save / load
     def state(self) -> dict[str, np.ndarray]:
-        """The arrays that define the tree (what :meth:`save` writes), for embedding in other files."""
+        """The arrays that define the tree: what :meth:`save` writes, for embedding in other files."""
         out = {
             "format_version": np.array(_FORMAT_VERSION),
             "num_classes": np.array(self._num_classes),
@@ -548,13 +208,14 @@ class Tree:
         if self._labels is not None:
             out["labels"] = np.array(self._labels, dtype=str)
         if self._node_names is not None:
+            # npz holds no None: names as strings plus a mask of which nodes are named.
             out["node_names"] = np.array([n or "" for n in self._node_names], dtype=str)
             out["node_named"] = np.array([n is not None for n in self._node_names])
         return out
 
     @classmethod
-    def from_state(cls, data: dict[str, Any]) -> "Tree":
-        """Inverse of :meth:`state`."""
+    def from_state(cls, data: dict[str, Any]) -> Tree:
+        """Inverse of :meth:`state`; the arrays are validated like any new tree."""
         for key in ("format_version", "num_classes", "child_offset", "children"):
             if key not in data:
                 raise ValueError(f"tree data is missing {key!r}")
@@ -576,7 +237,35 @@ class Tree:
             node_names=names,
         )
 
-    # ------------------------------------------------------------------ inspection
+    def save(self, path: str | os.PathLike) -> None:
+        """Write :meth:`state` to a portable ``.npz`` file (no pickle), atomically.
+
+        >>> import tempfile, os
+        >>> d = tempfile.mkdtemp(); f = os.path.join(d, "t.npz")
+        >>> Tree.huffman([3, 2, 1], labels=["a", "b", "c"]).save(f)
+        >>> Tree.load(f).labels
+        ('a', 'b', 'c')
+        """
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez_compressed(f, **self.state())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Tree:
+        """Read a tree written by :meth:`save` (:meth:`from_state` of the file's arrays)."""
+        try:
+            with np.load(os.fspath(path), allow_pickle=False) as z:
+                data = {k: z[k] for k in z.files}
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{os.fspath(path)!r} is not a readable hsoftmax tree file: {e}") from e
+        return cls.from_state(data)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return self.state()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(Tree.from_state(state).__dict__)
+
+    # ------------------------------------------------------------------ sizes and shape
     @property
     def num_classes(self) -> int:
         """Number of classes (leaves)."""
@@ -590,18 +279,30 @@ class Tree:
     @property
     def num_params(self) -> int:
         """Rows of a layer's weight table: 1 per binary node, k per k-ary node, 0 per 1-child node."""
-        return int(self._param_offset[-1])
+        return int(self.param_offset[-1])
 
     @property
     def depth(self) -> int:
         """Longest root-to-class path, in edges (single-child nodes included)."""
-        return int(self._class_depth.max())
+        return int(self.class_depth.max())
 
     @property
     def max_decisions(self) -> int:
         """Longest path counted in decisions (nodes with two or more children): the padded width."""
-        return int(self._decision_lengths.max())
+        return int(self.decision_lengths.max())
 
+    @property
+    def is_binary(self) -> bool:
+        """Every internal node has at most two children (word2vec's sigmoid-per-node case)."""
+        return bool(self.arity.max() <= 2)
+
+    @property
+    def is_two_level(self) -> bool:
+        """Root -> internal nodes -> classes only (the two-matmul case)."""
+        V, split = self._num_classes, self._child_offset[1]
+        return bool(np.all(self._children[:split] >= V) and np.all(self._children[split:] < V))
+
+    # ------------------------------------------------------------------ names
     @property
     def labels(self) -> tuple[str, ...] | None:
         """Class names, or ``None``."""
@@ -612,32 +313,42 @@ class Tree:
         """Internal-node names (``None`` for unnamed ones, the root of a taxonomy included), or ``None``."""
         return self._node_names
 
-    @property
-    def is_binary(self) -> bool:
-        """Every internal node has at most two children (word2vec's sigmoid-per-node case)."""
-        return bool(self._arity.max() <= 2)
+    # ------------------------------------------------------------------ arrays (read-only)
+    # The child table, as validated and renumbered.
+    child_offset = property(operator.attrgetter("_child_offset"), doc="CSR offsets of the child table.")
+    children = property(
+        operator.attrgetter("_children"), doc="Child refs (class c -> c, node j -> num_classes + j)."
+    )
+    # Per internal node.
+    arity = _derived_array("arity", "Number of children of each internal node.")
+    param_offset = _derived_array("param_offset", "First weight row of each node (num_nodes + 1,).")
+    node_depth = _derived_array("node_depth", "Depth of each internal node (root 0).")
+    node_decisions = _derived_array(
+        "node_decisions", "Decisions (nodes with two or more children) strictly above each internal node."
+    )
+    _node_decisions = node_decisions  # the name the word2vec kernels read
+    # Per ref (classes, then internal nodes).
+    parent = _derived_array("parent", "Parent internal node of each ref (-1 for the root).")
+    choice = _derived_array("choice", "Child index of each ref within its parent.")
+    # Per class.
+    class_depth = _derived_array("class_depth", "Depth of each class in edges.")
+    decision_lengths = _derived_array("decision_lengths", "(V,) number of decisions per class.")
+    decision_nodes = property(
+        lambda self: self._padded_decisions[0],
+        doc="(V, max_decisions) nodes deciding each class, padded with 0 (built on first use).",
+    )
+    decision_choices = property(
+        lambda self: self._padded_decisions[1],
+        doc="(V, max_decisions) choice at each decision, padded with 0 (built on first use).",
+    )
 
-    @property
-    def is_two_level(self) -> bool:
-        """Root -> internal nodes -> classes only (the two-matmul case)."""
-        V = self._num_classes
-        root_kids = self._children[: self._child_offset[1]]
-        return bool(np.all(root_kids >= V) and np.all(self._children[self._child_offset[1] :] < V))
+    @functools.cached_property
+    def _padded_decisions(self) -> tuple[np.ndarray, np.ndarray]:
+        # Built on first use: a consumer that walks ``parent``/``choice`` itself (the word2vec
+        # trainer) never pays for the (V, max_decisions) arrays.
+        return _build_padded_decisions(self._num_classes, self._derived)
 
-    child_offset = property(lambda self: self._child_offset, doc="CSR offsets of the child table.")
-    children = property(lambda self: self._children, doc="Child refs (class c -> c, node j -> num_classes + j).")
-    arity = property(lambda self: self._arity, doc="Number of children of each internal node.")
-    param_offset = property(lambda self: self._param_offset, doc="First weight row of each node.")
-    parent = property(lambda self: self._parent, doc="Parent internal node of each ref (-1 for the root).")
-    choice = property(lambda self: self._choice, doc="Child index of each ref within its parent.")
-    node_depth = property(lambda self: self._node_depth, doc="Depth of each internal node (root 0).")
-    class_depth = property(lambda self: self._class_depth, doc="Depth of each class in edges.")
-    decision_nodes = property(lambda self: self._decision_arrays()[0],
-                              doc="(V, max_decisions) nodes deciding each class, padded with 0 (built on first use).")
-    decision_choices = property(lambda self: self._decision_arrays()[1],
-                                doc="(V, max_decisions) choice at each decision, padded with 0 (built on first use).")
-    decision_lengths = property(lambda self: self._decision_lengths, doc="(V,) number of decisions per class.")
-
+    # ------------------------------------------------------------------ queries
     def path(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """``(nodes, choices)``: internal nodes from the root down to class ``i``'s parent and the
         child index taken at each (single-child nodes included)."""
@@ -645,12 +356,12 @@ class Tree:
             raise TypeError(f"class index must be an int, got {type(i).__name__}")
         if not 0 <= i < self._num_classes:
             raise ValueError(f"class {i} is out of range [0, {self._num_classes})")
-        V = self._num_classes
+        V, parent, choice = self._num_classes, self.parent, self.choice
         nodes, choices = [], []
         ref = int(i)
-        while self._parent[ref] >= 0:
-            nodes.append(int(self._parent[ref]))
-            choices.append(int(self._choice[ref]))
+        while parent[ref] >= 0:
+            nodes.append(int(parent[ref]))
+            choices.append(int(choice[ref]))
             ref = V + nodes[-1]
         return np.array(nodes[::-1], dtype=np.int64), np.array(choices[::-1], dtype=np.int64)
 
@@ -658,20 +369,23 @@ class Tree:
         """Class index of a label."""
         if self._labels is None:
             raise ValueError("this tree has no labels")
-        if not hasattr(self, "_label_index"):
-            self._label_index = {lab: i for i, lab in enumerate(self._labels)}
         try:
             return self._label_index[label]
         except KeyError:
             raise ValueError(f"unknown label {label!r}") from None
 
+    @functools.cached_property
+    def _label_index(self) -> dict[str, int]:
+        return {lab: i for i, lab in enumerate(self._labels or ())}
+
     def expected_code_length(self, counts: Any) -> float:
         """Mean number of edges from the root to a class, weighted by ``counts``."""
-        c = _check_counts(counts)
+        c = check_counts(counts)
         if c.size != self._num_classes:
             raise ValueError(f"counts has {c.size} entries for {self._num_classes} classes")
-        return float((c * self._class_depth).sum() / c.sum())
+        return float((c * self.class_depth).sum() / c.sum())
 
+    # ------------------------------------------------------------------ identity
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Tree):
             return NotImplemented
@@ -689,14 +403,102 @@ class Tree:
     def __repr__(self) -> str:
         return (
             f"Tree(num_classes={self.num_classes}, num_nodes={self.num_nodes}, depth={self.depth}, "
-            f"max_arity={int(self._arity.max())}, num_params={self.num_params})"
+            f"max_arity={int(self.arity.max())}, num_params={self.num_params})"
         )
 
-    def __getstate__(self) -> dict[str, Any]:
-        return self.state()
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(Tree.from_state(state).__dict__)
+# ---------------------------------------------------------------------------- validation steps
+def _as_index_arrays(child_offset: Any, children: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Both arrays as 1-D int64 (any integer dtype is accepted; an empty list has no dtype)."""
+    off = np.asarray(child_offset)
+    ch = np.asarray(children)
+    if off.ndim != 1 or ch.ndim != 1:
+        raise ValueError("child_offset and children must be 1-D arrays")
+    if off.size and not np.issubdtype(off.dtype, np.integer):
+        raise TypeError(f"child_offset must be integers, got {off.dtype}")
+    if ch.size and not np.issubdtype(ch.dtype, np.integer):
+        raise TypeError(f"children must be integers, got {ch.dtype}")
+    return off.astype(np.int64), ch.astype(np.int64)
+
+
+def _check_offsets(off: np.ndarray, ch: np.ndarray) -> None:
+    """A root exists, the offsets are a CSR index into ``ch`` and no node is childless."""
+    if off.size < 2:
+        raise ValueError("a tree needs a root: child_offset must have at least 2 entries")
+    if off[0] != 0 or off[-1] != ch.size or np.any(np.diff(off) < 0):
+        raise ValueError("child_offset must start at 0, be non-decreasing and end at len(children)")
+    arity = np.diff(off)
+    if np.any(arity == 0):
+        raise ValueError(f"internal node {int(np.flatnonzero(arity == 0)[0])} has no children")
+
+
+def _check_each_ref_once(ch: np.ndarray, V: int, N: int) -> None:
+    """Every class and every non-root node is a child exactly once; the root never is."""
+    if ch.size and (ch.min() < 0 or ch.max() >= V + N):
+        bad = int(ch[(ch < 0) | (ch >= V + N)][0])
+        raise ValueError(f"child ref {bad} is out of range [0, {V + N})")
+    seen = np.bincount(ch, minlength=V + N)
+    if np.any(seen[:V] > 1):
+        i = int(np.flatnonzero(seen[:V] > 1)[0])
+        raise ValueError(f"class {i} appears more than once (duplicate leaf)")
+    if np.any(seen[:V] == 0):
+        i = int(np.flatnonzero(seen[:V] == 0)[0])
+        raise ValueError(f"class {i} is missing from the tree")
+    if seen[V] != 0:
+        raise ValueError("the root (internal node 0) appears as a child: the tree has a cycle")
+    if np.any(seen[V + 1 :] > 1):
+        j = int(np.flatnonzero(seen[V + 1 :] > 1)[0]) + 1
+        raise ValueError(f"internal node {j} has more than one parent")
+    if np.any(seen[V + 1 :] == 0):
+        j = int(np.flatnonzero(seen[V + 1 :] == 0)[0]) + 1
+        raise ValueError(f"internal node {j} is an orphan: no parent points to it")
+
+
+def _node_names_tuple(node_names: Sequence[str | None] | None, N: int) -> tuple[str | None, ...] | None:
+    if node_names is None:
+        return None
+    names = tuple(node_names)
+    if len(names) != N:
+        raise ValueError(f"got {len(names)} node names for {N} internal nodes")
+    return names
+
+
+def _breadth_first_order(off: np.ndarray, ch: np.ndarray, V: int) -> np.ndarray:
+    """Internal nodes in breadth-first order from the root.
+
+    With one parent per node (checked before), a node reached from the root is visited once, so
+    anything left unvisited sits on a cycle cut off from the root.
+    """
+    N = off.size - 1
+    order = [np.zeros(1, dtype=np.int64)]
+    frontier = order[0]
+    visited = 1
+    while frontier.size:
+        kids = ch[concat_ranges(off[frontier], off[frontier + 1])]
+        frontier = kids[kids >= V] - V
+        visited += frontier.size
+        if visited > N:
+            raise ValueError("the tree has a cycle")
+        if frontier.size:
+            order.append(frontier)
+    bfs = np.concatenate(order)
+    if bfs.size != N:
+        missing = np.setdiff1d(np.arange(N), bfs)[0]
+        raise ValueError(f"internal node {int(missing)} is not reachable from the root (a cycle)")
+    return bfs
+
+
+def _renumber(off: np.ndarray, ch: np.ndarray, V: int, bfs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The child table with internal node ``bfs[j]`` renamed ``j`` (children keep their order)."""
+    N = off.size - 1
+    new_id = np.empty(N, dtype=np.int64)
+    new_id[bfs] = np.arange(N)
+    new_off = np.zeros(N + 1, dtype=np.int64)
+    np.cumsum(np.diff(off)[bfs], out=new_off[1:])
+    new_ch = ch[concat_ranges(off[bfs], off[bfs + 1])]
+    internal = new_ch >= V
+    new_ch[internal] = new_id[new_ch[internal] - V] + V
+    return new_off, new_ch
 
 
 def _check_node_names(names: tuple[str | None, ...], labels: tuple[str, ...] | None) -> None:
@@ -713,11 +515,85 @@ def _check_node_names(names: tuple[str | None, ...], labels: tuple[str, ...] | N
             raise ValueError(f"label {sorted(clash)[0]!r} is also used as an internal node name")
 
 
-def _ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """Concatenation of ``arange(s, e)`` for each pair, vectorised."""
-    lengths = ends - starts
-    total = int(lengths.sum())
-    if total == 0:
-        return np.zeros(0, dtype=np.int64)
-    shift = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
-    return np.arange(total, dtype=np.int64) + shift
+# ---------------------------------------------------------------------------- derived arrays
+def _derive(V: int, off: np.ndarray, ch: np.ndarray) -> _Derived:
+    """Everything the consumers read besides the child table, from a breadth-first child table."""
+    arity = np.diff(off)
+    parent, choice = _parents_and_choices(V, off, ch)
+    node_depth, node_dec = _node_levels(V, off, ch, parent, arity)
+    class_parent = parent[:V]
+    derived = _Derived(
+        arity=arity,
+        param_offset=_param_offsets(arity),
+        parent=parent,
+        choice=choice,
+        node_depth=node_depth,
+        node_decisions=node_dec,
+        class_depth=node_depth[class_parent] + 1,
+        decision_lengths=node_dec[class_parent] + (arity[class_parent] >= 2),
+    )
+    return _Derived(*map(_readonly, derived))
+
+
+def _parents_and_choices(V: int, off: np.ndarray, ch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    N = off.size - 1
+    parent = np.full(V + N, -1, dtype=np.int64)
+    choice = np.zeros(V + N, dtype=np.int64)
+    owner = np.repeat(np.arange(N), np.diff(off))
+    parent[ch] = owner
+    choice[ch] = np.arange(ch.size) - off[owner]
+    return parent, choice
+
+
+def _param_offsets(arity: np.ndarray) -> np.ndarray:
+    # One child: no parameters (taken with probability 1); two: one sigmoid row; k: k softmax rows.
+    rows = np.where(arity == 1, 0, np.where(arity == 2, 1, arity))
+    poff = np.zeros(arity.size + 1, dtype=np.int64)
+    np.cumsum(rows, out=poff[1:])
+    return poff
+
+
+def _node_levels(
+    V: int, off: np.ndarray, ch: np.ndarray, parent: np.ndarray, arity: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(node_depth, node_decisions)`` level by level.
+
+    Nodes are numbered breadth-first, so each level is a contiguous id block and the internal
+    children of block ``[a, b)`` are exactly the next block.
+    """
+    N = off.size - 1
+    node_depth = np.zeros(N, dtype=np.int64)
+    node_dec = np.zeros(N, dtype=np.int64)
+    a, b, level = 0, 1, 0
+    while a < b:
+        node_depth[a:b] = level
+        kids = ch[off[a] : off[b]]
+        kids = kids[kids >= V] - V
+        if kids.size:
+            p = parent[V + kids]
+            node_dec[kids] = node_dec[p] + (arity[p] >= 2)
+        a, b, level = b, b + kids.size, level + 1
+    return node_depth, node_dec
+
+
+def _build_padded_decisions(V: int, d: _Derived) -> tuple[np.ndarray, np.ndarray]:
+    """``(decision_nodes, decision_choices)``, ``(V, max(max_decisions, 1))`` int32 padded with 0.
+
+    Walks every class up to the root at once; a deciding node lands at the column given by the
+    number of decisions above it.
+    """
+    D = max(int(d.decision_lengths.max()), 1)
+    dn = np.zeros((V, D), dtype=np.int32)
+    dc = np.zeros((V, D), dtype=np.int32)
+    cls = np.arange(V)
+    ref = cls.copy()
+    cur = d.parent[:V].copy()
+    while cls.size:
+        dec = d.arity[cur] >= 2
+        dn[cls[dec], d.node_decisions[cur[dec]]] = cur[dec]
+        dc[cls[dec], d.node_decisions[cur[dec]]] = d.choice[ref[dec]]
+        ref = V + cur
+        cur = d.parent[ref]
+        keep = cur >= 0
+        cls, ref, cur = cls[keep], ref[keep], cur[keep]
+    return _readonly(dn), _readonly(dc)

@@ -1,0 +1,316 @@
+"""Tree builders: from counts, a class count or a taxonomy to the flat arrays a :class:`~hsoftmax.Tree`
+validates.
+
+A builder only computes a CSR child table (see :mod:`hsoftmax.tree` for the layout) and returns it
+as :class:`TreeArrays`; it never checks the structure it made. ``Tree(*arrays)`` does that, and
+renumbers the internal nodes breadth-first, so a builder may number them in any order as long as
+the root is node ``0``. The public entry points are the classmethods :meth:`Tree.huffman
+<hsoftmax.Tree.huffman>`, :meth:`~hsoftmax.Tree.balanced`, :meth:`~hsoftmax.Tree.two_level` and
+:meth:`~hsoftmax.Tree.from_paths`, which call the functions here.
+
+>>> a = huffman([5, 3, 1, 1])
+>>> a.num_classes, a.child_offset.tolist(), a.children.tolist()   # root: class 0 | node 1
+(4, [0, 2, 4, 6], [0, 5, 6, 1, 2, 3])
+>>> from hsoftmax import Tree
+>>> Tree(*a) == Tree.huffman([5, 3, 1, 1])
+True
+
+The value checks shared with :class:`~hsoftmax.Tree` (number of classes, labels, counts) live here
+too, so that this module depends on nothing but numpy.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+
+__all__ = [
+    "TreeArrays",
+    "huffman",
+    "balanced",
+    "two_level",
+    "from_paths",
+    "check_counts",
+    "check_num_classes",
+    "check_labels",
+    "concat_ranges",
+]
+
+
+class TreeArrays(NamedTuple):
+    """What a builder returns: the arguments of ``Tree(...)``, in order."""
+
+    num_classes: int
+    child_offset: np.ndarray  # (num_nodes + 1,) CSR offsets into children
+    children: np.ndarray  # refs: class c -> c, internal node j -> num_classes + j
+    labels: Sequence[str] | None = None
+    node_names: Sequence[str | None] | None = None
+
+
+# ---------------------------------------------------------------------------- value checks
+def check_counts(counts: Any, name: str = "counts") -> np.ndarray:
+    """``counts`` as a 1-D float64 array of finite, non-negative values (at least one)."""
+    c = np.asarray(counts, dtype=np.float64)
+    if c.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D sequence, got shape {c.shape}")
+    if c.size == 0:
+        raise ValueError(f"{name} is empty: a tree needs at least one class")
+    if not np.all(np.isfinite(c)):
+        bad = int(np.flatnonzero(~np.isfinite(c))[0])
+        raise ValueError(f"{name}[{bad}] is not finite ({c[bad]})")
+    if np.any(c < 0):
+        bad = int(np.flatnonzero(c < 0)[0])
+        raise ValueError(f"{name}[{bad}] is negative ({c[bad]})")
+    return c
+
+
+def check_num_classes(num_classes: Any) -> int:
+    """A positive int (``bool`` is refused: ``True`` classes is a bug, not 1)."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)):
+        raise TypeError(f"num_classes must be an int, got {type(num_classes).__name__}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    return int(num_classes)
+
+
+def check_labels(labels: Sequence[str] | None, num_classes: int) -> tuple[str, ...] | None:
+    """``num_classes`` unique strings as a tuple, or ``None``."""
+    if labels is None:
+        return None
+    labels = tuple(labels)
+    if len(labels) != num_classes:
+        raise ValueError(f"got {len(labels)} labels for {num_classes} classes")
+    for i, lab in enumerate(labels):
+        if not isinstance(lab, str):
+            raise TypeError(f"labels[{i}] must be a str, got {type(lab).__name__}")
+    if len(set(labels)) != num_classes:
+        seen: set[str] = set()
+        for lab in labels:
+            if lab in seen:
+                raise ValueError(f"duplicate label {lab!r}")
+            seen.add(lab)
+    return labels
+
+
+def _check_arity(arity: Any) -> int:
+    if isinstance(arity, bool) or not isinstance(arity, (int, np.integer)):
+        raise TypeError(f"arity must be an int, got {type(arity).__name__}")
+    if arity < 2:
+        raise ValueError(f"arity must be >= 2, got {arity}")
+    return int(arity)
+
+
+def concat_ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Concatenation of ``arange(s, e)`` for each pair, vectorised.
+
+    >>> concat_ranges(np.array([0, 5]), np.array([2, 8])).tolist()
+    [0, 1, 5, 6, 7]
+    """
+    lengths = ends - starts
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    shift = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
+    return np.arange(total, dtype=np.int64) + shift
+
+
+# ---------------------------------------------------------------------------- builders
+def _single_class(labels: Sequence[str] | None) -> TreeArrays:
+    """One class under the root: the only tree with a single class."""
+    return TreeArrays(1, np.array([0, 1]), np.array([0]), labels)
+
+
+def _from_edges(V: int, N: int, nodes: np.ndarray, kids: np.ndarray, labels) -> TreeArrays:
+    """From (parent internal node, child ref) edge lists, keeping edge order per parent."""
+    order = np.argsort(nodes, kind="stable")
+    off = np.zeros(N + 1, dtype=np.int64)
+    np.cumsum(np.bincount(nodes, minlength=N), out=off[1:])
+    return TreeArrays(V, off, kids[order], labels)
+
+
+def huffman(counts: Any, arity: int = 2, labels: Sequence[str] | None = None) -> TreeArrays:
+    """The optimal ``arity``-ary prefix code for ``counts``; ties broken by class index.
+
+    See :meth:`hsoftmax.Tree.huffman`.
+    """
+    c = check_counts(counts)
+    k = _check_arity(arity)
+    V = c.size
+    if V == 1:
+        return _single_class(labels)
+    order = np.argsort(c, kind="stable")
+    leaf_w = c[order]
+    # Two-queue merge (O(V) after the sort): leaves in ascending order, merged nodes are
+    # created in non-decreasing weight, so the k smallest are always at the two fronts.
+    num_internal = -(-(V - 1) // (k - 1))
+    node_w = np.empty(num_internal, dtype=np.float64)
+    kids = np.empty(V + num_internal, dtype=np.int64)  # refs in merge order
+    off = np.zeros(num_internal + 1, dtype=np.int64)
+    first = ((V - 2) % (k - 1)) + 2  # the first merge is smaller so every later one is full
+    li = ni = made = pos = 0
+    lw = leaf_w.tolist()
+    lo = order.tolist()
+    nw = node_w  # local alias
+    while made < num_internal:
+        take = first if made == 0 else k
+        w = 0.0
+        for _ in range(take):
+            if li < V and (ni >= made or lw[li] <= nw[ni]):
+                w += lw[li]
+                kids[pos] = lo[li]
+                li += 1
+            else:
+                w += nw[ni]
+                kids[pos] = V + ni
+                ni += 1
+            pos += 1
+        nw[made] = w
+        made += 1
+        off[made] = pos
+    # Merge order numbers the root last; reverse so the root is internal node 0.
+    rev = num_internal - 1 - np.arange(num_internal)
+    ch = kids[:pos].copy()
+    internal = ch >= V
+    ch[internal] = V + rev[ch[internal] - V]
+    starts, ends = off[:-1][::-1], off[1:][::-1]
+    new_off = np.zeros(num_internal + 1, dtype=np.int64)
+    np.cumsum(ends - starts, out=new_off[1:])
+    return TreeArrays(V, new_off, ch[concat_ranges(starts, ends)], labels)
+
+
+def balanced(num_classes: int, arity: int = 2, labels: Sequence[str] | None = None) -> TreeArrays:
+    """A complete ``arity``-ary tree over classes in index order. See :meth:`hsoftmax.Tree.balanced`."""
+    V = check_num_classes(num_classes)
+    k = _check_arity(arity)
+    if V == 1:
+        return _single_class(labels)
+    # Split [0, V) into k near-equal contiguous ranges, level by level.
+    starts = np.zeros(1, dtype=np.int64)
+    sizes = np.full(1, V, dtype=np.int64)
+    next_id = 1
+    node_ids = np.zeros(1, dtype=np.int64)
+    all_nodes, all_children = [], []
+    while starts.size:
+        nkids = np.minimum(sizes, k)
+        parts_owner = np.repeat(np.arange(starts.size), nkids)
+        rank = np.arange(parts_owner.size) - np.repeat(np.cumsum(nkids) - nkids, nkids)
+        base, rem = sizes[parts_owner] // nkids[parts_owner], sizes[parts_owner] % nkids[parts_owner]
+        psize = base + (rank < rem)
+        pstart = starts[parts_owner] + rank * base + np.minimum(rank, rem)
+        leaf = psize == 1
+        refs = np.where(leaf, pstart, 0)
+        n_int = int((~leaf).sum())
+        new_ids = np.arange(next_id, next_id + n_int)
+        next_id += n_int
+        refs[~leaf] = V + new_ids
+        all_nodes.append(np.repeat(node_ids, nkids))
+        all_children.append(refs)
+        starts, sizes, node_ids = pstart[~leaf], psize[~leaf], new_ids
+    return _from_edges(V, next_id, np.concatenate(all_nodes), np.concatenate(all_children), labels)
+
+
+def two_level(
+    num_classes: int,
+    num_clusters: int | None = None,
+    counts: Any = None,
+    labels: Sequence[str] | None = None,
+) -> TreeArrays:
+    """Root -> clusters -> classes. See :meth:`hsoftmax.Tree.two_level`."""
+    V = check_num_classes(num_classes)
+    C = math.isqrt(V - 1) + 1 if num_clusters is None else num_clusters
+    if isinstance(C, bool) or not isinstance(C, (int, np.integer)):
+        raise TypeError(f"num_clusters must be an int, got {type(C).__name__}")
+    if not 1 <= C <= V:
+        raise ValueError(f"num_clusters must be in [1, num_classes={V}], got {C}")
+    order, cluster = _cluster_classes(V, C, counts)
+    _, cluster = np.unique(cluster, return_inverse=True)  # drop clusters left empty
+    C = int(cluster.max()) + 1
+    nodes = np.concatenate([np.zeros(C, dtype=np.int64), 1 + cluster])
+    kids = np.concatenate([V + 1 + np.arange(C), order])
+    return _from_edges(V, C + 1, nodes, kids, labels)
+
+
+def _cluster_classes(V: int, C: int, counts: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``(order, cluster)``: the classes in cluster order and the cluster of each, in that order.
+
+    Without counts: contiguous clusters of near-equal size. With counts: classes sorted by
+    frequency and cut where the probability mass before them crosses a multiple of ``1/C``.
+    """
+    if counts is None:
+        return np.arange(V), (np.arange(V) * C) // V
+    c = check_counts(counts)
+    if c.size != V:
+        raise ValueError(f"counts has {c.size} entries for {V} classes")
+    order = np.argsort(-c, kind="stable")
+    w = c[order]
+    total = w.sum()
+    if total <= 0:
+        return order, (np.arange(V) * C) // V
+    before = np.cumsum(w) - w  # mass strictly before each class
+    return order, np.minimum((before * C / total).astype(np.int64), C - 1)
+
+
+def from_paths(paths: Sequence[Sequence[str]], labels: Sequence[str] | None = None) -> TreeArrays:
+    """A user taxonomy, internal nodes numbered in order of first appearance (root ``0``, unnamed).
+
+    See :meth:`hsoftmax.Tree.from_paths`.
+
+    >>> a = from_paths([["fruit"], ["veg"], ["fruit"]])
+    >>> a.child_offset.tolist(), a.children.tolist(), a.node_names
+    ([0, 2, 4, 5], [4, 5, 0, 2, 1], [None, 'fruit', 'veg'])
+    """
+    if isinstance(paths, (str, bytes)):
+        raise TypeError("paths must be a sequence of sequences of node names")
+    paths = list(paths)
+    V = len(paths)
+    if V == 0:
+        raise ValueError("paths is empty: a tree needs at least one class")
+    labels_t = check_labels(labels, V)
+    names, child_lists = _link_paths(paths)
+    if labels_t is not None:
+        clash = set(labels_t) & set(names[1:])
+        if clash:
+            raise ValueError(f"label {sorted(clash)[0]!r} is also used as an internal node name")
+    off = np.zeros(len(child_lists) + 1, dtype=np.int64)
+    np.cumsum([len(c) for c in child_lists], out=off[1:])
+    ch = np.fromiter((r for c in child_lists for r in c), dtype=np.int64, count=int(off[-1]))
+    return TreeArrays(V, off, ch, labels_t, names)
+
+
+def _link_paths(paths: list[Sequence[str]]) -> tuple[list[str | None], list[list[int]]]:
+    """``(names, child_lists)``: each internal node's name and child refs, nodes numbered in order
+    of first appearance; a name must keep one parent and appear at most once on a path."""
+    V = len(paths)
+    ids: dict[str, int] = {}
+    names: list[str | None] = [None]
+    parent_of: dict[int, int] = {}
+    child_lists: list[list[int]] = [[]]
+    for i, path in enumerate(paths):
+        if isinstance(path, (str, bytes)):
+            raise TypeError(f"paths[{i}] must be a sequence of node names, not a string")
+        prev = 0
+        on_path: set[int] = set()
+        for name in path:
+            if not isinstance(name, str):
+                raise TypeError(f"paths[{i}] contains {name!r}: node names must be strings")
+            j = ids.get(name)
+            if j is not None and j in on_path:
+                raise ValueError(f"node {name!r} appears twice on paths[{i}]: a cycle")
+            if j is None:
+                j = ids[name] = len(names)
+                names.append(name)
+                child_lists.append([])
+                parent_of[j] = prev
+                child_lists[prev].append(V + j)
+            elif parent_of[j] != prev:
+                raise ValueError(
+                    f"node {name!r} has two parents: {names[parent_of[j]]!r} and {names[prev]!r} "
+                    f"(paths[{i}])"
+                )
+            on_path.add(j)
+            prev = j
+        child_lists[prev].append(i)
+    return names, child_lists
