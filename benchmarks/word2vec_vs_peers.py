@@ -239,17 +239,8 @@ def ensure_corpus(path: str | None, quick: bool) -> str:
 
 def run_one(system: str, mode: str, threads: int, corpus: str, timeout: float) -> dict:
     """One run in a fresh process (so its peak memory is its own); an error becomes the row."""
-    cmd = [
-        sys.executable,
-        os.path.abspath(__file__),
-        "--worker",
-        system,
-        mode,
-        str(threads),
-        corpus,
-        str(SETTINGS["seed"]),
-    ]
-    r = run_json_child(cmd, timeout)
+    worker_args = ["--worker", system, mode, str(threads), corpus, str(SETTINGS["seed"])]
+    r = run_json_child([sys.executable, os.path.abspath(__file__), *worker_args], timeout)
     return r if "error" not in r else {"system": system, "mode": mode, "threads": threads, **r}
 
 
