@@ -1,12 +1,13 @@
-# Two set-up commands: `make demo` (the main job) and `make test` (the whole suite).
-# Each creates .venv if missing and installs what it needs. torch is pinned to the local
-# CPU wheel first so the editable install never pulls a multi-GB CUDA build.
+# Set-up commands: `make demo` (the main job), `make test` (the whole suite) and `make lint`
+# (formatting, lint rules and types, all configured in pyproject.toml). Each creates .venv if
+# missing and installs what it needs. torch is pinned to the local CPU wheel first so the
+# editable install never pulls a multi-GB CUDA build.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo test lint format bench clean
 
 venv: $(STAMP)
 
@@ -22,6 +23,20 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# Checks only, never rewrites: what CI runs. All three run even when one fails, so one run
+# shows every problem; the target fails if any did.
+lint: $(STAMP)
+	@status=0; \
+	$(VENV)/bin/ruff format --check . || status=1; \
+	$(VENV)/bin/ruff check . || status=1; \
+	$(VENV)/bin/mypy || status=1; \
+	exit $$status
+
+# Rewrites: the formatter and ruff's safe fixes.
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
 
 bench: $(STAMP)
 	$(PY) -m pip install -q -e '.[dev,bench]'

@@ -38,17 +38,32 @@ import sys
 import tempfile
 import zlib
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
-PACKAGES = ["dict-gcide", "dict-foldoc", "dict-jargon", "dict-devil", "wordnet-base", "fortunes",
-            "fortunes-min", "sword-text-kjv", "sword-text-web", "sword-comm-mhcc", "sword-comm-tdavid",
-            "sword-comm-scofield"]
+from common import atomic_path
+
+PACKAGES = [
+    "dict-gcide",
+    "dict-foldoc",
+    "dict-jargon",
+    "dict-devil",
+    "wordnet-base",
+    "fortunes",
+    "fortunes-min",
+    "sword-text-kjv",
+    "sword-text-web",
+    "sword-comm-mhcc",
+    "sword-comm-tdavid",
+    "sword-comm-scofield",
+]
 DICTD = "/usr/share/dictd"
 WORDNET = "/usr/share/wordnet"
 FORTUNES = "/usr/share/games/fortunes"
 SWORD = "/usr/share/sword/modules"
 AUSTEN_REL = "usr/lib/R/site-library/janeaustenr/data"
-EMBEDDED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src", "hsoftmax", "data",
-                        "kjv_austen.txt.xz")
+EMBEDDED = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "..", "src", "hsoftmax", "data", "kjv_austen.txt.xz"
+)
 
 _WORD = re.compile(r"[a-z]+(?:'[a-z]+)*|[0-9]+")
 
@@ -94,15 +109,16 @@ def gcide() -> Iterator[str]:
         started = started or entry.startswith("A \\A\\")  # the license/header entries come first
         if not started:
             continue
-        entry = _GCIDE_PRON.sub(" ", _GCIDE_SOURCE.sub(" ", entry))
-        entry = entry.replace("{", "").replace("}", "").replace("?", " ")
-        yield from re.split(r"\n\s*\n", entry)
+        text = _GCIDE_PRON.sub(" ", _GCIDE_SOURCE.sub(" ", entry))
+        text = text.replace("{", "").replace("}", "").replace("?", " ")
+        yield from re.split(r"\n\s*\n", text)
 
 
 def dictd_plain(name: str) -> Callable[[], Iterator[str]]:
     def read() -> Iterator[str]:
         for entry in dictd_entries(name):
             yield entry.replace("{", "").replace("}", "")
+
     return read
 
 
@@ -159,6 +175,7 @@ def _r_strings(buf: bytes) -> list[str]:
 def austen(root: str) -> Callable[[], Iterator[str]]:
     """Paragraphs of the six novels: an R lazy-load database is a run of
     [4-byte length][zlib stream] records, each one serialized character vector (one line each)."""
+
     def read() -> Iterator[str]:
         path = os.path.join(root, AUSTEN_REL, "Rdata.rdb")
         if not os.path.exists(path):
@@ -171,12 +188,13 @@ def austen(root: str) -> Callable[[], Iterator[str]]:
             lines = _r_strings(dec.decompress(rdb[pos + 4 :]))
             pos = len(rdb) - len(dec.unused_data)
             para: list[str] = []
-            for line in lines + [""]:
+            for line in [*lines, ""]:
                 if line:
                     para.append(line)
                 elif para:
                     yield " ".join(para)
                     para = []
+
     return read
 
 
@@ -209,7 +227,7 @@ def sword(module: str) -> Callable[[], Iterator[str]]:
             base = os.path.join(base_dir, f"{testament}.{letter}z")
             if not os.path.exists(base + "s") or os.path.getsize(base + "s") == 0:
                 continue
-            bzs, bzv, bzz = (open(base + ext, "rb").read() for ext in "svz")
+            bzs, bzv, bzz = (Path(base + ext).read_bytes() for ext in "svz")
             blocks: dict[int, bytes] = {}
             seen = set()
             for k in range(len(bzv) // rec):
@@ -223,15 +241,21 @@ def sword(module: str) -> Callable[[], Iterator[str]]:
                     blocks[b] = zlib.decompress(bzz[coff : coff + csize])
                 raw = blocks[b][off : off + size].decode("utf-8", "replace")
                 yield html.unescape(_TAG.sub(" ", _NOTE.sub(" ", raw)))
+
     return read
 
 
 # ------------------------------------------------------------------ assembling
 def combined_sources(austen_root: str) -> dict[str, Callable[[], Iterator[str]]]:
     return {
-        "gcide": gcide, "wordnet_glosses": wordnet_glosses, "foldoc": dictd_plain("foldoc"),
-        "jargon": dictd_plain("jargon"), "devil": dictd_plain("devil"), "fortunes": fortunes,
-        "austen": austen(austen_root), **{f"sword_{m}": sword(m) for m in SWORD_MODULES},
+        "gcide": gcide,
+        "wordnet_glosses": wordnet_glosses,
+        "foldoc": dictd_plain("foldoc"),
+        "jargon": dictd_plain("jargon"),
+        "devil": dictd_plain("devil"),
+        "fortunes": fortunes,
+        "austen": austen(austen_root),
+        **{f"sword_{m}": sword(m) for m in SWORD_MODULES},
     }
 
 
@@ -251,7 +275,9 @@ def write_corpus(sources: dict[str, Callable[[], Iterator[str]]], out, strict: b
                     n += len(toks)
         except FileNotFoundError as e:
             if strict:
-                raise SystemExit(f"build_corpus: missing source {name}: {e} (install the packages, see --help)")
+                raise SystemExit(
+                    f"build_corpus: missing source {name}: {e} (install the packages, see --help)"
+                ) from None
             print(f"build_corpus: skipping {name}: {e}", file=sys.stderr)
         print(f"  {name:18s} {n:>10,d} tokens", file=sys.stderr)
         total += n
@@ -267,8 +293,9 @@ def install(austen_root: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
+    )
     p.add_argument("which", choices=["combined", "embedded"])
     p.add_argument("output", nargs="?", help="output path (default: corpus_en.txt, or the embedded .xz)")
     p.add_argument("--austen-root", default="/", help="where r-cran-janeaustenr was unpacked (dpkg -x)")
@@ -283,13 +310,12 @@ def main(argv: list[str] | None = None) -> int:
     else:
         out_path = args.output or EMBEDDED
         sources = embedded_sources(args.austen_root)
-    tmp = out_path + ".tmp"
     opener = lzma.open if out_path.endswith(".xz") else open
     # preset 9e: the embedded file is committed, so spend time to make it small
     kwargs = {"preset": 9 | lzma.PRESET_EXTREME} if opener is lzma.open else {}
-    with opener(tmp, "wt", encoding="utf-8", **kwargs) as out:
+    # Atomic: an interrupted or failed build leaves the previous corpus (or none), never half of one.
+    with atomic_path(out_path) as tmp, opener(tmp, "wt", encoding="utf-8", **kwargs) as out:
         total = write_corpus(sources, out, strict=not args.allow_missing)
-    os.replace(tmp, out_path)
     print(f"wrote {total:,} tokens to {out_path}", file=sys.stderr)
     return 0
 

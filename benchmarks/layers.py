@@ -1,7 +1,9 @@
 """Output layers head to head: full softmax, AdaptiveLogSoftmaxWithLoss, and hsoftmax's trees.
 
 Run ``python benchmarks/layers.py`` (``make bench``) for the full grid, ``--quick`` for a small
-subset that finishes in a couple of minutes. Everything timed in one table is measured in this
+subset that finishes in a couple of minutes (V in {10k, 100k}, d=256, batch 512; any of ``--V``,
+``--d``, ``--batch``, ``--budget`` given as well overrides its part, e.g. the test suite's smoke
+run ``--quick --V 2000 --d 16 --batch 64 --budget 0.05 --no-memory``). Everything timed in one table is measured in this
 one process, one method after another, on the same Zipf-distributed targets:
 
 * **train**: examples/s of one training step = forward + backward + optimizer step, input
@@ -38,12 +40,8 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
-import datetime as _dt
 import gc
 import json
-import platform
-import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -53,11 +51,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common import machine_info, machine_summary, peak_rss_bytes, run_json_child, timeit, write_json, write_text
+
 HERE = Path(__file__).resolve().parent
 METHODS = ("full", "adaptive", "huffman", "balanced", "two_level", "huffman_fused", "two_level_fused")
 HS_METHODS = ("huffman", "balanced", "two_level", "huffman_fused", "two_level_fused")
 LR = 0.05
 MEM_LIMIT_GB = 12.0  # skip a configuration whose estimated working set exceeds this (24 GB machine)
+# The grid: the full one, and --quick's subset (the one quoted in before/after notes).
+FULL = dict(V=[10_000, 100_000, 1_000_000], d=[256, 512], batch=[512, 4096], budget=2.0)
+QUICK = dict(V=[10_000, 100_000], d=[256], batch=[512], budget=1.5)
 
 
 # ---------------------------------------------------------------------------- data and models
@@ -74,7 +77,8 @@ def zipf_targets(V: int, n: int, seed: int) -> torch.Tensor:
 
 
 def cutoffs(V: int) -> list[int]:
-    return [c for c in (2_000, 20_000, 200_000) if c < V // 2]
+    """Adaptive softmax's cluster boundaries; below V=4000 (smoke runs) one head cluster of V/4."""
+    return [c for c in (2_000, 20_000, 200_000) if c < V // 2] or [max(1, V // 4)]
 
 
 _TREES: dict[tuple[str, int], object] = {}
@@ -128,10 +132,7 @@ class Method:
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         self.opt.zero_grad(set_to_none=True)
         x.grad = None
-        if self.name == "full":
-            loss = F.cross_entropy(self.m(x), y)
-        else:
-            loss = self.m(x, y).loss
+        loss = F.cross_entropy(self.m(x), y) if self.name == "full" else self.m(x, y).loss
         loss.backward()
         self.opt.step()
 
@@ -160,56 +161,29 @@ class Method:
         return self.m.topk(x, 5)
 
 
-# ---------------------------------------------------------------------------- timing
+# ---------------------------------------------------------------------------- timing and memory
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
 
 
-def timeit(fn, device: str, budget_s: float, max_iters: int = 200, warmup: int = 1) -> tuple[float, int]:
-    """Median seconds per call: ``warmup`` untimed calls, then calls until ``budget_s`` is spent
-    (at least one, at most ``max_iters``; a call slower than the budget is timed once). The
-    median, not the mean, so that a burst of load from another process on a shared machine
-    does not decide the result."""
-    for _ in range(warmup):
-        fn(0)
-    _sync(device)
-    times: list[float] = []
-    t0 = time.perf_counter()
-    while True:
-        t = time.perf_counter()
-        fn(len(times) + 1)
-        _sync(device)
-        times.append(time.perf_counter() - t)
-        if time.perf_counter() - t0 >= budget_s or len(times) >= max_iters:
-            return float(np.median(times)), len(times)
-
-
-# ---------------------------------------------------------------------------- peak memory (child)
-def peak_rss_gb() -> float:
-    """This process's peak resident set size in GB: ``VmHWM`` from /proc (Linux). Not
-    ``ru_maxrss``: Linux carries that over from the parent across fork+exec, so a child of a
-    big benchmark process would report the parent's size."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024 / 1e9
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # KiB elsewhere on Linux
+def time_calls(fn, device: str, budget_s: float, warmup: int = 1) -> tuple[float, int]:
+    """Median seconds per call and calls timed (:func:`common.timeit`); on a GPU each call is
+    synchronized inside the timed span, so the time is the kernels', not their launch."""
+    sync = torch.cuda.synchronize if device.startswith("cuda") else None
+    return timeit(fn, budget_s, warmup=warmup, sync=sync)
 
 
 def child_memory(method: str, V: int, d: int, B: int, device: str) -> dict:
     """Run in a fresh process: build one layer, two training steps, report peak RSS."""
-    base = peak_rss_gb()
+    base = peak_rss_bytes() / 1e9
     m = Method(method, V, d, device)
     ys = zipf_targets(V, 2 * B, seed=1).to(device).view(2, B)
     x = torch.randn(B, d, device=device, requires_grad=True)
     for i in range(2):
         m.train_step(x, ys[i])
     _sync(device)
-    out = {"peak_rss_gb": peak_rss_gb(), "base_rss_gb": base}
+    out = {"peak_rss_gb": peak_rss_bytes() / 1e9, "base_rss_gb": base}
     if device.startswith("cuda"):
         out["peak_cuda_gb"] = torch.cuda.max_memory_allocated() / 1e9
     return out
@@ -217,24 +191,17 @@ def child_memory(method: str, V: int, d: int, B: int, device: str) -> dict:
 
 def measure_memory(method: str, V: int, d: int, B: int, device: str, timeout: float = 900) -> dict:
     cmd = [sys.executable, __file__, "--child-memory", method, str(V), str(d), str(B), "--device", device]
-    try:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"error": "timeout"}
-    if r.returncode != 0:
-        return {"error": (r.stderr.strip().splitlines() or ["failed"])[-1][:200]}
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    return run_json_child(cmd, timeout)
 
 
 # ---------------------------------------------------------------------------- the grid
 def run(args) -> dict:
     device = args.device
     Vs, ds, Bs = args.V, args.d, args.batch
+    machine = machine_info(device=device, torch_threads=torch.get_num_threads())
     results: dict = {
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} torch threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, "
-        f"device {device}",
+        "date": machine["date"],
+        "machine": machine,
         "train": [],
         "inference": [],
         "notes": {
@@ -243,7 +210,7 @@ def run(args) -> dict:
         },
     }
     for V in Vs:
-        ys_all = zipf_targets(V, 8 * max(Bs + [args.infer_batch]), seed=0).to(device)
+        ys_all = zipf_targets(V, 8 * max(*Bs, args.infer_batch), seed=0).to(device)
         for d in ds:
             for B in Bs:
                 ys = ys_all[: 8 * B].view(8, B)
@@ -259,7 +226,7 @@ def run(args) -> dict:
                     t_build = time.perf_counter()
                     m = Method(name, V, d, device)
                     row["build_s"] = round(time.perf_counter() - t_build, 3)
-                    sec, n = timeit(lambda i, m=m: m.train_step(x, ys[i % 8]), device, args.budget)
+                    sec, n = time_calls(lambda i, m=m, x=x, ys=ys: m.train_step(x, ys[i % 8]), device, args.budget)
                     row.update(step_s=sec, iters=n, examples_per_s=B / sec)
                     del m
                     gc.collect()
@@ -287,7 +254,7 @@ def run(args) -> dict:
                 m = Method(name, V, d, device)
                 for op in ("target_log_prob", "log_prob", "predict", "top5"):
                     fn = getattr(m, op)
-                    sec, n = timeit(lambda i: fn(xi, yi), device, args.budget / 2, warmup=1)
+                    sec, n = time_calls(lambda i, fn=fn, xi=xi, yi=yi: fn(xi, yi), device, args.budget / 2, warmup=1)
                     row[op + "_s"] = sec
                 del m
                 gc.collect()
@@ -306,16 +273,16 @@ def run(args) -> dict:
 def add_ratios(results: dict) -> None:
     """hsoftmax / peer ratios (same configuration, same run): speed-ups for train examples/s,
     and time ratios peer/hsoftmax for inference."""
-    for table, key, higher_better in (("train", "examples_per_s", True),):
-        rows = results[table]
-        idx = {(r["V"], r["d"], r["batch"], r["method"]): r for r in rows}
-        for r in rows:
-            if r["method"] not in HS_METHODS or key not in r:
-                continue
-            for peer in ("full", "adaptive"):
-                p = idx.get((r["V"], r["d"], r["batch"], peer))
-                if p and key in p:
-                    r[f"x_{peer}"] = r[key] / p[key]
+    key = "examples_per_s"
+    rows = results["train"]
+    idx = {(r["V"], r["d"], r["batch"], r["method"]): r for r in rows}
+    for r in rows:
+        if r["method"] not in HS_METHODS or key not in r:
+            continue
+        for peer in ("full", "adaptive"):
+            p = idx.get((r["V"], r["d"], r["batch"], peer))
+            if p and key in p:
+                r[f"x_{peer}"] = r[key] / p[key]
     rows = results["inference"]
     idx = {(r["V"], r["d"], r["method"]): r for r in rows}
     for r in rows:
@@ -334,12 +301,35 @@ def _fmt_rate(x: float) -> str:
     return f"{x / 1e3:,.1f}k" if x >= 1e3 else f"{x:,.0f}"
 
 
+def table_head(columns: list[str]) -> list[str]:
+    """A markdown table's header and rule lines."""
+    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+
+
 def markdown(results: dict) -> str:
-    out = [f"Measured {results['date']} on {results['machine']}.", ""]
+    m = results["machine"]
+    where = f"{machine_summary(m)}, {m['torch_threads']} torch threads, device {m['device']}"
+    out = [f"Measured {results['date']} on {where}.", ""]
     out.append("**Training step** (forward + backward + optimizer step; examples/s; peak RSS of the whole process)")
     out.append("")
-    out.append("| V | d | batch | full softmax | adaptive | HS Huffman | HS balanced | HS two-level | HS Huffman, fused SGD | HS two-level, fused SGD | Huffman ÷ full | Huffman ÷ adaptive | two-level ÷ adaptive | two-level fused ÷ adaptive |")
-    out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    out += table_head(
+        [
+            "V",
+            "d",
+            "batch",
+            "full softmax",
+            "adaptive",
+            "HS Huffman",
+            "HS balanced",
+            "HS two-level",
+            "HS Huffman, fused SGD",
+            "HS two-level, fused SGD",
+            "Huffman ÷ full",
+            "Huffman ÷ adaptive",
+            "two-level ÷ adaptive",
+            "two-level fused ÷ adaptive",
+        ]
+    )
     groups: dict = {}
     for r in results["train"]:
         groups.setdefault((r["V"], r["d"], r["batch"]), {})[r["method"]] = r
@@ -366,17 +356,34 @@ def markdown(results: dict) -> str:
             f"{ratio(g.get('two_level_fused'), 'adaptive')} |"
         )
     out.append("")
-    out.append("**Inference** (batch %d; milliseconds per call: target log-prob / full log_prob / predict / top-5)"
-               % results["inference"][0]["batch"] if results["inference"] else "")
+    if results["inference"]:
+        batch = results["inference"][0]["batch"]
+        out.append(
+            f"**Inference** (batch {batch}; milliseconds per call: target log-prob / full log_prob / predict / top-5)"
+        )
     out.append("")
-    out.append("| V | d | method | target log-prob | log_prob | predict | top-5 | top-5 speed-up vs full top-5 | vs adaptive top-5 | vs adaptive predict |")
-    out.append("|---|---|---|---|---|---|---|---|---|---|")
+    out += table_head(
+        [
+            "V",
+            "d",
+            "method",
+            "target log-prob",
+            "log_prob",
+            "predict",
+            "top-5",
+            "top-5 speed-up vs full top-5",
+            "vs adaptive top-5",
+            "vs adaptive predict",
+        ]
+    )
     for r in sorted(results["inference"], key=lambda r: (r["V"], r["d"], METHODS.index(r["method"]))):
         if "skipped" in r:
             out.append(f"| {r['V']:,} | {r['d']} | {r['method']} | {r['skipped']} | | | | | | |")
             continue
         ms = [f"{r[k + '_s'] * 1e3:.2f}" for k in ("target_log_prob", "log_prob", "predict", "top5")]
-        rat = [f"{r[k]:,.1f}×" if k in r else "—" for k in ("top5_x_full", "top5_x_adaptive", "top5_x_adaptive_predict")]
+        rat = [
+            f"{r[k]:,.1f}×" if k in r else "—" for k in ("top5_x_full", "top5_x_adaptive", "top5_x_adaptive_predict")
+        ]
         out.append(f"| {r['V']:,} | {r['d']} | {r['method']} | " + " | ".join(ms + rat) + " |")
     return "\n".join(out)
 
@@ -388,27 +395,45 @@ def plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 6))
-    styles = {"full": "k", "adaptive": "tab:gray", "huffman": "tab:blue", "balanced": "tab:green", "two_level": "tab:orange",
-              "huffman_fused": "tab:cyan", "two_level_fused": "tab:red"}
-    labels = {"full": "full softmax", "adaptive": "AdaptiveLogSoftmaxWithLoss", "huffman": "HS Huffman",
-              "balanced": "HS balanced", "two_level": "HS two-level", "huffman_fused": "HS Huffman, fused SGD",
-              "two_level_fused": "HS two-level, fused SGD"}
+    styles = {
+        "full": "k",
+        "adaptive": "tab:gray",
+        "huffman": "tab:blue",
+        "balanced": "tab:green",
+        "two_level": "tab:orange",
+        "huffman_fused": "tab:cyan",
+        "two_level_fused": "tab:red",
+    }
+    labels = {
+        "full": "full softmax",
+        "adaptive": "AdaptiveLogSoftmaxWithLoss",
+        "huffman": "HS Huffman",
+        "balanced": "HS balanced",
+        "two_level": "HS two-level",
+        "huffman_fused": "HS Huffman, fused SGD",
+        "two_level_fused": "HS two-level, fused SGD",
+    }
     combos = sorted({(r["d"], r["batch"]) for r in results["train"]})
     d0 = combos[0][0]
     for d, B in combos:
         if d != d0:
             continue
-        ls = "-" if B == min(b for _, b in combos) else "--"
+        ls = "-" if min(b for _, b in combos) == B else "--"
         for m in METHODS:
-            pts = sorted((r["V"], r["examples_per_s"]) for r in results["train"]
-                         if r["method"] == m and r["d"] == d and r["batch"] == B and "examples_per_s" in r)
+            pts = sorted(
+                (r["V"], r["examples_per_s"])
+                for r in results["train"]
+                if r["method"] == m and r["d"] == d and r["batch"] == B and "examples_per_s" in r
+            )
             if pts:
                 ax.plot(*zip(*pts), ls, marker="o", color=styles[m], label=f"{labels[m]}, batch {B}")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("number of classes V")
     ax.set_ylabel("training examples / s (fwd + bwd + optimizer)")
-    ax.set_title(f"Output layers, d={d0}, {os.cpu_count()}-core CPU, torch {torch.__version__.split('+')[0]}", fontsize=9)
+    ax.set_title(
+        f"Output layers, d={d0}, {os.cpu_count()}-core CPU, torch {torch.__version__.split('+')[0]}", fontsize=9
+    )
     ax.grid(True, which="both", alpha=0.3)
     # Below the axes: inside, it would hide the slowest curves.
     ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.13))
@@ -420,13 +445,17 @@ def plot(results: dict, path: Path) -> None:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="V in {10k, 100k}, d=256, batch 512: a couple of minutes")
-    ap.add_argument("--V", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
-    ap.add_argument("--d", type=int, nargs="+", default=[256, 512])
-    ap.add_argument("--batch", type=int, nargs="+", default=[512, 4096])
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="V in {10k, 100k}, d=256, batch 512: a couple of minutes (flags below override)",
+    )
+    ap.add_argument("--V", type=int, nargs="+", help=f"default {FULL['V']}")
+    ap.add_argument("--d", type=int, nargs="+", help=f"default {FULL['d']}")
+    ap.add_argument("--batch", type=int, nargs="+", help=f"default {FULL['batch']}")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     ap.add_argument("--infer-batch", type=int, default=64)
-    ap.add_argument("--budget", type=float, default=2.0, help="seconds of timed calls per measurement")
+    ap.add_argument("--budget", type=float, help=f"seconds of timed calls per measurement (default {FULL['budget']})")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory child processes")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "layers.json")
@@ -437,14 +466,14 @@ def main(argv=None) -> None:
         name, V, d, B = args.child_memory
         print(json.dumps(child_memory(name, int(V), int(d), int(B), args.device)))
         return
-    if args.quick:
-        args.V, args.d, args.batch, args.budget = [10_000, 100_000], [256], [512], min(args.budget, 1.5)
+    for key, value in (QUICK if args.quick else FULL).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     results = run(args)
-    results["argv"] = sys.argv[1:]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1))
+    results["argv"] = sys.argv[1:] if argv is None else list(argv)
+    write_json(args.out, results)
     table = markdown(results)
-    args.out.with_suffix(".md").write_text(table + "\n")
+    write_text(args.out.with_suffix(".md"), table + "\n")
     print()
     print(table)
     png = args.plot or args.out.with_suffix(".png")

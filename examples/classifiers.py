@@ -139,10 +139,16 @@ def language_model_task(quick: bool) -> None:
 
 def _print_rows(rows, perplexity: bool) -> None:
     base = rows[0][2]
-    head = f"{'head':32s} {'accuracy':>9s} " + (f"{'perplexity':>11s} " if perplexity else "") + f"{'train ex/s':>11s} {'vs full':>8s}"
+    head = (
+        f"{'head':32s} {'accuracy':>9s} "
+        + (f"{'perplexity':>11s} " if perplexity else "")
+        + f"{'train ex/s':>11s} {'vs full':>8s}"
+    )
     print(head)
     for r in rows:
-        line = f"{r[0]:32s} {r[1]:9.3f} " + (f"{r[3]:11.1f} " if perplexity else "") + f"{r[2]:11,.0f} {r[2] / base:7.2f}x"
+        line = (
+            f"{r[0]:32s} {r[1]:9.3f} " + (f"{r[3]:11.1f} " if perplexity else "") + f"{r[2]:11,.0f} {r[2] / base:7.2f}x"
+        )
         print(line)
 
 

@@ -28,15 +28,20 @@ def main() -> None:
 
     t0 = time.perf_counter()
     corpus = encode_file(embedded_corpus_path(), min_count=5)
-    print(f"corpus: {corpus.raw_words:,} words, vocabulary {len(corpus.vocab):,} "
-          f"(encoded in {time.perf_counter() - t0:.1f}s)")
-    model = Word2Vec(dim=100, window=5, min_count=5, sample=1e-3, sg=args.skipgram, epochs=args.epochs,
-                     threads=args.threads, seed=1)
+    print(
+        f"corpus: {corpus.raw_words:,} words, vocabulary {len(corpus.vocab):,} "
+        f"(encoded in {time.perf_counter() - t0:.1f}s)"
+    )
+    model = Word2Vec(
+        dim=100, window=5, min_count=5, sample=1e-3, sg=args.skipgram, epochs=args.epochs, threads=args.threads, seed=1
+    )
     t0 = time.perf_counter()
     model.fit(corpus)
     seconds = time.perf_counter() - t0
-    print(f"{'skip-gram' if args.skipgram else 'CBOW'}-HS, {model.tree!r}: {args.epochs} epochs in "
-          f"{seconds:.1f}s ({corpus.raw_words * args.epochs / seconds:,.0f} words/s)")
+    print(
+        f"{'skip-gram' if args.skipgram else 'CBOW'}-HS, {model.tree!r}: {args.epochs} epochs in "
+        f"{seconds:.1f}s ({corpus.raw_words * args.epochs / seconds:,.0f} words/s)"
+    )
     corpus.close()
 
     wv = model.wv
@@ -52,8 +57,10 @@ def main() -> None:
     questions = gensim_test_file("questions-words.txt")
     if questions:
         r = wv.evaluate_analogies(questions)
-        print(f"\nanalogies (questions-words): {100 * r.accuracy:.1f}% of {r.total:,} questions in vocabulary "
-              f"({r.skipped:,} skipped)")
+        print(
+            f"\nanalogies (questions-words): {100 * r.accuracy:.1f}% of {r.total:,} questions in vocabulary "
+            f"({r.skipped:,} skipped)"
+        )
         for name in ("wordsim353.tsv", "simlex999.txt"):
             path = gensim_test_file(name)
             if path:

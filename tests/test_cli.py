@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import subprocess
 import sys
 
@@ -24,7 +25,7 @@ def write_corpus(path, n=400, seed=0):
     return path
 
 
-@pytest.fixture()
+@pytest.fixture
 def corpus(tmp_path):
     return str(write_corpus(tmp_path / "corpus.txt"))
 
@@ -53,7 +54,7 @@ def test_word2vec_writes_format_by_extension(tmp_path, corpus, capsys, name, bin
     kv = load_vectors(out, binary=binary)
     assert kv.vectors.shape == (24, 8)
     if binary:
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=re.escape(str(out))):  # read as text: the error names the file
             load_vectors(out, binary=False)
     else:
         lines = out.read_text().splitlines()
@@ -73,7 +74,7 @@ def test_binary_flag_overrides_the_name(tmp_path, corpus, capsys):
     assert run(["word2vec", corpus, "-o", str(out), "--binary", *FAST], capsys)[0] == 0
     kv = load_vectors(out, binary=True)
     assert len(kv) == 24
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=re.escape(str(out))):
         load_vectors(out, binary=False)
 
 
@@ -97,12 +98,16 @@ def test_tree_file_of_wrong_size(tmp_path, corpus, capsys):
     assert not out.exists()
 
 
-@pytest.mark.parametrize("content,pattern", [
-    (None, "not found"),
-    (b"", "no words"),
-    (b"\n  \n", "no words"),
-    (b"a b c\nd e\n", "min_count=5"),
-], ids=["missing", "empty", "blank", "rare"])
+@pytest.mark.parametrize(
+    "content,pattern",
+    [
+        (None, "not found"),
+        (b"", "no words"),
+        (b"\n  \n", "no words"),
+        (b"a b c\nd e\n", "min_count=5"),
+    ],
+    ids=["missing", "empty", "blank", "rare"],
+)
 def test_bad_corpus_is_one_line_exit_2_no_output(tmp_path, capsys, content, pattern):
     path = tmp_path / "c.txt"
     if content is not None:
@@ -124,17 +129,21 @@ def test_invalid_utf8_is_replaced_and_reported(tmp_path, capsys):
     assert "x\ufffd" in load_vectors(out)
 
 
-@pytest.mark.parametrize("argv,pattern", [
-    (["word2vec", "c.txt"], "required"),
-    (["word2vec", "c.txt", "-o", "v.txt", "--dim", "0"], "--dim"),
-    (["word2vec", "c.txt", "-o", "v.txt", "--cbow", "--skipgram"], "not allowed"),
-    (["word2vec", "c.txt", "-o", "v.txt", "--resume"], "--checkpoint"),
-    (["word2vec", "c.txt", "-o", "v.txt", "--tree", "nonsense"], "--tree"),
-    (["word2vec", "c.txt", "-o", "nodir/v.txt"], "directory"),
-    (["word2vec", "c.txt", "-o", "v.txt", "--tmp-dir", "nodir"], "--tmp-dir"),
-    (["evaluate", "missing.txt"], "not found"),
-    ([], "required"),
-], ids=["no-output", "dim", "mode", "resume", "tree", "outdir", "tmpdir", "eval-missing", "no-command"])
+@pytest.mark.parametrize(
+    "argv,pattern",
+    [
+        (["word2vec", "c.txt"], "required"),
+        (["word2vec", "c.txt", "-o", "v.txt", "--dim", "0"], "--dim"),
+        (["word2vec", "c.txt", "-o", "v.txt", "--cbow", "--skipgram"], "not allowed"),
+        (["word2vec", "c.txt", "-o", "v.txt", "--resume"], "--checkpoint"),
+        (["word2vec", "c.txt", "-o", "v.txt", "--tree", "nonsense"], "--tree"),
+        (["word2vec", "c.txt", "-o", "nodir/v.txt"], "directory"),
+        (["word2vec", "c.txt", "-o", "v.txt", "--tmp-dir", "nodir"], "--tmp-dir"),
+        (["evaluate", "missing.txt"], "not found"),
+        ([], "required"),
+    ],
+    ids=["no-output", "dim", "mode", "resume", "tree", "outdir", "tmpdir", "eval-missing", "no-command"],
+)
 def test_usage_errors(tmp_path, capsys, monkeypatch, argv, pattern):
     monkeypatch.chdir(tmp_path)
     write_corpus(tmp_path / "c.txt")
@@ -156,8 +165,21 @@ def test_tmp_dir_holds_the_encoded_corpus_while_training(tmp_path, corpus, capsy
         return train(self, enc, checkpoint)
 
     monkeypatch.setattr(Word2Vec, "train", spy)
-    argv = ["word2vec", corpus, "-o", str(tmp_path / "v.txt"), "--dim", "8", "--min-count", "1",
-            "--epochs", "1", "--no-progress", "--tmp-dir", str(work)]
+    argv = [
+        "word2vec",
+        corpus,
+        "-o",
+        str(tmp_path / "v.txt"),
+        "--dim",
+        "8",
+        "--min-count",
+        "1",
+        "--epochs",
+        "1",
+        "--no-progress",
+        "--tmp-dir",
+        str(work),
+    ]
     assert run(argv, capsys)[0] == 0
     assert len(seen) == 1 and len(seen[0]) == 1 and seen[0][0].startswith("hsoftmax-corpus-")
     assert list(work.iterdir()) == []  # deleted afterwards
@@ -188,8 +210,10 @@ def test_checkpoint_resume_matches_uninterrupted(tmp_path, corpus, capsys, monke
     assert code == 0, err
     np.testing.assert_array_equal(load_vectors(out).vectors, load_vectors(full).vectors)
 
-    code, _, err = run(["word2vec", corpus, "-o", str(tmp_path / "x.bin"), *base[:-1], "4",
-                        "--checkpoint", str(ck), "--resume"], capsys)
+    code, _, err = run(
+        ["word2vec", corpus, "-o", str(tmp_path / "x.bin"), *base[:-1], "4", "--checkpoint", str(ck), "--resume"],
+        capsys,
+    )
     assert_one_line_error(code, err, "epochs")
     assert not (tmp_path / "x.bin").exists()
 
@@ -201,8 +225,9 @@ def test_evaluate_prints_scores(tmp_path, corpus, capsys):
     q.write_text(": topic\nt0w1 t0w2 t1w1 t1w2\nt0w1 t0w2 zz t1w2\n")
     pairs = tmp_path / "p.tsv"
     pairs.write_text("# header\nt0w1\tt0w2\t9\nt0w1\tt1w1\t1\nt1w3\tt1w4\t8\nzz\tt0w1\t3\n")
-    code, stdout, err = run(["evaluate", str(out), "--analogies", str(q), "--similarity", str(pairs),
-                             "--neighbours", "t0w1"], capsys)
+    code, stdout, err = run(
+        ["evaluate", str(out), "--analogies", str(q), "--similarity", str(pairs), "--neighbours", "t0w1"], capsys
+    )
     assert code == 0, err
     assert "(0/1; 1 skipped" in stdout or "(1/1; 1 skipped" in stdout
     assert "3 pairs, 1 skipped" in stdout
@@ -211,7 +236,11 @@ def test_evaluate_prints_scores(tmp_path, corpus, capsys):
 
 def test_console_script_entry_point(tmp_path):
     """`python -m hsoftmax.cli` (what the console script calls) exits 2 on a missing corpus."""
-    r = subprocess.run([sys.executable, "-m", "hsoftmax.cli", "word2vec", str(tmp_path / "none.txt"),
-                        "-o", str(tmp_path / "v.txt")], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "hsoftmax.cli", "word2vec", str(tmp_path / "none.txt"), "-o", str(tmp_path / "v.txt")],
+        capture_output=True,
+        check=False,
+        text=True,
+    )
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "not found" in r.stderr

@@ -1,0 +1,208 @@
+"""The benchmarks run: their shared helpers (benchmarks/common.py) do what they say, and each
+benchmark's ``--quick`` smoke run, shrunk further by flags, writes the rows it should.
+
+Everything goes to pytest's temporary directory, never to benchmarks/results. The smoke runs
+are subprocesses, as a user runs them (the scripts import ``common`` from their own folder).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import lzma
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+import common  # noqa: E402  (benchmarks/ is not a package: its folder goes on the path first)
+
+LAYER_METHODS = ("full", "adaptive", "huffman", "balanced", "two_level", "huffman_fused", "two_level_fused")
+
+
+def run_script(name: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    r = subprocess.run(
+        [sys.executable, str(BENCH / name), *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    return r
+
+
+@pytest.fixture(autouse=True)
+def results_folder_untouched():
+    """No test here writes to the repository's benchmarks/results."""
+    folder = BENCH / "results"
+
+    def listing():
+        return sorted((p.name, p.stat().st_mtime_ns) for p in folder.iterdir()) if folder.is_dir() else []
+
+    before = listing()
+    yield
+    assert listing() == before
+
+
+# ---------------------------------------------------------------------------- common.py
+PEAK_CHILD = f"""
+import json, sys
+sys.path.insert(0, {str(BENCH)!r})
+import numpy as np
+from common import peak_rss_bytes
+before = peak_rss_bytes()
+block = np.ones(64 * 2**20 // 8)  # 64 MiB, written, so resident
+after = peak_rss_bytes()
+del block
+print(json.dumps({{"before": before, "after": after, "later": peak_rss_bytes()}}))
+"""
+
+
+def test_peak_rss_is_the_high_water_mark_of_a_fresh_process():
+    # In a fresh child: this test process's own peak may already be above anything it allocates.
+    r = common.run_json_child([sys.executable, "-c", PEAK_CHILD], timeout=60)
+    assert "error" not in r, r
+    assert r["before"] > 10 * 2**20  # an interpreter with numpy is well over 10 MiB
+    assert r["after"] - r["before"] >= 48 * 2**20  # the block shows up
+    # A peak, not the current size: after the block is freed it still counts (to within the
+    # kernel's batched RSS counters, which lag by some pages).
+    assert r["later"] - r["before"] >= 48 * 2**20
+
+
+def test_run_json_child_returns_the_last_json_line_or_the_error():
+    ok = common.run_json_child([sys.executable, "-c", "print('chatter'); print('{\"a\": 1}')"], timeout=60)
+    assert ok == {"a": 1}
+    failed = common.run_json_child([sys.executable, "-c", "import sys; sys.exit('no luck here')"], timeout=60)
+    assert failed == {"error": "no luck here"}
+    silent = common.run_json_child([sys.executable, "-c", "print('not json')"], timeout=60)
+    assert "no JSON" in silent["error"]
+    slow = common.run_json_child([sys.executable, "-c", "import time; time.sleep(30)"], timeout=0.5)
+    assert slow["error"].startswith("timeout")
+
+
+def test_timeit_is_a_median_within_budget_and_cap():
+    calls: list[int] = []
+
+    def fn(i):
+        calls.append(i)
+        time.sleep(0.002 if i != 2 else 0.05)  # one slow outlier
+
+    sec, n = common.timeit(fn, budget_s=10.0, max_iters=7, warmup=2)
+    assert n == 7 and calls == list(range(9))  # 2 warm-up calls, then 7 timed, indices counting on
+    assert 0.001 < sec < 0.02  # the outlier does not move the median
+    sec, n = common.timeit(lambda i: time.sleep(0.01), budget_s=0.0, warmup=0)
+    assert n == 1 and sec >= 0.009  # a budget already spent still times one call
+
+
+def test_atomic_writes_replace_whole_or_leave_the_old_file(tmp_path):
+    path = tmp_path / "sub" / "r.json"
+    common.write_json(path, {"x": [1, 2]})
+    assert json.loads(path.read_text()) == {"x": [1, 2]}
+
+    def write_half_then_fail():
+        with common.atomic_path(path) as tmp:
+            Path(tmp).write_text("half")
+            raise RuntimeError("midway")
+
+    with pytest.raises(RuntimeError, match="midway"):
+        write_half_then_fail()
+    assert json.loads(path.read_text()) == {"x": [1, 2]}
+    assert sorted(p.name for p in path.parent.iterdir()) == ["r.json"]  # no temporary left behind
+
+
+def test_machine_info_names_the_machine_and_versions():
+    info = common.machine_info(device="cpu")
+    assert info["cores"] >= 1 and 1 <= info["cores_usable"] <= info["cores"]
+    assert {"numpy", "hsoftmax"} <= set(info["versions"]) and info["device"] == "cpu"
+    assert info["cpu"] and info["date"].endswith("+00:00")
+    json.dumps(info)  # JSON-ready
+    line = common.machine_summary(info)
+    assert f"{info['cores']} CPU cores" in line and f"numpy {info['versions']['numpy']}" in line
+
+
+# ---------------------------------------------------------------------------- the benchmarks
+def test_layers_quick_smoke_run(tmp_path):
+    out = tmp_path / "layers.json"
+    run_script(
+        "layers.py",
+        "--quick",
+        "--V",
+        "2000",
+        "--d",
+        "16",
+        "--batch",
+        "64",
+        "--budget",
+        "0.05",
+        "--no-memory",
+        "--out",
+        str(out),
+    )
+    res = json.loads(out.read_text())
+    assert res["machine"]["device"] == "cpu" and res["machine"]["versions"]["torch"]
+    train = {r["method"]: r for r in res["train"]}
+    assert sorted(train) == sorted(LAYER_METHODS)
+    for r in train.values():
+        assert (r["V"], r["d"], r["batch"]) == (2000, 16, 64)  # the flags override --quick's grid
+        assert r["examples_per_s"] > 0 and r["iters"] >= 1
+    assert train["huffman"]["x_full"] > 0 and train["two_level_fused"]["x_adaptive"] > 0
+    infer = {r["method"]: r for r in res["inference"]}
+    assert sorted(infer) == sorted(m for m in LAYER_METHODS if not m.endswith("_fused"))
+    for r in infer.values():
+        assert all(r[op + "_s"] > 0 for op in ("target_log_prob", "log_prob", "predict", "top5"))
+    assert "| 2,000 | 16 | 64 |" in out.with_suffix(".md").read_text()
+
+
+def test_layers_memory_child_reports_peak_rss():
+    cmd = [sys.executable, str(BENCH / "layers.py"), "--child-memory", "huffman", "2000", "16", "64"]
+    mem = common.run_json_child(cmd, timeout=300)
+    assert "error" not in mem, mem
+    assert 0.05 < mem["base_rss_gb"] <= mem["peak_rss_gb"] < 4  # torch imported; a tiny layer
+
+
+def tiny_corpus(path: Path, tokens: int) -> Path:
+    """The first ``tokens`` words of the package's embedded corpus (real English, so some of the
+    evaluation files' words are in the vocabulary)."""
+    from hsoftmax.word2vec import embedded_corpus_path
+
+    n = 0
+    with lzma.open(embedded_corpus_path(), "rt", encoding="utf-8") as src, open(path, "w") as dst:
+        for line in src:
+            dst.write(line)
+            n += len(line.split())
+            if n >= tokens:
+                break
+    return path
+
+
+def test_word2vec_quick_smoke_run(tmp_path):
+    pytest.importorskip("gensim")  # the evaluation files come with gensim (in the dev extra)
+    corpus = tiny_corpus(tmp_path / "tiny.txt", 20_000)
+    out = tmp_path / "w2v.json"
+    systems = ["hsoftmax", "fasttext"]  # fastText is not in the dev extra: its row then says why
+    run_script(
+        "word2vec_vs_peers.py",
+        "--quick",
+        "--corpus",
+        str(corpus),
+        "--systems",
+        *systems,
+        "--json",
+        str(out),
+        "--no-probe",
+    )
+    res = json.loads(out.read_text())
+    assert res["tokens"] == sum(len(line.split()) for line in corpus.read_text().splitlines())
+    rows = {r["system"]: r for r in res["results"]}
+    assert sorted(rows) == sorted(systems)
+    ours = rows["hsoftmax"]
+    assert "error" not in ours, ours
+    assert (ours["mode"], ours["threads"]) == ("cbow", 1)  # --quick's grid
+    assert ours["train_seconds"] > 0 and ours["vocab"] > 100 and ours["peak_mb"] > 50
+    assert ours["analogy_total"] > 0 and 0 <= ours["analogy"] <= 1
+    if importlib.util.find_spec("fasttext") is None:
+        assert "fasttext" in rows["fasttext"]["error"]
+    else:
+        assert "error" not in rows["fasttext"]
+    assert "| cbow | 1 | hsoftmax |" in out.with_suffix(".md").read_text()
