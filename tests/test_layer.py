@@ -13,25 +13,10 @@ from hypothesis import strategies as st
 from scipy.stats import chisquare
 
 from hsoftmax import HierarchicalSoftmax, Tree
-from conftest import named_trees, trees
+from conftest import make_batch, make_layer, named_trees, trees
 
 NAMED = named_trees()
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-
-
-def make_layer(tree: Tree, d: int = 6, seed: int = 0, dtype=torch.float64, device="cpu", **kw) -> HierarchicalSoftmax:
-    torch.manual_seed(seed)
-    hs = HierarchicalSoftmax(d, tree, **kw).to(device=device, dtype=dtype)
-    with torch.no_grad():
-        hs.weight.normal_(0, 1.0)
-        if hs.bias is not None:
-            hs.bias.normal_(0, 0.5)
-    return hs
-
-
-def inputs(n: int, d: int = 6, seed: int = 1, dtype=torch.float64, device="cpu") -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, d, generator=g, dtype=dtype).to(device)
 
 
 # ---------------------------------------------------------------------------- exactness
@@ -40,7 +25,7 @@ def inputs(n: int, d: int = 6, seed: int = 1, dtype=torch.float64, device="cpu")
 def test_log_prob_normalized_and_matches_forward(name, device):
     tree = NAMED[name]
     hs = make_layer(tree, device=device)
-    x = inputs(7, device=device)
+    x = make_batch(tree, 7, device=device)[0]
     lp = hs.log_prob(x)
     assert lp.shape == (7, tree.num_classes)
     torch.testing.assert_close(lp.exp().sum(-1), torch.ones(7, dtype=lp.dtype, device=device))
@@ -53,7 +38,7 @@ def test_log_prob_normalized_and_matches_forward(name, device):
 def test_every_class_scored_by_forward_equals_log_prob():
     for name, tree in NAMED.items():
         hs = make_layer(tree)
-        x = inputs(1).expand(tree.num_classes, -1)
+        x = make_batch(tree, 1)[0].expand(tree.num_classes, -1)
         y = torch.arange(tree.num_classes)
         torch.testing.assert_close(hs(x, y).output, hs.log_prob(x[:1])[0], msg=name)
 
@@ -62,7 +47,7 @@ def test_every_class_scored_by_forward_equals_log_prob():
 @given(trees(), st.integers(0, 2**31 - 1), st.booleans())
 def test_random_trees_exact(tree, seed, bias):
     hs = make_layer(tree, seed=seed % 1000, bias=bias)
-    x = inputs(5, seed=seed % 997)
+    x = make_batch(tree, 5, seed=seed % 997)[0]
     lp = hs.log_prob(x)
     torch.testing.assert_close(lp.exp().sum(-1), torch.ones(5, dtype=torch.float64))
     y = torch.from_numpy(np.random.default_rng(seed).integers(0, tree.num_classes, 5))
@@ -79,7 +64,7 @@ def test_random_trees_exact(tree, seed, bias):
 def test_topk_and_predict_equal_sort_of_log_prob(name, device):
     tree = NAMED[name]
     hs = make_layer(tree, device=device)
-    x = inputs(9, device=device)
+    x = make_batch(tree, 9, device=device)[0]
     lp = hs.log_prob(x)
     k = min(5, tree.num_classes)
     vals, idx = hs.topk(x, k)
@@ -92,7 +77,7 @@ def test_topk_and_predict_equal_sort_of_log_prob(name, device):
 def test_topk_all_classes_is_a_full_sort():
     tree = NAMED["taxonomy"]
     hs = make_layer(tree)
-    x = inputs(3)
+    x = make_batch(tree, 3)[0]
     vals, idx = hs.topk(x, tree.num_classes)
     lp = hs.log_prob(x)
     assert torch.equal(idx, lp.argsort(-1, descending=True))
@@ -103,7 +88,7 @@ def test_one_level_tree_equals_full_softmax():
     V, d = 11, 5
     tree = Tree.from_paths([[] for _ in range(V)])  # the root has every class as a child
     hs = make_layer(tree, d=d)
-    x = inputs(4, d=d)
+    x = make_batch(tree, 4, d=d)[0]
     full = F.log_softmax(x @ hs.weight.T + hs.bias, dim=-1)
     torch.testing.assert_close(hs.log_prob(x), full)
     y = torch.tensor([0, 3, 10, 7])
@@ -113,7 +98,7 @@ def test_one_level_tree_equals_full_softmax():
 def test_binary_node_is_word2vec_sigmoid():
     tree = Tree.balanced(2)
     hs = make_layer(tree, d=3)
-    x = inputs(4, d=3)
+    x = make_batch(tree, 4, d=3)[0]
     s = x @ hs.weight[0] + hs.bias[0]
     torch.testing.assert_close(hs.log_prob(x), torch.stack([F.logsigmoid(-s), F.logsigmoid(s)], -1))
 
@@ -124,7 +109,7 @@ def test_sampling_matches_distribution(name):
     hs = make_layer(tree, d=4)
     with torch.no_grad():
         hs.weight.mul_(0.3)  # keep the distribution spread so every class gets draws
-    x = inputs(1, d=4, seed=5)
+    x = make_batch(tree, 1, d=4, seed=5)[0]
     n = 40_000
     draws = hs.sample(x, num_samples=n, generator=torch.Generator().manual_seed(7))
     assert draws.shape == (1, n)
@@ -143,7 +128,7 @@ def test_sampling_matches_distribution(name):
 def test_sampling_temperature():
     tree = NAMED["huffman"]
     hs = make_layer(tree, d=4)
-    x = inputs(2, d=4)
+    x = make_batch(tree, 2, d=4)[0]
     cold = hs.sample(x, 500, temperature=1e-4, generator=torch.Generator().manual_seed(0))
     # Near zero temperature every node picks its best child: a greedy descent, constant per row.
     assert (cold == cold[:, :1]).all()
@@ -158,7 +143,7 @@ def test_sampling_temperature():
 def test_gradcheck(name):
     tree = NAMED[name]
     hs = make_layer(tree, d=3)
-    x = inputs(4, d=3).requires_grad_()
+    x = make_batch(tree, 4, d=3)[0].requires_grad_()
     y = torch.arange(4) % tree.num_classes
     params = (x, hs.weight, hs.bias)
 
@@ -186,7 +171,7 @@ def test_sparse_gradients_equal_dense(name):
     tree = NAMED[name]
     dense = make_layer(tree)
     sparse = make_layer(tree, sparse=True)
-    x = inputs(6)
+    x = make_batch(tree, 6)[0]
     y = torch.arange(6) % tree.num_classes
     dense(x, y).loss.backward()
     sparse(x, y).loss.backward()
@@ -202,7 +187,7 @@ def test_sparse_step_touches_only_used_nodes(opt_cls):
     opt = opt_cls(hs.parameters(), lr=0.1)
     y = torch.tensor([199, 198])
     before = hs.weight.detach().clone()
-    hs(inputs(2, d=8, dtype=torch.float32), y).loss.backward()
+    hs(make_batch(tree, 2, d=8, dtype=torch.float32)[0], y).loss.backward()
     opt.step()
     changed = (hs.weight.detach() != before).any(1).nonzero().squeeze(1)
     used = set()
@@ -215,7 +200,7 @@ def test_sparse_step_touches_only_used_nodes(opt_cls):
 
 def test_ignore_index_and_reductions():
     tree = NAMED["huffman"]
-    x = inputs(6).requires_grad_()
+    x = make_batch(tree, 6)[0].requires_grad_()
     y = torch.tensor([0, 5, -100, 2, -100, 1])
     hs = make_layer(tree)
     out, loss = hs(x, y)
@@ -237,7 +222,7 @@ def test_ignore_index_and_reductions():
 def test_multidimensional_input():
     tree = NAMED["two_level"]
     hs = make_layer(tree)
-    x = inputs(12).view(3, 4, 6)
+    x = make_batch(tree, 12)[0].view(3, 4, 6)
     y = torch.arange(12).view(3, 4) % tree.num_classes
     out, loss = hs(x, y)
     assert out.shape == (3, 4)
@@ -291,15 +276,16 @@ def test_state_dict_roundtrip():
     sd = hs.state_dict()
     assert set(sd) == {"table.weight", "table.bias", "_extra_state"}
     assert dict(hs.named_parameters()) == {"table.weight": hs.weight, "table.bias": hs.bias}
-    x = inputs(3)
-    # Also state dicts saved before the table was its own module (keys weight/bias).
-    legacy = {("_extra_state" if k == "_extra_state" else k.split(".")[1]): v for k, v in sd.items()}
-    for saved in (sd, legacy):
-        other = HierarchicalSoftmax(6, Tree.balanced(5, arity=3)).double()  # same shapes, other tree
-        assert other.weight.shape == hs.weight.shape
-        other.load_state_dict(saved)  # strict: no key missing or unexpected
-        assert other.tree == tree and other.tree.labels == tuple("vwxyz")
-        torch.testing.assert_close(other.log_prob(x), hs.log_prob(x), rtol=0, atol=0)
+    x = make_batch(tree, 3)[0]
+    other = HierarchicalSoftmax(6, Tree.balanced(5, arity=3)).double()  # same shapes, other tree
+    assert other.weight.shape == hs.weight.shape
+    other.load_state_dict(sd)  # strict: no key missing or unexpected
+    assert other.tree == tree and other.tree.labels == tuple("vwxyz")
+    torch.testing.assert_close(other.log_prob(x), hs.log_prob(x), rtol=0, atol=0)
+    # Keys of no released layout are refused, not guessed at.
+    renamed = {k.removeprefix("table."): v for k, v in sd.items()}
+    with pytest.raises(RuntimeError, match="Missing key"):
+        other.load_state_dict(renamed)
 
 
 def test_parameters_live_on_the_node_table():
@@ -332,33 +318,16 @@ def test_torch_save_module_roundtrip():
     torch.save(hs, buf)
     buf.seek(0)
     back = torch.load(buf, weights_only=False)
-    x = inputs(4)
+    x = make_batch(hs.tree, 4)[0]
     torch.testing.assert_close(back.log_prob(x), hs.log_prob(x), rtol=0, atol=0)
     assert back.sparse and back.reduction == "sum" and back.tree == hs.tree
-
-
-def test_torch_load_of_a_module_pickled_before_the_node_table():
-    hs = make_layer(NAMED["taxonomy"], sparse=True)
-    x = inputs(4)
-    want = hs.log_prob(x)
-    # The old layout: parameters on the layer itself, ``sparse`` a plain attribute.
-    table = hs._modules.pop("table")
-    hs._parameters["weight"], hs._parameters["bias"] = table.weight, table.bias
-    hs.__dict__["sparse"] = True
-    buf = io.BytesIO()
-    torch.save(hs, buf)
-    buf.seek(0)
-    back = torch.load(buf, weights_only=False)
-    assert [n for n, _ in back.named_parameters()] == ["table.weight", "table.bias"]
-    assert back.sparse and back.table.sparse and back.weight is back.table.weight
-    torch.testing.assert_close(back.log_prob(x), want, rtol=0, atol=0)
 
 
 def test_to_dtype_and_device():
     hs = HierarchicalSoftmax(6, NAMED["huffman"])
     assert hs.weight.dtype == torch.float32
     hs64 = hs.to(torch.float64)
-    x = inputs(3)
+    x = make_batch(hs.tree, 3)[0]
     assert hs64.log_prob(x).dtype == torch.float64
     if torch.cuda.is_available():
         hc = make_layer(NAMED["taxonomy"], device="cuda")
@@ -368,7 +337,7 @@ def test_to_dtype_and_device():
 def test_autocast_and_half_precision_run_in_float32():
     tree = NAMED["huffman3"]
     hs = make_layer(tree, dtype=torch.float32)
-    x = inputs(5, dtype=torch.float32) * 50  # large logits: fp16 exp would overflow
+    x = make_batch(tree, 5, dtype=torch.float32)[0] * 50  # large logits: fp16 exp would overflow
     y = torch.arange(5) % tree.num_classes
     ref = hs(x, y).output
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -385,7 +354,7 @@ def test_autocast_and_half_precision_run_in_float32():
 def test_bad_input_raises_clear_errors():
     tree = NAMED["huffman"]
     hs = make_layer(tree, dtype=torch.float32)
-    x = inputs(4, dtype=torch.float32)
+    x = make_batch(tree, 4, dtype=torch.float32)[0]
     with pytest.raises(ValueError, match=r"target 37 is out of range \[0, 37\)"):
         hs(x, torch.tensor([0, 1, 2, 37]))
     with pytest.raises(ValueError, match="out of range"):

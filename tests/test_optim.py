@@ -8,23 +8,17 @@ import torch
 
 from hsoftmax import HierarchicalSoftmax, Tree
 from hsoftmax.optim import MultiOptimizer, SparseAdamW, SparseSGD, paired, sparse_parameters
+from conftest import make_batch, make_layer
 
 TREE = Tree.huffman(1.0 / np.arange(1, 301))
 
 
 def hs_pair(sparse_b: bool = True, seed: int = 0):
-    torch.manual_seed(seed)
-    a = HierarchicalSoftmax(8, TREE, sparse=False).double()
-    b = HierarchicalSoftmax(8, TREE, sparse=sparse_b).double()
+    """Two equal layers on TREE: a dense one and one with ``sparse=sparse_b``."""
+    a = make_layer(TREE, 8, seed=seed, sparse=False)
+    b = make_layer(TREE, 8, seed=seed, sparse=sparse_b)
     b.load_state_dict(a.state_dict())
     return a, b
-
-
-def data(n=16, seed=1, classes=None):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 8, generator=g, dtype=torch.float64)
-    y = torch.randint(0, classes or TREE.num_classes, (n,), generator=g)
-    return x, y
 
 
 def touched_rows(y):
@@ -39,7 +33,7 @@ def test_sparse_sgd_equals_sgd_on_touched_rows(wd):
     dense, sparse = hs_pair()
     od = torch.optim.SGD(dense.parameters(), lr=0.3)
     os_ = SparseSGD(sparse.parameters(), lr=0.3, weight_decay=wd)
-    x, y = data()
+    x, y = make_batch(TREE, 16, 8, repeat_first=False)
     before = sparse.weight.detach().clone()
     for m, o in ((dense, od), (sparse, os_)):
         m(x, y).loss.backward()

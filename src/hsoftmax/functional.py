@@ -14,10 +14,20 @@ except :func:`log_prob`, which the user calls precisely to get all ``V`` classes
 
 All functions take a :class:`TreeTensors` (the tree's flat arrays as tensors on the right
 device), built once by :func:`tree_tensors` and held by :class:`hsoftmax.HierarchicalSoftmax`.
+
+Every torch path computes a node's children log-probabilities with one function,
+:func:`decision_log_probs`. The code here is device-generic; each public operation
+(:func:`target_log_prob`, :func:`log_prob`, :func:`topk`) first asks :func:`_cpu_kernels`, the
+one backend choice, whether the call can run on the numba CPU kernels instead, through their
+autograd bridge :mod:`hsoftmax.kernels.autograd` (same numbers, faster); :func:`sample` is torch
+on every device. The bridge imports this module (``TreeTensors``, :func:`decision_log_probs`);
+this module imports the bridge only inside :func:`_cpu_kernels`, on first use, so there is no
+import cycle and numba is not imported until a kernel runs.
 """
 
 from __future__ import annotations
 
+from types import ModuleType
 from typing import NamedTuple
 
 import numpy as np
@@ -29,7 +39,10 @@ from torch.autograd.function import once_differentiable
 from . import kernels as K
 from .tree import Tree
 
-__all__ = ["TreeTensors", "tree_tensors", "target_log_prob", "log_prob", "topk", "sample"]
+__all__ = [
+    "TreeTensors", "tree_tensors", "decision_log_probs", "child_log_probs", "target_log_prob", "log_prob", "topk",
+    "sample",
+]
 
 
 class TreeTensors(NamedTuple):
@@ -142,6 +155,58 @@ def _scores(h: Tensor, weight: Tensor, bias: Tensor | None, rows: Tensor, sparse
     return s + (b.to(h.dtype) if isinstance(b, Tensor) else b)
 
 
+# ---------------------------------------------------------------------------- node math
+def decision_log_probs(
+    scores: Tensor, *, signed: bool = False, owner: Tensor | None = None, num_nodes: int = 0
+) -> Tensor:
+    r"""The torch node math, once: children's log-probabilities from their scores.
+
+    A node's decision is a log-softmax over its children's scores, where a binary node's child 0
+    has the fixed score 0 and child 1 the score :math:`s` of the node's one row, so that
+    :math:`\log p(c_1) = \log\sigma(s)` and :math:`\log p(c_0) = \log\sigma(-s)`. Every torch
+    path of this module calls this function, in one of three layouts of the same rule:
+
+    * default: ``scores (..., A)``, one node per row with its children along the last dim (0 at
+      a binary node's child 0, ``-inf`` past the node's arity) -> ``log_softmax`` over it;
+    * ``owner`` ``(E,)`` long (with ``num_nodes``): ``scores (B, E)`` holds the children of many
+      nodes side by side (ragged, e.g. every edge of the tree), ``owner[e]`` the node of column
+      ``e`` -> a log-softmax within each node's columns;
+    * ``signed=True``: ``scores`` (any shape) are binary decisions' signed scores ``z`` (``s``
+      for child 1, ``-s`` for child 0) -> the log-prob of that child, :math:`\log\sigma(z)`
+      elementwise: the two-child log-softmax of ``[0, z]`` in its stable form.
+
+    >>> s = torch.tensor([[0.0, 1.5]])  # a binary node: child 0 fixed at 0, child 1 scored 1.5
+    >>> torch.allclose(decision_log_probs(s), decision_log_probs(torch.tensor([[-1.5, 1.5]]), signed=True))
+    True
+    >>> ragged = decision_log_probs(torch.tensor([[0.0, 1.5, 1.0, 2.0, 3.0]]), owner=torch.tensor([0, 0, 1, 1, 1]),
+    ...                             num_nodes=2)
+    >>> torch.allclose(ragged[0, 2:], torch.log_softmax(torch.tensor([1.0, 2.0, 3.0]), 0))
+    True
+    """
+    if signed:
+        return F.logsigmoid(scores)
+    if owner is None:
+        return torch.log_softmax(scores, dim=-1)
+    B, E = scores.shape
+    # The max is only a stability shift (so it needs no gradient).
+    mx = scores.new_full((B, num_nodes), float("-inf")).scatter_reduce(
+        1, owner.expand(B, E), scores.detach(), reduce="amax", include_self=True
+    )
+    shifted = scores - mx[:, owner]
+    lse = torch.log(scores.new_zeros(B, num_nodes).index_add(1, owner, shifted.exp()))
+    return shifted - lse[:, owner]
+
+
+def _children_from_rows(s: Tensor) -> Tensor:
+    """Children log-probs of one node from the scores of its rows, ``s (M, r)``: ``(M, k)``. ``r``
+    is 0 for a single child (probability 1), 1 for a binary node (two children), else ``k``."""
+    if s.shape[-1] == 0:
+        return s.new_zeros(s.shape[0], 1)
+    if s.shape[-1] == 1:
+        return decision_log_probs(torch.cat([-s, s], dim=-1), signed=True)
+    return decision_log_probs(s)
+
+
 def child_log_probs(
     h: Tensor, nodes: Tensor, weight: Tensor, bias: Tensor | None, tt: TreeTensors,
     sparse: bool = False, temperature: float = 1.0,
@@ -189,7 +254,7 @@ def child_log_probs(
     if temperature != 1.0:
         s = s / temperature
     s = s.masked_fill(~exists, float("-inf"))
-    return torch.log_softmax(s, dim=-1)
+    return decision_log_probs(s)
 
 
 # ---------------------------------------------------------------------------- target log-prob
@@ -210,26 +275,35 @@ def target_log_prob(
     """
     if h.shape[0] == 0 or tt.num_params == 0:
         return h.new_zeros(h.shape[0]) + 0.0 * h.sum()
-    if sgd_lr is not None and not _fusable(h, weight, bias):
+    fast = _cpu_kernels(h, weight, bias)
+    if sgd_lr is not None and (fast is None or not fast.can_fuse(weight, bias)):
         # Generic path: take the gradient through an identity whose backward applies it.
         weight = _SGDInBackward.apply(weight, sgd_lr) if weight.requires_grad else weight
         if bias is not None and bias.requires_grad:
             bias = _SGDInBackward.apply(bias, sgd_lr)
         sgd_lr = None
+    if fast is not None:
+        return fast.target_log_prob(h, target, weight, bias, tt, sparse, sgd_lr)
     if tt.is_binary:
-        return _binary_path_log_prob(h, target, weight, bias, tt, sparse, sgd_lr)
-    if _use_kernels(h, weight, bias) is not None:
-        return _GroupedFn.apply(h, weight, bias, target, tt, sparse, sgd_lr)
+        return _binary_path_log_prob(h, target, weight, bias, tt, sparse)
     if tt.is_two_level:
         return _two_level_log_prob(h, target, weight, bias, tt, sparse)
     return _stepwise_log_prob(h, target, weight, bias, tt, sparse)
 
 
-def _use_kernels(h: Tensor, weight: Tensor, bias: Tensor | None):
-    """The numba module if this call can take the CPU fast path, else ``None``: every tensor on
-    the CPU, one float32/float64 dtype (the torch path handles mixed dtypes), and no autograd
-    graph through anything but ``h``, ``weight`` and ``bias`` themselves (forward-mode AD,
-    functorch transforms and double backward use the torch path)."""
+_bridge: ModuleType | None = None
+
+
+def _cpu_kernels(h: Tensor, weight: Tensor, bias: Tensor | None, *, backward: bool = True) -> ModuleType | None:
+    """The backend choice, made here once per public operation: the CPU kernels' bridge
+    (:mod:`hsoftmax.kernels.autograd`) if this call can take it, else ``None`` (torch).
+
+    The kernels take a call when every tensor is on the CPU with one float32/float64 dtype (the
+    torch path handles mixed dtypes), no functorch transform wraps them (forward-mode AD, vmap
+    and double backward use the torch path), and numba is available and enabled
+    (:func:`hsoftmax.kernels.set_enabled`). ``backward=False``: the operation has no kernel
+    backward, so it takes the kernels only when no gradient is needed."""
+    global _bridge
     if h.device.type != "cpu" or weight.device.type != "cpu":
         return None
     dt = h.dtype
@@ -239,21 +313,15 @@ def _use_kernels(h: Tensor, weight: Tensor, bias: Tensor | None):
         return None
     if torch._C._functorch.is_functorch_wrapped_tensor(h) or torch._C._functorch.is_functorch_wrapped_tensor(weight):
         return None
-    return K.cpu()
+    if not backward and torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (h, weight, bias)):
+        return None
+    if K.cpu() is None:
+        return None
+    if _bridge is None:
+        from .kernels import autograd  # not at module level: it imports this module
 
-
-def _np(t: Tensor) -> np.ndarray:
-    return t.detach().contiguous().numpy()
-
-
-def _fusable(h: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
-    """Whether the CPU kernels can apply an in-place SGD update to ``weight``/``bias``: they
-    must take the fast path and be contiguous (the kernels write through a numpy view)."""
-    return (
-        _use_kernels(h, weight, bias) is not None
-        and weight.is_contiguous()
-        and (bias is None or bias.is_contiguous())
-    )
+        _bridge = autograd
+    return _bridge
 
 
 class _SGDInBackward(torch.autograd.Function):
@@ -275,240 +343,11 @@ class _SGDInBackward(torch.autograd.Function):
         return None, None
 
 
-def _saved_tensors(ctx):
-    """``ctx.saved_tensors``, with a clear error when a fused SGD backward (``sgd_lr``) finds
-    that the table it saved was already updated in place, e.g. by the fused backward of an
-    earlier-run second call on the same table. Its input gradient would need the old rows."""
-    try:
-        return ctx.saved_tensors
-    except RuntimeError as e:
-        if ctx.sgd_lr is None or "inplace" not in str(e):
-            raise
-        raise RuntimeError(
-            "fused_sgd_lr: the node table was modified in place after this forward, most likely "
-            "by the fused SGD backward of another call on the same table in the same graph. With "
-            "fused_sgd_lr, call the layer once per backward (concatenate the inputs), or set "
-            "fused_sgd_lr=None and use an optimizer."
-        ) from e
-
-
-def _fused_done(weight: Tensor, bias: Tensor | None, want_w: bool, want_b: bool) -> None:
-    """After an in-place fused update through numpy: bump autograd's version counters, so any
-    other graph node that saved the old table raises instead of reading the new rows."""
-    if want_w:
-        K.bump_version(weight)
-    if want_b and bias is not None:
-        K.bump_version(bias)
-
-
-class _BinaryPathFn(torch.autograd.Function):
-    """Fused binary-path log-prob on the CPU: gather, dot, log-sigmoid and sum in one pass, and a
-    backward that yields an already coalesced (unique, sorted rows) node-table gradient, sparse
-    or dense. Same math as :func:`_binary_path_log_prob`'s torch code."""
-
-    @staticmethod
-    def forward(ctx, h, weight, bias, target, rows, signs, sparse, sgd_lr=None):  # type: ignore[override]
-        k = K.cpu()
-        hn, wn = _np(h), _np(weight)
-        bn = _np(bias) if bias is not None else np.empty(0, hn.dtype)
-        tn = _np(target)
-        out = np.empty(hn.shape[0], hn.dtype)
-        coef = np.empty((hn.shape[0], rows.shape[1]), hn.dtype)
-        k.binary_forward(hn, wn, bn, rows.numpy(), signs.numpy(), tn, out, coef)
-        # The bias is saved only for the fused update, which writes it in place (and checks its version).
-        ctx.save_for_backward(h, weight, bias if sgd_lr is not None else None, target, rows, signs, torch.from_numpy(coef))
-        ctx.sparse = sparse
-        ctx.has_bias = bias is not None
-        ctx.sgd_lr = None if sgd_lr is None else float(sgd_lr)
-        return torch.from_numpy(out)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, go):  # type: ignore[override]
-        k = K.cpu()
-        h, weight, bias, target, rows, signs, coef_t = _saved_tensors(ctx)
-        coef = coef_t.numpy()
-        gon = _np(go.to(h.dtype))
-        hn, wn, tn = _np(h), _np(weight), _np(target)
-        gh = gw = gb = None
-        if ctx.needs_input_grad[0]:
-            ghn = np.empty_like(hn)
-            k.binary_grad_input(gon, coef, wn, rows.numpy(), tn, ghn)
-            gh = torch.from_numpy(ghn)
-        want_b = ctx.has_bias and ctx.needs_input_grad[2]
-        if ctx.sgd_lr is not None and (ctx.needs_input_grad[1] or want_b):
-            # Fused SGD: the table rows are updated in place through numpy views of the saved
-            # (contiguous) tensors; the input gradient above already read the old rows. No
-            # gradient is returned for them.
-            bn = _np(bias) if bias is not None else np.empty(0, hn.dtype)
-            with K.borrow_marks(weight.shape[0]) as mark:
-                k.binary_sgd_params(
-                    gon, coef, hn, rows.numpy(), signs.numpy(), tn, mark, wn, bn, ctx.sgd_lr,
-                    bool(ctx.needs_input_grad[1]), want_b, K.threads(),
-                )
-            _fused_done(weight, bias, ctx.needs_input_grad[1], want_b)
-        elif ctx.needs_input_grad[1] or want_b:
-            P = weight.shape[0]
-            with K.borrow_marks(P) as mark:
-                uniq, gwn, gbn = k.binary_grad_params(
-                    gon, coef, hn, rows.numpy(), signs.numpy(), tn, mark, want_b, K.buffer, K.threads()
-                )
-            gw, gb = _table_grads(uniq, gwn, gbn, weight.shape, ctx.sparse)
-            if not ctx.needs_input_grad[1]:
-                gw = None
-        return gh, gw, gb, None, None, None, None, None
-
-
-def _table_grads(uniq: np.ndarray, gw: np.ndarray, gb: np.ndarray | None, shape, sparse: bool):
-    """Wrap coalesced row gradients as sparse COO tensors (flagged coalesced, so no optimizer
-    re-sorts them) or scatter them into dense zeros."""
-    idx = torch.from_numpy(uniq)
-    vals = torch.from_numpy(gw)
-    bvals = None if gb is None else torch.from_numpy(gb)
-    if sparse:
-        i2 = idx.unsqueeze(0)
-        W = torch.sparse_coo_tensor(i2, vals, tuple(shape), is_coalesced=True, check_invariants=False)
-        b = None if bvals is None else torch.sparse_coo_tensor(
-            i2, bvals, (shape[0],), is_coalesced=True, check_invariants=False
-        )
-        return W, b
-    W = vals.new_zeros(tuple(shape)).index_copy_(0, idx, vals)
-    b = None if bvals is None else bvals.new_zeros(shape[0]).index_copy_(0, idx, bvals)
-    return W, b
-
-
-_ROOT_BLAS_MIN_ARITY = 8  # a k-ary root this wide, visited by the whole batch, goes to BLAS
-
-
-class _GroupedFn(torch.autograd.Function):
-    """Log-prob of targets in any tree on the CPU, with the batch's decisions grouped by node so
-    each node's rows (a two-level tree's cluster block) are read once per batch; backward yields
-    a coalesced node-table gradient, or with ``sgd_lr`` applies SGD to the rows in place. A wide
-    root (a two-level tree's cluster softmax, a dense ``(B, k)`` softmax every example visits)
-    is one BLAS matmul each way instead. Same math as :func:`_stepwise_log_prob`."""
-
-    @staticmethod
-    def forward(ctx, h, weight, bias, target, tt, sparse, sgd_lr=None):  # type: ignore[override]
-        k = K.cpu()
-        hn, wn = _np(h), _np(weight)
-        bn = _np(bias) if bias is not None else np.empty(0, hn.dtype)
-        tn = _np(target)
-        dn, dc, L = tt.decision_nodes.numpy(), tt.decision_choices.numpy(), tt.decision_lengths.numpy()
-        arity, poff = tt.arity.numpy(), tt.param_offset.numpy()
-        B, D = hn.shape[0], dn.shape[1]
-        with K.borrow_marks(arity.shape[0]) as mark:
-            groups, gstart, entries, soff, vstart = k.group_plan(dn, dc, L, tn, arity, poff, mark)
-        # Group 0 is the root and, when every example visits it, its entries are 0..B-1 in order.
-        kr = int(arity[0])
-        root = (
-            groups.shape[0] > 0 and groups[0] == 0 and kr >= _ROOT_BLAS_MIN_ARITY and int(gstart[1]) == B
-        )
-        T = K.threads()
-        items = k.work_items(groups, gstart, vstart, 1 if root else 0, T)
-        fitems, fperm, fstart = items[:3]
-        ex, sb, ch, pos = k.entry_info(entries, dc, tn, soff, D)
-        S = np.empty(soff[-1], hn.dtype)
-        lpe = np.empty(entries.shape[0], hn.dtype)
-        out = np.empty(B, hn.dtype)
-        k.grouped_forward(hn, wn, bn, arity, poff, groups, ex, sb, ch, fitems, fperm, fstart, S, lpe)
-        p_root = None
-        if root:
-            ht, wt = torch.from_numpy(hn), torch.from_numpy(wn)[:kr]
-            sr = ht @ wt.T if bias is None else torch.addmm(torch.from_numpy(bn)[:kr], ht, wt.T)
-            lse = torch.logsumexp(sr, 1, keepdim=True)
-            c = torch.from_numpy(ch[:B])
-            torch.from_numpy(lpe)[:B] = (sr.gather(1, c.unsqueeze(1)) - lse).squeeze(1)
-            p_root = sr.sub_(lse).exp_()  # the root softmax, for backward
-        k.sum_decisions(lpe, pos, L, tn, D, out)
-        ctx.save_for_backward(h, weight, bias if sgd_lr is not None else None, target)
-        ctx.plan = (groups, gstart, vstart, items, ex, sb, ch, pos, S, p_root, kr)
-        ctx.tt, ctx.sparse, ctx.has_bias = tt, sparse, bias is not None
-        ctx.sgd_lr = None if sgd_lr is None else float(sgd_lr)
-        return torch.from_numpy(out)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, go):  # type: ignore[override]
-        k = K.cpu()
-        h, weight, bias, target = _saved_tensors(ctx)
-        tt = ctx.tt
-        groups, gstart, vstart, items, ex, sb, ch, pos, S, p_root, kr = ctx.plan
-        _, _, _, eitems, eperm, estart, ritems, rperm, rstart = items
-        gon = _np(go.to(h.dtype))
-        hn, tn = _np(h), _np(target)
-        L, arity, poff = tt.decision_lengths.numpy(), tt.arity.numpy(), tt.param_offset.numpy()
-        D = tt.decision_nodes.shape[1]
-        d = hn.shape[1]
-        want_h = ctx.needs_input_grad[0]
-        want_w = ctx.needs_input_grad[1]
-        want_b = ctx.has_bias and ctx.needs_input_grad[2]
-        if not (want_h or want_w or want_b):
-            return None, None, None, None, None, None, None
-        sgd = ctx.sgd_lr is not None
-        fused = sgd and want_w
-        lr = ctx.sgd_lr if sgd else 0.0
-        # Numpy views of the saved tensors (contiguous when fused): in-place SGD writes through
-        # them. The bias is saved only with SGD.
-        wn = _np(weight)
-        bn = _np(bias) if bias is not None else np.empty(0, hn.dtype)
-        ghd = K.buffer((ex.shape[0], d), hn.dtype)
-        if fused:
-            gwn = hn[:0]
-            gbn = np.empty(1 if want_b else 0, hn.dtype)  # non-empty: update the bias too
-        else:
-            gwn = K.buffer((vstart[-1], d), hn.dtype)
-            gbn = np.empty(vstart[-1] if want_b else 0, hn.dtype)
-        g_root = gw_root = None
-        if p_root is not None:
-            # Root: G = go * (onehot(choice) - softmax); input grad G @ W_root, row grads G^T h.
-            B = hn.shape[0]
-            g_root = p_root.neg().scatter_add_(
-                1, torch.from_numpy(ch[:B]).unsqueeze(1), torch.ones(B, 1, dtype=p_root.dtype)
-            ).mul_(torch.from_numpy(gon).unsqueeze(1))
-            wr = torch.from_numpy(wn)[:kr]
-            torch.mm(g_root, wr, out=torch.from_numpy(ghd)[:B])
-            gw_root = g_root.T @ torch.from_numpy(hn)
-        # Input gradient of the big groups first (it reads their old rows), then one pass over
-        # the rows: row gradients (or in-place SGD) and the other groups' input gradients.
-        k.grouped_grad_input(gon, wn, arity, poff, groups, ex, sb, ch, eitems, eperm, estart, S, ghd)
-        k.grouped_backward_rows(
-            gon, hn, wn, bn, lr, arity, poff, groups, gstart, ex, sb, ch, vstart, S, ritems, rperm, rstart,
-            ghd, gwn, gbn, fused,
-        )
-        gh = gw = gb = None
-        if want_h:
-            ghn = np.empty_like(hn)
-            k.sum_rows_by_example(ghd, pos, L, tn, D, ghn)
-            gh = torch.from_numpy(ghn)
-        if fused:
-            if gw_root is not None:
-                torch.from_numpy(wn)[:kr].sub_(gw_root, alpha=lr)
-                if want_b:
-                    torch.from_numpy(bn)[:kr].sub_(g_root.sum(0), alpha=lr)
-        elif want_w or want_b:
-            if gw_root is not None:
-                gwn[:kr] = gw_root.numpy()
-                if want_b:
-                    gbn[:kr] = g_root.sum(0).numpy()
-            uniq = k.group_rows_index(groups, poff, vstart)
-            gw, gb = _table_grads(uniq, gwn, gbn if want_b else None, weight.shape, ctx.sparse)
-            if sgd and want_b:  # bias-only SGD (the weight is frozen)
-                torch.from_numpy(bn).index_add_(0, torch.from_numpy(uniq), torch.from_numpy(gbn), alpha=-lr)
-                gb = None
-            if not want_w:
-                gw = None
-        if sgd:
-            _fused_done(weight, bias, want_w, want_b)
-        return gh, gw, gb, None, None, None, None
-
-
-def _binary_path_log_prob(h, target, weight, bias, tt: TreeTensors, sparse: bool, sgd_lr=None) -> Tensor:
-    if _use_kernels(h, weight, bias) is not None:
-        return _BinaryPathFn.apply(h, weight, bias, target, tt.path_rows, tt.path_signs, sparse, sgd_lr)
+def _binary_path_log_prob(h, target, weight, bias, tt: TreeTensors, sparse: bool) -> Tensor:
     rows = tt.path_rows[target].long()  # (B, D)
     sign = tt.path_signs[target].to(h.dtype)  # (B, D); 0 marks padding
     s = _scores(h, weight, bias, rows, sparse)
-    return (F.logsigmoid(sign * s) * sign.abs()).sum(-1)
+    return (decision_log_probs(sign * s, signed=True) * sign.abs()).sum(-1)
 
 
 def _node_log_probs(h: Tensor, node: int, weight, bias, tt: TreeTensors, sparse: bool) -> Tensor:
@@ -522,9 +361,7 @@ def _node_log_probs(h: Tensor, node: int, weight, bias, tt: TreeTensors, sparse:
     s = h @ w.T
     b = _bias(bias, rows, sparse)
     s = s + (b.to(h.dtype) if isinstance(b, Tensor) else b)
-    if k == 2:
-        return torch.cat([F.logsigmoid(-s), F.logsigmoid(s)], dim=-1)
-    return torch.log_softmax(s, dim=-1)
+    return _children_from_rows(s)
 
 
 def _two_level_log_prob(h, target, weight, bias, tt: TreeTensors, sparse: bool) -> Tensor:
@@ -558,7 +395,7 @@ def _two_level_log_prob(h, target, weight, bias, tt: TreeTensors, sparse: bool) 
         sc = hg @ w_blocks[g].T
         if b_blocks is not None:
             sc = sc + b_blocks[g]
-        lp = torch.cat([F.logsigmoid(-sc), F.logsigmoid(sc)], dim=-1) if ku == 2 else torch.log_softmax(sc, -1)
+        lp = _children_from_rows(sc)
         parts.append(lp.gather(1, choice[g].unsqueeze(1)).squeeze(1))
     second = torch.cat(parts)
     return out + second[torch.argsort(order)]
@@ -587,34 +424,17 @@ def log_prob(h: Tensor, weight: Tensor, bias: Tensor | None, tt: TreeTensors) ->
     then adds edge log-probs down the tree one level at a time.
     """
     B, V = h.shape[0], tt.num_classes
-    E = tt.children.numel()
     if tt.num_params == 0:
         return h.new_zeros(B, V) + 0.0 * h.sum()
+    fast = _cpu_kernels(h, weight, bias, backward=False)
+    if fast is not None:
+        return fast.log_prob(h, weight, bias, tt)
     s_all = h @ weight.to(h.dtype).T
     if bias is not None:
         s_all = s_all + bias.to(h.dtype)
-    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (h, weight, bias))
-    kern = None if needs_grad else _use_kernels(h, weight, bias)
-    if kern is not None:
-        # Inference: the (B, P) matmul stays with torch's BLAS; one pass over the tree per
-        # example replaces the level-by-level gathers (which cost a kernel launch per level).
-        out_n = np.empty((B, V), _np(h).dtype)
-        sp = F.softplus(-s_all.abs())  # vectorized here; a scalar exp+log1p per node is slower
-        kern.log_prob_all(
-            _np(s_all), _np(sp), tt.child_offset.numpy(), tt.children.numpy(), tt.arity.numpy(),
-            tt.param_offset.numpy(), V, out_n,
-        )
-        return torch.from_numpy(out_n)
     has = tt.edge_rows >= 0
     edge_s = torch.where(has, s_all[:, tt.edge_rows.clamp(min=0)], 0.0)  # (B, E)
-    # Segment log-softmax over each node's children (the max is only a stability shift).
-    N = tt.arity.numel()
-    mx = edge_s.new_full((B, N), float("-inf")).scatter_reduce(
-        1, tt.edge_owner.expand(B, E), edge_s.detach(), reduce="amax", include_self=True
-    )
-    shifted = edge_s - mx[:, tt.edge_owner]
-    lse = torch.log(h.new_zeros(B, N).index_add(1, tt.edge_owner, shifted.exp()))
-    edge_lp = shifted - lse[:, tt.edge_owner]
+    edge_lp = decision_log_probs(edge_s, owner=tt.edge_owner, num_nodes=tt.arity.numel())
     # Top-down accumulation: BFS levels are contiguous id blocks, and the internal children of a
     # level are exactly the next block, in child-table order.
     parent_lp = h.new_zeros(B, 1)
@@ -631,9 +451,6 @@ def log_prob(h: Tensor, weight: Tensor, bias: Tensor | None, tt: TreeTensors) ->
 
 
 # ---------------------------------------------------------------------------- top-k search
-_TOPK_TOP_ROWS = 128  # at most this many top table rows are scored up front with BLAS
-
-
 @torch.no_grad()
 def topk(h: Tensor, k: int, weight: Tensor, bias: Tensor | None, tt: TreeTensors) -> tuple[Tensor, Tensor]:
     """Exact ``k`` most probable classes per row by best-first search: ``(values, indices)``, (B, k).
@@ -643,30 +460,9 @@ def topk(h: Tensor, k: int, weight: Tensor, bias: Tensor | None, tt: TreeTensors
     grows with ``k * depth``, not with the number of classes.
     """
     B, V = h.shape[0], tt.num_classes
-    kern = _use_kernels(h, weight, bias) if B else None
-    if kern is not None:
-        hn = _np(h)
-        vals_n = np.empty((B, k), hn.dtype)
-        idx_n = np.empty((B, k), np.int64)
-        bn = _np(bias) if bias is not None else np.empty(0, hn.dtype)
-        # The top of the tree is expanded by most searches: score its first R rows for the whole
-        # batch with one BLAS matmul (and their log-sigmoid terms vectorized) instead of one dot
-        # product (and one exp + log1p) per expansion. R grows with the batch, so that a row is
-        # precomputed only where many examples are likely to need it.
-        R = min(tt.num_params, 2 * B, _TOPK_TOP_ROWS) if B >= 8 else 0
-        if R:
-            st = h @ weight[:R].T
-            if bias is not None:
-                st += bias[:R]
-            spt = F.softplus(-st.abs())
-            st_n, spt_n = st.numpy(), spt.numpy()
-        else:
-            st_n = spt_n = np.empty((B, 0), hn.dtype)
-        kern.topk_search(
-            hn, _np(weight), bn, st_n, spt_n, tt.child_offset.numpy(), tt.children.numpy(), tt.arity.numpy(),
-            tt.param_offset.numpy(), V, k, max(tt.max_arity, 1), vals_n, idx_n,
-        )
-        return torch.from_numpy(vals_n), torch.from_numpy(idx_n)
+    fast = _cpu_kernels(h, weight, bias) if B else None
+    if fast is not None:
+        return fast.topk(h, k, weight, bias, tt)
     dev = h.device
     vals = h.new_full((B, k), float("-inf"))
     idx = torch.zeros(B, k, dtype=torch.long, device=dev)
@@ -719,7 +515,8 @@ def sample(
     temperature: float = 1.0, generator: torch.Generator | None = None,
 ) -> Tensor:
     """Ancestral samples ``(B, num_samples)``: start at the root, draw a child from each node's
-    distribution (its logits divided by ``temperature``), stop at a class. O(depth) per draw."""
+    distribution (its logits divided by ``temperature``), stop at a class. O(depth) per draw.
+    Torch on every device: a draw is a few node decisions, which no kernel would speed up much."""
     B, V = h.shape[0], tt.num_classes
     n = B * num_samples
     hh = h.repeat_interleave(num_samples, dim=0)

@@ -181,24 +181,6 @@ class HierarchicalSoftmax(nn.Module):
         else:
             super().__setattr__(name, value)
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        # Modules pickled (``torch.save(module)``) before the table was its own module hold
-        # ``weight``/``bias`` in their own parameters and ``sparse`` in their dict.
-        super().__setstate__(state)
-        if "table" not in self._modules:
-            w, b = self._parameters.pop("weight"), self._parameters.pop("bias", None)
-            table = NodeTable.__new__(NodeTable)  # no allocation or init: the saved rows are used
-            nn.Embedding.__init__(table, w.shape[0], w.shape[1], sparse=bool(self.__dict__.pop("sparse", False)), _weight=w)
-            table.weight, table.bias = w, b
-            self._modules["table"] = table
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
-        # State dicts saved before the table was its own module name ``weight``/``bias``.
-        for name in ("weight", "bias"):
-            if prefix + name in state_dict and prefix + "table." + name not in state_dict:
-                state_dict[prefix + "table." + name] = state_dict.pop(prefix + name)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
     # ------------------------------------------------------------------ tree state
     def _set_tree(self, tree: Tree, device: Any = None) -> None:
         self.tree = tree

@@ -1,9 +1,14 @@
 """Optional compiled fast paths (numba, CPU only).
 
-:mod:`hsoftmax.functional` uses these when every tensor involved is on the CPU with one float
-dtype (float32 or float64) and numba imports; otherwise it runs its device-generic torch code.
-Set the environment variable ``HSOFTMAX_NO_KERNELS=1`` (or call :func:`set_enabled`) to force
-the torch code, e.g. to compare the two.
+* :mod:`.node`: the node math of every numba kernel (one fastmath policy, inline helpers);
+* :mod:`.numba_cpu`: the torch layer's kernels (imported by :func:`cpu` on first use);
+* :mod:`.autograd`: the torch autograd bridge to them, fused SGD included;
+* this module: the on/off switch, thread count, and the scratch and buffer pools they share.
+
+:mod:`hsoftmax.functional` sends a call to the bridge when every tensor involved is on the CPU
+with one float dtype (float32 or float64) and numba imports; otherwise it runs its
+device-generic torch code. Set the environment variable ``HSOFTMAX_NO_KERNELS=1`` (or call
+:func:`set_enabled`) to force the torch code, e.g. to compare the two.
 """
 
 from __future__ import annotations

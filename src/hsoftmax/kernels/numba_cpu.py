@@ -1,57 +1,131 @@
-r"""numba CPU kernels for the hot paths of :mod:`hsoftmax.functional`.
+r"""numba CPU kernels for the hot paths of the torch layer (bridged by :mod:`hsoftmax.kernels.autograd`).
 
-They compute exactly the same math as the torch code (same parametrization, same normalization),
-but read every weight row straight from the table instead of gathering ``(B, depth, d)`` copies,
-and they produce the node-table gradient already coalesced (unique, sorted rows), so neither the
-autograd engine nor the optimizer has to sort or sum duplicate rows.
+They compute exactly the same math as :mod:`hsoftmax.functional`'s torch code (same
+parametrization, same normalization, the node math of :mod:`hsoftmax.kernels.node`), but read
+every weight row straight from the table instead of gathering ``(B, depth, d)`` copies, and they
+produce the node-table gradient already coalesced (unique, sorted rows), so neither the autograd
+engine nor the optimizer has to sort or sum duplicate rows.
 
-Conventions: ``h`` is ``(B, d)``, ``W`` is ``(P, d)``, ``b`` is ``(P,)`` (a length-0 array when
-the layer has no bias), all of one float dtype (float32 or float64; each dtype compiles once and
-is cached on disk). Index arrays are int32 except where noted. Every kernel that writes into an
-output array writes all of it, so callers may pass ``np.empty`` buffers.
+Conventions: ``h`` is ``(B, d)``; the node table is a :class:`Table` ``(W (P, d), b (P,))`` with
+``b`` a length-0 array when the layer has no bias, all of one float dtype (float32 or float64;
+each dtype compiles once and is cached on disk). Kernels take the tree and their schedules as a
+few named bundles (:class:`Nodes`, :class:`Decisions`, :class:`Paths`, :class:`GroupPlan`,
+:class:`EntryInfo`, :class:`Items`; numba passes a NamedTuple of arrays as a plain struct, at no
+cost), and the planning kernels return them. Every kernel that writes into an output array
+writes all of it, so callers may pass ``np.empty`` buffers.
 
-fastmath is restricted to reassociation/contraction (so dot products vectorize); ``nnan``/
-``ninf`` are *not* assumed, because ``-inf`` is a meaningful log-probability here.
+The fastmath policy is :data:`hsoftmax.kernels.node.FASTMATH` (why: see there).
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 from numba import njit, prange
 
-_FM = {"reassoc", "contract", "nsz", "arcp"}
-_SEQ = dict(nogil=True, cache=True, fastmath=_FM)
-_PAR = dict(nogil=True, cache=True, fastmath=_FM, parallel=True)
+from .node import JIT, PARALLEL, dot, log_sigmoid_and_grad, log_sigmoid_pair, log_sum_exp
 
 
-@njit(inline="always", **_SEQ)
-def _dot(w, x):
-    d = w.shape[0]
-    s = w[0] * x[0]
-    for k in range(1, d):
-        s += w[k] * x[k]
-    return s
+# ---------------------------------------------------------------------------- bundles
+class Table(NamedTuple):
+    """A node table ``W (P, d)``, ``b (P,)`` (length 0: no bias), or its gradient rows."""
+
+    W: np.ndarray
+    b: np.ndarray
 
 
-@njit(inline="always", **_SEQ)
-def _logsig_and_grad(z):
-    """``(log sigmoid(z), sigmoid(-z))``, stable for any sign of ``z``."""
-    if z >= 0:
-        e = np.exp(-z)
-        return -np.log1p(e), e / (1.0 + e)
-    e = np.exp(z)
-    return z - np.log1p(e), 1.0 / (1.0 + e)
+class Nodes(NamedTuple):
+    """The tree's per-node arrays (int64, see :mod:`hsoftmax.tree`): ``arity (N,)``,
+    ``param_offset (N+1,)`` (node ``n``'s rows start there), ``child_offset (N+1,)`` and
+    ``children (E,)`` (refs: ``< V`` a class, else node ``ref - V``)."""
+
+    arity: np.ndarray
+    param_offset: np.ndarray
+    child_offset: np.ndarray
+    children: np.ndarray
+
+
+class Decisions(NamedTuple):
+    """Each class's root-to-leaf decisions: ``nodes (V, D)`` and ``choices (V, D)`` int32, padded
+    past ``lengths (V,)`` int64."""
+
+    nodes: np.ndarray
+    choices: np.ndarray
+    lengths: np.ndarray
+
+
+class Paths(NamedTuple):
+    """A binary tree's padded paths: ``rows (V, D)`` int32, the table row of each decision, and
+    ``signs (V, D)`` int8: +1 (child 1), -1 (child 0), 0 (padding, always at the end of a row)."""
+
+    rows: np.ndarray
+    signs: np.ndarray
+
+
+class NodeScores(NamedTuple):
+    """Precomputed node scores ``s`` (bias included) and ``sp = log1p(exp(-|s|))`` (vectorized
+    beforehand: a scalar ``exp`` + ``log1p`` per node in the kernel is slower)."""
+
+    s: np.ndarray
+    sp: np.ndarray
+
+
+class RowGroups(NamedTuple):
+    """A binary batch's path rows, coalesced: ``rows (U,)`` the distinct rows, sorted; the flat
+    path entries ``i * D + j`` that use ``rows[u]`` are ``entries[start[u]:start[u + 1]]``."""
+
+    rows: np.ndarray
+    start: np.ndarray
+    entries: np.ndarray
+
+
+class GroupPlan(NamedTuple):
+    """A batch's decisions grouped by node (see :func:`group_plan`)."""
+
+    groups: np.ndarray  # (G,) the nodes visited, ascending
+    gstart: np.ndarray  # (G+1,) entries[gstart[g]:gstart[g+1]] are the decisions at groups[g]
+    entries: np.ndarray  # flat decisions f = i * D + j, in example order within a group
+    score_offset: np.ndarray  # (B*D+1,) decision f's node scores are S[score_offset[f]:score_offset[f+1]]
+    vstart: np.ndarray  # (G+1,) where each group's rows start in the coalesced gradient
+
+
+class Items(NamedTuple):
+    """Work items and their thread schedule: thread ``t`` runs ``items[perm[tstart[t]:tstart[t+1]]]``."""
+
+    items: np.ndarray  # (n, 3 or 4) int64, see work_items
+    perm: np.ndarray
+    tstart: np.ndarray
+
+
+class WorkItems(NamedTuple):
+    """The three item lists of a grouped batch (see :func:`work_items`)."""
+
+    forward: Items
+    input_grad: Items
+    rows: Items
+
+
+class EntryInfo(NamedTuple):
+    """Per grouped entry ``e``: its ``example``, the start of its node scores in S
+    (``score_start``), its ``choice``; and ``position[f]``, the entry of flat decision f (-1 if none)."""
+
+    example: np.ndarray
+    score_start: np.ndarray
+    choice: np.ndarray
+    position: np.ndarray
 
 
 # ---------------------------------------------------------------------------- binary paths
-@njit(**_PAR)
-def binary_forward(h, W, b, rows, signs, target, out, coef):
+@njit(**PARALLEL)
+def binary_forward(h, table, paths, target, out, coef):
     """Sum of ``log sigmoid(sign * (W[r] . h + b[r]))`` along each target's padded path.
 
-    rows/signs: ``(V, D)`` int32/int8 (sign 0 = padding, always at the end of a row);
     target: ``(B,)`` int64. Writes ``out (B,)`` and ``coef (B, D)``, the derivative of each
     example's log-prob with respect to each path score (0 on padding), kept for backward.
     """
+    W, b = table.W, table.b
+    rows, signs = paths.rows, paths.signs
     B = h.shape[0]
     D = rows.shape[1]
     has_b = b.shape[0] > 0
@@ -65,18 +139,19 @@ def binary_forward(h, W, b, rows, signs, target, out, coef):
                 coef[i, j] = 0.0
                 continue
             r = rows[t, j]
-            s = _dot(W[r], x)
+            s = dot(W[r], x)
             if has_b:
                 s += b[r]
-            ls, sn = _logsig_and_grad(sg * s)
+            ls, sn = log_sigmoid_and_grad(sg * s)
             acc += ls
             coef[i, j] = sg * sn
         out[i] = acc
 
 
-@njit(**_PAR)
-def binary_grad_input(go, coef, W, rows, target, gh):
+@njit(**PARALLEL)
+def binary_grad_input(go, coef, W, paths, target, gh):
     """``gh[i] = sum_j go[i] * coef[i, j] * W[rows[target[i], j]]``."""
+    rows = paths.rows
     B, d = gh.shape
     D = rows.shape[1]
     for i in prange(B):
@@ -93,12 +168,12 @@ def binary_grad_input(go, coef, W, rows, target, gh):
                 g[k] += c * w[k]
 
 
-@njit(**_SEQ)
-def _group_rows(rows, signs, target, mark):
-    """Coalesce the batch's path rows: returns ``(uniq, start, entries)`` where ``uniq`` are
-    the distinct rows, sorted; the flat path entries ``i * D + j`` that use ``uniq[s]`` are
-    ``entries[start[s]:start[s + 1]]``. ``mark`` is a ``(P,)`` int32 scratch array of -1 that
-    is restored to -1 before returning (so it can be reused without a P-sized reset)."""
+@njit(**JIT)
+def _group_rows(paths, target, mark):
+    """Coalesce the batch's path rows into a :class:`RowGroups`. ``mark`` is a ``(P,)`` int32
+    scratch array of -1 that is restored to -1 before returning (so it can be reused without a
+    P-sized reset)."""
+    rows, signs = paths.rows, paths.signs
     B = target.shape[0]
     D = rows.shape[1]
     n = 0
@@ -137,11 +212,14 @@ def _group_rows(rows, signs, target, mark):
             fill[s] += 1
     for s in range(n):
         mark[uniq[s]] = -1
-    return uniq, start, entries
+    return RowGroups(uniq, start, entries)
 
 
-@njit(**_SEQ)
-def _binary_rows_range(go, coef, h, uniq, start, entries, perm, gw, gb, W, b, lr, fused, upd_b):
+@njit(**JIT)
+def _binary_rows_range(go, coef, h, rg, perm, grad, table, lr, fused, upd_b):
+    uniq, start, entries = rg.rows, rg.start, rg.entries
+    gw, gb = grad.W, grad.b
+    W, b = table.W, table.b
     D = coef.shape[1]
     d = h.shape[1]
     acc = np.empty(d, h.dtype)
@@ -169,46 +247,52 @@ def _binary_rows_range(go, coef, h, uniq, start, entries, perm, gw, gb, W, b, lr
             gb[s] = cb
 
 
-@njit(**_PAR)
-def _binary_rows(go, coef, h, uniq, start, entries, perm, tstart, gw, gb, W, b, lr, fused, upd_b):
+@njit(**PARALLEL)
+def _binary_rows(go, coef, h, rg, perm, tstart, grad, table, lr, fused, upd_b):
+    """Each row of ``rg``'s gradient into ``grad`` (``fused=False``), or ``table``'s rows updated
+    in place by ``-lr *`` it (``fused=True``; the bias too when ``upd_b``). Thread t does the row
+    groups ``perm[tstart[t]:tstart[t + 1]]`` (see :func:`balance`)."""
     for t in prange(tstart.shape[0] - 1):
-        _binary_rows_range(go, coef, h, uniq, start, entries, perm[tstart[t]:tstart[t + 1]], gw, gb, W, b, lr,
-                           fused, upd_b)
+        _binary_rows_range(go, coef, h, rg, perm[tstart[t]:tstart[t + 1]], grad, table, lr, fused, upd_b)
 
 
-def binary_grad_params(go, coef, h, rows, signs, target, mark, want_bias, alloc=np.empty, threads=1):
+def _row_schedule(rg: RowGroups, threads: int):
+    return balance((np.diff(rg.start) + 2).astype(np.float64), threads)
+
+
+def binary_grad_params(go, coef, h, paths, target, mark, want_bias, alloc=np.empty, threads=1):
     """Coalesced node-table gradient of a binary-path batch.
 
     Returns ``(uniq (U,) int64 sorted rows, gw (U, d), gb (U,) or None)``: the gradient of
     ``sum_i go[i] * out[i]`` with respect to ``W[uniq]`` and ``b[uniq]``; every other row's
     gradient is zero. ``alloc(shape, dtype)`` allocates ``gw``.
     """
-    uniq, start, entries = _group_rows(rows, signs, target, mark)
-    gw = alloc((uniq.shape[0], h.shape[1]), h.dtype)
-    gb = np.empty(uniq.shape[0] if want_bias else 0, h.dtype)
-    perm, tstart = balance((np.diff(start) + 2).astype(np.float64), threads)
-    _binary_rows(go, coef, h, uniq, start, entries, perm, tstart, gw, gb, h[:0], gb, 0.0, False, False)
-    return uniq, gw, (gb if want_bias else None)
+    rg = _group_rows(paths, target, mark)
+    gw = alloc((rg.rows.shape[0], h.shape[1]), h.dtype)
+    gb = np.empty(rg.rows.shape[0] if want_bias else 0, h.dtype)
+    perm, tstart = _row_schedule(rg, threads)
+    _binary_rows(go, coef, h, rg, perm, tstart, Table(gw, gb), Table(h[:0], gb), 0.0, False, False)
+    return rg.rows, gw, (gb if want_bias else None)
 
 
-def binary_sgd_params(go, coef, h, rows, signs, target, mark, W, b, lr, update_w, update_b, threads=1):
+def binary_sgd_params(go, coef, h, paths, target, mark, table, lr, update_w, update_b, threads=1):
     """Plain SGD in place with the gradient :func:`binary_grad_params` would return:
     ``W[r] -= lr * gw`` (if ``update_w``) and ``b[r] -= lr * gb`` (if ``update_b``) for the
     batch's rows, without materializing the gradient. The input gradient, which reads the old
     rows, must be computed before."""
-    uniq, start, entries = _group_rows(rows, signs, target, mark)
-    perm, tstart = balance((np.diff(start) + 2).astype(np.float64), threads)
+    rg = _group_rows(paths, target, mark)
+    perm, tstart = _row_schedule(rg, threads)
     if update_w:
-        _binary_rows(go, coef, h, uniq, start, entries, perm, tstart, h[:0], b[:0], W, b, lr, True, update_b)
+        _binary_rows(go, coef, h, rg, perm, tstart, Table(h[:0], table.b[:0]), table, lr, True, update_b)
     elif update_b:  # bias only: the weight rows are left as they are
-        gw = np.empty((uniq.shape[0], h.shape[1]), h.dtype)
-        gb = np.empty(uniq.shape[0], h.dtype)
-        _binary_rows(go, coef, h, uniq, start, entries, perm, tstart, gw, gb, h[:0], gb, 0.0, False, False)
-        b[uniq] -= lr * gb
+        gw = np.empty((rg.rows.shape[0], h.shape[1]), h.dtype)
+        gb = np.empty(rg.rows.shape[0], h.dtype)
+        _binary_rows(go, coef, h, rg, perm, tstart, Table(gw, gb), Table(h[:0], gb), 0.0, False, False)
+        table.b[rg.rows] -= lr * gb
 
 
 # ---------------------------------------------------------------------------- work balancing
-@njit(**_SEQ)
+@njit(**JIT)
 def balance(cost, T):
     """Deal work items over ``T`` threads, largest first, each to the least loaded thread (LPT).
     Returns ``(perm, tstart)``: thread t runs items ``perm[tstart[t]:tstart[t + 1]]``. numba's
@@ -245,18 +329,18 @@ def balance(cost, T):
 # block is read once per batch, not once per example). Work is cut into items of at most _CE
 # examples (forward, input gradient) or _CR rows (weight gradient) so one wide node, e.g. the root
 # that every example visits, still spreads over all cores. A decision is named by its flat index
-# f = i * D + j (example i, step j); S holds each decision's node scores at S[soff[f]:soff[f+1]].
+# f = i * D + j (example i, step j); S holds each decision's node scores at
+# S[score_offset[f]:score_offset[f+1]].
 _CE = 32
 _CR = 8
 
 
-@njit(**_SEQ)
-def group_plan(dn, dc, lengths, target, arity, poff, mark):
-    """Group the decisions of a batch by node. Returns ``(groups, gstart, entries, soff, vstart)``:
-    groups (G,) the nodes visited, ascending; entries[gstart[g]:gstart[g+1]] the flat decisions at
-    groups[g] (in example order); soff (B*D+1,) score offsets; vstart (G+1,) offsets of each
-    group's rows in the coalesced gradient (whose row ids are poff[groups[g]] + 0..). ``mark``
-    (N,) int32 scratch of -1, restored on return."""
+@njit(**JIT)
+def group_plan(decisions, target, arity, mark):
+    """Group the decisions of a batch by node: a :class:`GroupPlan`. A group's gradient rows are
+    ``param_offset[groups[g]] + 0..`` (its node's block). ``mark`` (N,) int32 scratch of -1,
+    restored on return."""
+    dn, lengths = decisions.nodes, decisions.lengths
     B = target.shape[0]
     D = dn.shape[1]
     G = 0
@@ -300,21 +384,23 @@ def group_plan(dn, dc, lengths, target, arity, poff, mark):
     for g in range(G):
         k = arity[groups[g]]
         vstart[g + 1] = vstart[g] + (1 if k == 2 else k)
-    return groups, gstart, entries, soff, vstart
+    return GroupPlan(groups, gstart, entries, soff, vstart)
 
 
-@njit(**_SEQ)
-def work_items(groups, gstart, vstart, first, T):
-    """Work items for groups ``first..G-1`` (``first=1`` leaves group 0, a root done with BLAS,
-    out), each list with its thread assignment ``(perm, tstart)`` from :func:`balance`:
+@njit(**JIT)
+def work_items(plan, first, T):
+    """The :class:`WorkItems` for groups ``first..G-1`` (``first=1`` leaves group 0, a root done
+    with BLAS, out), each list with its thread assignment from :func:`balance`:
 
-    * ``fitems (n, 3)``: (group, entry lo, entry hi), at most _CE entries: forward;
-    * ``eitems (n, 3)``: the same for groups with more than _CE entries only: their input
-      gradient, computed before the row pass;
-    * ``ritems (m, 4)``: (group, row lo, row hi, whole): the row pass of the backward. A group of at
-      most _CE entries is one item (``whole=1``) that also computes its entries' input gradient
-      in the same pass over its rows; a bigger group is cut into _CR-row items (``whole=0``)."""
-    G = groups.shape[0]
+    * ``forward.items (n, 3)``: (group, entry lo, entry hi), at most _CE entries;
+    * ``input_grad.items (n, 3)``: the same for groups with more than _CE entries only: their
+      input gradient, computed before the row pass;
+    * ``rows.items (m, 4)``: (group, row lo, row hi, whole): the row pass of the backward. A group
+      of at most _CE entries is one item (``whole=1``) that also computes its entries' input
+      gradient in the same pass over its rows; a bigger group is cut into _CR-row items
+      (``whole=0``)."""
+    gstart, vstart = plan.gstart, plan.vstart
+    G = plan.groups.shape[0]
     nf = 0
     ne = 0
     nr = 0
@@ -371,12 +457,15 @@ def work_items(groups, gstart, vstart, first, T):
     fperm, fstart = balance(fcost, T)
     eperm, estart = balance(ecost, T)
     rperm, rstart = balance(rcost, T)
-    return fitems, fperm, fstart, eitems, eperm, estart, ritems, rperm, rstart
+    return WorkItems(Items(fitems, fperm, fstart), Items(eitems, eperm, estart), Items(ritems, rperm, rstart))
 
 
-@njit(**_SEQ)
-def entry_info(entries, dc, target, soff, D):
-    """Per grouped entry: its example, score offset and choice (hoisted out of the inner loops)."""
+@njit(**JIT)
+def entry_info(plan, decisions, target):
+    """The :class:`EntryInfo` of a plan's entries (hoisted out of the inner loops)."""
+    entries, soff = plan.entries, plan.score_offset
+    dc = decisions.choices
+    D = dc.shape[1]
     n = entries.shape[0]
     ex = np.empty(n, np.int64)
     sb = np.empty(n, np.int64)
@@ -389,11 +478,14 @@ def entry_info(entries, dc, target, soff, D):
         sb[e] = soff[f]
         ch[e] = dc[target[i], f - i * D]
         pos[f] = e
-    return ex, sb, ch, pos
+    return EntryInfo(ex, sb, ch, pos)
 
 
-@njit(**_SEQ)
-def _forward_items(h, W, b, arity, poff, groups, ex, sb, ch, items, perm, S, lpe):
+@njit(**JIT)
+def _forward_items(h, table, nodes, groups, ent, items, perm, S, lpe):
+    W, b = table.W, table.b
+    arity, poff = nodes.arity, nodes.param_offset
+    ex, sb, ch = ent.example, ent.score_start, ent.choice
     has_b = b.shape[0] > 0
     d = h.shape[1]
     for q in range(perm.shape[0]):
@@ -430,67 +522,68 @@ def _forward_items(h, W, b, arity, poff, groups, ex, sb, ch, items, perm, S, lpe
                 S[sb[e + 3] + r] = a3 + bb
                 e += 4
             while e < hi:
-                S[sb[e] + r] = _dot(w, h[ex[e]]) + bb
+                S[sb[e] + r] = dot(w, h[ex[e]]) + bb
                 e += 1
         for e in range(lo, hi):
             j = ch[e]
             s0 = sb[e]
             if k == 2:
                 sg = 1.0 if j == 1 else -1.0
-                ls, sn = _logsig_and_grad(sg * S[s0])
+                ls, sn = log_sigmoid_and_grad(sg * S[s0])
                 lpe[e] = ls
                 S[s0] = sg * sn
             else:
-                m = S[s0]
-                for r in range(1, k):
-                    if S[s0 + r] > m:
-                        m = S[s0 + r]
-                z = 0.0
-                for r in range(k):
-                    z += np.exp(S[s0 + r] - m)
-                lse = m + np.log(z)
+                lse = log_sum_exp(S, s0, k)
                 lpe[e] = S[s0 + j] - lse
                 for r in range(k):
                     S[s0 + r] = np.exp(S[s0 + r] - lse)
 
 
-@njit(**_PAR)
-def grouped_forward(h, W, b, arity, poff, groups, ex, sb, ch, items, perm, tstart, S, lpe):
-    """Scores and log-prob of every grouped decision of ``items`` (``lpe``, by entry). On return
+@njit(**PARALLEL)
+def grouped_forward(h, table, nodes, groups, ent, work, S, lpe):
+    """Scores and log-prob of every grouped decision of ``work`` (``lpe``, by entry). On return
     S holds, per decision, what backward needs: for a binary node the derivative of the log-prob
     w.r.t. its score, for a k-ary node the softmax."""
+    items, perm, tstart = work.items, work.perm, work.tstart
     for t in prange(tstart.shape[0] - 1):
-        _forward_items(h, W, b, arity, poff, groups, ex, sb, ch, items, perm[tstart[t]:tstart[t + 1]], S, lpe)
+        _forward_items(h, table, nodes, groups, ent, items, perm[tstart[t]:tstart[t + 1]], S, lpe)
 
 
-@njit(**_PAR)
-def sum_decisions(vals, pos, lengths, target, D, out):
-    """``out[i] = sum_j vals[pos[i * D + j]]`` over example i's decisions."""
+@njit(**PARALLEL)
+def sum_decisions(vals, position, decisions, target, out):
+    """``out[i] = sum_j vals[position[i * D + j]]`` over example i's decisions."""
+    lengths = decisions.lengths
+    D = decisions.nodes.shape[1]
     for i in prange(out.shape[0]):
         acc = 0.0
         for j in range(lengths[target[i]]):
-            acc += vals[pos[i * D + j]]
+            acc += vals[position[i * D + j]]
         out[i] = acc
 
 
-@njit(inline="always", **_SEQ)
+@njit(inline="always", **JIT)
 def _gcoef(S, s0, k, r, j, go_i):
-    """d(go_i * log p(choice j)) / d(score r) from what grouped_forward left in S."""
+    """d(go_i * log p(choice j)) / d(score r) from what grouped_forward left in S: the binary
+    derivative itself, or the softmax (so the k-ary coefficient is ``[r == j] - p_r``, the form of
+    :func:`~hsoftmax.kernels.node.kary_coef` with the exp already taken in the forward)."""
     if k == 2:
         return go_i * S[s0]
     return go_i * ((1.0 if r == j else 0.0) - S[s0 + r])
 
 
-@njit(**_PAR)
-def grouped_grad_input(go, W, arity, poff, groups, ex, sb, ch, items, perm, tstart, S, ghd):
-    """Per-entry input gradients ``ghd[e]`` of the entries of ``items`` (each entry belongs to
+@njit(**PARALLEL)
+def grouped_grad_input(go, W, nodes, groups, ent, work, S, ghd):
+    """Per-entry input gradients ``ghd[e]`` of the entries of ``work`` (each entry belongs to
     one item, so no races); :func:`sum_rows_by_example` adds them up per example."""
+    items, perm, tstart = work.items, work.perm, work.tstart
     for t in prange(tstart.shape[0] - 1):
-        _grad_input_range(go, W, arity, poff, groups, ex, sb, ch, items, perm[tstart[t]:tstart[t + 1]], S, ghd)
+        _grad_input_range(go, W, nodes, groups, ent, items, perm[tstart[t]:tstart[t + 1]], S, ghd)
 
 
-@njit(**_SEQ)
-def _grad_input_range(go, W, arity, poff, groups, ex, sb, ch, items, perm, S, ghd):
+@njit(**JIT)
+def _grad_input_range(go, W, nodes, groups, ent, items, perm, S, ghd):
+    arity, poff = nodes.arity, nodes.param_offset
+    ex, sb, ch = ent.example, ent.score_start, ent.choice
     d = W.shape[1]
     for q in range(perm.shape[0]):
         it = perm[q]
@@ -531,24 +624,30 @@ def _grad_input_range(go, W, arity, poff, groups, ex, sb, ch, items, perm, S, gh
                 e += 1
 
 
-@njit(**_PAR)
-def sum_rows_by_example(ghd, pos, lengths, target, D, gh):
-    """``gh[i] = sum_j ghd[pos[i * D + j]]`` over example i's decisions."""
+@njit(**PARALLEL)
+def sum_rows_by_example(ghd, position, decisions, target, gh):
+    """``gh[i] = sum_j ghd[position[i * D + j]]`` over example i's decisions."""
+    lengths = decisions.lengths
+    D = decisions.nodes.shape[1]
     d = gh.shape[1]
     for i in prange(gh.shape[0]):
         g = gh[i]
         for q in range(d):
             g[q] = 0.0
         for j in range(lengths[target[i]]):
-            x = ghd[pos[i * D + j]]
+            x = ghd[position[i * D + j]]
             for q in range(d):
                 g[q] += x[q]
 
 
-@njit(**_SEQ)
-def _row_pass_range(go, h, W, b, lr, arity, poff, groups, gstart, ex, sb, ch, vstart, S, items, perm,
-                    ghd, gw, gb, fused):
+@njit(**JIT)
+def _row_pass_range(go, h, table, lr, nodes, plan, ent, S, items, perm, ghd, grad, fused):
     """The row pass of the grouped backward for one thread's items (see grouped_backward_rows)."""
+    W, b = table.W, table.b
+    gw, gb = grad.W, grad.b
+    arity, poff = nodes.arity, nodes.param_offset
+    groups, gstart, vstart = plan.groups, plan.gstart, plan.vstart
+    ex, sb, ch = ent.example, ent.score_start, ent.choice
     d = h.shape[1]
     has_b = b.shape[0] > 0
     want_b = gb.shape[0] > 0
@@ -625,34 +724,36 @@ def _row_pass_range(go, h, W, b, lr, arity, poff, groups, gstart, ex, sb, ch, vs
                 gb[vstart[g_] + r] = cb
 
 
-@njit(**_PAR)
-def grouped_backward_rows(go, h, W, b, lr, arity, poff, groups, gstart, ex, sb, ch, vstart, S, items,
-                          perm, tstart, ghd, gw, gb, fused):
-    """One pass over the rows of every item of ``ritems`` (see :func:`work_items`): each row's
-    gradient, ``sum_e coef(e, r) * h[ex[e]]``, and for ``whole`` items also the input gradient of
-    the group's entries (``ghd``) from the same read of the row. Not fused: the gradient goes to
-    ``gw``/``gb`` (row ``vstart[g] + r``; ``gb`` may be empty). Fused: ``W[row] -= lr * grad``
-    (and ``b`` likewise when ``gb`` is non-empty) in place, and ``gw`` is not touched. Items that
-    are not whole must have their input gradient computed (reading ``W``) before this runs."""
+@njit(**PARALLEL)
+def grouped_backward_rows(go, h, table, lr, nodes, plan, ent, S, work, ghd, grad, fused):
+    """One pass over the rows of every item of ``work`` (the ``rows`` list of :func:`work_items`):
+    each row's gradient, ``sum_e coef(e, r) * h[example[e]]``, and for ``whole`` items also the
+    input gradient of the group's entries (``ghd``) from the same read of the row. Not fused: the
+    gradient goes to ``grad`` (row ``vstart[g] + r``; ``grad.b`` may be empty). Fused:
+    ``W[row] -= lr * grad`` (and ``b`` likewise when ``grad.b`` is non-empty) in place, and
+    ``grad.W`` is not touched. Items that are not whole must have their input gradient computed
+    (reading ``W``) before this runs."""
+    items, perm, tstart = work.items, work.perm, work.tstart
     for t in prange(tstart.shape[0] - 1):
-        _row_pass_range(go, h, W, b, lr, arity, poff, groups, gstart, ex, sb, ch, vstart, S, items,
-                        perm[tstart[t]:tstart[t + 1]], ghd, gw, gb, fused)
+        _row_pass_range(go, h, table, lr, nodes, plan, ent, S, items, perm[tstart[t]:tstart[t + 1]], ghd, grad,
+                        fused)
 
 
-@njit(**_SEQ)
-def group_rows_index(groups, poff, vstart):
+@njit(**JIT)
+def group_rows_index(plan, param_offset):
     """Table row ids of the coalesced gradient rows (ascending, since nodes own disjoint,
     increasing row blocks)."""
+    groups, vstart = plan.groups, plan.vstart
     out = np.empty(vstart[-1], np.int64)
     for g in range(groups.shape[0]):
-        o = poff[groups[g]]
+        o = param_offset[groups[g]]
         for r in range(vstart[g + 1] - vstart[g]):
             out[vstart[g] + r] = o + r
     return out
 
 
 # ---------------------------------------------------------------------------- optimizer
-@njit(**_PAR)
+@njit(**PARALLEL)
 def sgd_rows(W, rows, G, lr, wd):
     """``W[rows[s]] -= lr * (G[s] + wd * W[rows[s]])`` for distinct ``rows`` (int64), in
     parallel: torch's ``index_add_`` runs this on one thread at about half the memory bandwidth."""
@@ -669,7 +770,7 @@ def sgd_rows(W, rows, G, lr, wd):
 
 
 # ---------------------------------------------------------------------------- top-k search
-@njit(**_SEQ)
+@njit(**JIT)
 def _heap_push(hv, hr, n, v, r):
     """Push (v, r) on a max-heap of n entries held in hv/hr (capacity checked by the caller)."""
     c = n
@@ -684,7 +785,7 @@ def _heap_push(hv, hr, n, v, r):
     hr[c] = r
 
 
-@njit(**_SEQ)
+@njit(**JIT)
 def _heap_pop(hv, hr, n):
     """Remove the max of a heap of n entries (n >= 1); returns it."""
     top_v = hv[0]
@@ -709,12 +810,14 @@ def _heap_pop(hv, hr, n):
     return top_v, top_r
 
 
-@njit(**_SEQ)
-def _topk_one(x, W, b, st, spt, child_offset, children, arity, poff, V, K, amax, vals, idx):
+@njit(**JIT)
+def _topk_one(x, table, st, spt, nodes, V, K, amax, vals, idx):
     """Best-first search for one example (a function of its own, so that numba's parfor pass
     cannot hoist the heap allocations out of the parallel loop and share them across threads).
     ``st`` holds this example's precomputed scores of the first ``R = st.shape[0]`` table rows
     (bias included) and ``spt`` their ``log1p(exp(-|s|))``; rows past R are scored here."""
+    W, b = table.W, table.b
+    arity, poff, child_offset, children = nodes.arity, nodes.param_offset, nodes.child_offset, nodes.children
     has_b = b.shape[0] > 0
     R = st.shape[0]
     cap = 64 + 2 * amax
@@ -753,16 +856,13 @@ def _topk_one(x, W, b, st, spt, child_offset, children, arity, poff, V, K, amax,
             ref = children[c0]
             continue
         if k == 2:
-            # log sigmoid(s) and log sigmoid(-s) = log sigmoid(s) - s: one exp, one log1p.
             if o < R:
-                s = st[o]
-                l1 = min(s, 0.0) - spt[o]
+                l1, l0 = log_sigmoid_pair(st[o], spt[o])
             else:
-                s = _dot(W[o], x)
+                s = dot(W[o], x)
                 if has_b:
                     s += b[o]
-                l1 = min(s, 0.0) - np.log1p(np.exp(-abs(s)))
-            l0 = l1 - s
+                l1, l0 = log_sigmoid_pair(s, np.log1p(np.exp(-abs(s))))
             if l1 >= l0:
                 best_lp, best_ref = lp + l1, children[c0 + 1]
                 _heap_push(hv, hr, n, lp + l0, children[c0])
@@ -771,22 +871,16 @@ def _topk_one(x, W, b, st, spt, child_offset, children, arity, poff, V, K, amax,
                 _heap_push(hv, hr, n, lp + l1, children[c0 + 1])
             n += 1
         else:
-            m = -np.inf
             pre = o + k <= R
             for r in range(k):
                 if pre:
                     s = st[o + r]
                 else:
-                    s = _dot(W[o + r], x)
+                    s = dot(W[o + r], x)
                     if has_b:
                         s += b[o + r]
                 sc[r] = s
-                if s > m:
-                    m = s
-            z = 0.0
-            for r in range(k):
-                z += np.exp(sc[r] - m)
-            lse = m + np.log(z)
+            lse = log_sum_exp(sc, 0, k)
             rb = 0
             for r in range(1, k):
                 if sc[r] > sc[rb]:
@@ -805,26 +899,28 @@ def _topk_one(x, W, b, st, spt, child_offset, children, arity, poff, V, K, amax,
             n -= 1
 
 
-@njit(**_PAR)
-def topk_search(h, W, b, St, SPt, child_offset, children, arity, poff, V, K, amax, vals, idx):
+@njit(**PARALLEL)
+def topk_search(h, table, top, nodes, V, K, amax, vals, idx):
     """Exact top-K classes of each row of ``h`` by best-first search (one heap per example).
 
     A node's log-prob bounds every class below it, since each edge adds a log-prob <= 0, so
     classes leave the heap in exactly descending order. Log-probs accumulate in float64.
     ``amax`` is the largest arity (precomputed: scanning ``arity`` here would cost O(nodes) per
-    call). ``St (B, R)``: scores of the first R table rows (the top of the tree, which most
-    searches expand), computed beforehand with one BLAS matmul, and ``SPt = log1p(exp(-|St|))``;
-    R may be 0. Writes ``vals (B, K)`` (float64 or h's dtype) and ``idx (B, K)`` int64."""
+    call). ``top``: :class:`NodeScores` ``(B, R)`` of the first R table rows (the top of the tree,
+    which most searches expand), computed beforehand with one BLAS matmul; R may be 0. Writes
+    ``vals (B, K)`` (float64 or h's dtype) and ``idx (B, K)`` int64."""
+    St, SPt = top.s, top.sp
     for i in prange(h.shape[0]):
-        _topk_one(h[i], W, b, St[i], SPt[i], child_offset, children, arity, poff, V, K, amax, vals[i], idx[i])
+        _topk_one(h[i], table, St[i], SPt[i], nodes, V, K, amax, vals[i], idx[i])
 
 
 # ---------------------------------------------------------------------------- all classes
-@njit(**_SEQ)
-def _log_prob_one(s, sp, child_offset, children, arity, poff, V, out):
+@njit(**JIT)
+def _log_prob_one(s, sp, nodes, V, out):
     """One example: node scores ``s (P,)`` -> class log-probs ``out (V,)``, top-down in BFS order
     (a parent's id is smaller than its children's, so its log-prob is ready when reached).
     ``sp = log1p(exp(-|s|))``, computed beforehand with vectorized math."""
+    arity, poff, child_offset, children = nodes.arity, nodes.param_offset, nodes.child_offset, nodes.children
     N = arity.shape[0]
     node_lp = np.empty(N, s.dtype)
     node_lp[0] = 0.0
@@ -841,10 +937,7 @@ def _log_prob_one(s, sp, child_offset, children, arity, poff, V, out):
                 node_lp[c - V] = lp
             continue
         if k == 2:
-            # log sigmoid(+-x) = min(+-x, 0) - log1p(exp(-|x|)): one exp and one log1p for both.
-            x = s[o]
-            l1 = min(x, 0.0) - sp[o]
-            l0 = min(-x, 0.0) - sp[o]
+            l1, l0 = log_sigmoid_pair(s[o], sp[o])
             for r in range(2):
                 c = children[c0 + r]
                 v = lp + (l1 if r == 1 else l0)
@@ -853,14 +946,7 @@ def _log_prob_one(s, sp, child_offset, children, arity, poff, V, out):
                 else:
                     node_lp[c - V] = v
             continue
-        m = -np.inf
-        for r in range(k):
-            if s[o + r] > m:
-                m = s[o + r]
-        z = 0.0
-        for r in range(k):
-            z += np.exp(s[o + r] - m)
-        lse = m + np.log(z)
+        lse = log_sum_exp(s, o, k)
         for r in range(k):
             c = children[c0 + r]
             v = lp + (s[o + r] - lse)
@@ -870,9 +956,10 @@ def _log_prob_one(s, sp, child_offset, children, arity, poff, V, out):
                 node_lp[c - V] = v
 
 
-@njit(**_PAR)
-def log_prob_all(S, SP, child_offset, children, arity, poff, V, out):
-    """``out (B, V)``: exact log-probabilities of every class from node scores ``S (B, P)`` and
-    ``SP = log1p(exp(-|S|))`` (only read at binary nodes)."""
+@njit(**PARALLEL)
+def log_prob_all(scores, nodes, V, out):
+    """``out (B, V)``: exact log-probabilities of every class from :class:`NodeScores` ``(B, P)``
+    (``sp`` is only read at binary nodes)."""
+    S, SP = scores.s, scores.sp
     for i in prange(S.shape[0]):
-        _log_prob_one(S[i], SP[i], child_offset, children, arity, poff, V, out[i])
+        _log_prob_one(S[i], SP[i], nodes, V, out[i])

@@ -1,8 +1,7 @@
-"""The compiled CPU fast paths equal the device-generic torch math: values, gradients, top-k."""
+"""The numba CPU kernels and their autograd bridge (:mod:`hsoftmax.kernels`) equal the
+device-generic torch math: values, gradients, fused SGD, top-k; and the kernels' own plans."""
 
 from __future__ import annotations
-
-import contextlib
 
 import numpy as np
 import pytest
@@ -10,8 +9,7 @@ import torch
 
 import hsoftmax.kernels as K
 from hsoftmax import HierarchicalSoftmax, Tree
-from hsoftmax import functional as HF
-from conftest import named_trees, random_taxonomy
+from conftest import kernels_enabled, make_batch, make_layer, named_trees, random_taxonomy
 
 pytestmark = pytest.mark.skipif(K.cpu() is None, reason="numba kernels unavailable")
 
@@ -29,38 +27,16 @@ BIG = {
 ALL = {**NAMED, **BIG}
 
 
-@contextlib.contextmanager
-def kernels(flag: bool):
-    old = K.set_enabled(flag)
-    try:
-        yield
-    finally:
-        K.set_enabled(old)
-
-
-def layer(tree: Tree, d: int, dtype=torch.float64, bias=True, seed=0, **kw) -> HierarchicalSoftmax:
-    torch.manual_seed(seed)
-    hs = HierarchicalSoftmax(d, tree, bias=bias, **kw).to(dtype)
-    with torch.no_grad():
-        hs.weight.normal_(0, 1.0 / np.sqrt(d) * 2)
-        if hs.bias is not None:
-            hs.bias.normal_(0, 0.5)
-    return hs
-
-
-def batch(tree: Tree, n: int, d: int, dtype=torch.float64, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, d, generator=g, dtype=dtype)
-    y = torch.randint(0, tree.num_classes, (n,), generator=g)
-    y[: min(n, 5)] = 0  # repeated targets: rows shared within the batch
-    return x, y
+def layer(tree: Tree, d: int, **kw) -> HierarchicalSoftmax:
+    """conftest's ``make_layer`` with scores of order 1 whatever ``d``: ``weight ~ N(0, 2/sqrt(d))``."""
+    return make_layer(tree, d, weight_std=2.0 / np.sqrt(d), **kw)
 
 
 def grads(hs: HierarchicalSoftmax, x: torch.Tensor, y: torch.Tensor, fast: bool, reduction="sum"):
     hs.zero_grad(set_to_none=True)
     x = x.clone().requires_grad_()
     hs.reduction = reduction
-    with kernels(fast):
+    with kernels_enabled(fast):
         out, loss = hs(x, y)
         # A non-uniform upstream gradient, so per-example scaling is exercised too.
         (loss + (out * torch.linspace(0.5, 1.5, out.numel(), dtype=out.dtype)).sum()).backward()
@@ -80,7 +56,7 @@ def test_forward_and_gradients_equal_torch_path(name, sparse):
     tree = ALL[name]
     d = 7
     hs = layer(tree, d, sparse=sparse)
-    x, y = batch(tree, 97, d)
+    x, y = make_batch(tree, 97, d)
     ref = grads(hs, x, y, fast=False)
     got = grads(hs, x, y, fast=True)
     for a, b in zip(got, ref):
@@ -98,7 +74,7 @@ def test_no_bias_and_float32(name):
         hs64 = layer(tree, d, bias=bias, sparse=True)
         hs32 = layer(tree, d, dtype=torch.float32, bias=bias, sparse=True)
         hs32.load_state_dict(hs64.state_dict())  # the same numbers, rounded to float32
-        x, y = batch(tree, 64, d)
+        x, y = make_batch(tree, 64, d)
         ref = grads(hs64, x, y, fast=False)
         got = grads(hs32, x.float(), y, fast=True)
         for a, b in zip(got, ref):
@@ -112,8 +88,8 @@ def test_no_bias_and_float32(name):
 def test_sparse_gradient_is_coalesced_and_only_touched_rows(name):
     tree = ALL[name]
     hs = layer(tree, 5, sparse=True)
-    x, y = batch(tree, 40, 5)
-    with kernels(True):
+    x, y = make_batch(tree, 40, 5)
+    with kernels_enabled(True):
         hs(x, y).loss.backward()
     for g in (hs.weight.grad, hs.bias.grad):
         # Rows come out unique and sorted (autograd drops the is_coalesced flag on the way).
@@ -134,21 +110,21 @@ def test_gradcheck_fast_paths():
     for name in ("huffman", "two_level_counts", "taxonomy", "huffman3"):
         tree = NAMED[name]
         hs = layer(tree, 3)
-        x, y = batch(tree, 6, 3)
+        x, y = make_batch(tree, 6, 3)
         x.requires_grad_()
 
         def fwd(x, w, b):
             return torch.func.functional_call(hs, {"table.weight": w, "table.bias": b}, (x, y)).output
 
-        with kernels(True):
+        with kernels_enabled(True):
             assert torch.autograd.gradcheck(fwd, (x, hs.weight, hs.bias))
 
 
 def test_input_only_and_weight_only_gradients():
     tree = BIG["two_level_zipf"]
     hs = layer(tree, 4)
-    x, y = batch(tree, 30, 4)
-    with kernels(True):
+    x, y = make_batch(tree, 30, 4)
+    with kernels_enabled(True):
         hs.weight.requires_grad_(False)
         hs.bias.requires_grad_(False)
         xg = x.clone().requires_grad_()
@@ -159,21 +135,10 @@ def test_input_only_and_weight_only_gradients():
         assert hs.weight.grad is not None and hs.bias.grad is None
 
 
-def test_mixed_dtypes_fall_back_to_torch():
-    tree = BIG["huffman_zipf"]
-    hs = layer(tree, 4, dtype=torch.float32)
-    x, y = batch(tree, 10, 4)  # float64 input, float32 weights: promoted, torch path
-    with kernels(True):
-        out = hs(x, y).output
-    with kernels(False):
-        ref = hs(x, y).output
-    torch.testing.assert_close(out, ref)
-
-
 def test_ignore_index_with_fast_path():
     tree = BIG["two_level_zipf"]
     hs = layer(tree, 4, sparse=True)
-    x, y = batch(tree, 20, 4)
+    x, y = make_batch(tree, 20, 4)
     y[3] = -100
     res = []
     for fast in (True, False):
@@ -188,11 +153,11 @@ def test_ignore_index_with_fast_path():
 def test_log_prob_equals_torch_path(name):
     tree = ALL[name]
     hs = layer(tree, 6)
-    x, _ = batch(tree, 9, 6)
+    x, _ = make_batch(tree, 9, 6)
     with torch.no_grad():
-        with kernels(True):
+        with kernels_enabled(True):
             got = hs.log_prob(x)
-        with kernels(False):
+        with kernels_enabled(False):
             ref = hs.log_prob(x)
     torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(got.exp().sum(-1), torch.ones(9, dtype=torch.float64))
@@ -202,9 +167,9 @@ def test_log_prob_equals_torch_path(name):
 def test_topk_is_exact(name):
     tree = ALL[name]
     hs = layer(tree, 6)
-    x, _ = batch(tree, 17, 6)
+    x, _ = make_batch(tree, 17, 6)
     k = min(7, tree.num_classes)
-    with torch.no_grad(), kernels(True):
+    with torch.no_grad(), kernels_enabled(True):
         vals, idx = hs.topk(x, k)
         pred = hs.predict(x)
         ref_v, ref_i = hs.log_prob(x).topk(k)
@@ -224,20 +189,9 @@ def test_topk_float32_and_all_classes():
     assert (i == ri).float().mean() > 0.98  # float32 near-ties may swap neighbours
     small = NAMED["huffman3"]
     hs = layer(small, 4)
-    x, _ = batch(small, 3, 4)
+    x, _ = make_batch(small, 3, 4)
     v, i = hs.topk(x, small.num_classes)
     assert torch.equal(torch.sort(i, dim=1).values, torch.arange(small.num_classes).expand(3, -1))
-
-
-def test_torch_topk_fallback_handles_wide_nodes():
-    tree = BIG["two_level_zipf"]  # clusters of very different widths
-    hs = layer(tree, 6)
-    x, _ = batch(tree, 8, 6)
-    with torch.no_grad(), kernels(False):
-        v, i = hs.topk(x, 5)
-        rv, ri = hs.log_prob(x).topk(5)
-    torch.testing.assert_close(v, rv)
-    assert torch.equal(i, ri)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -245,7 +199,7 @@ def test_torch_topk_fallback_handles_wide_nodes():
 def test_cuda_torch_path_equals_cpu_fast_path(name):
     tree = ALL[name]
     hs = layer(tree, 8, sparse=True)
-    x, y = batch(tree, 50, 8)
+    x, y = make_batch(tree, 50, 8)
     cpu = grads(hs, x, y, fast=True)
     hs_c = hs.to("cuda")
     got = grads(hs_c, x.cuda(), y.cuda(), fast=True)
@@ -258,23 +212,12 @@ def test_cuda_torch_path_equals_cpu_fast_path(name):
     assert torch.equal(i.cpu(), ri)
 
 
-def test_functional_target_log_prob_matches_log_prob_gather():
-    tree = BIG["huffman4"]
-    hs = layer(tree, 5)
-    tt = hs.tree_tensors
-    x, y = batch(tree, 30, 5)
-    with kernels(True):
-        got = HF.target_log_prob(x, y, hs.weight, hs.bias, tt)
-    ref = HF.log_prob(x, hs.weight, hs.bias, tt).gather(1, y[:, None]).squeeze(1)
-    torch.testing.assert_close(got, ref)
-
-
 # ---------------------------------------------------------------------------- fused SGD update
 def _fused_vs_step(tree, fast, sparse=True, bias=True, n=97, d=7, lr=0.3, reduction="sum", y=None):
     """Output, input gradient and updated table of a fused-SGD backward, and the same from a
     plain backward followed by ``table -= lr * grad``."""
     hs = layer(tree, d, bias=bias, sparse=sparse)
-    x, yy = batch(tree, n, d)
+    x, yy = make_batch(tree, n, d)
     y = yy if y is None else y
     out, gx, gw, gb = grads(hs, x, y, fast=fast, reduction=reduction)
     ref_w = hs.weight.detach() - lr * gw if gw is not None else hs.weight.detach()  # (no rows: one class)
@@ -304,7 +247,7 @@ def test_fused_sgd_dense_no_bias_big_batch_and_ignore_index(name):
                     assert a is None
                 else:
                     torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
-    _, y = batch(tree, 50, 7)
+    _, y = make_batch(tree, 50, 7)
     y[[3, 10]] = -100
     for fast in (True, False):
         ref, got = _fused_vs_step(tree, fast, n=50, y=y, reduction="mean")
@@ -317,8 +260,8 @@ def test_fused_sgd_dense_no_bias_big_batch_and_ignore_index(name):
 def test_fused_sgd_frozen_weight_updates_bias_only_and_no_grad_updates_nothing(name, fast):
     tree = ALL[name]
     hs = layer(tree, 5, sparse=True)
-    x, y = batch(tree, 40, 5)
-    with kernels(fast):
+    x, y = make_batch(tree, 40, 5)
+    with kernels_enabled(fast):
         hs.weight.requires_grad_(False)
         hs(x, y).loss.backward()
         gb = hs.bias.grad.to_dense()
@@ -339,7 +282,7 @@ def test_fused_sgd_frozen_weight_updates_bias_only_and_no_grad_updates_nothing(n
 def test_fused_sgd_rejects_bad_rates_and_trains():
     tree = BIG["two_level_zipf"]
     hs = layer(tree, 8, sparse=True, fused_sgd_lr=float("nan"))
-    x, y = batch(tree, 64, 8)
+    x, y = make_batch(tree, 64, 8)
     with pytest.raises(ValueError, match="fused_sgd_lr"):
         hs(x, y)
     hs.fused_sgd_lr = 0.5
@@ -358,13 +301,13 @@ def test_fused_sgd_second_use_of_the_table_raises_on_kernels_and_is_exact_on_tor
     gradient from rows the first already updated. The kernels bump the table's version, so it
     raises; the torch path (which keeps its gathered rows) gives plain SGD's exact answer."""
     tree = ALL[name]
-    x, y = batch(tree, 40, 6)
+    x, y = make_batch(tree, 40, 6)
     x1, x2, y1, y2 = x[:20].clone(), x[20:].clone(), y[:20], y[20:]
     for fast in (True, False):
         ref = layer(tree, 6, sparse=True)
         fused = layer(tree, 6, sparse=True, fused_sgd_lr=0.5)
         a, b = x1.clone().requires_grad_(), x2.clone().requires_grad_()
-        with kernels(fast):
+        with kernels_enabled(fast):
             (ref(a, y1).loss + ref(b, y2).loss).backward()
             fa, fb = x1.clone().requires_grad_(), x2.clone().requires_grad_()
             v0 = fused.weight._version
@@ -408,7 +351,7 @@ def test_sparse_sgd_row_kernel_equals_index_add(dtype, wd):
         p = torch.nn.Parameter(w0.clone())
         p.grad = torch.sparse_coo_tensor(rows.unsqueeze(0), vals, (P, d), check_invariants=True)
         version = p._version
-        with kernels(fast):
+        with kernels_enabled(fast):
             SparseSGD([p], lr=0.3, weight_decay=wd).step()
         assert p._version > version  # the numpy-side write is visible to autograd, as index_add_ is
         out.append(p.detach())
@@ -418,3 +361,45 @@ def test_sparse_sgd_row_kernel_equals_index_add(dtype, wd):
     untouched[rows] = False
     assert torch.equal(out[0][untouched], w0[untouched])
     assert not torch.equal(out[0][rows], w0[rows])
+
+
+# ---------------------------------------------------------------------------- plans and bundles
+@pytest.mark.parametrize("name", ["two_level_zipf", "taxonomy", "huffman3", "chain"])
+def test_group_plan_names_every_decision_once(name):
+    """The grouped kernels' plans (NamedTuples with named fields) cover each decision of the
+    batch exactly once, in the group of its node, with a score block of the node's row count."""
+    from hsoftmax.kernels import autograd as KA
+    from hsoftmax.kernels import numba_cpu as nb
+
+    tree = ALL[name]
+    tt = layer(tree, 4).tree_tensors
+    _, y = make_batch(tree, 70, 4)
+    target = y.numpy()
+    nodes, decisions = KA._nodes(tt), KA._decisions(tt)
+    with K.borrow_marks(tree.num_nodes) as mark:
+        plan = nb.group_plan(decisions, target, nodes.arity, mark)
+        assert (mark == -1).all()  # the borrowed scratch comes back clean
+    assert isinstance(plan, nb.GroupPlan) and plan._fields[0] == "groups"
+    D = decisions.nodes.shape[1]
+    seen = []
+    for g, node in enumerate(plan.groups):
+        for f in plan.entries[plan.gstart[g]:plan.gstart[g + 1]]:
+            i, j = divmod(int(f), D)
+            assert decisions.nodes[target[i], j] == node and j < decisions.lengths[target[i]]
+            k = int(nodes.arity[node])
+            assert plan.score_offset[f + 1] - plan.score_offset[f] == (1 if k == 2 else k)
+            seen.append(int(f))
+        k = int(nodes.arity[node])
+        assert plan.vstart[g + 1] - plan.vstart[g] == (1 if k == 2 else k)
+    want = [i * D + j for i in range(len(target)) for j in range(int(decisions.lengths[target[i]]))]
+    assert sorted(seen) == want
+    ent = nb.entry_info(plan, decisions, target)
+    assert isinstance(ent, nb.EntryInfo)
+    assert (ent.position[plan.entries] == np.arange(plan.entries.size)).all()
+    assert (ent.example == plan.entries // D).all()
+    work = nb.work_items(plan, 0, 3)
+    assert isinstance(work, nb.WorkItems) and all(isinstance(w, nb.Items) for w in work)
+    # Every forward item is a slice of one group, and together they cover every entry once.
+    covered = np.concatenate([np.arange(lo, hi) for _, lo, hi in work.forward.items]) if len(work.forward.items) else []
+    assert sorted(covered) == list(range(plan.entries.size))
+    assert sorted(work.rows.perm.tolist()) == list(range(len(work.rows.items)))
