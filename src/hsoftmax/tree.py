@@ -29,6 +29,7 @@ portable ``.npz`` file (no pickle) holding :meth:`Tree.state`.
 from __future__ import annotations
 
 import functools
+import numbers
 import operator
 import os
 from collections.abc import Sequence
@@ -37,7 +38,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from . import builders
-from .builders import check_counts, check_labels, check_num_classes, concat_ranges
+from .builders import check_counts, check_labels, check_num_classes, concat_ranges, scale_counts
 from .files import atomic_path
 
 __all__ = ["Tree"]
@@ -136,6 +137,11 @@ class Tree:
         k-ary code. The expected code length under ``counts`` is minimal. Ties are broken by class
         index, so the tree is deterministic.
 
+        ``counts`` is any iterable of non-negative real numbers (list, numpy array, generator,
+        ``dict.values()``), count ``i`` being class ``i``'s; or a mapping ``label -> count`` such
+        as a ``collections.Counter``, whose keys become the labels (in the mapping's order; then
+        ``labels`` must be ``None``). ``arity`` is any integer (``numbers.Integral``).
+
         >>> t = Tree.huffman([10, 1, 1, 1, 1])
         >>> [len(t.path(i)[0]) for i in range(5)]
         [1, 3, 3, 3, 3]
@@ -169,6 +175,10 @@ class Tree:
         frequency and binned so that every cluster holds roughly equal probability mass
         (frequent classes get small clusters), as in Mikolov et al.'s class-based RNNLM. A class
         heavier than one cluster's share gets a cluster to itself, so there may be fewer clusters.
+        Classes with a zero count carry no mass to bin by: they are spread over the clusters,
+        smallest clusters first, so that the largest cluster stays as small as possible.
+        ``counts`` is accepted in the forms :meth:`huffman` takes (a ``label -> count`` mapping
+        included).
 
         >>> t = Tree.two_level(100)
         >>> t.num_nodes, t.depth        # root + 10 clusters
@@ -352,7 +362,7 @@ class Tree:
     def path(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """``(nodes, choices)``: internal nodes from the root down to class ``i``'s parent and the
         child index taken at each (single-child nodes included)."""
-        if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
+        if isinstance(i, bool) or not isinstance(i, numbers.Integral):
             raise TypeError(f"class index must be an int, got {type(i).__name__}")
         if not 0 <= i < self._num_classes:
             raise ValueError(f"class {i} is out of range [0, {self._num_classes})")
@@ -380,10 +390,13 @@ class Tree:
 
     def expected_code_length(self, counts: Any) -> float:
         """Mean number of edges from the root to a class, weighted by ``counts``."""
-        c = check_counts(counts)
+        c = scale_counts(check_counts(counts))  # scaled: a sum of huge counts must not overflow
         if c.size != self._num_classes:
             raise ValueError(f"counts has {c.size} entries for {self._num_classes} classes")
-        return float((c * self.class_depth).sum() / c.sum())
+        total = c.sum()
+        if total == 0:
+            raise ValueError("counts are all zero: there is no mean to take")
+        return float((c * self.class_depth).sum() / total)
 
     # ------------------------------------------------------------------ identity
     def __eq__(self, other: object) -> bool:
