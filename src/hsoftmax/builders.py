@@ -183,15 +183,22 @@ def _memory_bytes() -> int | None:
 
 
 def check_labels(labels: Sequence[str] | None, num_classes: int) -> tuple[str, ...] | None:
-    """``num_classes`` unique strings as a tuple, or ``None``."""
+    """``num_classes`` unique strings as a tuple of plain ``str``, or ``None``.
+
+    Only strings, so that a label comes back from a saved file exactly as it went in (a number
+    ``5`` would come back as ``'5'``); a subclass such as ``numpy.str_`` becomes a plain ``str``.
+    """
     if labels is None:
         return None
+    if isinstance(labels, (str, bytes)):
+        raise TypeError("labels must be a sequence of strings, not a string")
     labels = tuple(labels)
     if len(labels) != num_classes:
         raise ValueError(f"got {len(labels)} labels for {num_classes} classes")
     for i, lab in enumerate(labels):
         if not isinstance(lab, str):
-            raise TypeError(f"labels[{i}] must be a str, got {type(lab).__name__}")
+            raise TypeError(f"labels[{i}] must be a str, got {type(lab).__name__} {lab!r}")
+    labels = tuple(str.__str__(lab) for lab in labels)
     if len(set(labels)) != num_classes:
         seen: set[str] = set()
         for lab in labels:
