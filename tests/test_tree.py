@@ -11,11 +11,11 @@ import zipfile
 
 import numpy as np
 import pytest
+from conftest import named_trees, trees
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hsoftmax import Tree
-from conftest import named_trees, trees
 
 
 def check_invariants(t: Tree) -> None:
@@ -357,7 +357,7 @@ def saved_tree_bytes(tmp_path) -> tuple[Tree, bytes]:
 
 
 def test_load_of_empty_truncated_or_damaged_files_names_the_file(tmp_path):
-    t, raw = saved_tree_bytes(tmp_path)
+    _, raw = saved_tree_bytes(tmp_path)
     f = tmp_path / "bad.npz"
     cases = {
         "empty": b"", "a few bytes": raw[:3], "half": raw[: len(raw) // 2], "no end record": raw[:-22],
@@ -378,7 +378,7 @@ def test_load_of_empty_truncated_or_damaged_files_names_the_file(tmp_path):
 def test_a_damaged_directory_cannot_hide_the_labels(tmp_path):
     # A directory entry whose comment length is damaged swallows the entries after it; zipfile
     # then lists fewer arrays, which read as a valid tree without its labels or node names.
-    t, raw = saved_tree_bytes(tmp_path)
+    _, raw = saved_tree_bytes(tmp_path)
     with zipfile.ZipFile(tmp_path / "t.npz") as z:
         start, names = z.start_dir, [i.filename for i in z.infolist()]
     entry = start  # walk the directory entries to the one of label_bytes.npy
@@ -408,7 +408,8 @@ def test_fuzz_truncations_and_bit_flips_end_in_value_error_or_the_same_tree(tmp_
         damaged = raw[: data.draw(st.integers(0, len(raw) - 1), label="keep")]
     else:
         b = bytearray(raw)
-        for bit in data.draw(st.lists(st.integers(0, 8 * len(raw) - 1), min_size=1, max_size=3), label="bits"):
+        bits = data.draw(st.lists(st.integers(0, 8 * len(raw) - 1), min_size=1, max_size=3), label="bits")
+        for bit in bits:
             b[bit // 8] ^= 1 << (bit % 8)
         damaged = bytes(b)
     f = tmp_path / "fuzz.npz"
@@ -431,3 +432,12 @@ def _fuzz_tree() -> tuple[Tree, bytes]:
 
 
 FUZZ_TREE = _fuzz_tree()
+
+
+def test_state_as_tensors_survives_torch_load_weights_only(tmp_path):
+    # The layer's checkpoint can carry the state as tensors: torch's default, pickle-free
+    # torch.load(weights_only=True) reads them back, and from_state takes them as they come.
+    torch = pytest.importorskip("torch")
+    t = Tree.from_paths([["x\x00"], ["x\x00"], []], labels=["a\x00", "a", "\ud800"])
+    torch.save({k: torch.as_tensor(v) for k, v in t.state().items()}, tmp_path / "t.pt")
+    assert Tree.from_state(torch.load(tmp_path / "t.pt", weights_only=True)) == t

@@ -24,7 +24,8 @@ from __future__ import annotations
 import math
 import numbers
 import os
-from collections.abc import Iterable, Mapping, Sequence, Set
+from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -37,23 +38,26 @@ __all__ = [
     "from_paths",
     "check_counts",
     "scale_counts",
+    "split_counts",
     "check_index",
     "check_num_classes",
+    "check_fits_in_memory",
     "check_labels",
     "concat_ranges",
     "MAX_CLASSES",
+    "MAX_NODES",
 ]
 
-# Class ids and internal-node ids are stored as int32 in the padded decision arrays (and word2vec's
-# word ids are int32), so a tree with more classes or nodes than an int32 counts could not be
-# served: refuse it before building anything.
+# Class and internal-node ids are int32 in the padded decision arrays (and word2vec's word ids are
+# int32): a tree with more than 2**31 - 1 of either could not be served, so it is refused before
+# anything is built.
 MAX_CLASSES = 2**31 - 1
 MAX_NODES = 2**31 - 1
 
-# Peak bytes a builder allocates per class (tracemalloc, numpy 2.4, V = 2e6, the Tree's own
-# validation and derived arrays included). Used only to refuse, up front, a tree that would need
-# more than all of the machine's memory (``Tree.balanced(2**30)`` would otherwise run until the
-# out-of-memory killer ends the process); a 10% margin covers allocator differences.
+# Peak bytes per class of building a Tree (tracemalloc, numpy 2.4, V = 2e6, the Tree's validation
+# and derived arrays included: measured 194, 154 and 57), plus a 10-20% margin. Used only to
+# refuse, up front, a tree that needs more than all of the machine's memory:
+# ``Tree.balanced(2**30)`` would otherwise run until the out-of-memory killer ends the process.
 _PEAK_BYTES_PER_CLASS = {"huffman": 220, "balanced": 170, "two_level": 70}
 
 
@@ -78,7 +82,7 @@ def check_counts(counts: Any, name: str = "counts") -> np.ndarray:
     """
     if isinstance(counts, (str, bytes)):
         raise TypeError(f"{name} must be an iterable of numbers, got {type(counts).__name__}")
-    if isinstance(counts, (Set, Mapping)):
+    if isinstance(counts, (AbstractSet, Mapping)):
         raise TypeError(
             f"{name} must be an ordered iterable of numbers (count i is class i's), got a "
             f"{type(counts).__name__}"
@@ -92,7 +96,8 @@ def check_counts(counts: Any, name: str = "counts") -> np.ndarray:
         c = _object_counts(c, name)
     if c.ndim != 1:
         raise ValueError(f"{name} must be a 1-D sequence, got shape {c.shape}")
-    if c.size and (c.dtype == np.bool_ or not (np.issubdtype(c.dtype, np.integer) or np.issubdtype(c.dtype, np.floating))):
+    is_real = np.issubdtype(c.dtype, np.integer) or np.issubdtype(c.dtype, np.floating)
+    if c.size and (c.dtype == np.bool_ or not is_real):
         raise TypeError(f"{name} must be real numbers, got {c.dtype} values such as {c.ravel()[0]!r}")
     c = c.astype(np.float64)
     if c.size == 0:

@@ -202,7 +202,8 @@ class NpzReader:
                     f"bytes, more than deflate can expand"
                 )
         else:
-            raise ValueError(f"array {key!r} uses compression method {info.compress_type}, not one numpy writes")
+            method = info.compress_type
+            raise ValueError(f"array {key!r} uses compression method {method}, not one numpy writes")
         with self._zip.open(info) as f:
             version = np.lib.format.read_magic(f)
             if version == (1, 0):
@@ -243,7 +244,9 @@ def _check_member_count(f, listed: int) -> None:
     """
     f.seek(-_END_RECORD_SIZE, os.SEEK_END)
     end = f.read(_END_RECORD_SIZE)
-    signature, total, comment_size = end[:4], struct.unpack_from("<H", end, 10)[0], struct.unpack_from("<H", end, 20)[0]
+    signature = end[:4]
+    (total,) = struct.unpack_from("<H", end, 10)
+    (comment_size,) = struct.unpack_from("<H", end, 20)
     if signature != b"PK\x05\x06" or comment_size != 0:
         raise ValueError("the archive does not end with its directory's end record")
     if total != listed:

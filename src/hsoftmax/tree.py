@@ -38,7 +38,14 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from . import builders
-from .builders import MAX_NODES, check_counts, check_labels, check_num_classes, concat_ranges, scale_counts
+from .builders import (
+    MAX_NODES,
+    check_counts,
+    check_labels,
+    check_num_classes,
+    concat_ranges,
+    scale_counts,
+)
 from .files import READ_ERRORS, NpzReader, atomic_path
 
 __all__ = ["Tree"]
@@ -249,7 +256,8 @@ class Tree:
         if self._labels is not None:
             out["label_bytes"], out["label_offset"] = _encode_strings(self._labels)
         if self._node_names is not None:
-            out["node_name_bytes"], out["node_name_offset"] = _encode_strings(n or "" for n in self._node_names)
+            names = (n or "" for n in self._node_names)
+            out["node_name_bytes"], out["node_name_offset"] = _encode_strings(names)
             out["node_named"] = np.array([n is not None for n in self._node_names], dtype=bool)
         return out
 
@@ -263,7 +271,8 @@ class Tree:
         numpy ``'U'`` arrays, as written before format 2).
         """
         arrays = {k: np.asarray(v) for k, v in data.items() if k in _STATE_ARRAYS}
-        version, V = _check_state_layout({k: (a.dtype, a.shape) for k, a in arrays.items()}, arrays.__getitem__)
+        layout = {k: (a.dtype, a.shape) for k, a in arrays.items()}
+        version, V = _check_state_layout(layout, arrays.__getitem__)
         if version == 1:
             labels, names = _strings_v1(arrays)
         else:
@@ -519,7 +528,8 @@ def _first_ref_problem(ch: np.ndarray, V: int, N: int) -> str:
     if np.any(node_times > 1):
         return f"internal node {int(nodes[node_times > 1][0])} has more than one parent"
     gaps = np.flatnonzero(nodes != np.arange(1, nodes.size + 1))
-    return f"internal node {int(gaps[0]) + 1 if gaps.size else nodes.size + 1} is an orphan: no parent points to it"
+    orphan = int(gaps[0]) + 1 if gaps.size else nodes.size + 1
+    return f"internal node {orphan} is an orphan: no parent points to it"
 
 
 def _node_names_tuple(node_names: Sequence[str | None] | None, N: int) -> tuple[str | None, ...] | None:
@@ -618,11 +628,11 @@ def _check_state_layout(
     for group in _STATE_GROUPS[version]:
         present = [k for k in group if k in layout]
         if present and len(present) != len(group):
-            raise ValueError(f"tree data has {present[0]!r} without {sorted(set(group) - set(present))[0]!r}")
+            raise ValueError(f"tree data has {present[0]!r} without {min(set(group) - set(present))!r}")
     others = {k for v, groups in _STATE_GROUPS.items() if v != version for g in groups for k in g}
     others -= {k for g in _STATE_GROUPS[version] for k in g}
     if others & set(layout):
-        raise ValueError(f"tree data of format {version} has {sorted(others & set(layout))[0]!r}")
+        raise ValueError(f"tree data of format {version} has {min(others & set(layout))!r}")
     V = check_num_classes(int(read("num_classes")))
     N = layout["child_offset"][1][0] - 1
     if N < 1:
@@ -662,11 +672,13 @@ def _decode_strings(data: np.ndarray, offset: np.ndarray, what: str) -> list[str
 
 
 def _decode_names(arrays: Mapping[str, np.ndarray]) -> list[str | None]:
+    """Node names of a format-2 state: ``None`` where ``node_named`` is false (an empty slice)."""
     off = arrays["node_name_offset"].astype(np.int64)
     named = arrays["node_named"]
     texts = _decode_strings(arrays["node_name_bytes"], off, "node name")
-    if np.any(~named & (np.diff(off) != 0)):
-        j = int(np.flatnonzero(~named & (np.diff(off) != 0))[0])
+    stray = ~named & (np.diff(off) != 0)
+    if np.any(stray):
+        j = int(np.flatnonzero(stray)[0])
         raise ValueError(f"internal node {j} is marked unnamed but has a name")
     return [t if ok else None for t, ok in zip(texts, named.tolist())]
 
