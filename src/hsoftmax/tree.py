@@ -122,12 +122,15 @@ class Tree:
         child_offset: ``(num_nodes + 1,)`` CSR offsets into ``children``.
         children: refs (class ``c`` -> ``c``, internal node ``j`` -> ``num_classes + j``); node 0 is
             the root. Any numbering of internal nodes is accepted; it is renumbered breadth-first.
-        labels: optional class names (unique strings).
-        node_names: optional internal-node names (``None`` for unnamed nodes).
+        labels: optional class names (unique ``str``: any string, saved and loaded losslessly).
+        node_names: optional internal-node names (``str``, or ``None`` for unnamed nodes).
 
     Raises:
         ValueError: a class or node is missing, duplicated, unreachable (an orphan or a cycle),
-            a node has no children, or labels/names clash.
+            a node has no children, labels/names clash, or there are more than ``2**31 - 1``
+            classes or nodes (ids are int32 downstream).
+        TypeError: ``num_classes`` is not an integer, the arrays are not integers, or a label or
+            node name is not a ``str``.
     """
 
     def __init__(
