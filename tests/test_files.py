@@ -15,7 +15,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from hsoftmax.files import READ_ERRORS, NpzReader, atomic_path
+from hsoftmax.files import READ_ERRORS, NpzReader, atomic_path, decode_strings, encode_strings
 
 posix_only = pytest.mark.skipif(os.name != "posix", reason="POSIX permissions and symbolic links")
 
@@ -233,3 +233,28 @@ def test_read_errors_cover_what_damaged_archives_raise(tmp_path):
         with pytest.raises(READ_ERRORS):
             with NpzReader(f) as z:
                 z.read("a")
+
+
+# ---------------------------------------------------------------------------- strings as arrays
+def test_strings_round_trip_losslessly_as_plain_arrays():
+    strings = ["a\x00", "a", "", "\x00\x00", "\ud800", "\U0001f600", "é"]
+    data, offset = encode_strings(strings)
+    assert data.dtype == np.uint8 and offset.dtype == np.int64 and offset.shape == (len(strings) + 1,)
+    assert decode_strings(data, offset) == strings
+    assert np.array(strings, dtype=str).tolist() != strings  # what a 'U' array would have lost
+    assert decode_strings(*encode_strings([])) == []
+
+
+@pytest.mark.parametrize(
+    "data,offset,match",
+    [
+        (b"abc", [0, 2], "offsets must"),
+        (b"abc", [1, 3], "offsets must"),
+        (b"abc", [0, 2, 1, 3], "offsets must"),
+        (b"abc", [], "offsets must"),
+        (b"a\xffc", [0, 1, 2, 3], "name 1 is not valid UTF-8"),
+    ],
+)
+def test_decode_strings_checks_offsets_and_utf8(data, offset, match):
+    with pytest.raises(ValueError, match=match):
+        decode_strings(np.frombuffer(data, np.uint8), np.array(offset, dtype=np.int64), "name")

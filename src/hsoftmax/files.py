@@ -8,6 +8,9 @@ Reads (:class:`NpzReader`): a file may be truncated, bit-flipped or crafted, so 
 trusted before it is checked: each array's header (dtype, shape) is read first and checked against
 the member's size in the archive, the caller can check every claimed shape against the others
 before any array's data is read, and every failure is a ``ValueError`` (see :data:`READ_ERRORS`).
+
+Strings (:func:`encode_strings`, :func:`decode_strings`): UTF-8 bytes plus offsets, lossless where a
+numpy ``'U'`` array is not, and readable without pickle.
 """
 
 from __future__ import annotations
@@ -19,12 +22,12 @@ import stat
 import struct
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["atomic_path", "NpyHeader", "NpzReader", "READ_ERRORS"]
+__all__ = ["atomic_path", "NpyHeader", "NpzReader", "READ_ERRORS", "encode_strings", "decode_strings"]
 
 # What reading a damaged archive raises, from zipfile, zlib and numpy's header parser (a flipped
 # bit in a zip header can select an unsupported or encrypted method, rename a member or cut a
@@ -257,3 +260,39 @@ def _member_key(filename: str) -> str:
     if not filename.endswith(".npy"):
         raise ValueError(f"unexpected member {filename!r} (not a .npy array)")
     return filename[:-4]
+
+
+# ---------------------------------------------------------------------------- strings as arrays
+def encode_strings(strings: Iterable[str]) -> tuple[np.ndarray, np.ndarray]:
+    """``(bytes, offsets)``: the UTF-8 of every string concatenated (``uint8``) and the ``(n + 1,)``
+    int64 offsets where each starts, so that ``bytes[offsets[i]:offsets[i + 1]]`` is string ``i``.
+
+    Lossless for every ``str`` (``surrogatepass`` keeps even a lone surrogate), unlike a numpy
+    ``'U'`` array, which drops trailing NUL characters; and plain integer arrays, which
+    ``np.savez`` without pickle, ``torch.load(weights_only=True)`` and safetensors all carry.
+
+    >>> data, offset = encode_strings(["a\\x00", "", "é"])
+    >>> data.tolist(), offset.tolist()
+    ([97, 0, 195, 169], [0, 2, 2, 4])
+    >>> decode_strings(data, offset)
+    ['a\\x00', '', 'é']
+    """
+    encoded = [s.encode("utf-8", "surrogatepass") for s in strings]
+    offset = np.zeros(len(encoded) + 1, dtype=np.int64)
+    np.cumsum([len(b) for b in encoded], out=offset[1:])
+    return np.frombuffer(b"".join(encoded), dtype=np.uint8).copy(), offset
+
+
+def decode_strings(data: np.ndarray, offset: np.ndarray, what: str = "string") -> list[str]:
+    """Inverse of :func:`encode_strings`; bad offsets or UTF-8 are a ``ValueError`` naming ``what``."""
+    off = np.asarray(offset).astype(np.int64)
+    if off.ndim != 1 or off.size == 0 or off[0] != 0 or off[-1] != data.size or np.any(np.diff(off) < 0):
+        raise ValueError(f"{what} offsets must start at 0, be non-decreasing and end at {data.size}")
+    raw = np.ascontiguousarray(data).tobytes()
+    out = []
+    for i, (a, b) in enumerate(zip(off[:-1].tolist(), off[1:].tolist())):
+        try:
+            out.append(raw[a:b].decode("utf-8", "surrogatepass"))
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{what} {i} is not valid UTF-8: {e.reason}") from None
+    return out

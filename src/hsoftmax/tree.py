@@ -46,7 +46,7 @@ from .builders import (
     concat_ranges,
     scale_counts,
 )
-from .files import READ_ERRORS, NpzReader, atomic_path
+from .files import READ_ERRORS, NpzReader, atomic_path, decode_strings, encode_strings
 
 __all__ = ["Tree"]
 
@@ -257,10 +257,10 @@ class Tree:
             "children": np.array(self._children),
         }
         if self._labels is not None:
-            out["label_bytes"], out["label_offset"] = _encode_strings(self._labels)
+            out["label_bytes"], out["label_offset"] = encode_strings(self._labels)
         if self._node_names is not None:
             names = (n or "" for n in self._node_names)
-            out["node_name_bytes"], out["node_name_offset"] = _encode_strings(names)
+            out["node_name_bytes"], out["node_name_offset"] = encode_strings(names)
             out["node_named"] = np.array([n is not None for n in self._node_names], dtype=bool)
         return out
 
@@ -281,7 +281,7 @@ class Tree:
         else:
             labels = names = None
             if "label_bytes" in arrays:
-                labels = _decode_strings(arrays["label_bytes"], arrays["label_offset"], "label")
+                labels = decode_strings(arrays["label_bytes"], arrays["label_offset"], "label")
             if "node_name_bytes" in arrays:
                 names = _decode_names(arrays)
         return cls(V, arrays["child_offset"], arrays["children"], labels=labels, node_names=names)
@@ -651,34 +651,11 @@ def _check_state_layout(
     return version, V
 
 
-def _encode_strings(strings: Iterable[str]) -> tuple[np.ndarray, np.ndarray]:
-    """``(bytes, offsets)``: the UTF-8 of every string, concatenated, and where each one starts."""
-    encoded = [s.encode("utf-8", "surrogatepass") for s in strings]
-    offset = np.zeros(len(encoded) + 1, dtype=np.int64)
-    np.cumsum([len(b) for b in encoded], out=offset[1:])
-    return np.frombuffer(b"".join(encoded), dtype=np.uint8).copy(), offset
-
-
-def _decode_strings(data: np.ndarray, offset: np.ndarray, what: str) -> list[str]:
-    """Inverse of :func:`_encode_strings`, checking the offsets and the UTF-8."""
-    off = offset.astype(np.int64)
-    if off[0] != 0 or off[-1] != data.size or np.any(np.diff(off) < 0):
-        raise ValueError(f"{what} offsets must start at 0, be non-decreasing and end at {data.size}")
-    raw = np.ascontiguousarray(data).tobytes()
-    out = []
-    for i, (a, b) in enumerate(zip(off[:-1].tolist(), off[1:].tolist())):
-        try:
-            out.append(raw[a:b].decode("utf-8", "surrogatepass"))
-        except UnicodeDecodeError as e:
-            raise ValueError(f"{what} {i} is not valid UTF-8: {e.reason}") from None
-    return out
-
-
 def _decode_names(arrays: Mapping[str, np.ndarray]) -> list[str | None]:
     """Node names of a format-2 state: ``None`` where ``node_named`` is false (an empty slice)."""
     off = arrays["node_name_offset"].astype(np.int64)
     named = arrays["node_named"]
-    texts = _decode_strings(arrays["node_name_bytes"], off, "node name")
+    texts = decode_strings(arrays["node_name_bytes"], off, "node name")
     stray = ~named & (np.diff(off) != 0)
     if np.any(stray):
         j = int(np.flatnonzero(stray)[0])
