@@ -183,3 +183,168 @@ def test_bad_arguments():
         Tree.huffman([1, 2], arity=1)
     with pytest.raises(TypeError):
         Tree.balanced(3.5)
+
+
+# ---------------------------------------------------------------------------- accepted inputs (issue 9)
+def test_counts_from_any_iterable_of_real_numbers():
+    from collections import Counter
+    from fractions import Fraction
+
+    expected = Tree.huffman([5, 3, 1, 1])
+    d = {"a": 5, "b": 3, "c": 1, "d": 1}
+    for counts in [
+        (5, 3, 1, 1),
+        np.array([5, 3, 1, 1], dtype=np.int16),
+        np.array([5, 3, 1, 1], dtype=np.float32),
+        [np.int64(5), np.float32(3), np.uint8(1), 1],
+        (x for x in [5, 3, 1, 1]),
+        d.values(),
+        [Fraction(5), 3, 1, 1.0],
+    ]:
+        assert Tree.huffman(counts) == expected, type(counts)
+    # A mapping label -> count names the classes: keys are the labels, in the mapping's order.
+    t = Tree.huffman(Counter("abracadabra"))
+    assert t.labels == ("a", "b", "r", "c", "d")
+    assert t == Tree.huffman([5, 2, 2, 1, 1], labels=["a", "b", "r", "c", "d"])
+    assert Tree.two_level(4, 2, counts=d) == Tree.two_level(4, 2, counts=[5, 3, 1, 1], labels=list(d))
+
+
+@pytest.mark.parametrize(
+    "counts,match",
+    [
+        ("5311", "iterable of numbers"),
+        ({5, 3, 1}, "ordered iterable"),
+        ({"a": 1}.keys(), "ordered iterable"),
+        ([1, "2"], "real numbers"),
+        ([1, None], r"counts\[1\] is not a real number"),
+        ([True, False], "real numbers"),
+        ([1 + 2j, 1], "real numbers"),
+        (5, "iterable of numbers"),
+        ({1: 5, 2: 3}, "keys are the class labels and must be strings"),
+    ],
+)
+def test_counts_that_are_not_numbers_are_a_type_error(counts, match):
+    with pytest.raises(TypeError, match=match):
+        Tree.huffman(counts)
+
+
+def test_mapping_counts_and_labels_together_are_refused():
+    with pytest.raises(TypeError, match="mapping"):
+        Tree.huffman({"a": 1, "b": 2}, labels=["a", "b"])
+
+
+def test_integer_like_arguments():
+    assert Tree.balanced(np.int64(32), arity=np.int32(4)) == Tree.balanced(32, arity=4)
+    assert Tree.huffman([1, 2, 3], arity=np.uint8(3)) == Tree.huffman([1, 2, 3], arity=3)
+    assert Tree.two_level(np.int64(10), num_clusters=np.int16(3)) == Tree.two_level(10, 3)
+    assert Tree.balanced(4).path(np.int32(3))[0].tolist() == Tree.balanced(4).path(3)[0].tolist()
+    # An arity above the class count is the flat tree (and never overflows).
+    assert Tree.balanced(5, arity=10**30) == Tree.balanced(5, arity=5)
+    assert Tree.huffman([1, 2, 3], arity=10**30) == Tree.huffman([1, 2, 3], arity=3)
+    for call in [
+        lambda: Tree.balanced("32"),
+        lambda: Tree.balanced(32.0),
+        lambda: Tree.balanced(True),
+        lambda: Tree.balanced(8, arity=2.0),
+        lambda: Tree.balanced(8, arity="2"),
+        lambda: Tree.huffman([1, 2], arity=True),
+        lambda: Tree.two_level(10, num_clusters=3.0),
+        lambda: Tree.two_level(10, num_clusters="3"),
+    ]:
+        with pytest.raises(TypeError, match="must be an int"):
+            call()
+
+
+# ---------------------------------------------------------------------------- sizes that cannot fit (issue 13)
+@pytest.mark.parametrize(
+    "call",
+    [lambda: Tree.balanced(2**40), lambda: Tree.two_level(2**40), lambda: Tree.balanced(2**31, arity=16)],
+)
+def test_absurd_sizes_are_refused_up_front(call):
+    with pytest.raises(ValueError, match="too large: class ids are int32"):
+        call()
+
+
+def test_a_tree_larger_than_memory_is_refused_before_building(monkeypatch):
+    monkeypatch.setattr(builders, "_memory_bytes", lambda: 1 << 20)  # a 1 MiB machine
+    for call in [lambda: Tree.balanced(100_000), lambda: Tree.two_level(100_000),
+                 lambda: Tree.huffman(np.ones(100_000))]:
+        with pytest.raises(ValueError, match=r"needs about .* GiB to build, more than this machine's"):
+            call()
+    assert Tree.balanced(1000).num_classes == 1000  # small trees still fit
+    monkeypatch.setattr(builders, "_memory_bytes", lambda: None)  # unknown: no refusal
+    assert Tree.balanced(100_000).num_classes == 100_000
+
+
+# ---------------------------------------------------------------------------- counts at the edges of float64
+def test_two_level_huge_counts_do_not_overflow():
+    # [1e308] * 10 summed to inf and built clusters [9, 1]; equal counts mean equal clusters.
+    t = Tree.two_level(10, counts=[1e308] * 10)
+    assert t == Tree.two_level(10, counts=[1] * 10)
+    assert np.bincount(t.parent[:10])[1:].tolist() == [3, 2, 3, 2]
+    assert Tree.two_level(10, counts=[5e-324] * 10) == t  # subnormal counts too
+
+
+def test_huffman_huge_counts_build_the_same_tree():
+    rng = np.random.default_rng(0)
+    counts = rng.integers(1, 1000, 50).astype(float)
+    t = Tree.huffman(counts * 2.0**1012)  # merged sums overflowed to inf
+    assert t == Tree.huffman(counts)
+    assert t.expected_code_length(counts * 2.0**1012) == pytest.approx(t.expected_code_length(counts))
+    with pytest.raises(ValueError, match="all zero"):
+        t.expected_code_length(np.zeros(50))
+
+
+# ---------------------------------------------------------------------------- zero counts (issue 9)
+def test_two_level_spreads_zero_count_classes():
+    # 100 seen classes and 2,900 unseen ones: the unseen classes all went to the last cluster
+    # (2,901 children); spread, no cluster exceeds the even share.
+    V, C = 3000, 55
+    counts = np.r_[np.ones(100), np.zeros(2900)]
+    t = Tree.two_level(V, num_clusters=C, counts=counts)
+    sizes = np.bincount(t.parent[:V])[1:]
+    assert t.is_two_level and sizes.size == C
+    assert sizes.max() == math.ceil(V / C) and sizes.max() - sizes.min() <= 1
+    # The seen classes keep their frequency binning: each cluster still holds ~1/C of the mass.
+    mass = np.bincount(t.parent[:V], weights=counts)[1:]
+    assert mass.max() - mass.min() <= 1
+
+
+def test_two_level_zero_counts_keep_the_binning_of_the_others():
+    rng = np.random.default_rng(5)
+    seen = np.minimum(rng.zipf(1.3, 400), 10_000).astype(float)
+    counts = np.r_[seen, np.zeros(4000)]
+    V, C = counts.size, 60
+    t = Tree.two_level(V, num_clusters=C, counts=counts)
+    cluster = np.asarray(t.parent)[:V]
+    # The seen classes are grouped as without the unseen ones (cluster ids differ: a cluster that
+    # binning left empty and unseen classes filled is now counted).
+    alone = Tree.two_level(seen.size, num_clusters=C, counts=seen)
+    groups = np.unique(cluster[:400], return_inverse=True)[1]
+    assert np.array_equal(groups, np.unique(np.asarray(alone.parent)[:400], return_inverse=True)[1])
+    sizes = np.bincount(cluster)[1:]
+    seen_sizes = np.bincount(cluster[:400], minlength=sizes.size + 1)[1:]
+    # Water-filling: a cluster gets unseen classes only up to one common level, and that level is
+    # the lowest that takes them all.
+    level = sizes[seen_sizes < sizes].max()
+    assert np.all((sizes == seen_sizes) | (sizes >= level - 1))
+    assert np.all(sizes <= np.maximum(seen_sizes, level))
+    assert sizes.max() <= max(seen_sizes.max(), math.ceil(V / C))
+    # Unseen classes follow the seen ones within a cluster.
+    for j in range(1, t.num_nodes):
+        kids = t.children[t.child_offset[j] : t.child_offset[j + 1]]
+        assert np.all(np.diff(counts[kids] == 0) >= 0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 50), min_size=1, max_size=300), st.integers(1, 30))
+def test_two_level_cluster_sizes_with_zero_counts(counts, C):
+    V = len(counts)
+    C = min(C, V)
+    t = Tree.two_level(V, num_clusters=C, counts=counts)
+    assert t.num_classes == V and (V == 1 or t.is_two_level)
+    if sum(counts) > 0:
+        pos = [c for c in counts if c > 0]
+        seen_only = Tree.two_level(len(pos), num_clusters=min(C, len(pos)), counts=pos)
+        biggest_seen = int(np.bincount(seen_only.parent[: len(pos)]).max())
+        assert int(np.bincount(t.parent[:V]).max()) <= max(biggest_seen, math.ceil(V / C))

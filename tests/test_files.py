@@ -1,15 +1,21 @@
-"""hsoftmax.files.atomic_path: atomic replacement, clean failure, permissions, symbolic links."""
+"""hsoftmax.files: atomic_path (atomic replacement, clean failure, permissions, symbolic links) and
+NpzReader (every damaged or crafted archive is a ValueError before large allocations)."""
 
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import stat
+import struct
 import sys
+import tracemalloc
+import zipfile
 
+import numpy as np
 import pytest
 
-from hsoftmax.files import atomic_path
+from hsoftmax.files import READ_ERRORS, NpzReader, atomic_path, decode_strings, encode_strings
 
 posix_only = pytest.mark.skipif(os.name != "posix", reason="POSIX permissions and symbolic links")
 
@@ -129,3 +135,126 @@ def test_unwritable_directory_raises_and_leaves_no_file(tmp_path):
         assert os.listdir(d) == []
     finally:
         os.chmod(d, 0o755)
+
+
+# ---------------------------------------------------------------------------- NpzReader
+def npy_bytes(header: dict, data: bytes) -> bytes:
+    f = io.BytesIO()
+    np.lib.format.write_array_header_1_0(f, header)
+    return f.getvalue() + data
+
+
+def zip_with(path, members: dict[str, bytes], method=zipfile.ZIP_STORED) -> None:
+    with zipfile.ZipFile(path, "w", method) as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+
+
+@pytest.mark.parametrize("save", [np.savez, np.savez_compressed])
+def test_npz_reader_reads_what_numpy_writes(tmp_path, save):
+    arrays = {"a": np.arange(5, dtype=np.int32), "s": np.array(7), "u": np.array(["x", "yz"]),
+              "e": np.zeros(0, dtype=np.uint8)}
+    save(tmp_path / "a.npz", **arrays)
+    with NpzReader(tmp_path / "a.npz") as z:
+        assert {k: (h.dtype, h.shape) for k, h in z.headers.items()} == {
+            k: (v.dtype, v.shape) for k, v in arrays.items()}
+        for k, v in arrays.items():
+            got = z.read(k)
+            assert got.dtype == v.dtype and np.array_equal(got, v)
+
+
+def test_npz_reader_refuses_pickled_objects(tmp_path):
+    np.savez(tmp_path / "o.npz", o=np.array([{"x": 1}], dtype=object))
+    with pytest.raises(ValueError, match="Python objects"):
+        NpzReader(tmp_path / "o.npz")
+
+
+def test_npz_reader_checks_claimed_sizes_before_reading(tmp_path):
+    # A 100-byte member whose header claims 8 TB: refused from the header, nothing allocated.
+    huge = npy_bytes({"descr": "<i8", "fortran_order": False, "shape": (10**12,)}, b"\0" * 16)
+    zip_with(tmp_path / "h.npz", {"children.npy": huge})
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match="needs 8000000000000 bytes, the archive holds 16"):
+            NpzReader(tmp_path / "h.npz")
+        assert tracemalloc.get_traced_memory()[1] < 1 << 20
+    finally:
+        tracemalloc.stop()
+
+
+def test_npz_reader_refuses_impossible_compression_ratios(tmp_path):
+    f = tmp_path / "r.npz"
+    np.savez_compressed(f, z=np.zeros(10_000, dtype=np.uint8))
+    raw = bytearray(f.read_bytes())
+    with zipfile.ZipFile(f) as z:
+        info = z.infolist()[0]
+    # Claim a far larger uncompressed size in the central directory entry.
+    central = raw.rindex(b"PK\x01\x02")
+    assert struct.unpack_from("<L", raw, central + 24)[0] == info.file_size
+    struct.pack_into("<L", raw, central + 24, info.compress_size * 2000)
+    f.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="more than deflate can expand"):
+        NpzReader(f)
+
+
+def test_npz_reader_notices_hidden_members(tmp_path):
+    # A damaged directory entry can swallow the entries after it: the end record's count tells.
+    f = tmp_path / "m.npz"
+    np.savez(f, a=np.arange(3), b=np.arange(4))
+    raw = bytearray(f.read_bytes())
+    struct.pack_into("<HH", raw, len(raw) - 22 + 8, 3, 3)  # the end record now says 3 members
+    f.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="lists 2 arrays but its end record says 3"):
+        NpzReader(f)
+
+
+@pytest.mark.parametrize(
+    "members,match",
+    [
+        ({"notes.txt": b"hi"}, "not a .npy array"),
+        ({"a.npy": b"\x93NUMPY\x09\x00"}, "format version|magic"),
+        ({"a.npy": npy_bytes({"descr": "<i8", "fortran_order": False, "shape": (2,)}, b"\0" * 8)},
+         "needs 16 bytes, the archive holds 8"),
+        ({"a.npy": b"garbage"}, "magic string"),
+    ],
+)
+def test_npz_reader_refuses_malformed_members(tmp_path, members, match):
+    zip_with(tmp_path / "x.npz", members)
+    with pytest.raises(ValueError, match=match):
+        NpzReader(tmp_path / "x.npz")
+
+
+def test_read_errors_cover_what_damaged_archives_raise(tmp_path):
+    f = tmp_path / "c.npz"
+    np.savez_compressed(f, a=np.arange(1000))
+    raw = f.read_bytes()
+    for data in [b"", raw[:10], raw[: len(raw) // 2], raw[:-1], b"PK" + raw[2:40]]:
+        f.write_bytes(data)
+        with pytest.raises(READ_ERRORS):
+            with NpzReader(f) as z:
+                z.read("a")
+
+
+# ---------------------------------------------------------------------------- strings as arrays
+def test_strings_round_trip_losslessly_as_plain_arrays():
+    strings = ["a\x00", "a", "", "\x00\x00", "\ud800", "\U0001f600", "é"]
+    data, offset = encode_strings(strings)
+    assert data.dtype == np.uint8 and offset.dtype == np.int64 and offset.shape == (len(strings) + 1,)
+    assert decode_strings(data, offset) == strings
+    assert np.array(strings, dtype=str).tolist() != strings  # what a 'U' array would have lost
+    assert decode_strings(*encode_strings([])) == []
+
+
+@pytest.mark.parametrize(
+    "data,offset,match",
+    [
+        (b"abc", [0, 2], "offsets must"),
+        (b"abc", [1, 3], "offsets must"),
+        (b"abc", [0, 2, 1, 3], "offsets must"),
+        (b"abc", [], "offsets must"),
+        (b"a\xffc", [0, 1, 2, 3], "name 1 is not valid UTF-8"),
+    ],
+)
+def test_decode_strings_checks_offsets_and_utf8(data, offset, match):
+    with pytest.raises(ValueError, match=match):
+        decode_strings(np.frombuffer(data, np.uint8), np.array(offset, dtype=np.int64), "name")

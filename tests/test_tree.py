@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import os
 import pickle
+import struct
+import tracemalloc
+import zipfile
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from conftest import named_trees, trees
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from hsoftmax import Tree
-from conftest import named_trees, trees
 
 
 def check_invariants(t: Tree) -> None:
@@ -215,3 +219,225 @@ def test_load_rejects_garbage(tmp_path):
     )
     with pytest.raises(ValueError, match="more than once"):
         Tree.load(tmp_path / "dup.npz")
+
+
+# ---------------------------------------------------------------------------- lossless strings (issue 13)
+ODD_STRINGS = ["a\x00", "a", "", "\x00", "b\x00\x00", "\ud800", "\U0001f600", "é", " a ", "x\ny"]
+
+
+def test_labels_and_names_round_trip_losslessly(tmp_path):
+    t = Tree.huffman([1, 2], labels=["a\x00", "a"])  # saved, then failed to load ("duplicate label")
+    t.save(tmp_path / "t.npz")
+    assert Tree.load(tmp_path / "t.npz").labels == ("a\x00", "a")
+    t = Tree.huffman([1, 2], labels=["a\x00", "b"])  # reloaded as ("a", "b")
+    t.save(tmp_path / "t.npz")
+    assert Tree.load(tmp_path / "t.npz").labels == ("a\x00", "b")
+    # Every odd string, as labels and as node names ("" and None stay apart).
+    V = len(ODD_STRINGS)
+    paths = [[f"n{s}"] for s in ODD_STRINGS[:-1]] + [[]]
+    t = Tree.from_paths(paths, labels=ODD_STRINGS)
+    assert None in t.node_names and "n" in t.node_names and "n\x00" in t.node_names
+    t.save(tmp_path / "t.npz")
+    for u in (Tree.load(tmp_path / "t.npz"), Tree.from_state(t.state()), pickle.loads(pickle.dumps(t))):
+        assert u == t and u.labels == tuple(ODD_STRINGS) and u.node_names == t.node_names
+        assert u.num_classes == V
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.text(st.sampled_from(["\x00", "a", "\ud800", "é"]) | st.characters()), min_size=1,
+                max_size=8, unique=True))
+def test_any_labels_round_trip(labels):
+    t = Tree.balanced(len(labels), labels=labels)
+    assert Tree.from_state(t.state()).labels == tuple(labels)
+
+
+def test_state_is_plain_numbers_and_bytes():
+    # What torch.load(weights_only=True) and safetensors can carry once turned into tensors:
+    # integer, uint8 and bool arrays only (no 'U' strings, no objects).
+    state = Tree.from_paths([["x"], ["x"], []], labels=["a\x00", "b", "c"]).state()
+    assert {"label_bytes", "label_offset", "node_name_bytes", "node_name_offset", "node_named"} <= set(state)
+    for key, a in state.items():
+        assert isinstance(a, np.ndarray) and a.dtype.kind in "iub", key
+    assert bytes(state["label_bytes"]) == b"a\x00bc" and state["label_offset"].tolist() == [0, 2, 3, 4]
+
+
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        ({"node_names": [None, 5]}, r"node_names\[1\] must be a str or None, got int 5"),
+        ({"node_names": [None, 0]}, r"node_names\[1\] must be a str or None"),
+        ({"node_names": [None, b"x"]}, r"node_names\[1\] must be a str or None"),
+        ({"node_names": "ab"}, "not a string"),
+        ({"labels": [0, 1, 2]}, r"labels\[0\] must be a str"),
+        ({"labels": "abc"}, "not a string"),
+    ],
+)
+def test_names_that_are_not_strings_are_refused(kw, match):
+    with pytest.raises(TypeError, match=match):
+        Tree(3, [0, 2, 4], [0, 4, 1, 2], **kw)
+
+
+def test_string_subclasses_become_plain_strings():
+    t = Tree(2, [0, 1, 3], [3, 0, 1], labels=np.array(["a", "b"]), node_names=[None, np.str_("x")])
+    assert all(type(s) is str for s in t.labels) and type(t.node_names[1]) is str
+
+
+def test_load_reads_format_1_files(tmp_path):
+    # Written before labels became bytes: 'U' arrays plus the named mask.
+    np.savez(
+        tmp_path / "v1.npz", format_version=np.array(1), num_classes=np.array(3),
+        child_offset=np.array([0, 2, 4]), children=np.array([4, 2, 0, 1]),
+        labels=np.array(["a", "b", "c"]), node_names=np.array(["", "x"]), node_named=np.array([False, True]),
+    )
+    assert Tree.load(tmp_path / "v1.npz") == Tree.from_paths([["x"], ["x"], []], labels=["a", "b", "c"])
+
+
+# ---------------------------------------------------------------------------- hostile files (issue 13)
+def save_arrays(path, **arrays):
+    defaults = {"format_version": np.array(2), "num_classes": np.array(3),
+                "child_offset": np.array([0, 2, 4]), "children": np.array([4, 2, 0, 1])}
+    np.savez_compressed(path, **{**defaults, **arrays})
+
+
+@pytest.mark.parametrize("V", [100_000_000, 300_000_000, 2**31 - 1])
+def test_small_file_claiming_many_classes_fails_fast_in_small_memory(tmp_path, V):
+    f = tmp_path / "claim.npz"
+    save_arrays(f, num_classes=np.array(V))
+    assert f.stat().st_size < 2048
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=rf"'children' has 4 entries, but a tree of {V} classes"):
+            Tree.load(f)
+        # The constructor itself costs memory in proportion to the children it was given.
+        with pytest.raises(ValueError, match="class 3 is missing"):
+            Tree(V, [0, 3], [0, 1, 2])
+        assert tracemalloc.get_traced_memory()[1] < 1 << 20
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize(
+    "arrays,match",
+    [
+        ({"num_classes": np.array(3e8)}, "'num_classes' must be 0-D integers, got float64"),
+        ({"num_classes": np.array(2**40)}, "too large"),
+        ({"num_classes": np.array(-1)}, "num_classes must be >= 1"),
+        ({"num_classes": np.array([3])}, "'num_classes' must be 0-D"),
+        ({"children": np.array([4.0, 2, 0, 1])}, "'children' must be 1-D integers"),
+        ({"child_offset": np.array([0])}, "needs a root"),
+        ({"format_version": np.array(7)}, "unsupported tree format version 7"),
+        ({"label_bytes": np.frombuffer(b"abc", np.uint8).copy()}, "'label_bytes' without 'label_offset'"),
+        ({"label_bytes": np.frombuffer(b"abc", np.uint8).copy(), "label_offset": np.array([0, 1, 2])},
+         "'label_offset' has 3 entries, but a tree of 3 classes and 2 internal nodes has 4"),
+        ({"label_bytes": np.frombuffer(b"abc", np.uint8).copy(), "label_offset": np.array([0, 2, 1, 3])},
+         "label offsets must"),
+        ({"label_bytes": np.array([97, 0xFF, 98], np.uint8), "label_offset": np.array([0, 1, 2, 3])},
+         "label 1 is not valid UTF-8"),
+        ({"label_bytes": np.array([97, 98, 99], np.int16), "label_offset": np.array([0, 1, 2, 3])},
+         "'label_bytes' must be 1-D uint8 bytes"),
+        ({"node_name_bytes": np.frombuffer(b"rx", np.uint8).copy(), "node_name_offset": np.array([0, 1, 2]),
+          "node_named": np.array([False, True])}, "internal node 0 is marked unnamed but has a name"),
+        ({"labels": np.array(["a", "b", "c"])}, "format 2 has 'labels'"),
+        ({"extra": np.array(1)}, "unexpected array 'extra'"),
+        ({"children": np.array([4, 2, 0, 0])}, "class 0 appears more than once"),
+    ],
+)
+def test_load_checks_every_array(tmp_path, arrays, match):
+    save_arrays(tmp_path / "t.npz", **arrays)
+    with pytest.raises(ValueError, match="not a readable hsoftmax tree file") as e:
+        Tree.load(tmp_path / "t.npz")
+    assert "t.npz" in str(e.value)
+    assert e.match(match)
+
+
+def saved_tree_bytes(tmp_path) -> tuple[Tree, bytes]:
+    t = Tree.from_paths([["x", "y"], ["x"], [], ["z"]], labels=["a\x00", "b", "\ud800c", ""])
+    t.save(tmp_path / "t.npz")
+    return t, (tmp_path / "t.npz").read_bytes()
+
+
+def test_load_of_empty_truncated_or_damaged_files_names_the_file(tmp_path):
+    _, raw = saved_tree_bytes(tmp_path)
+    f = tmp_path / "bad.npz"
+    cases = {
+        "empty": b"", "a few bytes": raw[:3], "half": raw[: len(raw) // 2], "no end record": raw[:-22],
+        "last byte cut": raw[:-1], "data flipped": raw[:100] + bytes([raw[100] ^ 0x10]) + raw[101:],
+        "zeros": bytes(len(raw)),
+    }
+    for what, data in cases.items():
+        f.write_bytes(data)
+        with pytest.raises(ValueError, match=r"'.*bad\.npz' is not a readable hsoftmax tree file: ") as e:
+            Tree.load(f)
+        assert type(e.value) is ValueError, what
+    with pytest.raises(ValueError, match="not a readable"):
+        Tree.load(tmp_path / "missing.npz")
+    with pytest.raises(ValueError, match="not a readable"):
+        Tree.load(tmp_path)  # a directory
+
+
+def test_a_damaged_directory_cannot_hide_the_labels(tmp_path):
+    # A directory entry whose comment length is damaged swallows the entries after it; zipfile
+    # then lists fewer arrays, which read as a valid tree without its labels or node names.
+    _, raw = saved_tree_bytes(tmp_path)
+    with zipfile.ZipFile(tmp_path / "t.npz") as z:
+        start, names = z.start_dir, [i.filename for i in z.infolist()]
+    entry = start  # walk the directory entries to the one of label_bytes.npy
+    for name in names:
+        name_len, extra_len, comment_len = struct.unpack_from("<3H", raw, entry + 28)
+        if name == "label_bytes.npy":
+            break
+        entry += 46 + name_len + extra_len + comment_len
+    swallow = len(raw) - 22 - (entry + 46 + name_len + extra_len)  # up to the end record
+    damaged = bytearray(raw)
+    struct.pack_into("<H", damaged, entry + 32, swallow)
+    f = tmp_path / "hidden.npz"
+    f.write_bytes(bytes(damaged))
+    with zipfile.ZipFile(f) as z:
+        assert "label_bytes.npy" in z.namelist() and "node_named.npy" not in z.namelist()
+    with pytest.raises(ValueError, match="end record says 9"):
+        Tree.load(f)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_fuzz_truncations_and_bit_flips_end_in_value_error_or_the_same_tree(tmp_path, data):
+    # Each case is either a ValueError naming the file, or (a flip in a field nothing reads, such
+    # as a timestamp) exactly the saved tree: never another exception, never a different tree.
+    t, raw = FUZZ_TREE
+    if data.draw(st.booleans(), label="truncate"):
+        damaged = raw[: data.draw(st.integers(0, len(raw) - 1), label="keep")]
+    else:
+        b = bytearray(raw)
+        bits = data.draw(st.lists(st.integers(0, 8 * len(raw) - 1), min_size=1, max_size=3), label="bits")
+        for bit in bits:
+            b[bit // 8] ^= 1 << (bit % 8)
+        damaged = bytes(b)
+    f = tmp_path / "fuzz.npz"
+    f.write_bytes(damaged)
+    try:
+        u = Tree.load(f)
+    except ValueError as e:
+        assert "fuzz.npz" in str(e)
+    else:
+        assert u == t
+
+
+def _fuzz_tree() -> tuple[Tree, bytes]:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        from pathlib import Path
+
+        return saved_tree_bytes(Path(d))
+
+
+FUZZ_TREE = _fuzz_tree()
+
+
+def test_state_as_tensors_survives_torch_load_weights_only(tmp_path):
+    # The layer's checkpoint can carry the state as tensors: torch's default, pickle-free
+    # torch.load(weights_only=True) reads them back, and from_state takes them as they come.
+    torch = pytest.importorskip("torch")
+    t = Tree.from_paths([["x\x00"], ["x\x00"], []], labels=["a\x00", "a", "\ud800"])
+    torch.save({k: torch.as_tensor(v) for k, v in t.state().items()}, tmp_path / "t.pt")
+    assert Tree.from_state(torch.load(tmp_path / "t.pt", weights_only=True)) == t

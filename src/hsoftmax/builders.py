@@ -22,7 +22,10 @@ too, so that this module depends on nothing but numpy.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import numbers
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -34,10 +37,28 @@ __all__ = [
     "two_level",
     "from_paths",
     "check_counts",
+    "scale_counts",
+    "split_counts",
+    "check_index",
     "check_num_classes",
+    "check_fits_in_memory",
     "check_labels",
     "concat_ranges",
+    "MAX_CLASSES",
+    "MAX_NODES",
 ]
+
+# Class and internal-node ids are int32 in the padded decision arrays (and word2vec's word ids are
+# int32): a tree with more than 2**31 - 1 of either could not be served, so it is refused before
+# anything is built.
+MAX_CLASSES = 2**31 - 1
+MAX_NODES = 2**31 - 1
+
+# Peak bytes per class of building a Tree (tracemalloc, numpy 2.4, V = 2e6, the Tree's validation
+# and derived arrays included: measured 194, 154 and 57), plus a 10-20% margin. Used only to
+# refuse, up front, a tree that needs more than all of the machine's memory:
+# ``Tree.balanced(2**30)`` would otherwise run until the out-of-memory killer ends the process.
+_PEAK_BYTES_PER_CLASS = {"huffman": 220, "balanced": 170, "two_level": 70}
 
 
 class TreeArrays(NamedTuple):
@@ -52,10 +73,33 @@ class TreeArrays(NamedTuple):
 
 # ---------------------------------------------------------------------------- value checks
 def check_counts(counts: Any, name: str = "counts") -> np.ndarray:
-    """``counts`` as a 1-D float64 array of finite, non-negative values (at least one)."""
-    c = np.asarray(counts, dtype=np.float64)
+    """``counts`` as a 1-D float64 array of finite, non-negative values (at least one).
+
+    Any iterable of real numbers is accepted: a list, tuple, numpy array (of any integer or float
+    dtype), tensor, generator, ``dict.values()`` or list of numpy scalars. Not accepted: strings,
+    booleans, sets (no order says which count is which class's) and mappings (the builders turn a
+    ``label -> count`` mapping into labels and counts with :func:`split_counts` first).
+    """
+    if isinstance(counts, (str, bytes)):
+        raise TypeError(f"{name} must be an iterable of numbers, got {type(counts).__name__}")
+    if isinstance(counts, (AbstractSet, Mapping)):
+        raise TypeError(
+            f"{name} must be an ordered iterable of numbers (count i is class i's), got a "
+            f"{type(counts).__name__}"
+        )
+    if not isinstance(counts, Sequence) and not hasattr(counts, "__array__"):
+        if not isinstance(counts, Iterable):
+            raise TypeError(f"{name} must be an iterable of numbers, got {type(counts).__name__}")
+        counts = list(counts)  # a generator or a dict view: numpy needs a sequence
+    c = np.asarray(counts)
+    if c.dtype == object:
+        c = _object_counts(c, name)
     if c.ndim != 1:
         raise ValueError(f"{name} must be a 1-D sequence, got shape {c.shape}")
+    is_real = np.issubdtype(c.dtype, np.integer) or np.issubdtype(c.dtype, np.floating)
+    if c.size and (c.dtype == np.bool_ or not is_real):
+        raise TypeError(f"{name} must be real numbers, got {c.dtype} values such as {c.ravel()[0]!r}")
+    c = c.astype(np.float64)
     if c.size == 0:
         raise ValueError(f"{name} is empty: a tree needs at least one class")
     if not np.all(np.isfinite(c)):
@@ -67,25 +111,99 @@ def check_counts(counts: Any, name: str = "counts") -> np.ndarray:
     return c
 
 
+def _object_counts(c: np.ndarray, name: str) -> np.ndarray:
+    """An object array (``Fraction``, ``Decimal``, ``None``, mixed types) as floats, or a clear error."""
+    flat = c.ravel()
+    for i, x in enumerate(flat.tolist()):
+        if isinstance(x, bool) or not isinstance(x, numbers.Real):
+            raise TypeError(f"{name}[{i}] is not a real number: {x!r}")
+    return np.array([float(x) for x in flat.tolist()], dtype=np.float64).reshape(c.shape)
+
+
+def split_counts(counts: Any, labels: Sequence[str] | None) -> tuple[Any, Sequence[str] | None]:
+    """``(counts, labels)``, where a mapping ``label -> count`` (a ``collections.Counter``, a
+    dict) gives both: its keys are the labels, in the mapping's order, its values the counts."""
+    if not isinstance(counts, Mapping):
+        return counts, labels
+    if labels is not None:
+        raise TypeError(
+            "counts is a mapping (label -> count), which names the classes itself: pass labels=None, "
+            "or pass the counts as a sequence in the order of labels"
+        )
+    keys = list(counts.keys())
+    for key in keys:
+        if not isinstance(key, str):
+            raise TypeError(
+                f"counts is a mapping, so its keys are the class labels and must be strings; got {key!r}"
+            )
+    return [counts[k] for k in keys], keys
+
+
+def check_index(value: Any, name: str, minimum: int) -> int:
+    """An integer argument (any ``numbers.Integral`` such as ``np.int64``, never a ``bool``, a
+    float or a string) that is at least ``minimum``, as a Python int."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    value = int(value)
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
 def check_num_classes(num_classes: Any) -> int:
-    """A positive int (``bool`` is refused: ``True`` classes is a bug, not 1)."""
-    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)):
-        raise TypeError(f"num_classes must be an int, got {type(num_classes).__name__}")
-    if num_classes < 1:
-        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    return int(num_classes)
+    """A positive int, at most :data:`MAX_CLASSES` (``bool`` is refused: ``True`` classes is a bug, not 1)."""
+    V = check_index(num_classes, "num_classes", 1)
+    if V > MAX_CLASSES:
+        raise ValueError(
+            f"num_classes={V} is too large: class ids are int32, so a tree has at most {MAX_CLASSES} classes"
+        )
+    return V
+
+
+def check_fits_in_memory(num_classes: int, builder: str) -> None:
+    """Refuse, before allocating anything, a build that needs more than the machine's memory."""
+    available = _memory_bytes()
+    need = num_classes * _PEAK_BYTES_PER_CLASS[builder]
+    if available is not None and need > available:
+        raise ValueError(
+            f"a {builder} tree over {num_classes} classes needs about {need / 2**30:.1f} GiB to build, "
+            f"more than this machine's {available / 2**30:.1f} GiB of memory"
+        )
+
+
+def _memory_bytes() -> int | None:
+    """Physical memory, or the cgroup's limit when that is lower; ``None`` where unknown."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            limit = f.read().strip()
+        if limit.isdigit():
+            total = min(total, int(limit))
+    except OSError:
+        pass
+    return total if total > 0 else None
 
 
 def check_labels(labels: Sequence[str] | None, num_classes: int) -> tuple[str, ...] | None:
-    """``num_classes`` unique strings as a tuple, or ``None``."""
+    """``num_classes`` unique strings as a tuple of plain ``str``, or ``None``.
+
+    Only strings, so that a label comes back from a saved file exactly as it went in (a number
+    ``5`` would come back as ``'5'``); a subclass such as ``numpy.str_`` becomes a plain ``str``.
+    """
     if labels is None:
         return None
+    if isinstance(labels, (str, bytes)):
+        raise TypeError("labels must be a sequence of strings, not a string")
     labels = tuple(labels)
     if len(labels) != num_classes:
         raise ValueError(f"got {len(labels)} labels for {num_classes} classes")
     for i, lab in enumerate(labels):
         if not isinstance(lab, str):
-            raise TypeError(f"labels[{i}] must be a str, got {type(lab).__name__}")
+            raise TypeError(f"labels[{i}] must be a str, got {type(lab).__name__} {lab!r}")
+    labels = tuple(str.__str__(lab) for lab in labels)
     if len(set(labels)) != num_classes:
         seen: set[str] = set()
         for lab in labels:
@@ -95,12 +213,10 @@ def check_labels(labels: Sequence[str] | None, num_classes: int) -> tuple[str, .
     return labels
 
 
-def _check_arity(arity: Any) -> int:
-    if isinstance(arity, bool) or not isinstance(arity, (int, np.integer)):
-        raise TypeError(f"arity must be an int, got {type(arity).__name__}")
-    if arity < 2:
-        raise ValueError(f"arity must be >= 2, got {arity}")
-    return int(arity)
+def _check_arity(arity: Any, num_classes: int) -> int:
+    # More children than classes builds the same tree as ``num_classes`` children; clamping keeps
+    # an absurd arity (10**30) from overflowing the int64 arithmetic.
+    return min(check_index(arity, "arity", 2), max(num_classes, 2))
 
 
 def concat_ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
@@ -136,9 +252,12 @@ def huffman(counts: Any, arity: int = 2, labels: Sequence[str] | None = None) ->
 
     See :meth:`hsoftmax.Tree.huffman`.
     """
-    c = check_counts(counts)
-    k = _check_arity(arity)
+    counts, labels = split_counts(counts, labels)
+    c = scale_counts(check_counts(counts))
     V = c.size
+    k = _check_arity(arity, V)
+    check_num_classes(V)
+    check_fits_in_memory(V, "huffman")
     if V == 1:
         return _single_class(labels)
     order = np.argsort(c, kind="stable")
@@ -184,7 +303,8 @@ def huffman(counts: Any, arity: int = 2, labels: Sequence[str] | None = None) ->
 def balanced(num_classes: int, arity: int = 2, labels: Sequence[str] | None = None) -> TreeArrays:
     """A complete ``arity``-ary tree over classes in index order. See :meth:`hsoftmax.Tree.balanced`."""
     V = check_num_classes(num_classes)
-    k = _check_arity(arity)
+    k = _check_arity(arity, V)
+    check_fits_in_memory(V, "balanced")
     if V == 1:
         return _single_class(labels)
     # Split [0, V) into k near-equal contiguous ranges, level by level.
@@ -220,11 +340,12 @@ def two_level(
 ) -> TreeArrays:
     """Root -> clusters -> classes. See :meth:`hsoftmax.Tree.two_level`."""
     V = check_num_classes(num_classes)
-    C = math.isqrt(V - 1) + 1 if num_clusters is None else num_clusters
-    if isinstance(C, bool) or not isinstance(C, (int, np.integer)):
-        raise TypeError(f"num_clusters must be an int, got {type(C).__name__}")
-    if not 1 <= C <= V:
+    check_fits_in_memory(V, "two_level")
+    C = math.isqrt(V - 1) + 1 if num_clusters is None else check_index(num_clusters, "num_clusters", 1)
+    if C > V:
         raise ValueError(f"num_clusters must be in [1, num_classes={V}], got {C}")
+    if counts is not None:
+        counts, labels = split_counts(counts, labels)
     order, cluster = _cluster_classes(V, C, counts)
     _, cluster = np.unique(cluster, return_inverse=True)  # drop clusters left empty
     C = int(cluster.max()) + 1
@@ -233,15 +354,30 @@ def two_level(
     return _from_edges(V, C + 1, nodes, kids, labels)
 
 
+def scale_counts(c: np.ndarray) -> np.ndarray:
+    """``c`` times a power of two that brings its maximum into ``[0.5, 1)``.
+
+    Sums of the scaled counts stay below ``len(c)``, so they cannot overflow (``[1e308] * 10``
+    sums to ``inf``), and scaling by a power of two is exact, so every comparison and sum the
+    builders make gives the same answer as on the original counts.
+    """
+    top = float(c.max())
+    if top == 0.0:
+        return c
+    return np.ldexp(c, -math.frexp(top)[1])
+
+
 def _cluster_classes(V: int, C: int, counts: Any) -> tuple[np.ndarray, np.ndarray]:
     """``(order, cluster)``: the classes in cluster order and the cluster of each, in that order.
 
-    Without counts: contiguous clusters of near-equal size. With counts: classes sorted by
-    frequency and cut where the probability mass before them crosses a multiple of ``1/C``.
+    Without counts: contiguous clusters of near-equal size. With counts: classes with a positive
+    count sorted by frequency and cut where the probability mass before them crosses a multiple
+    of ``1/C``; the classes with a zero count (no mass to bin by) follow in index order, spread
+    over the clusters by :func:`_spread_evenly`.
     """
     if counts is None:
         return np.arange(V), (np.arange(V) * C) // V
-    c = check_counts(counts)
+    c = scale_counts(check_counts(counts))
     if c.size != V:
         raise ValueError(f"counts has {c.size} entries for {V} classes")
     order = np.argsort(-c, kind="stable")
@@ -249,8 +385,36 @@ def _cluster_classes(V: int, C: int, counts: Any) -> tuple[np.ndarray, np.ndarra
     total = w.sum()
     if total <= 0:
         return order, (np.arange(V) * C) // V
+    num_positive = int(np.count_nonzero(w))
+    w = w[:num_positive]
     before = np.cumsum(w) - w  # mass strictly before each class
-    return order, np.minimum((before * C / total).astype(np.int64), C - 1)
+    cluster = np.minimum((before * C / total).astype(np.int64), C - 1)
+    zeros = _spread_evenly(np.bincount(cluster, minlength=C), V - num_positive)
+    return order, np.concatenate([cluster, zeros])
+
+
+def _spread_evenly(sizes: np.ndarray, extra: int) -> np.ndarray:
+    """The cluster of each of ``extra`` added classes, filling the smallest clusters first.
+
+    Water-filling: every cluster is raised to a common level ``L`` (the smallest one that takes
+    them all), so the largest cluster is as small as it can be (the device path pads every cluster
+    to the largest). A cluster already above the level gets none; the few left over once all are
+    at ``L - 1`` go to the last clusters, which hold the rarest classes.
+    """
+    if extra == 0:
+        return np.zeros(0, dtype=np.int64)
+    lo, hi = 0, int(sizes.max()) + extra  # room(hi) >= extra
+    while lo < hi:  # smallest L with room(L) >= extra, room(L) = sum(max(L - size, 0))
+        mid = (lo + hi) // 2
+        if int(np.maximum(mid - sizes, 0).sum()) >= extra:
+            hi = mid
+        else:
+            lo = mid + 1
+    fill = np.maximum(lo - 1 - sizes, 0)
+    left = extra - int(fill.sum())  # 1 <= left <= clusters at level L - 1 (L is the smallest level)
+    at_level = np.flatnonzero(sizes + fill == lo - 1)
+    fill[at_level[at_level.size - left :]] += 1
+    return np.repeat(np.arange(sizes.size), fill)
 
 
 def from_paths(paths: Sequence[Sequence[str]], labels: Sequence[str] | None = None) -> TreeArrays:

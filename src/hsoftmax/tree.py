@@ -29,20 +29,50 @@ portable ``.npz`` file (no pickle) holding :meth:`Tree.state`.
 from __future__ import annotations
 
 import functools
+import numbers
 import operator
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from . import builders
-from .builders import check_counts, check_labels, check_num_classes, concat_ranges
-from .files import atomic_path
+from .builders import (
+    MAX_NODES,
+    check_counts,
+    check_labels,
+    check_num_classes,
+    concat_ranges,
+    scale_counts,
+)
+from .files import READ_ERRORS, NpzReader, atomic_path, decode_strings, encode_strings
 
 __all__ = ["Tree"]
 
-_FORMAT_VERSION = 1
+# 2: labels and node names as UTF-8 bytes plus offsets (1 stored numpy 'U' arrays, which drop
+# trailing NUL characters).
+_FORMAT_VERSION = 2
+
+# key -> (dtype kinds, ndim) of every array a tree's state may hold ("u1": exactly uint8).
+_STATE_ARRAYS = {
+    "format_version": ("iu", 0),
+    "num_classes": ("iu", 0),
+    "child_offset": ("iu", 1),
+    "children": ("iu", 1),
+    "label_bytes": ("u1", 1),
+    "label_offset": ("iu", 1),
+    "node_name_bytes": ("u1", 1),
+    "node_name_offset": ("iu", 1),
+    "node_named": ("b", 1),
+    "labels": ("U", 1),  # format 1
+    "node_names": ("U", 1),  # format 1
+}
+# Keys that come together, per format version.
+_STATE_GROUPS = {
+    1: [("labels",), ("node_names", "node_named")],
+    2: [("label_bytes", "label_offset"), ("node_name_bytes", "node_name_offset", "node_named")],
+}
 
 
 def _readonly(a: np.ndarray) -> np.ndarray:
@@ -92,12 +122,15 @@ class Tree:
         child_offset: ``(num_nodes + 1,)`` CSR offsets into ``children``.
         children: refs (class ``c`` -> ``c``, internal node ``j`` -> ``num_classes + j``); node 0 is
             the root. Any numbering of internal nodes is accepted; it is renumbered breadth-first.
-        labels: optional class names (unique strings).
-        node_names: optional internal-node names (``None`` for unnamed nodes).
+        labels: optional class names (unique ``str``: any string, saved and loaded losslessly).
+        node_names: optional internal-node names (``str``, or ``None`` for unnamed nodes).
 
     Raises:
         ValueError: a class or node is missing, duplicated, unreachable (an orphan or a cycle),
-            a node has no children, or labels/names clash.
+            a node has no children, labels/names clash, or there are more than ``2**31 - 1``
+            classes or nodes (ids are int32 downstream).
+        TypeError: ``num_classes`` is not an integer, the arrays are not integers, or a label or
+            node name is not a ``str``.
     """
 
     def __init__(
@@ -112,6 +145,8 @@ class Tree:
         off, ch = _as_index_arrays(child_offset, children)
         _check_offsets(off, ch)
         N = off.size - 1
+        if N > MAX_NODES:
+            raise ValueError(f"{N} internal nodes is too many: node ids are int32 (at most {MAX_NODES})")
         _check_each_ref_once(ch, V, N)
         labels_t = check_labels(labels, V)
         names = _node_names_tuple(node_names, N)
@@ -135,6 +170,11 @@ class Tree:
         This is word2vec's and fastText's tree (``arity=2``); ``arity=k`` builds the optimal
         k-ary code. The expected code length under ``counts`` is minimal. Ties are broken by class
         index, so the tree is deterministic.
+
+        ``counts`` is any iterable of non-negative real numbers (list, numpy array, generator,
+        ``dict.values()``), count ``i`` being class ``i``'s; or a mapping ``label -> count`` such
+        as a ``collections.Counter``, whose keys become the labels (in the mapping's order; then
+        ``labels`` must be ``None``). ``arity`` is any integer (``numbers.Integral``).
 
         >>> t = Tree.huffman([10, 1, 1, 1, 1])
         >>> [len(t.path(i)[0]) for i in range(5)]
@@ -169,6 +209,10 @@ class Tree:
         frequency and binned so that every cluster holds roughly equal probability mass
         (frequent classes get small clusters), as in Mikolov et al.'s class-based RNNLM. A class
         heavier than one cluster's share gets a cluster to itself, so there may be fewer clusters.
+        Classes with a zero count carry no mass to bin by: they are spread over the clusters,
+        smallest clusters first, so that the largest cluster stays as small as possible.
+        ``counts`` is accepted in the forms :meth:`huffman` takes (a ``label -> count`` mapping
+        included).
 
         >>> t = Tree.two_level(100)
         >>> t.num_nodes, t.depth        # root + 10 clusters
@@ -198,44 +242,49 @@ class Tree:
 
     # ------------------------------------------------------------------ state, save / load
     def state(self) -> dict[str, np.ndarray]:
-        """The arrays that define the tree: what :meth:`save` writes, for embedding in other files."""
+        """The arrays that define the tree: what :meth:`save` writes, for embedding in other files.
+
+        Plain integer, ``uint8`` and ``bool`` arrays, nothing that needs pickle. Labels and node
+        names are stored losslessly as UTF-8 bytes (``surrogatepass``, so that any ``str``, even
+        one with a lone surrogate, comes back as it went in) plus ``(n + 1,)`` offsets:
+        ``label_bytes[label_offset[i]:label_offset[i + 1]]`` is label ``i``. ``node_named`` says
+        which internal nodes have a name (an unnamed one has an empty slice).
+        """
         out = {
-            "format_version": np.array(_FORMAT_VERSION),
-            "num_classes": np.array(self._num_classes),
+            "format_version": np.array(_FORMAT_VERSION, dtype=np.int64),
+            "num_classes": np.array(self._num_classes, dtype=np.int64),
             "child_offset": np.array(self._child_offset),
             "children": np.array(self._children),
         }
         if self._labels is not None:
-            out["labels"] = np.array(self._labels, dtype=str)
+            out["label_bytes"], out["label_offset"] = encode_strings(self._labels)
         if self._node_names is not None:
-            # npz holds no None: names as strings plus a mask of which nodes are named.
-            out["node_names"] = np.array([n or "" for n in self._node_names], dtype=str)
-            out["node_named"] = np.array([n is not None for n in self._node_names])
+            names = (n or "" for n in self._node_names)
+            out["node_name_bytes"], out["node_name_offset"] = encode_strings(names)
+            out["node_named"] = np.array([n is not None for n in self._node_names], dtype=bool)
         return out
 
     @classmethod
-    def from_state(cls, data: dict[str, Any]) -> Tree:
-        """Inverse of :meth:`state`; the arrays are validated like any new tree."""
-        for key in ("format_version", "num_classes", "child_offset", "children"):
-            if key not in data:
-                raise ValueError(f"tree data is missing {key!r}")
-        version = int(np.asarray(data["format_version"]))
-        if version != _FORMAT_VERSION:
-            raise ValueError(f"unsupported tree format version {version}")
-        labels = None
-        if "labels" in data:
-            labels = [str(s) for s in np.asarray(data["labels"]).tolist()]
-        names = None
-        if "node_names" in data:
-            named = np.asarray(data["node_named"]).tolist()
-            names = [str(s) if ok else None for s, ok in zip(np.asarray(data["node_names"]).tolist(), named)]
-        return cls(
-            int(np.asarray(data["num_classes"])),
-            np.asarray(data["child_offset"]),
-            np.asarray(data["children"]),
-            labels=labels,
-            node_names=names,
-        )
+    def from_state(cls, data: Mapping[str, Any]) -> Tree:
+        """Inverse of :meth:`state` (keys it does not know are ignored).
+
+        Every array's dtype and shape is checked against the claimed sizes before anything
+        proportional to them is built, so a few bytes claiming ``num_classes=10**8`` fail at once;
+        then the arrays are validated like any new tree. Also reads format 1 (labels and names as
+        numpy ``'U'`` arrays, as written before format 2).
+        """
+        arrays = {k: np.asarray(v) for k, v in data.items() if k in _STATE_ARRAYS}
+        layout = {k: (a.dtype, a.shape) for k, a in arrays.items()}
+        version, V = _check_state_layout(layout, arrays.__getitem__)
+        if version == 1:
+            labels, names = _strings_v1(arrays)
+        else:
+            labels = names = None
+            if "label_bytes" in arrays:
+                labels = decode_strings(arrays["label_bytes"], arrays["label_offset"], "label")
+            if "node_name_bytes" in arrays:
+                names = _decode_names(arrays)
+        return cls(V, arrays["child_offset"], arrays["children"], labels=labels, node_names=names)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write :meth:`state` to a portable ``.npz`` file (no pickle), atomically.
@@ -251,13 +300,25 @@ class Tree:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Tree:
-        """Read a tree written by :meth:`save` (:meth:`from_state` of the file's arrays)."""
+        """Read a tree written by :meth:`save` (:meth:`from_state` of the file's arrays).
+
+        The file is not trusted: its array headers are checked against each other and against the
+        archive before any data is read (a small file costs small memory), and any problem, from
+        a truncated or bit-flipped archive to arrays that do not form a tree, is one ``ValueError``
+        naming the file.
+        """
+        name = os.fspath(path)
         try:
-            with np.load(os.fspath(path), allow_pickle=False) as z:
-                data = {k: z[k] for k in z.files}
-        except (OSError, ValueError) as e:
-            raise ValueError(f"{os.fspath(path)!r} is not a readable hsoftmax tree file: {e}") from e
-        return cls.from_state(data)
+            with NpzReader(name) as z:
+                unknown = sorted(set(z.headers) - set(_STATE_ARRAYS))
+                if unknown:
+                    raise ValueError(f"unexpected array {unknown[0]!r}")
+                layout = {k: (h.dtype, h.shape) for k, h in z.headers.items()}
+                _check_state_layout(layout, z.read)
+                data = {k: z.read(k) for k in z.headers}
+            return cls.from_state(data)
+        except READ_ERRORS + (TypeError,) as e:
+            raise ValueError(f"{name!r} is not a readable hsoftmax tree file: {e}") from e
 
     def __getstate__(self) -> dict[str, Any]:
         return self.state()
@@ -352,7 +413,7 @@ class Tree:
     def path(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """``(nodes, choices)``: internal nodes from the root down to class ``i``'s parent and the
         child index taken at each (single-child nodes included)."""
-        if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
+        if isinstance(i, bool) or not isinstance(i, numbers.Integral):
             raise TypeError(f"class index must be an int, got {type(i).__name__}")
         if not 0 <= i < self._num_classes:
             raise ValueError(f"class {i} is out of range [0, {self._num_classes})")
@@ -380,10 +441,13 @@ class Tree:
 
     def expected_code_length(self, counts: Any) -> float:
         """Mean number of edges from the root to a class, weighted by ``counts``."""
-        c = check_counts(counts)
+        c = scale_counts(check_counts(counts))  # scaled: a sum of huge counts must not overflow
         if c.size != self._num_classes:
             raise ValueError(f"counts has {c.size} entries for {self._num_classes} classes")
-        return float((c * self.class_depth).sum() / c.sum())
+        total = c.sum()
+        if total == 0:
+            raise ValueError("counts are all zero: there is no mean to take")
+        return float((c * self.class_depth).sum() / total)
 
     # ------------------------------------------------------------------ identity
     def __eq__(self, other: object) -> bool:
@@ -433,34 +497,61 @@ def _check_offsets(off: np.ndarray, ch: np.ndarray) -> None:
 
 
 def _check_each_ref_once(ch: np.ndarray, V: int, N: int) -> None:
-    """Every class and every non-root node is a child exactly once; the root never is."""
+    """Every class and every non-root node is a child exactly once; the root never is.
+
+    Costs memory in proportion to ``ch``, never to the claimed ``V``: a small file claiming
+    ``num_classes=10**8`` must fail fast, not allocate a count per claimed class.
+    """
     if ch.size and (ch.min() < 0 or ch.max() >= V + N):
         bad = int(ch[(ch < 0) | (ch >= V + N)][0])
         raise ValueError(f"child ref {bad} is out of range [0, {V + N})")
-    seen = np.bincount(ch, minlength=V + N)
-    if np.any(seen[:V] > 1):
-        i = int(np.flatnonzero(seen[:V] > 1)[0])
-        raise ValueError(f"class {i} appears more than once (duplicate leaf)")
-    if np.any(seen[:V] == 0):
-        i = int(np.flatnonzero(seen[:V] == 0)[0])
-        raise ValueError(f"class {i} is missing from the tree")
-    if seen[V] != 0:
-        raise ValueError("the root (internal node 0) appears as a child: the tree has a cycle")
-    if np.any(seen[V + 1 :] > 1):
-        j = int(np.flatnonzero(seen[V + 1 :] > 1)[0]) + 1
-        raise ValueError(f"internal node {j} has more than one parent")
-    if np.any(seen[V + 1 :] == 0):
-        j = int(np.flatnonzero(seen[V + 1 :] == 0)[0]) + 1
-        raise ValueError(f"internal node {j} is an orphan: no parent points to it")
+    if ch.size == V + N - 1:  # the size a valid tree has: a count per ref costs no more than ch
+        seen = np.bincount(ch, minlength=V + N)
+        if np.all(seen[:V] == 1) and seen[V] == 0 and np.all(seen[V + 1 :] == 1):
+            return
+    raise ValueError(_first_ref_problem(ch, V, N))
+
+
+def _first_ref_problem(ch: np.ndarray, V: int, N: int) -> str:
+    """What is wrong with refs that are not each class and non-root node exactly once, checked in a
+    fixed order (duplicate class, missing class, root as a child, two parents, orphan), from the
+    sorted distinct refs only."""
+    refs, times = np.unique(ch, return_counts=True)
+    is_class = refs < V
+    dup = refs[is_class & (times > 1)]
+    if dup.size:
+        return f"class {int(dup[0])} appears more than once (duplicate leaf)"
+    classes = refs[is_class]
+    if classes.size < V:
+        gaps = np.flatnonzero(classes != np.arange(classes.size))
+        return f"class {int(gaps[0]) if gaps.size else classes.size} is missing from the tree"
+    if np.any(refs == V):
+        return "the root (internal node 0) appears as a child: the tree has a cycle"
+    nodes, node_times = refs[refs > V] - V, times[refs > V]
+    if np.any(node_times > 1):
+        return f"internal node {int(nodes[node_times > 1][0])} has more than one parent"
+    gaps = np.flatnonzero(nodes != np.arange(1, nodes.size + 1))
+    orphan = int(gaps[0]) + 1 if gaps.size else nodes.size + 1
+    return f"internal node {orphan} is an orphan: no parent points to it"
 
 
 def _node_names_tuple(node_names: Sequence[str | None] | None, N: int) -> tuple[str | None, ...] | None:
+    """The names as a tuple of ``str`` (plain ``str``, not a subclass) or ``None``.
+
+    Only strings: a name must come back from :meth:`Tree.save` as it went in, and ``5`` would
+    come back as ``'5'``.
+    """
     if node_names is None:
         return None
+    if isinstance(node_names, (str, bytes)):
+        raise TypeError("node_names must be a sequence of names, not a string")
     names = tuple(node_names)
     if len(names) != N:
         raise ValueError(f"got {len(names)} node names for {N} internal nodes")
-    return names
+    for j, name in enumerate(names):
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"node_names[{j}] must be a str or None, got {type(name).__name__} {name!r}")
+    return tuple(None if n is None else str.__str__(n) for n in names)
 
 
 def _breadth_first_order(off: np.ndarray, ch: np.ndarray, V: int) -> np.ndarray:
@@ -513,6 +604,74 @@ def _check_node_names(names: tuple[str | None, ...], labels: tuple[str, ...] | N
         clash = set(named) & set(labels)
         if clash:
             raise ValueError(f"label {sorted(clash)[0]!r} is also used as an internal node name")
+
+
+# ---------------------------------------------------------------------------- state layout and strings
+def _check_state_layout(
+    layout: Mapping[str, tuple[np.dtype, tuple[int, ...]]], read: Callable[[str], np.ndarray]
+) -> tuple[int, int]:
+    """``(format_version, num_classes)`` once every array's dtype and shape fits the claimed sizes.
+
+    Looks at dtypes and shapes only (``read`` fetches the two scalars), so it costs nothing
+    however large the claimed sizes are: after it, every array is as long as ``num_classes`` and
+    the number of internal nodes say, and those are bounded by the data actually present.
+    """
+    for key in ("format_version", "num_classes", "child_offset", "children"):
+        if key not in layout:
+            raise ValueError(f"tree data is missing {key!r}")
+    for key, (dtype, shape) in layout.items():
+        kinds, ndim = _STATE_ARRAYS[key]
+        ok = dtype == np.uint8 if kinds == "u1" else dtype.kind in kinds
+        if not ok or len(shape) != ndim:
+            want = {"iu": "integers", "u1": "uint8 bytes", "b": "booleans", "U": "strings"}[kinds]
+            raise ValueError(f"tree array {key!r} must be {ndim}-D {want}, got {dtype} of shape {shape}")
+    version = int(read("format_version"))
+    if version not in _STATE_GROUPS:
+        raise ValueError(f"unsupported tree format version {version}")
+    for group in _STATE_GROUPS[version]:
+        present = [k for k in group if k in layout]
+        if present and len(present) != len(group):
+            raise ValueError(f"tree data has {present[0]!r} without {min(set(group) - set(present))!r}")
+    others = {k for v, groups in _STATE_GROUPS.items() if v != version for g in groups for k in g}
+    others -= {k for g in _STATE_GROUPS[version] for k in g}
+    if others & set(layout):
+        raise ValueError(f"tree data of format {version} has {min(others & set(layout))!r}")
+    V = check_num_classes(int(read("num_classes")))
+    N = layout["child_offset"][1][0] - 1
+    if N < 1:
+        raise ValueError("a tree needs a root: child_offset must have at least 2 entries")
+    expected = {"children": V + N - 1, "label_offset": V + 1, "labels": V,
+                "node_name_offset": N + 1, "node_named": N, "node_names": N}
+    for key, n in expected.items():
+        if key in layout and layout[key][1][0] != n:
+            raise ValueError(
+                f"tree array {key!r} has {layout[key][1][0]} entries, but a tree of {V} classes and "
+                f"{N} internal nodes has {n}"
+            )
+    return version, V
+
+
+def _decode_names(arrays: Mapping[str, np.ndarray]) -> list[str | None]:
+    """Node names of a format-2 state: ``None`` where ``node_named`` is false (an empty slice)."""
+    off = arrays["node_name_offset"].astype(np.int64)
+    named = arrays["node_named"]
+    texts = decode_strings(arrays["node_name_bytes"], off, "node name")
+    stray = ~named & (np.diff(off) != 0)
+    if np.any(stray):
+        j = int(np.flatnonzero(stray)[0])
+        raise ValueError(f"internal node {j} is marked unnamed but has a name")
+    return [t if ok else None for t, ok in zip(texts, named.tolist())]
+
+
+def _strings_v1(arrays: Mapping[str, np.ndarray]) -> tuple[list[str] | None, list[str | None] | None]:
+    """Labels and names of a format-1 state ('U' arrays: what format 1 could not keep is lost)."""
+    labels = names = None
+    if "labels" in arrays:
+        labels = [str(s) for s in arrays["labels"].tolist()]
+    if "node_names" in arrays:
+        named = arrays["node_named"].tolist()
+        names = [str(s) if ok else None for s, ok in zip(arrays["node_names"].tolist(), named)]
+    return labels, names
 
 
 # ---------------------------------------------------------------------------- derived arrays
