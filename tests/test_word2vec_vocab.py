@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from word2vec_corpora import topic_corpus
 
-from hsoftmax.word2vec import Vocab, Word2Vec, encode_sentences
-from hsoftmax.word2vec.vocab import keep_probabilities
+from hsoftmax.word2vec import Word2Vec, encode_sentences
+from hsoftmax.word2vec.vocab import Vocab, keep_probabilities
 
 
 @pytest.fixture(scope="module")
