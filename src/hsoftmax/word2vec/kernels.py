@@ -15,7 +15,9 @@ A kernel takes a few named bundles (as gensim's ``Word2VecConfig``), not dozens 
 :class:`Chunk` (the sentences), :class:`Model` (the weights and the architecture), :class:`Paths`
 (the tree), :class:`Tables` (lookups), :class:`Schedule` (learning rate and seed) and
 :class:`Scratch` (everything a thread writes besides the shared weights, so the kernel allocates
-nothing); it returns :class:`ChunkStats`.
+nothing); it returns :class:`ChunkStats`. Each function unpacks the bundles it reads once, before
+its loops: reading an array out of a tuple inside a loop costs a reference-count update per read
+(that made skip-gram 14% slower, measured).
 """
 
 from __future__ import annotations
