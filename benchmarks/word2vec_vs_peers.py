@@ -43,7 +43,7 @@ QUICK = dict(modes=["cbow"], threads=[1])
 
 
 def gensim_data(name: str) -> str:
-    from hsoftmax.word2vec import gensim_test_file
+    from hsoftmax.word2vec.evaluate import gensim_test_file
 
     path = gensim_test_file(name)
     if path is None:

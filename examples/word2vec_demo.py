@@ -13,7 +13,8 @@ import argparse
 import os
 import time
 
-from hsoftmax.word2vec import Word2Vec, embedded_corpus_path, encode_file, gensim_test_file
+from hsoftmax.word2vec import Word2Vec, embedded_corpus_path, encode_file
+from hsoftmax.word2vec.evaluate import gensim_test_file
 
 WORDS = ["king", "god", "love", "sister", "gold", "jerusalem", "marriage", "elizabeth"]
 

@@ -85,11 +85,6 @@ def test_padded_decisions_are_built_on_first_use_only():
     assert "_padded_decisions" not in vars(pickle.loads(pickle.dumps(t)))
 
 
-def test_word2vec_kernels_name_for_node_decisions():
-    t = named_trees()["chain"]
-    assert t._node_decisions is t.node_decisions
-
-
 def test_state_is_what_save_writes(tmp_path):
     t = named_trees()["chain"]
     t.save(tmp_path / "t.npz")

@@ -153,7 +153,8 @@ def _add_evaluate(sub) -> None:
 def _run_evaluate(args: argparse.Namespace) -> int:
     if not os.path.isfile(args.vectors):
         raise UsageError(f"vectors file not found: {args.vectors}")
-    from .word2vec import gensim_test_file, load_vectors
+    from .word2vec import load_vectors
+    from .word2vec.evaluate import gensim_test_file
 
     try:
         kv = load_vectors(args.vectors, binary=args.binary)

@@ -387,7 +387,6 @@ class Tree:
     node_decisions = _derived_array(
         "node_decisions", "Decisions (nodes with two or more children) strictly above each internal node."
     )
-    _node_decisions = node_decisions  # the name the word2vec kernels read
     # Per ref (classes, then internal nodes).
     parent = _derived_array("parent", "Parent internal node of each ref (-1 for the root).")
     choice = _derived_array("choice", "Child index of each ref within its parent.")

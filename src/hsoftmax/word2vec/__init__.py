@@ -1,27 +1,31 @@
 """word2vec (CBOW and skip-gram) with hierarchical softmax over any :class:`hsoftmax.Tree`.
 
->>> from hsoftmax.word2vec import Word2Vec
->>> model = Word2Vec(dim=100, window=5, min_count=5, epochs=5, sg=False)   # doctest: +SKIP
->>> model.fit("corpus.txt").save("vectors.bin")                          # doctest: +SKIP
->>> model.wv.most_similar("king", topn=5)                                  # doctest: +SKIP
+>>> import os, tempfile
+>>> from hsoftmax.word2vec import Word2Vec, embedded_corpus_path
+>>> model = Word2Vec(dim=32, window=5, min_count=5, epochs=1, threads=1, progress=False)
+>>> model.fit(embedded_corpus_path()).save(os.path.join(tempfile.mkdtemp(), "vectors.bin"))
+>>> [word for word, _ in model.wv.most_similar("king", topn=3)]  # doctest: +SKIP
+['beor', 'messenger', 'governor']
+>>> len(model.wv.most_similar("king", topn=3)), model.wv.vectors.shape[1]
+(3, 32)
 
 Public names: :class:`Word2Vec` (the trainer), :class:`KeyedVectors` / :func:`load_vectors`
-(vectors, ``most_similar``, evaluation, the word2vec text/binary formats), :class:`Vocab`,
-:func:`encode_file` / :func:`encode_sentences` (a corpus as token ids on disk),
-:func:`evaluate_analogies`, :func:`evaluate_similarity`, :func:`spearman`.
+(vectors, ``most_similar``, the word2vec text/binary formats), :func:`encode_file` /
+:func:`encode_sentences` (a corpus as token ids on disk: an :class:`EncodedCorpus`, or a
+:class:`CorpusError`), :func:`embedded_corpus_path` (the corpus shipped with the package), and the
+two evaluations :func:`evaluate_analogies` / :func:`evaluate_similarity`. The pieces they are
+built from stay in their modules: :mod:`.vocab` (``Vocab``, ``keep_probabilities``),
+:mod:`.evaluate` (``spearman``, ``gensim_test_file``, the result types), :mod:`.io` (the format
+readers and writers), :mod:`.kernels` (the numba kernels).
 """
 
 from .corpus import CorpusError, EncodedCorpus, embedded_corpus_path, encode_file, encode_sentences
-from .evaluate import (
-    AnalogyResult, SimilarityResult, evaluate_analogies, evaluate_similarity, gensim_test_file, spearman,
-)
-from .io import read_word2vec, write_word2vec
+from .evaluate import evaluate_analogies, evaluate_similarity
 from .keyed_vectors import KeyedVectors, load_vectors
 from .train import Word2Vec
-from .vocab import Vocab, keep_probabilities
 
 __all__ = [
-    "Word2Vec", "KeyedVectors", "load_vectors", "Vocab", "keep_probabilities", "EncodedCorpus",
-    "CorpusError", "encode_file", "encode_sentences", "embedded_corpus_path", "evaluate_analogies", "evaluate_similarity",
-    "spearman", "gensim_test_file", "AnalogyResult", "SimilarityResult", "read_word2vec", "write_word2vec",
+    "Word2Vec", "KeyedVectors", "load_vectors", "encode_file", "encode_sentences", "EncodedCorpus", "CorpusError",
+    "embedded_corpus_path", "evaluate_analogies", "evaluate_similarity",
 ]
+

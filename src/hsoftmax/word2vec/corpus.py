@@ -323,8 +323,6 @@ def _remap(src: str, lut: np.ndarray, raw_off: np.ndarray, dst: str) -> np.ndarr
             block[keep].tofile(fout)
             kept += int(csum[-1])
             s = e
-    if kept == 0:  # unreachable when the vocabulary is non-empty, kept for safety
-        raise CorpusError("no token of the corpus is in the vocabulary")
     # Sentences left empty repeat their start: drop them (the offsets are already sorted).
     return new_off[np.concatenate(([True], new_off[1:] != new_off[:-1]))]
 
@@ -437,7 +435,5 @@ def encode_sentences(sentences: Iterable[Sequence[str]], min_count: int = 5, max
 def _finish(finish, name) -> EncodedCorpus:
     try:
         return finish()
-    except CorpusError as e:
-        raise CorpusError(f"{name}: {e}") from None
-    except ValueError as e:  # the vocabulary's "no word reaches min_count"
+    except ValueError as e:  # a CorpusError, or the vocabulary's "no word reaches min_count"
         raise CorpusError(f"{name}: {e}") from None

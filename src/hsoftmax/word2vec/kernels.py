@@ -4,40 +4,107 @@ Threads run :func:`train_chunk` concurrently (``nogil``) on different chunks and
 ``syn0`` (input vectors) and ``syn1`` (tree node rows) without locks, as word2vec.c and gensim do
 ("Hogwild"): collisions are rare and harmless for sparse updates like these.
 
-The tree reaches the kernel as flat per-word paths built by :func:`flat_paths` from
+The tree reaches the kernel as flat per-word :class:`Paths` built by :func:`flat_paths` from
 :class:`hsoftmax.Tree`'s decision arrays, using the library's parametrization so the weights are
 interchangeable with the torch layer: a binary node has one row ``r`` and
 ``p(child 1) = sigmoid(syn1[r] . h)``; a node with ``k > 2`` children has ``k`` rows and a softmax
-over them.
+over them. The decision math itself (the table sigmoid and its saturation, the k-ary scores and
+gradient, the exact log-sigmoid) is :mod:`hsoftmax.kernels.node`'s, shared with the layer kernels.
 
-Everything a thread writes besides the shared tables lives in its own scratch buffers, passed in,
-so the kernel allocates nothing.
+A kernel takes a few named bundles (as gensim's ``Word2VecConfig``), not dozens of arrays:
+:class:`Chunk` (the sentences), :class:`Model` (the weights and the architecture), :class:`Paths`
+(the tree), :class:`Tables` (lookups), :class:`Schedule` (learning rate and seed) and
+:class:`Scratch` (everything a thread writes besides the shared weights, so the kernel allocates
+nothing); it returns :class:`ChunkStats`. Each function unpacks the bundles it reads once, before
+its loops: reading an array out of a tuple inside a loop costs a reference-count update per read
+(that made skip-gram 14% slower, measured).
 """
 
 from __future__ import annotations
 
-import numba
+from typing import NamedTuple
+
 import numpy as np
+from numba import njit
 
-__all__ = ["flat_paths", "sigmoid_tables", "train_chunk", "SIGMOID_RANGE"]
+from ..kernels.node import JIT, dot, kary_coef, kary_scores, log_sigmoid_and_grad, table_decision
 
-#: Inside +-SIGMOID_RANGE the sigmoid comes from a table; beyond, it saturates to 0 or 1, so a
-#: confidently right decision costs no update (as in word2vec.c) and a confidently wrong one gets
-#: the full gradient (word2vec.c skips those too).
-SIGMOID_RANGE = 6.0
-_TABLE_SIZE = 4096
+__all__ = [
+    "Paths", "Chunk", "Model", "Tables", "Schedule", "Scratch", "ChunkStats", "flat_paths", "new_scratch",
+    "train_chunk", "word_loglik", "path_logprob", "word_logprobs",
+]
+
 _LCG_MUL = np.uint64(6364136223846793005)
 _LCG_ADD = np.uint64(1442695040888963407)
+_CACHE_LINE = 64
 
 
-def sigmoid_tables() -> tuple[np.ndarray, np.ndarray]:
-    """``(sigmoid, log_sigmoid)`` sampled at the centres of ``_TABLE_SIZE`` bins on
-    ``[-SIGMOID_RANGE, SIGMOID_RANGE]``: a lookup replaces ``exp`` in the hot loop."""
-    x = (np.arange(_TABLE_SIZE) + 0.5) / _TABLE_SIZE * 2 * SIGMOID_RANGE - SIGMOID_RANGE
-    return (1.0 / (1.0 + np.exp(-x))).astype(np.float32), (-np.logaddexp(0.0, -x)).astype(np.float32)
+class Paths(NamedTuple):
+    """Per-word decision paths as flat arrays (CSR by word), from :func:`flat_paths`."""
+
+    start: np.ndarray  #: ``(V + 1,)`` int64: word ``w``'s steps are ``start[w]:start[w + 1]``
+    row: np.ndarray  #: int32 first ``syn1`` row of each step's node (packed: ``2 * row + choice``)
+    choice: np.ndarray  #: int32 child taken (binary node: the sigmoid's target, 1 or 0); empty when packed
+    arity: np.ndarray  #: int32 children of the step's node; empty when packed
 
 
-def flat_paths(tree, classes=None, packed=False) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+class Chunk(NamedTuple):
+    """Sentences of an encoded corpus: sentence ``s`` is ``ids[offsets[s]:offsets[s + 1]]``."""
+
+    ids: np.ndarray  #: int32 word ids
+    offsets: np.ndarray  #: ``(S + 1,)`` int64 sentence bounds into ``ids``
+
+
+class Model(NamedTuple):
+    """What is trained and how it predicts."""
+
+    syn0: np.ndarray  #: ``(V, dim)`` float32 input vectors
+    syn1: np.ndarray  #: ``(num_params, dim)`` float32 node rows
+    sg: bool  #: skip-gram if true, else CBOW (mean of the context)
+    window: int  #: maximum context distance
+
+
+class Tables(NamedTuple):
+    """Read-only lookups of training."""
+
+    sig: np.ndarray  #: from :func:`hsoftmax.kernels.node.sigmoid_tables`
+    logsig: np.ndarray
+    keep: np.ndarray  #: ``(V,)`` uint32: keep an occurrence when a uniform 32-bit draw is below it
+
+
+class Schedule(NamedTuple):
+    """Where a chunk sits in the run: the learning rate decays linearly from ``alpha`` to
+    ``min_alpha`` with ``(words_before + words done in the chunk) / total_words``."""
+
+    alpha: float
+    min_alpha: float
+    words_before: int
+    total_words: int
+    seed: np.uint64  #: seed of this chunk's random stream (subsampling, window sizes)
+
+
+class Scratch(NamedTuple):
+    """One thread's buffers (see :func:`new_scratch` for the shapes)."""
+
+    sent: np.ndarray  #: int32, at least the longest sentence
+    h: np.ndarray  #: ``(dim,)`` float32 CBOW hidden vector
+    e: np.ndarray  #: ``(dim,)`` float32 CBOW gradient w.r.t. ``h`` (times the learning rate)
+    scores: np.ndarray  #: float64, the largest arity: a k-ary node's scores
+    ctx: np.ndarray  #: ``(2 * window,)`` int32 skip-gram context ids
+    E: np.ndarray  #: ``(2 * window, dim)`` float32 skip-gram gradients of the contexts
+    G: np.ndarray  #: ``(2 * window, max arity)`` float32 skip-gram coefficients of a node's rows
+
+
+class ChunkStats(NamedTuple):
+    """What :func:`train_chunk` did."""
+
+    words: int  #: corpus words read
+    trained: int  #: words kept after subsampling
+    loglik: float  #: summed log-likelihood of the predictions
+    predictions: int
+
+
+def flat_paths(tree, classes=None, packed=False) -> Paths:
     """Per-word decision paths as flat arrays (CSR by word).
 
     Built by walking :class:`hsoftmax.Tree`'s ``parent``/``choice`` arrays, so the tree's padded
@@ -51,19 +118,15 @@ def flat_paths(tree, classes=None, packed=False) -> tuple[np.ndarray, np.ndarray
             third of the memory and of the loads in the hot loop. Other trees ignore it.
 
     Returns:
-        ``start`` ``(V + 1,)`` int64: word ``w``'s steps are ``start[w]:start[w+1]``;
-        ``row`` int32: first ``syn1`` row of each step's node;
-        ``choice`` int32: child taken (for a binary node: the sigmoid's target, 1 or 0);
-        ``arity`` int32: children of the node (2 on the fast path). (int8 would save memory but
-        made the CBOW kernel 18% slower, measured.)
+        :class:`Paths`. (int8 ``choice``/``arity`` would save memory but made the CBOW kernel 18%
+        slower, measured.)
 
     >>> from hsoftmax.tree import Tree
     >>> start, row, choice, arity = flat_paths(Tree.huffman([4, 2, 1, 1]))
     >>> start.tolist(), arity.tolist()
     ([0, 1, 3, 6, 9], [2, 2, 2, 2, 2, 2, 2, 2, 2])
-    >>> _, row, choice, _ = flat_paths(Tree.huffman([4, 2, 1, 1]))
-    >>> _, code, no_choice, no_arity = flat_paths(Tree.huffman([4, 2, 1, 1]), packed=True)
-    >>> bool((code == 2 * row + choice).all()), no_choice.size, no_arity.size
+    >>> packed = flat_paths(Tree.huffman([4, 2, 1, 1]), packed=True)
+    >>> bool((packed.row == 2 * row + choice).all()), packed.choice.size, packed.arity.size
     (True, 0, 0)
     """
     cls = np.arange(tree.num_classes) if classes is None else np.asarray(classes, dtype=np.int64)
@@ -72,18 +135,18 @@ def flat_paths(tree, classes=None, packed=False) -> tuple[np.ndarray, np.ndarray
     np.cumsum(lengths, out=start[1:])
     packed = bool(packed) and int(np.max(tree.arity)) <= 2 and tree.num_params < 2**30
     row = np.empty(int(start[-1]), dtype=np.int32)
-    choice = np.empty(0 if packed else row.size, dtype=np.int32)
-    arity = np.empty(0 if packed else row.size, dtype=np.int32)
-    _walk_paths(cls, start, tree.num_classes, np.asarray(tree.parent), np.asarray(tree.choice),
-                np.asarray(tree.arity), np.asarray(tree.param_offset), np.asarray(tree._node_decisions),
-                packed, row, choice, arity)
-    return start, row, choice, arity
+    paths = Paths(start, row, np.empty(0 if packed else row.size, dtype=np.int32),
+                  np.empty(0 if packed else row.size, dtype=np.int32))
+    _walk_paths(cls, tree.num_classes, np.asarray(tree.parent), np.asarray(tree.choice), np.asarray(tree.arity),
+                np.asarray(tree.param_offset), np.asarray(tree.node_decisions), packed, paths)
+    return paths
 
 
-@numba.njit(nogil=True, cache=True)
-def _walk_paths(cls, start, V, parent, choice_of, arity_of, param_offset, node_dec, packed, row, choice, arity):
+@njit(**JIT)
+def _walk_paths(cls, V, parent, choice_of, arity_of, param_offset, node_dec, packed, paths):
     # A deciding node (two or more children) lands at its word's start + the decisions above it,
     # so the walk up from the leaf writes the path root first.
+    start, row, choice, arity = paths
     for w in range(cls.size):
         ref = cls[w]
         cur = parent[ref]
@@ -101,60 +164,60 @@ def _walk_paths(cls, start, V, parent, choice_of, arity_of, param_offset, node_d
             cur = parent[ref]
 
 
-@numba.njit(nogil=True, cache=True, inline="always")
-def _step(p, prow, pchoice, parity):
+def _private(shape: tuple[int, ...], dtype) -> np.ndarray:
+    """A zeroed scratch array for one thread that shares no cache line with any other allocation.
+
+    Small numpy arrays of different threads can sit side by side in memory; when two threads
+    keep writing their own ``h``/``e`` on a shared cache line, the line bounces between cores on
+    every write (false sharing): that made 2-thread CBOW slower than 1 thread. Each scratch array
+    is therefore cut, cache-line aligned, from its own buffer with a free line on both sides."""
+    itemsize = np.dtype(dtype).itemsize
+    n = int(np.prod(shape))
+    raw = np.zeros(n * itemsize + 3 * _CACHE_LINE, dtype=np.uint8)
+    start = (-raw.ctypes.data) % _CACHE_LINE + _CACHE_LINE
+    return raw[start : start + n * itemsize].view(dtype).reshape(shape)
+
+
+def new_scratch(max_len: int, dim: int, window: int, max_arity: int) -> Scratch:
+    """One thread's :class:`Scratch` for sentences of up to ``max_len`` words, each buffer on
+    cache lines of its own.
+
+    >>> s = new_scratch(max_len=50, dim=8, window=5, max_arity=3)
+    >>> s.sent.shape, s.h.shape, s.scores.shape, s.E.shape, s.G.shape
+    ((50,), (8,), (3,), (10, 8), (10, 3))
+    """
+    max_arity = max(int(max_arity), 2)
+    return Scratch(_private((max_len,), np.int32), _private((dim,), np.float32), _private((dim,), np.float32),
+                   _private((max_arity,), np.float64), _private((2 * window,), np.int32),
+                   _private((2 * window, dim), np.float32), _private((2 * window, max_arity), np.float32))
+
+
+@njit(inline="always", **JIT)
+def _step(p, row, choice, arity):
     """``(row, choice, arity)`` of path step ``p``, from :func:`flat_paths`'s packed or plain
     arrays (the test is the same for every step, so the compiler lifts it out of the loop)."""
-    if parity.size == 0:
-        code = prow[p]
+    if arity.size == 0:
+        code = row[p]
         return code >> 1, code & 1, 2
-    return prow[p], pchoice[p], parity[p]
+    return row[p], choice[p], arity[p]
 
 
-@numba.njit(nogil=True, cache=True, fastmath=True, inline="always")
-def _binary_decision(f, c, sig, logsig):
-    """``(sigmoid(f), log p(choice c))`` for a binary node's score ``f``: from the tables inside
-    +-SIGMOID_RANGE, saturated beyond it (where the log-probability is exactly 0 or the score)."""
-    if f >= SIGMOID_RANGE:
-        return np.float32(1.0), float(0.0 if c == 1 else -f)
-    if f <= -SIGMOID_RANGE:
-        return np.float32(0.0), float(f if c == 1 else 0.0)
-    i = int((f + SIGMOID_RANGE) * (_TABLE_SIZE / (2.0 * SIGMOID_RANGE)))
-    # log(1 - sigmoid(f)) = log sigmoid(f) - f
-    return np.float32(sig[i]), float(logsig[i] if c == 1 else logsig[i] - f)
-
-
-@numba.njit(nogil=True, cache=True, fastmath=True, inline="always")
-def _kary_scores(v, syn1, r, a, scores, zero):
-    """Scores of a k-ary node's ``a`` rows (from ``r``) against ``v`` into ``scores[:a]``;
-    returns their log-sum-exp, so ``scores[j] - lz`` is ``log p(child j)``. The dot products
-    accumulate in ``zero``'s type: float32 in training, float64 in the exact evaluation."""
-    m = -np.inf
-    for j in range(a):
-        f = zero
-        for k in range(v.shape[0]):
-            f += v[k] * syn1[r + j, k]
-        scores[j] = f
-        m = max(m, f)
-    z = 0.0
-    for j in range(a):
-        z += np.exp(scores[j] - m)
-    return m + np.log(z)
-
-
-@numba.njit(nogil=True, cache=True, fastmath=True, inline="always")
-def _hs_step(h, e, syn1, word, pstart, prow, pchoice, parity, lr, sig, logsig, scores):
-    """Score ``word`` from hidden ``h`` along its path: add ``lr * dlogp/dh`` into ``e`` and update
-    the path's ``syn1`` rows. Returns ``log p(word | h)``."""
+@njit(inline="always", **JIT)
+def _hs_step(syn1, word, paths, lr, tables, scratch):
+    """CBOW: score ``word`` from hidden ``scratch.h`` along its path: add ``lr * dlogp/dh`` into
+    ``scratch.e`` and update the path's ``syn1`` rows. Returns ``log p(word | h)``."""
+    start, prow, pchoice, parity = paths
+    sig, logsig = tables.sig, tables.logsig
+    h, e, scores = scratch.h, scratch.e, scratch.scores
     dim = h.shape[0]
     ll = 0.0
-    for p in range(pstart[word], pstart[word + 1]):
+    for p in range(start[word], start[word + 1]):
         r, c, a = _step(p, prow, pchoice, parity)
         if a == 2:  # the common case: one row, a sigmoid
             f = np.float32(0.0)
             for k in range(dim):
                 f += h[k] * syn1[r, k]
-            s, dll = _binary_decision(f, c, sig, logsig)
+            s, dll = table_decision(f, c, sig, logsig)
             ll += dll
             g = np.float32((c - s) * lr)
             if g != 0.0:
@@ -162,25 +225,29 @@ def _hs_step(h, e, syn1, word, pstart, prow, pchoice, parity, lr, sig, logsig, s
                     e[k] += g * syn1[r, k]
                     syn1[r, k] += g * h[k]
         else:  # k-ary node: softmax over its k rows
-            lz = _kary_scores(h, syn1, r, a, scores, np.float32(0.0))
-            ll += scores[c] - lz
+            lse = kary_scores(h, syn1, r, a, scores, np.float32(0.0))
+            ll += scores[c] - lse
             for j in range(a):
-                g = np.float32(((1.0 if j == c else 0.0) - np.exp(scores[j] - lz)) * lr)
+                g = np.float32(kary_coef(j, c, scores[j], lse) * lr)
                 for k in range(dim):
                     e[k] += g * syn1[r + j, k]
                     syn1[r + j, k] += g * h[k]
     return ll
 
 
-@numba.njit(nogil=True, cache=True, fastmath=True, inline="always")
-def _hs_step_many(syn0, ctx, nc, E, G, syn1, word, pstart, prow, pchoice, parity, lr, sig, logsig, scores):
-    """Skip-gram: every context word ``syn0[ctx[q]]`` (``q < nc``) predicts the same centre
-    ``word``, so its path is walked once for the whole window: each node's rows are read once and
-    take the summed update of all contexts (a minibatch of the window) while they sit in cache.
-    ``E[q]`` accumulates ``lr * dlogp/dh`` for context ``q``. Returns the summed log-likelihood."""
+@njit(inline="always", **JIT)
+def _hs_step_many(syn0, syn1, nc, word, paths, lr, tables, scratch):
+    """Skip-gram: every context word ``syn0[scratch.ctx[q]]`` (``q < nc``) predicts the same
+    centre ``word``, so its path is walked once for the whole window: each node's rows are read
+    once and take the summed update of all contexts (a minibatch of the window) while they sit in
+    cache. ``scratch.E[q]`` accumulates ``lr * dlogp/dh`` for context ``q``. Returns the summed
+    log-likelihood."""
+    start, prow, pchoice, parity = paths
+    sig, logsig = tables.sig, tables.logsig
+    ctx, E, G, scores = scratch.ctx, scratch.E, scratch.G, scratch.scores
     dim = syn0.shape[1]
     ll = 0.0
-    for p in range(pstart[word], pstart[word + 1]):
+    for p in range(start[word], start[word + 1]):
         r, c, a = _step(p, prow, pchoice, parity)
         if a == 2:
             for q in range(nc):
@@ -188,7 +255,7 @@ def _hs_step_many(syn0, ctx, nc, E, G, syn1, word, pstart, prow, pchoice, parity
                 f = np.float32(0.0)
                 for k in range(dim):
                     f += v[k] * syn1[r, k]
-                s, dll = _binary_decision(f, c, sig, logsig)
+                s, dll = table_decision(f, c, sig, logsig)
                 ll += dll
                 G[q, 0] = np.float32((c - s) * lr)
             for q in range(nc):  # gradients w.r.t. the contexts use the rows before the update
@@ -204,11 +271,10 @@ def _hs_step_many(syn0, ctx, nc, E, G, syn1, word, pstart, prow, pchoice, parity
                         syn1[r, k] += g * v[k]
         else:
             for q in range(nc):
-                v = syn0[ctx[q]]
-                lz = _kary_scores(v, syn1, r, a, scores, np.float32(0.0))
-                ll += scores[c] - lz
+                lse = kary_scores(syn0[ctx[q]], syn1, r, a, scores, np.float32(0.0))
+                ll += scores[c] - lse
                 for j in range(a):
-                    G[q, j] = np.float32(((1.0 if j == c else 0.0) - np.exp(scores[j] - lz)) * lr)
+                    G[q, j] = np.float32(kary_coef(j, c, scores[j], lse) * lr)
             for q in range(nc):
                 for j in range(a):
                     g = G[q, j]
@@ -223,44 +289,28 @@ def _hs_step_many(syn0, ctx, nc, E, G, syn1, word, pstart, prow, pchoice, parity
     return ll
 
 
-@numba.njit(nogil=True, cache=True)
+@njit(**JIT)
 def _next(state):
     return state * _LCG_MUL + _LCG_ADD
 
 
-@numba.njit(nogil=True, cache=True, fastmath=True)
-def train_chunk(ids, offsets, s_lo, s_hi, syn0, syn1, pstart, prow, pchoice, parity, keep,
-                sg, window, alpha, min_alpha, words_before, total_words, seed,
-                sig, logsig, sent, h, e, scores, ctx, E, G):
-    """Train on sentences ``s_lo:s_hi`` of an encoded corpus.
-
-    Args:
-        ids: ``(N,)`` int32 word ids; offsets: ``(S + 1,)`` int64 sentence bounds.
-        syn0: ``(V, dim)`` float32 input vectors; syn1: ``(num_params, dim)`` float32 node rows.
-        pstart, prow, pchoice, parity: the tree, from :func:`flat_paths` (plain or packed).
-        keep: ``(V,)`` uint32: keep an occurrence when a uniform 32-bit draw is below it.
-        sg: skip-gram if true, else CBOW (mean of the context).
-        alpha, min_alpha: learning rate at progress 0, floor at progress 1; it decays linearly
-            with ``(words_before + words done here) / total_words``.
-        seed: uint64 seed of this chunk's random stream (subsampling, window sizes).
-        sig, logsig: tables from :func:`sigmoid_tables`.
-        sent: int32 scratch of at least the longest sentence; h, e: ``(dim,)`` float32 scratch;
-            scores: float64 scratch of the largest arity; ctx: ``(2 * window,)`` int32,
-            E: ``(2 * window, dim)`` float32 and G: ``(2 * window, max arity)`` float32 scratch
-            for skip-gram's window-at-once step.
-
-    Returns:
-        ``(words, trained, loglik, predictions)``: corpus words read, words kept after
-        subsampling, summed log-likelihood of the predictions and their number.
-    """
+@njit(**JIT)
+def train_chunk(chunk, model, paths, tables, schedule, scratch):
+    """Train on every sentence of ``chunk`` (:class:`Chunk`), updating ``model.syn0`` and
+    ``model.syn1`` in place (:class:`Model`) along :class:`Paths`, with :class:`Tables`, the
+    :class:`Schedule` and this thread's :class:`Scratch`. Returns :class:`ChunkStats`."""
+    ids, offsets = chunk.ids, chunk.offsets
+    syn0, syn1, sg, window = model.syn0, model.syn1, model.sg, model.window
+    alpha, min_alpha = schedule.alpha, schedule.min_alpha
+    keep, sent, h, e, E, ctx = tables.keep, scratch.sent, scratch.h, scratch.e, scratch.E, scratch.ctx
     dim = syn0.shape[1]
-    state = _next(np.uint64(seed) ^ np.uint64(0x9E3779B97F4A7C15))
+    state = _next(np.uint64(schedule.seed) ^ np.uint64(0x9E3779B97F4A7C15))
     words = 0
     trained = 0
     ll = 0.0
     npred = 0
-    for s in range(s_lo, s_hi):
-        progress = (words_before + words) / total_words
+    for s in range(offsets.size - 1):
+        progress = (schedule.words_before + words) / schedule.total_words
         lr = max(min_alpha, alpha - (alpha - min_alpha) * progress)
         n = 0
         for t in range(offsets[s], offsets[s + 1]):
@@ -285,8 +335,7 @@ def train_chunk(ids, offsets, s_lo, s_hi, syn0, syn1, pstart, prow, pchoice, par
                 if nc == 0:
                     continue
                 E[:nc] = 0.0
-                ll += _hs_step_many(syn0, ctx, nc, E, G, syn1, sent[i], pstart, prow, pchoice, parity,
-                                    lr, sig, logsig, scores)
+                ll += _hs_step_many(syn0, syn1, nc, sent[i], paths, lr, tables, scratch)
                 npred += nc
                 for q in range(nc):
                     v = syn0[ctx[q]]
@@ -306,33 +355,65 @@ def train_chunk(ids, offsets, s_lo, s_hi, syn0, syn1, pstart, prow, pchoice, par
                 for k in range(dim):
                     h[k] *= inv
                 e[:] = 0.0
-                ll += _hs_step(h, e, syn1, sent[i], pstart, prow, pchoice, parity, lr, sig, logsig, scores)
+                ll += _hs_step(syn1, sent[i], paths, lr, tables, scratch)
                 npred += 1
                 for j in range(lo, hi):
                     if j != i:
                         v = syn0[sent[j]]
                         for k in range(dim):
                             v[k] += e[k]
-    return words, trained, ll, npred
+    return ChunkStats(words, trained, ll, npred)
 
 
-@numba.njit(nogil=True, cache=True, fastmath=True)
-def word_loglik(ids, offsets, s_lo, s_hi, syn0, syn1, pstart, prow, pchoice, parity, sg, window, h, scores):
-    """Mean log-likelihood of the CBOW/skip-gram predictions over sentences ``s_lo:s_hi`` with the
-    full window and no subsampling or update (an evaluation, e.g. to check training helps).
-    Uses exact log-sigmoids."""
+@njit(inline="always", **JIT)
+def path_logprob(h, syn1, word, paths, scores):
+    """Exact ``log p(word | h)`` in float64: ``h`` is float64 (so every product is exact), the
+    binary decisions use the exact log-sigmoid (no table, no saturation) and the k-ary ones an
+    exact log-softmax, as the torch layer computes them. ``scores``: float64 scratch of the
+    largest arity."""
+    start, prow, pchoice, parity = paths
+    ll = 0.0
+    for p in range(start[word], start[word + 1]):
+        r, c, a = _step(p, prow, pchoice, parity)
+        if a == 2:
+            f = dot(h, syn1[r])
+            ll += log_sigmoid_and_grad(f if c == 1 else -f)[0]
+        else:
+            lse = kary_scores(h, syn1, r, a, scores, 0.0)  # fills scores[:a] first
+            ll += scores[c] - lse
+    return ll
+
+
+@njit(inline="always", **JIT)
+def _max_arity(paths):
+    if paths.arity.size == 0:
+        return 2
+    return max(2, paths.arity.max())
+
+
+@njit(**JIT)
+def word_loglik(chunk, model, paths):
+    """Mean exact log-likelihood (:func:`path_logprob`) of the CBOW/skip-gram predictions over
+    the sentences of ``chunk``, with the full window and no subsampling or update (an evaluation,
+    e.g. to check training helps). Contexts are summed in float64."""
+    ids, offsets = chunk.ids, chunk.offsets
+    syn0, syn1, window = model.syn0, model.syn1, model.window
     dim = syn0.shape[1]
+    h = np.zeros(dim)
+    scores = np.zeros(_max_arity(paths))
     total = 0.0
     count = 0
-    for s in range(s_lo, s_hi):
+    for s in range(offsets.size - 1):
         a, b = offsets[s], offsets[s + 1]
         for i in range(a, b):
             lo = max(a, i - window)
             hi = min(b, i + window + 1)
-            if sg:
+            if model.sg:
                 for j in range(lo, hi):
                     if j != i:
-                        total += _path_loglik(syn0[ids[j]], syn1, ids[i], pstart, prow, pchoice, parity, scores)
+                        for k in range(dim):
+                            h[k] = syn0[ids[j], k]
+                        total += path_logprob(h, syn1, ids[i], paths, scores)
                         count += 1
             elif hi - lo > 1:
                 h[:] = 0.0
@@ -342,24 +423,17 @@ def word_loglik(ids, offsets, s_lo, s_hi, syn0, syn1, pstart, prow, pchoice, par
                             h[k] += syn0[ids[j], k]
                 for k in range(dim):
                     h[k] /= hi - lo - 1
-                total += _path_loglik(h, syn1, ids[i], pstart, prow, pchoice, parity, scores)
+                total += path_logprob(h, syn1, ids[i], paths, scores)
                 count += 1
     return total / max(count, 1)
 
 
-@numba.njit(nogil=True, cache=True, fastmath=True)
-def _path_loglik(h, syn1, word, pstart, prow, pchoice, parity, scores):
-    dim = h.shape[0]
-    ll = 0.0
-    for p in range(pstart[word], pstart[word + 1]):
-        r, c, a = _step(p, prow, pchoice, parity)
-        if a == 2:
-            f = 0.0
-            for k in range(dim):
-                f += h[k] * syn1[r, k]
-            x = f if c == 1 else -f
-            ll += -np.log1p(np.exp(-x)) if x > 0 else x - np.log1p(np.exp(x))
-        else:
-            lz = _kary_scores(h, syn1, r, a, scores, 0.0)  # fills scores[:a] first
-            ll += scores[c] - lz
-    return ll
+@njit(**JIT)
+def word_logprobs(H, syn1, paths, words):
+    """``log p(words[i] | H[i])`` for each row of float64 ``H`` (:func:`path_logprob`): the
+    evaluator's exact per-word score, e.g. to compare ``syn1`` with the torch layer."""
+    out = np.empty(words.size)
+    scores = np.zeros(_max_arity(paths))
+    for i in range(words.size):
+        out[i] = path_logprob(H[i], syn1, words[i], paths, scores)
+    return out

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..files import atomic_path
+from ..kernels.node import sigmoid_tables
 from ..tree import Tree
 from . import kernels
 from .corpus import EncodedCorpus, _release_memory, encode_file, encode_sentences
@@ -183,10 +184,7 @@ class Word2Vec:
             raise ValueError("the corpus was encoded with a different vocabulary")
         S = corpus.num_sentences if max_sentences is None else min(max_sentences, corpus.num_sentences)
         paths = kernels.flat_paths(self.tree, self.word_classes, packed=True)
-        h = np.zeros(self.dim, dtype=np.float32)
-        scores = np.zeros(int(self.tree.arity.max()), dtype=np.float64)
-        return float(kernels.word_loglik(corpus.ids, corpus.offsets, 0, S, self.syn0, self.syn1, *paths,
-                                         self.sg, self.window, h, scores))
+        return float(kernels.word_loglik(kernels.Chunk(corpus.ids, corpus.offsets[: S + 1]), self._model(), paths))
 
     # ------------------------------------------------------------------ setup
     def _encode(self, corpus) -> EncodedCorpus:
@@ -226,24 +224,20 @@ class Word2Vec:
             raise ValueError("the model has no vectors yet: call fit() (or build()) first")
 
     # ------------------------------------------------------------------ training loop
+    def _model(self) -> kernels.Model:
+        return kernels.Model(self.syn0, self.syn1, self.sg, self.window)
+
     def _train(self, enc: EncodedCorpus, checkpoint: str | None) -> None:
         paths = kernels.flat_paths(self.tree, self.word_classes, packed=True)
         _release_memory()
-        p_keep = keep_probabilities(self.vocab.counts, self.sample)
-        keep = np.minimum(np.floor(p_keep * 2.0**32), 2.0**32 - 1).astype(np.uint32)
-        keep[p_keep >= 1.0] = np.uint32(2**32 - 1)
-        sig, logsig = kernels.sigmoid_tables()
+        tables = kernels.Tables(*sigmoid_tables(), _keep_thresholds(keep_probabilities(self.vocab.counts, self.sample)))
         chunks = _chunk_bounds(enc.offsets, _CHUNK_WORDS)
         N = enc.num_tokens
-        total = N * self.epochs
-        max_len = int(np.diff(enc.offsets).max())
-        max_arity = int(self.tree.arity.max())
-        bar = _Bar(total, self.progress, initial=N * self.epochs_done)
+        bar = _Bar(N * self.epochs, self.progress, initial=N * self.epochs_done)
         try:
             for epoch in range(self.epochs_done, self.epochs):
                 t0 = time.perf_counter()
-                stats = self._run_epoch(enc, chunks, epoch, paths, keep, sig, logsig, N, total,
-                                        max_len, max_arity, bar)
+                stats = self._run_epoch(enc, chunks, epoch, paths, tables, bar)
                 stats["seconds"] = time.perf_counter() - t0
                 stats["epoch"] = epoch + 1
                 self.history.append(stats)
@@ -254,24 +248,24 @@ class Word2Vec:
         finally:
             bar.close()
 
-    def _run_epoch(self, enc, chunks, epoch, paths, keep, sig, logsig, N, total, max_len, max_arity, bar):
+    def _run_epoch(self, enc: EncodedCorpus, chunks: np.ndarray, epoch: int, paths: kernels.Paths,
+                   tables: kernels.Tables, bar: _Bar) -> dict[str, float]:
         lock = threading.Lock()
         next_chunk = [0]
         acc = {"words": 0, "trained": 0, "loglik": 0.0, "predictions": 0}
         errors: list[BaseException] = []
         offsets = enc.offsets
+        N = enc.num_tokens
+        total = N * self.epochs
         max_chunk = int(np.max(offsets[chunks[1:]] - offsets[chunks[:-1]]))
+        max_len = int(np.diff(offsets).max())
+        max_arity = int(self.tree.arity.max())
+        model = self._model()
         done = [epoch * N]  # furthest corpus position reached: drives the bar's learning rate
 
         def worker() -> None:
             chunk_ids = np.empty(max_chunk, dtype=np.int32)
-            sent = _private((max_len,), np.int32)
-            h = _private((self.dim,), np.float32)
-            e = _private((self.dim,), np.float32)
-            scores = _private((max_arity,), np.float64)
-            ctx = _private((2 * self.window,), np.int32)
-            E = _private((2 * self.window, self.dim), np.float32)
-            G = _private((2 * self.window, max_arity), np.float32)
+            scratch = kernels.new_scratch(max_len, self.dim, self.window, max_arity)
             try:
                 while True:
                     with lock:
@@ -282,20 +276,18 @@ class Word2Vec:
                     s_lo, s_hi = int(chunks[c]), int(chunks[c + 1])
                     lo = int(offsets[s_lo])
                     before = epoch * N + lo
-                    seed = _chunk_seed(self.seed, epoch, c)
                     # Each chunk's ids are read from disk into this thread's buffer: the corpus
                     # never sits in the process's memory.
-                    ids = enc.read_ids(lo, offsets[s_hi], chunk_ids)
-                    w, t, ll, npred = kernels.train_chunk(
-                        ids, offsets[s_lo : s_hi + 1] - lo, 0, s_hi - s_lo, self.syn0, self.syn1, *paths, keep, self.sg,
-                        self.window, self.alpha, self.min_alpha, before, total, seed, sig, logsig,
-                        sent, h, e, scores, ctx, E, G)
+                    chunk = kernels.Chunk(enc.read_ids(lo, offsets[s_hi], chunk_ids), offsets[s_lo : s_hi + 1] - lo)
+                    schedule = kernels.Schedule(self.alpha, self.min_alpha, before, total,
+                                                _chunk_seed(self.seed, epoch, c))
+                    stats = kernels.train_chunk(chunk, model, paths, tables, schedule, scratch)
                     with lock:
-                        acc["words"] += w
-                        acc["trained"] += t
-                        acc["loglik"] += ll
-                        acc["predictions"] += npred
-                        done[0] = max(done[0], before + w)
+                        acc["words"] += stats.words
+                        acc["trained"] += stats.trained
+                        acc["loglik"] += stats.loglik
+                        acc["predictions"] += stats.predictions
+                        done[0] = max(done[0], before + stats.words)
             except BaseException as exc:  # surface worker failures in the caller
                 errors.append(exc)
 
@@ -350,7 +342,7 @@ class Word2Vec:
                 raise ValueError(f"unsupported checkpoint version {int(z['version'])}")
             saved = json.loads(str(z["config"]))
             mine = self.config()
-            diff = sorted(k for k in mine if k != "threads" and saved.get(k) != mine[k])
+            diff = sorted(k for k in mine if saved.get(k) != mine[k])
             if diff:
                 k = diff[0]
                 raise ValueError(f"checkpoint was made with {k}={saved.get(k)!r}, this run has {k}={mine[k]!r}")
@@ -378,21 +370,10 @@ def _word_classes(tree: Tree, vocab: Vocab) -> np.ndarray | None:
     return np.array([tree.index(w) for w in vocab.words], dtype=np.int64)
 
 
-_CACHE_LINE = 64
-
-
-def _private(shape: tuple[int, ...], dtype) -> np.ndarray:
-    """A zeroed scratch array for one thread that shares no cache line with any other allocation.
-
-    Small numpy arrays of different threads can sit side by side in memory; when two threads
-    keep writing their own ``h``/``e`` on a shared cache line, the line bounces between cores on
-    every write (false sharing): that made 2-thread CBOW slower than 1 thread. Each scratch array
-    is therefore cut, cache-line aligned, from its own buffer with a free line on both sides."""
-    itemsize = np.dtype(dtype).itemsize
-    n = int(np.prod(shape))
-    raw = np.zeros(n * itemsize + 3 * _CACHE_LINE, dtype=np.uint8)
-    start = (-raw.ctypes.data) % _CACHE_LINE + _CACHE_LINE
-    return raw[start : start + n * itemsize].view(dtype).reshape(shape)
+def _keep_thresholds(p_keep: np.ndarray) -> np.ndarray:
+    """Keep-probabilities as uint32 thresholds: an occurrence is kept when a uniform 32-bit draw is
+    below its word's threshold."""
+    return np.minimum(np.floor(p_keep * 2.0**32), 2.0**32 - 1).astype(np.uint32)
 
 
 def _chunk_bounds(offsets: np.ndarray, words: int) -> np.ndarray:

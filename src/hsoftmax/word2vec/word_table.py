@@ -18,8 +18,10 @@ occurrence.
 
 from __future__ import annotations
 
-import numba
 import numpy as np
+from numba import njit
+
+from ..kernels.node import JIT
 
 __all__ = ["WordTable"]
 
@@ -28,7 +30,7 @@ _FNV_PRIME = np.uint64(0x100000001B3)
 _NEED_ROOM = 1  # _scan's status: stopped before a new word, grow the arrays and call again
 
 
-@numba.njit(nogil=True, cache=True, inline="always")
+@njit(inline="always", **JIT)
 def _space_len(buf, i, n):
     """Bytes of the whitespace character starting at ``buf[i]`` (0 when it is not one)."""
     b = buf[i]
@@ -48,7 +50,7 @@ def _space_len(buf, i, n):
     return 3 if b1 == 0x81 and b2 == 0x9F else 0  # U+205F
 
 
-@numba.njit(nogil=True, cache=True, inline="always")
+@njit(inline="always", **JIT)
 def _fnv(buf, i, j):
     """FNV-1a hash of ``buf[i:j]``: the one hash of the table (scanning and lookups)."""
     h = _FNV_OFFSET
@@ -57,7 +59,7 @@ def _fnv(buf, i, j):
     return h
 
 
-@numba.njit(nogil=True, cache=True)
+@njit(**JIT)
 def _find(table, hashes, starts, arena, buf, i, j, h):
     """Slot of the word ``buf[i:j]`` (hash ``h``): where it is, or the empty slot it would take."""
     mask = table.size - 1
@@ -79,7 +81,7 @@ def _find(table, hashes, starts, arena, buf, i, j, h):
         slot = (slot + np.uint64(1)) & np.uint64(mask)
 
 
-@numba.njit(nogil=True, cache=True)
+@njit(**JIT)
 def _scan(buf, state, table, hashes, starts, counts, arena, out_ids, line_lens):
     """Tokenize ``buf`` from ``state[0]``; ``state`` = (position, words, ids out, lines out,
     tokens in the current line). Returns ``_NEED_ROOM`` when a new word does not fit (the state
@@ -128,13 +130,13 @@ def _scan(buf, state, table, hashes, starts, counts, arena, out_ids, line_lens):
     return status
 
 
-@numba.njit(nogil=True, cache=True)
+@njit(**JIT)
 def _lookup(table, hashes, starts, arena, token):
     """Provisional id of the whole ``token``, or -1."""
     return table[_find(table, hashes, starts, arena, token, 0, token.size, _fnv(token, 0, token.size))]
 
 
-@numba.njit(nogil=True, cache=True)
+@njit(**JIT)
 def _rehash(table, hashes, nwords):
     table[:] = -1
     mask = np.uint64(table.size - 1)
@@ -145,7 +147,7 @@ def _rehash(table, hashes, nwords):
         table[slot] = w
 
 
-@numba.njit(nogil=True, cache=True)
+@njit(**JIT)
 def _valid_utf8(arena, starts, nwords):
     """Whether each word is well-formed UTF-8 (Unicode's table 3-7: no overlong forms, no
     surrogates, nothing above U+10FFFF), i.e. whether Python decodes it without an error."""
@@ -188,7 +190,7 @@ def _valid_utf8(arena, starts, nwords):
     return ok
 
 
-@numba.njit(nogil=True, cache=True)
+@njit(**JIT)
 def _gather(arena, starts, words, sep):
     """The bytes of ``words`` joined by ``sep`` (one decode then yields all their strings)."""
     total = 0
