@@ -16,9 +16,8 @@ from hsoftmax import Tree
 
 def random_taxonomy(rng: np.random.Generator, num_classes: int, num_nodes: int) -> Tree:
     """A random taxonomy with mixed arities, ragged depths and single-child chains."""
-    parents = [None]  # node 0 = root (unnamed); node j>0 named "n{j}"
-    for j in range(1, num_nodes):
-        parents.append(int(rng.integers(0, j)))
+    # node 0 = root (unnamed); node j>0 named "n{j}", with a parent among the nodes before it
+    parents = [None] + [int(rng.integers(0, j)) for j in range(1, num_nodes)]
 
     def path_to(j: int) -> list[str]:
         out = []
@@ -67,8 +66,7 @@ def trees(draw, max_classes: int = 40) -> Tree:
     return random_taxonomy(np.random.default_rng(seed), V, draw(st.integers(1, 8)))
 
 
-def make_layer(tree: Tree, d: int = 6, *, seed: int = 0, dtype=None, device="cpu", weight_std=1.0,
-               bias_std=0.5, **kw):
+def make_layer(tree: Tree, d: int = 6, *, seed: int = 0, dtype=None, device="cpu", weight_std=1.0, bias_std=0.5, **kw):
     """A :class:`hsoftmax.HierarchicalSoftmax` with random (not Linear-init) weights, so that
     every decision matters: ``weight ~ N(0, weight_std)``, ``bias ~ N(0, bias_std)``; float64
     unless ``dtype`` says otherwise. ``kw`` goes to the constructor."""
@@ -85,8 +83,7 @@ def make_layer(tree: Tree, d: int = 6, *, seed: int = 0, dtype=None, device="cpu
     return hs
 
 
-def make_batch(tree: Tree, n: int, d: int = 6, *, seed: int = 1, dtype=None, device="cpu",
-               repeat_first: bool = True):
+def make_batch(tree: Tree, n: int, d: int = 6, *, seed: int = 1, dtype=None, device="cpu", repeat_first: bool = True):
     """``(x, y)``: ``n`` standard-normal inputs and targets drawn uniformly from ``tree``'s
     classes; with ``repeat_first`` the first few targets are class 0, so rows are shared
     within the batch."""
@@ -130,8 +127,9 @@ def topic_corpus(n_sentences=1500, length=10, seed=0):
     out = []
     for _ in range(n_sentences):
         t = rng.randrange(TOPICS)
-        out.append([f"t{t}w{rng.randrange(PER_TOPIC)}" if rng.random() < 0.8 else rng.choice(fillers)
-                    for _ in range(length)])
+        out.append(
+            [f"t{t}w{rng.randrange(PER_TOPIC)}" if rng.random() < 0.8 else rng.choice(fillers) for _ in range(length)]
+        )
     return out
 
 

@@ -78,7 +78,6 @@ def test_huffman_is_deterministic_and_word2vec_sized():
     assert set(t.class_depth.tolist()) == {3}
 
 
-
 def test_large_huffman_builds_quickly_and_correctly():
     counts = 1e6 / np.arange(1, 200_001)
     t = Tree.huffman(counts)
@@ -267,8 +266,11 @@ def test_absurd_sizes_are_refused_up_front(call):
 
 def test_a_tree_larger_than_memory_is_refused_before_building(monkeypatch):
     monkeypatch.setattr(builders, "_memory_bytes", lambda: 1 << 20)  # a 1 MiB machine
-    for call in [lambda: Tree.balanced(100_000), lambda: Tree.two_level(100_000),
-                 lambda: Tree.huffman(np.ones(100_000))]:
+    for call in [
+        lambda: Tree.balanced(100_000),
+        lambda: Tree.two_level(100_000),
+        lambda: Tree.huffman(np.ones(100_000)),
+    ]:
         with pytest.raises(ValueError, match=r"needs about .* GiB to build, more than this machine's"):
             call()
     assert Tree.balanced(1000).num_classes == 1000  # small trees still fit

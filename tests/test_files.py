@@ -60,18 +60,21 @@ def test_new_file_is_created(tmp_path):
 def test_failure_keeps_the_old_file_and_removes_the_temporary(tmp_path, error):
     f = tmp_path / "out.bin"
     f.write_bytes(b"old")
-    with pytest.raises(error):
+
+    def crash_mid_write():
         with atomic_path(f) as tmp, open(tmp, "wb") as g:
             g.write(b"half")
             raise error()
+
+    with pytest.raises(error):
+        crash_mid_write()
     assert f.read_bytes() == b"old"
     assert os.listdir(tmp_path) == ["out.bin"]
 
 
 def test_failure_without_an_old_file_leaves_the_directory_empty(tmp_path):
-    with pytest.raises(RuntimeError):
-        with atomic_path(tmp_path / "never.bin"):
-            raise RuntimeError("disk full")
+    with pytest.raises(RuntimeError), atomic_path(tmp_path / "never.bin"):
+        raise RuntimeError("disk full")
     assert os.listdir(tmp_path) == []
 
 
@@ -152,12 +155,17 @@ def zip_with(path, members: dict[str, bytes], method=zipfile.ZIP_STORED) -> None
 
 @pytest.mark.parametrize("save", [np.savez, np.savez_compressed])
 def test_npz_reader_reads_what_numpy_writes(tmp_path, save):
-    arrays = {"a": np.arange(5, dtype=np.int32), "s": np.array(7), "u": np.array(["x", "yz"]),
-              "e": np.zeros(0, dtype=np.uint8)}
+    arrays = {
+        "a": np.arange(5, dtype=np.int32),
+        "s": np.array(7),
+        "u": np.array(["x", "yz"]),
+        "e": np.zeros(0, dtype=np.uint8),
+    }
     save(tmp_path / "a.npz", **arrays)
     with NpzReader(tmp_path / "a.npz") as z:
         assert {k: (h.dtype, h.shape) for k, h in z.headers.items()} == {
-            k: (v.dtype, v.shape) for k, v in arrays.items()}
+            k: (v.dtype, v.shape) for k, v in arrays.items()
+        }
         for k, v in arrays.items():
             got = z.read(k)
             assert got.dtype == v.dtype and np.array_equal(got, v)
@@ -213,8 +221,10 @@ def test_npz_reader_notices_hidden_members(tmp_path):
     [
         ({"notes.txt": b"hi"}, "not a .npy array"),
         ({"a.npy": b"\x93NUMPY\x09\x00"}, "format version|magic"),
-        ({"a.npy": npy_bytes({"descr": "<i8", "fortran_order": False, "shape": (2,)}, b"\0" * 8)},
-         "needs 16 bytes, the archive holds 8"),
+        (
+            {"a.npy": npy_bytes({"descr": "<i8", "fortran_order": False, "shape": (2,)}, b"\0" * 8)},
+            "needs 16 bytes, the archive holds 8",
+        ),
         ({"a.npy": b"garbage"}, "magic string"),
     ],
 )
@@ -230,9 +240,8 @@ def test_read_errors_cover_what_damaged_archives_raise(tmp_path):
     raw = f.read_bytes()
     for data in [b"", raw[:10], raw[: len(raw) // 2], raw[:-1], b"PK" + raw[2:40]]:
         f.write_bytes(data)
-        with pytest.raises(READ_ERRORS):
-            with NpzReader(f) as z:
-                z.read("a")
+        with pytest.raises(READ_ERRORS), NpzReader(f) as z:
+            z.read("a")
 
 
 # ---------------------------------------------------------------------------- strings as arrays

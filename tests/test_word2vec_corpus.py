@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from conftest import topic_corpus
 
+from conftest import topic_corpus
 from hsoftmax.word2vec import CorpusError, encode_file, encode_sentences
 
 
@@ -41,7 +41,7 @@ def test_encode_file_matches_encode_sentences_and_counts_bad_utf8(tmp_path, corp
             f.write((" ".join(s) + "\n").encode())
         f.write(b"caf\xff\xfe the\n\n   \n")
     a = encode_file(path, min_count=2)
-    b = encode_sentences(corpus[:200] + [["caf\ufffd\ufffd", "the"]], min_count=2)
+    b = encode_sentences([*corpus[:200], ["caf\ufffd\ufffd", "the"]], min_count=2)
     assert a.vocab.words == b.vocab.words
     np.testing.assert_array_equal(np.asarray(a.ids), np.asarray(b.ids))
     np.testing.assert_array_equal(a.offsets, b.offsets)
@@ -52,11 +52,41 @@ def test_encode_file_matches_encode_sentences_and_counts_bad_utf8(tmp_path, corp
 # Pieces that stress the byte-level tokenizer: every kind of Unicode whitespace, NUL, \r, invalid
 # UTF-8 (stray continuation, truncated sequences, surrogate, overlong, a lead byte before a
 # whitespace sequence), a literal U+FFFD (collides with decoded invalid bytes) and a non-ASCII word.
-_PIECES = [b"a", b"bb", b"a", b" ", b" ", b"\t", b"\n", b"\n", b"\r", b"\x00", b"\x0b", b"\x1c", b"\x1f",
-           "\u0085".encode(), "\u00a0".encode(), "\u1680".encode(), "\u2000".encode(), "\u200a".encode(),
-           "\u2028".encode(), "\u202f".encode(), "\u205f".encode(), "\u3000".encode(), "\u200b".encode(),
-           b"\xff", b"\x80", b"\xe2\x80", b"\xe2", b"\xed\xa0\x80", b"\xc0\xaf", b"\xf4\x90\x80\x80",
-           "\ufffd".encode(), "caf\u00e9".encode(), "\U0001f600".encode()]
+_PIECES = [
+    b"a",
+    b"bb",
+    b"a",
+    b" ",
+    b" ",
+    b"\t",
+    b"\n",
+    b"\n",
+    b"\r",
+    b"\x00",
+    b"\x0b",
+    b"\x1c",
+    b"\x1f",
+    "\u0085".encode(),
+    "\u00a0".encode(),
+    "\u1680".encode(),
+    "\u2000".encode(),
+    "\u200a".encode(),
+    "\u2028".encode(),
+    "\u202f".encode(),
+    "\u205f".encode(),
+    "\u3000".encode(),
+    "\u200b".encode(),
+    b"\xff",
+    b"\x80",
+    b"\xe2\x80",
+    b"\xe2",
+    b"\xed\xa0\x80",
+    b"\xc0\xaf",
+    b"\xf4\x90\x80\x80",
+    "\ufffd".encode(),
+    "caf\u00e9".encode(),
+    "\U0001f600".encode(),
+]
 
 
 def _reference_encoding(data: bytes):

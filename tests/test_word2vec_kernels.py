@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import taxonomy_paths, topic_corpus
 
+from conftest import taxonomy_paths, topic_corpus
 from hsoftmax.kernels.node import sigmoid_tables
 from hsoftmax.tree import Tree
-from hsoftmax.word2vec import Word2Vec, encode_sentences
-from hsoftmax.word2vec import kernels
+from hsoftmax.word2vec import Word2Vec, encode_sentences, kernels
 
 
 @pytest.fixture(scope="module")
@@ -128,12 +127,16 @@ def _cbow_contexts(enc, syn0, window, max_sentences):
     return np.array(words, dtype=np.int64), np.array(hidden)
 
 
-@pytest.mark.parametrize("make_tree", [
-    "huffman",
-    lambda v: Tree.huffman(v.counts, arity=4),
-    # classes in alphabetical order, not the vocabulary's: word_classes maps words to classes
-    lambda v: Tree.from_paths(taxonomy_paths(sorted(v.words)), labels=sorted(v.words)),
-], ids=["huffman", "huffman4", "labelled"])
+@pytest.mark.parametrize(
+    "make_tree",
+    [
+        "huffman",
+        lambda v: Tree.huffman(v.counts, arity=4),
+        # classes in alphabetical order, not the vocabulary's: word_classes maps words to classes
+        lambda v: Tree.from_paths(taxonomy_paths(sorted(v.words)), labels=sorted(v.words)),
+    ],
+    ids=["huffman", "huffman4", "labelled"],
+)
 def test_syn1_in_the_layer_scores_words_as_the_evaluator(corpus, make_tree):
     """word2vec's node table and the layer's are the same thing: a trained ``syn1`` as
     ``HierarchicalSoftmax(bias=False).weight`` gives each word (target: its tree class) the
@@ -143,8 +146,18 @@ def test_syn1_in_the_layer_scores_words_as_the_evaluator(corpus, make_tree):
 
     enc = encode_sentences(corpus[:300], min_count=1)
     try:
-        m = Word2Vec(dim=16, window=3, min_count=1, sample=0, epochs=2, threads=1, seed=5, alpha=0.05,
-                     progress=False, tree=make_tree).fit(enc)
+        m = Word2Vec(
+            dim=16,
+            window=3,
+            min_count=1,
+            sample=0,
+            epochs=2,
+            threads=1,
+            seed=5,
+            alpha=0.05,
+            progress=False,
+            tree=make_tree,
+        ).fit(enc)
         words, H = _cbow_contexts(enc, m.syn0, m.window, 40)
         evaluator = m.log_likelihood(enc, max_sentences=40)
     finally:

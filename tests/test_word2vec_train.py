@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import taxonomy_paths, topic_corpus, topic_separation
 
+from conftest import taxonomy_paths, topic_corpus, topic_separation
 from hsoftmax.tree import Tree
-from hsoftmax.word2vec import Word2Vec, encode_sentences
-from hsoftmax.word2vec import kernels
+from hsoftmax.word2vec import Word2Vec, encode_sentences, kernels
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +27,9 @@ def test_default_tree_is_huffman_over_counts(corpus):
 def test_training_learns_cooccurrence(corpus, sg):
     enc = encode_sentences(corpus, min_count=1)
     try:
-        m = Word2Vec(dim=24, window=4, min_count=1, sample=0, sg=sg, epochs=4, threads=2, seed=3,
-                     progress=False, alpha=0.05)
+        m = Word2Vec(
+            dim=24, window=4, min_count=1, sample=0, sg=sg, epochs=4, threads=2, seed=3, progress=False, alpha=0.05
+        )
         m._setup(enc.vocab)
         before = m.log_likelihood(enc, max_sentences=300)
         m.fit(enc)
@@ -43,16 +43,31 @@ def test_training_learns_cooccurrence(corpus, sg):
     assert losses[-1] < losses[0]
 
 
-@pytest.mark.parametrize("make_tree", [
-    lambda v: Tree.huffman(v.counts, arity=3),
-    lambda v: Tree.balanced(len(v), arity=2),
-    lambda v: Tree.balanced(len(v), arity=5),
-    lambda v: Tree.from_paths(taxonomy_paths(v.words), labels=list(v.words)),
-], ids=["huffman3", "balanced2", "balanced5", "taxonomy"])
+@pytest.mark.parametrize(
+    "make_tree",
+    [
+        lambda v: Tree.huffman(v.counts, arity=3),
+        lambda v: Tree.balanced(len(v), arity=2),
+        lambda v: Tree.balanced(len(v), arity=5),
+        lambda v: Tree.from_paths(taxonomy_paths(v.words), labels=list(v.words)),
+    ],
+    ids=["huffman3", "balanced2", "balanced5", "taxonomy"],
+)
 @pytest.mark.parametrize("sg", [False, True], ids=["cbow", "skipgram"])
 def test_other_trees_train(corpus, make_tree, sg):
-    m = Word2Vec(dim=24, window=4, min_count=1, sample=0, epochs=4, threads=1, seed=3, progress=False,
-                 alpha=0.05, tree=make_tree, sg=sg)
+    m = Word2Vec(
+        dim=24,
+        window=4,
+        min_count=1,
+        sample=0,
+        epochs=4,
+        threads=1,
+        seed=3,
+        progress=False,
+        alpha=0.05,
+        tree=make_tree,
+        sg=sg,
+    )
     m.fit(corpus)
     assert m.tree == make_tree(m.vocab)
     same, other = topic_separation(m.wv)
@@ -65,10 +80,11 @@ def test_labelled_tree_is_matched_by_label(corpus):
     train along the path of its own label."""
     words = sorted({w for s in corpus for w in s})
     tree = Tree.from_paths(taxonomy_paths(words), labels=words)
-    m = Word2Vec(dim=24, window=4, min_count=1, sample=0, epochs=4, threads=1, seed=3, progress=False,
-                 alpha=0.05, tree=tree).fit(corpus)
+    m = Word2Vec(
+        dim=24, window=4, min_count=1, sample=0, epochs=4, threads=1, seed=3, progress=False, alpha=0.05, tree=tree
+    ).fit(corpus)
     assert m.vocab.words != tuple(words)
-    start, row, choice, arity = kernels.flat_paths(m.tree, m.word_classes)
+    start, row, choice, _ = kernels.flat_paths(m.tree, m.word_classes)
     for w in ("the", "t2w5"):
         i = m.vocab[w]
         nodes, choices = tree.path(tree.index(w))
@@ -88,13 +104,13 @@ def test_tree_must_match_vocabulary(corpus):
 
 
 def test_bad_parameters():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="dim must be >= 1"):
         Word2Vec(dim=0)
     with pytest.raises(TypeError):
         Word2Vec(window=2.5)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="tree must be 'huffman' or 'balanced'"):
         Word2Vec(tree="random")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="sample must be a finite number"):
         Word2Vec(sample=-1)
 
 

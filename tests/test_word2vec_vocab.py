@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import topic_corpus
 
+from conftest import topic_corpus
 from hsoftmax.word2vec import Word2Vec, encode_sentences
 from hsoftmax.word2vec.vocab import Vocab, keep_probabilities
 

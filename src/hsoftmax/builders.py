@@ -84,8 +84,7 @@ def check_counts(counts: Any, name: str = "counts") -> np.ndarray:
         raise TypeError(f"{name} must be an iterable of numbers, got {type(counts).__name__}")
     if isinstance(counts, (AbstractSet, Mapping)):
         raise TypeError(
-            f"{name} must be an ordered iterable of numbers (count i is class i's), got a "
-            f"{type(counts).__name__}"
+            f"{name} must be an ordered iterable of numbers (count i is class i's), got a {type(counts).__name__}"
         )
     if not isinstance(counts, Sequence) and not hasattr(counts, "__array__"):
         if not isinstance(counts, Iterable):
@@ -133,9 +132,7 @@ def split_counts(counts: Any, labels: Sequence[str] | None) -> tuple[Any, Sequen
     keys = list(counts.keys())
     for key in keys:
         if not isinstance(key, str):
-            raise TypeError(
-                f"counts is a mapping, so its keys are the class labels and must be strings; got {key!r}"
-            )
+            raise TypeError(f"counts is a mapping, so its keys are the class labels and must be strings; got {key!r}")
     return [counts[k] for k in keys], keys
 
 
@@ -471,8 +468,7 @@ def _link_paths(paths: list[Sequence[str]]) -> tuple[list[str | None], list[list
                 child_lists[prev].append(V + j)
             elif parent_of[j] != prev:
                 raise ValueError(
-                    f"node {name!r} has two parents: {names[parent_of[j]]!r} and {names[prev]!r} "
-                    f"(paths[{i}])"
+                    f"node {name!r} has two parents: {names[parent_of[j]]!r} and {names[prev]!r} (paths[{i}])"
                 )
             on_path.add(j)
             prev = j

@@ -46,9 +46,12 @@ def _nonneg_float(text: str) -> float:
 
 # ---------------------------------------------------------------------------- word2vec
 def _add_word2vec(sub) -> None:
-    p = sub.add_parser("word2vec", help="train word vectors with hierarchical softmax",
-                       description="Train CBOW or skip-gram word vectors with hierarchical softmax on a "
-                                   "text corpus (one sentence per line, whitespace-separated tokens).")
+    p = sub.add_parser(
+        "word2vec",
+        help="train word vectors with hierarchical softmax",
+        description="Train CBOW or skip-gram word vectors with hierarchical softmax on a "
+        "text corpus (one sentence per line, whitespace-separated tokens).",
+    )
     p.add_argument("corpus", help="UTF-8 text file, one sentence per line")
     p.add_argument("-o", "--output", required=True, help="vectors file (word2vec format; .bin = binary)")
     mode = p.add_mutually_exclusive_group()
@@ -61,17 +64,26 @@ def _add_word2vec(sub) -> None:
     p.add_argument("--sample", type=_nonneg_float, default=1e-3, help="subsampling threshold (default 1e-3, 0 = off)")
     p.add_argument("--epochs", type=_positive_int, default=5, help="passes over the corpus (default 5)")
     p.add_argument("--alpha", type=_nonneg_float, default=0.025, help="initial learning rate (default 0.025)")
-    p.add_argument("--threads", type=_positive_int, default=os.cpu_count() or 1, help="worker threads (default: all cores)")
+    p.add_argument(
+        "--threads", type=_positive_int, default=os.cpu_count() or 1, help="worker threads (default: all cores)"
+    )
     p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
-    p.add_argument("--tree", default="huffman",
-                   help="huffman (default), balanced, or a tree file saved with Tree.save over the vocabulary")
+    p.add_argument(
+        "--tree",
+        default="huffman",
+        help="huffman (default), balanced, or a tree file saved with Tree.save over the vocabulary",
+    )
     p.add_argument("--binary", action="store_true", default=None, help="write binary format whatever the name")
     p.add_argument("--checkpoint", metavar="DIR", help="save the full state here after every epoch")
     p.add_argument("--resume", action="store_true", help="continue from the state in --checkpoint")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    p.add_argument("--tmp-dir", metavar="DIR", default=None,
-                   help="where the encoded corpus (4 bytes per token, deleted at the end) is kept "
-                        "(default: the system's temporary directory)")
+    p.add_argument(
+        "--tmp-dir",
+        metavar="DIR",
+        default=None,
+        help="where the encoded corpus (4 bytes per token, deleted at the end) is kept "
+        "(default: the system's temporary directory)",
+    )
     # set explicitly: otherwise the default would come from --cbow's store_false (True = skip-gram)
     p.set_defaults(func=_run_word2vec, sg=False)
 
@@ -103,9 +115,20 @@ def _run_word2vec(args: argparse.Namespace) -> int:
 
     from .word2vec import CorpusError, Word2Vec, encode_file
 
-    model = Word2Vec(dim=args.dim, window=args.window, min_count=args.min_count, max_vocab=args.max_vocab,
-                     sample=args.sample, sg=args.sg, epochs=args.epochs, alpha=args.alpha,
-                     threads=args.threads, seed=args.seed, tree=tree, progress=args.progress)
+    model = Word2Vec(
+        dim=args.dim,
+        window=args.window,
+        min_count=args.min_count,
+        max_vocab=args.max_vocab,
+        sample=args.sample,
+        sg=args.sg,
+        epochs=args.epochs,
+        alpha=args.alpha,
+        threads=args.threads,
+        seed=args.seed,
+        tree=tree,
+        progress=args.progress,
+    )
     try:
         corpus = encode_file(args.corpus, args.min_count, args.max_vocab, workdir=args.tmp_dir)
     except CorpusError as e:
@@ -125,9 +148,12 @@ def _run_word2vec(args: argparse.Namespace) -> int:
 
 
 def _report_corpus(corpus, model) -> None:
-    print(f"corpus: {corpus.raw_words:,} words, {corpus.num_sentences:,} sentences, "
-          f"vocabulary {len(corpus.vocab):,} words ({corpus.num_tokens:,} tokens in vocabulary); "
-          f"{'skip-gram' if model.sg else 'CBOW'}, tree {model.tree}", file=sys.stderr)
+    print(
+        f"corpus: {corpus.raw_words:,} words, {corpus.num_sentences:,} sentences, "
+        f"vocabulary {len(corpus.vocab):,} words ({corpus.num_tokens:,} tokens in vocabulary); "
+        f"{'skip-gram' if model.sg else 'CBOW'}, tree {model.tree}",
+        file=sys.stderr,
+    )
     if model.epochs_done:
         print(f"resuming after epoch {model.epochs_done} of {model.epochs}", file=sys.stderr)
     if corpus.replaced:
@@ -136,16 +162,23 @@ def _report_corpus(corpus, model) -> None:
 
 # ---------------------------------------------------------------------------- evaluate
 def _add_evaluate(sub) -> None:
-    p = sub.add_parser("evaluate", help="analogy accuracy and similarity correlation of word vectors",
-                       description="Evaluate word2vec-format vectors. Without --analogies/--similarity, "
-                                   "uses questions-words.txt, wordsim353.tsv and simlex999.txt from an "
-                                   "installed gensim.")
+    p = sub.add_parser(
+        "evaluate",
+        help="analogy accuracy and similarity correlation of word vectors",
+        description="Evaluate word2vec-format vectors. Without --analogies/--similarity, "
+        "uses questions-words.txt, wordsim353.tsv and simlex999.txt from an "
+        "installed gensim.",
+    )
     p.add_argument("vectors", help="word2vec-format vectors (.bin = binary)")
     p.add_argument("--binary", action="store_true", default=None, help="read binary format whatever the name")
     p.add_argument("--analogies", metavar="FILE", help="questions-words format file")
     p.add_argument("--similarity", metavar="FILE", action="append", help="word-pair file (repeatable)")
-    p.add_argument("--restrict-vocab", type=_positive_int, default=300000,
-                   help="only the most frequent words count (default 300000)")
+    p.add_argument(
+        "--restrict-vocab",
+        type=_positive_int,
+        default=300000,
+        help="only the most frequent words count (default 300000)",
+    )
     p.add_argument("--neighbours", metavar="WORD", action="append", help="also print nearest neighbours of WORD")
     p.set_defaults(func=_run_evaluate)
 
@@ -170,12 +203,16 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     print(f"{args.vectors}: {len(kv):,} words, dim {kv.dim}")
     if analogies:
         r = kv.evaluate_analogies(analogies, args.restrict_vocab)
-        print(f"analogies  {os.path.basename(analogies)}: accuracy {100 * r.accuracy:.2f}% "
-              f"({r.correct}/{r.total}; {r.skipped} skipped, out of vocabulary)")
+        print(
+            f"analogies  {os.path.basename(analogies)}: accuracy {100 * r.accuracy:.2f}% "
+            f"({r.correct}/{r.total}; {r.skipped} skipped, out of vocabulary)"
+        )
     for path in pairs:
         r = kv.evaluate_similarity(path, args.restrict_vocab)
-        print(f"similarity {os.path.basename(path)}: Spearman {r.spearman:.4f} "
-              f"(Pearson {r.pearson:.4f}; {r.pairs} pairs, {r.skipped} skipped)")
+        print(
+            f"similarity {os.path.basename(path)}: Spearman {r.spearman:.4f} "
+            f"(Pearson {r.pearson:.4f}; {r.pairs} pairs, {r.skipped} skipped)"
+        )
     for word in args.neighbours or []:
         if word not in kv:
             print(f"neighbours of {word}: not in the vocabulary")

@@ -168,7 +168,7 @@ class NpzReader:
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
-        self._file = open(os.fspath(path), "rb")
+        self._file = open(os.fspath(path), "rb")  # noqa: SIM115 - owned by the reader, closed in close()
         try:
             self._zip = zipfile.ZipFile(self._file)
             _check_member_count(self._file, len(self._zip.infolist()))

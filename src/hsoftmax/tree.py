@@ -32,7 +32,7 @@ import functools
 import numbers
 import operator
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -317,7 +317,7 @@ class Tree:
                 _check_state_layout(layout, z.read)
                 data = {k: z.read(k) for k in z.headers}
             return cls.from_state(data)
-        except READ_ERRORS + (TypeError,) as e:
+        except (*READ_ERRORS, TypeError) as e:
             raise ValueError(f"{name!r} is not a readable hsoftmax tree file: {e}") from e
 
     def __getstate__(self) -> dict[str, Any]:
@@ -377,9 +377,7 @@ class Tree:
     # ------------------------------------------------------------------ arrays (read-only)
     # The child table, as validated and renumbered.
     child_offset = property(operator.attrgetter("_child_offset"), doc="CSR offsets of the child table.")
-    children = property(
-        operator.attrgetter("_children"), doc="Child refs (class c -> c, node j -> num_classes + j)."
-    )
+    children = property(operator.attrgetter("_children"), doc="Child refs (class c -> c, node j -> num_classes + j).")
     # Per internal node.
     arity = _derived_array("arity", "Number of children of each internal node.")
     param_offset = _derived_array("param_offset", "First weight row of each node (num_nodes + 1,).")
@@ -639,8 +637,14 @@ def _check_state_layout(
     N = layout["child_offset"][1][0] - 1
     if N < 1:
         raise ValueError("a tree needs a root: child_offset must have at least 2 entries")
-    expected = {"children": V + N - 1, "label_offset": V + 1, "labels": V,
-                "node_name_offset": N + 1, "node_named": N, "node_names": N}
+    expected = {
+        "children": V + N - 1,
+        "label_offset": V + 1,
+        "labels": V,
+        "node_name_offset": N + 1,
+        "node_named": N,
+        "node_names": N,
+    }
     for key, n in expected.items():
         if key in layout and layout[key][1][0] != n:
             raise ValueError(

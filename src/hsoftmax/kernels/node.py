@@ -22,8 +22,18 @@ import numpy as np
 from numba import njit
 
 __all__ = [
-    "FASTMATH", "JIT", "PARALLEL", "SIGMOID_RANGE", "TABLE_SIZE", "sigmoid_tables",
-    "dot", "log_sigmoid_and_grad", "log_sigmoid_pair", "log_sum_exp", "kary_scores", "kary_coef",
+    "FASTMATH",
+    "JIT",
+    "PARALLEL",
+    "SIGMOID_RANGE",
+    "TABLE_SIZE",
+    "sigmoid_tables",
+    "dot",
+    "log_sigmoid_and_grad",
+    "log_sigmoid_pair",
+    "log_sum_exp",
+    "kary_scores",
+    "kary_coef",
     "table_decision",
 ]
 

@@ -253,7 +253,7 @@ def _binary_rows(go, coef, h, rg, perm, tstart, grad, table, lr, fused, upd_b):
     in place by ``-lr *`` it (``fused=True``; the bias too when ``upd_b``). Thread t does the row
     groups ``perm[tstart[t]:tstart[t + 1]]`` (see :func:`balance`)."""
     for t in prange(tstart.shape[0] - 1):
-        _binary_rows_range(go, coef, h, rg, perm[tstart[t]:tstart[t + 1]], grad, table, lr, fused, upd_b)
+        _binary_rows_range(go, coef, h, rg, perm[tstart[t] : tstart[t + 1]], grad, table, lr, fused, upd_b)
 
 
 def _row_schedule(rg: RowGroups, threads: int):
@@ -546,7 +546,7 @@ def grouped_forward(h, table, nodes, groups, ent, work, S, lpe):
     w.r.t. its score, for a k-ary node the softmax."""
     items, perm, tstart = work.items, work.perm, work.tstart
     for t in prange(tstart.shape[0] - 1):
-        _forward_items(h, table, nodes, groups, ent, items, perm[tstart[t]:tstart[t + 1]], S, lpe)
+        _forward_items(h, table, nodes, groups, ent, items, perm[tstart[t] : tstart[t + 1]], S, lpe)
 
 
 @njit(**PARALLEL)
@@ -577,7 +577,7 @@ def grouped_grad_input(go, W, nodes, groups, ent, work, S, ghd):
     one item, so no races); :func:`sum_rows_by_example` adds them up per example."""
     items, perm, tstart = work.items, work.perm, work.tstart
     for t in prange(tstart.shape[0] - 1):
-        _grad_input_range(go, W, nodes, groups, ent, items, perm[tstart[t]:tstart[t + 1]], S, ghd)
+        _grad_input_range(go, W, nodes, groups, ent, items, perm[tstart[t] : tstart[t + 1]], S, ghd)
 
 
 @njit(**JIT)
@@ -735,8 +735,7 @@ def grouped_backward_rows(go, h, table, lr, nodes, plan, ent, S, work, ghd, grad
     (reading ``W``) before this runs."""
     items, perm, tstart = work.items, work.perm, work.tstart
     for t in prange(tstart.shape[0] - 1):
-        _row_pass_range(go, h, table, lr, nodes, plan, ent, S, items, perm[tstart[t]:tstart[t + 1]], ghd, grad,
-                        fused)
+        _row_pass_range(go, h, table, lr, nodes, plan, ent, S, items, perm[tstart[t] : tstart[t + 1]], ghd, grad, fused)
 
 
 @njit(**JIT)

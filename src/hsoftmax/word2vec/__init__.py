@@ -25,7 +25,14 @@ from .keyed_vectors import KeyedVectors, load_vectors
 from .train import Word2Vec
 
 __all__ = [
-    "Word2Vec", "KeyedVectors", "load_vectors", "encode_file", "encode_sentences", "EncodedCorpus", "CorpusError",
-    "embedded_corpus_path", "evaluate_analogies", "evaluate_similarity",
+    "Word2Vec",
+    "KeyedVectors",
+    "load_vectors",
+    "encode_file",
+    "encode_sentences",
+    "EncodedCorpus",
+    "CorpusError",
+    "embedded_corpus_path",
+    "evaluate_analogies",
+    "evaluate_similarity",
 ]
-

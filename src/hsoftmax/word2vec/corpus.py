@@ -33,6 +33,7 @@ def embedded_corpus_path() -> str:
     novels (public domain, about 1.5M tokens, xz-compressed; see ``hsoftmax/data/README.md``)."""
     return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "kjv_austen.txt.xz")
 
+
 #: Longer sentences are cut into pieces of this many in-vocabulary words (as gensim does), so
 #: per-thread scratch buffers have a fixed size.
 MAX_SENTENCE_LENGTH = 10000
@@ -70,8 +71,15 @@ class EncodedCorpus:
         replaced: invalid UTF-8 sequences that were replaced by U+FFFD.
     """
 
-    def __init__(self, vocab: Vocab, ids_path: str, offsets: np.ndarray, raw_words: int,
-                 replaced: int = 0, tmpdir: tempfile.TemporaryDirectory | None = None) -> None:
+    def __init__(
+        self,
+        vocab: Vocab,
+        ids_path: str,
+        offsets: np.ndarray,
+        raw_words: int,
+        replaced: int = 0,
+        tmpdir: tempfile.TemporaryDirectory | None = None,
+    ) -> None:
         self.vocab = vocab
         self.offsets = offsets
         self.raw_words = int(raw_words)
@@ -133,8 +141,10 @@ class EncodedCorpus:
     __del__ = _close_fd  # the temporary directory has a finalizer of its own
 
     def __repr__(self) -> str:
-        return (f"EncodedCorpus({self.num_tokens} tokens in vocabulary of {self.raw_words} read, "
-                f"{self.num_sentences} sentences, {len(self.vocab)} words)")
+        return (
+            f"EncodedCorpus({self.num_tokens} tokens in vocabulary of {self.raw_words} read, "
+            f"{self.num_sentences} sentences, {len(self.vocab)} words)"
+        )
 
 
 def _pread_copy(fd: int, mv: memoryview, pos: int) -> int:
@@ -156,7 +166,7 @@ class _Encoder:
         self.counts = np.zeros(1, dtype=np.int64)
         self.lengths: list[np.ndarray] = []
         self.path = os.path.join(workdir, "provisional.i32")
-        self.file = open(self.path, "wb")
+        self.file = open(self.path, "wb")  # noqa: SIM115 - held across add_* calls, closed by finish()
         self.raw_words = 0
 
     def add_tokens(self, toks: list[str]) -> None:
@@ -214,7 +224,7 @@ class _ByteEncoder:
         self.table = WordTable()
         self.lengths: list[np.ndarray] = []
         self.path = os.path.join(workdir, "provisional.i32")
-        self.file = open(self.path, "wb")
+        self.file = open(self.path, "wb")  # noqa: SIM115 - held across add_* calls, closed by finish()
         self.raw_words = 0
 
     def add_block(self, data: bytes) -> None:
@@ -273,8 +283,16 @@ class _ByteEncoder:
         return canon, names, replaced
 
 
-def _encoded(prov_path: str, lut: np.ndarray, lengths: list[np.ndarray], vocab: Vocab, raw_words: int,
-             replaced: int, tmpdir, max_sentence_length: int) -> EncodedCorpus:
+def _encoded(
+    prov_path: str,
+    lut: np.ndarray,
+    lengths: list[np.ndarray],
+    vocab: Vocab,
+    raw_words: int,
+    replaced: int,
+    tmpdir,
+    max_sentence_length: int,
+) -> EncodedCorpus:
     """Provisional ids on disk + the provisional -> final id table -> an :class:`EncodedCorpus`."""
     _release_memory()
     raw_off = np.zeros(sum(a.size for a in lengths) + 1, dtype=np.int64)
@@ -372,8 +390,13 @@ def _check_params(min_count: int, max_sentence_length: int) -> None:
         raise ValueError(f"max_sentence_length must be an int >= 1, got {max_sentence_length!r}")
 
 
-def encode_file(path: str | os.PathLike, min_count: int = 5, max_vocab: int | None = None,
-                workdir: str | None = None, max_sentence_length: int = MAX_SENTENCE_LENGTH) -> EncodedCorpus:
+def encode_file(
+    path: str | os.PathLike,
+    min_count: int = 5,
+    max_vocab: int | None = None,
+    workdir: str | None = None,
+    max_sentence_length: int = MAX_SENTENCE_LENGTH,
+) -> EncodedCorpus:
     """Read a text corpus (one sentence per line; ``.xz``/``.gz`` are decompressed on the fly)
     and encode it to token ids.
 
@@ -403,8 +426,13 @@ def encode_file(path: str | os.PathLike, min_count: int = 5, max_vocab: int | No
         raise
 
 
-def encode_sentences(sentences: Iterable[Sequence[str]], min_count: int = 5, max_vocab: int | None = None,
-                     workdir: str | None = None, max_sentence_length: int = MAX_SENTENCE_LENGTH) -> EncodedCorpus:
+def encode_sentences(
+    sentences: Iterable[Sequence[str]],
+    min_count: int = 5,
+    max_vocab: int | None = None,
+    workdir: str | None = None,
+    max_sentence_length: int = MAX_SENTENCE_LENGTH,
+) -> EncodedCorpus:
     """Encode an iterable of token lists (streamed in blocks of 10,000 sentences).
 
     >>> c = encode_sentences([["a", "b", "a"], ["b", "c"]], min_count=2)

@@ -16,7 +16,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["AnalogyResult", "SimilarityResult", "evaluate_analogies", "evaluate_similarity", "spearman", "gensim_test_file"]
+__all__ = [
+    "AnalogyResult",
+    "SimilarityResult",
+    "evaluate_analogies",
+    "evaluate_similarity",
+    "spearman",
+    "gensim_test_file",
+]
 
 
 @dataclass
@@ -51,8 +58,9 @@ def _unit(vectors: np.ndarray) -> np.ndarray:
     return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
-def evaluate_analogies(words, vectors: np.ndarray, path: str | os.PathLike,
-                       restrict_vocab: int | None = 300000, batch: int = 512) -> AnalogyResult:
+def evaluate_analogies(
+    words, vectors: np.ndarray, path: str | os.PathLike, restrict_vocab: int | None = 300000, batch: int = 512
+) -> AnalogyResult:
     """Accuracy on ``a b c d`` questions (``": section"`` lines start sections).
 
     Args:
@@ -99,8 +107,9 @@ def evaluate_analogies(words, vectors: np.ndarray, path: str | os.PathLike,
     return AnalogyResult(correct / max(len(q), 1), correct, len(q), skipped, sections)
 
 
-def evaluate_similarity(words, vectors: np.ndarray, path: str | os.PathLike,
-                        restrict_vocab: int | None = 300000) -> SimilarityResult:
+def evaluate_similarity(
+    words, vectors: np.ndarray, path: str | os.PathLike, restrict_vocab: int | None = 300000
+) -> SimilarityResult:
     """Spearman (and Pearson) correlation between cosine similarity and human scores on
     tab-separated ``word1 word2 score`` lines (``#`` starts a comment line)."""
     index = _lower_index(words, restrict_vocab)

@@ -22,8 +22,9 @@ def is_binary_name(path: str | os.PathLike) -> bool:
     return os.fspath(path).lower().endswith(".bin")
 
 
-def write_word2vec(path: str | os.PathLike, words: Sequence[str], vectors: np.ndarray,
-                   binary: bool | None = None) -> None:
+def write_word2vec(
+    path: str | os.PathLike, words: Sequence[str], vectors: np.ndarray, binary: bool | None = None
+) -> None:
     """Write ``vectors`` (``(len(words), dim)``) in word2vec format, atomically.
 
     Text values are written with 9 significant digits, enough to read back the exact float32.

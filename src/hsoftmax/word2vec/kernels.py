@@ -30,8 +30,19 @@ from numba import njit
 from ..kernels.node import JIT, dot, kary_coef, kary_scores, log_sigmoid_and_grad, table_decision
 
 __all__ = [
-    "Paths", "Chunk", "Model", "Tables", "Schedule", "Scratch", "ChunkStats", "flat_paths", "new_scratch",
-    "train_chunk", "word_loglik", "path_logprob", "word_logprobs",
+    "Paths",
+    "Chunk",
+    "Model",
+    "Tables",
+    "Schedule",
+    "Scratch",
+    "ChunkStats",
+    "flat_paths",
+    "new_scratch",
+    "train_chunk",
+    "word_loglik",
+    "path_logprob",
+    "word_logprobs",
 ]
 
 _LCG_MUL = np.uint64(6364136223846793005)
@@ -135,10 +146,23 @@ def flat_paths(tree, classes=None, packed=False) -> Paths:
     np.cumsum(lengths, out=start[1:])
     packed = bool(packed) and int(np.max(tree.arity)) <= 2 and tree.num_params < 2**30
     row = np.empty(int(start[-1]), dtype=np.int32)
-    paths = Paths(start, row, np.empty(0 if packed else row.size, dtype=np.int32),
-                  np.empty(0 if packed else row.size, dtype=np.int32))
-    _walk_paths(cls, tree.num_classes, np.asarray(tree.parent), np.asarray(tree.choice), np.asarray(tree.arity),
-                np.asarray(tree.param_offset), np.asarray(tree.node_decisions), packed, paths)
+    paths = Paths(
+        start,
+        row,
+        np.empty(0 if packed else row.size, dtype=np.int32),
+        np.empty(0 if packed else row.size, dtype=np.int32),
+    )
+    _walk_paths(
+        cls,
+        tree.num_classes,
+        np.asarray(tree.parent),
+        np.asarray(tree.choice),
+        np.asarray(tree.arity),
+        np.asarray(tree.param_offset),
+        np.asarray(tree.node_decisions),
+        packed,
+        paths,
+    )
     return paths
 
 
@@ -187,9 +211,15 @@ def new_scratch(max_len: int, dim: int, window: int, max_arity: int) -> Scratch:
     ((50,), (8,), (3,), (10, 8), (10, 3))
     """
     max_arity = max(int(max_arity), 2)
-    return Scratch(_private((max_len,), np.int32), _private((dim,), np.float32), _private((dim,), np.float32),
-                   _private((max_arity,), np.float64), _private((2 * window,), np.int32),
-                   _private((2 * window, dim), np.float32), _private((2 * window, max_arity), np.float32))
+    return Scratch(
+        _private((max_len,), np.int32),
+        _private((dim,), np.float32),
+        _private((dim,), np.float32),
+        _private((max_arity,), np.float64),
+        _private((2 * window,), np.int32),
+        _private((2 * window, dim), np.float32),
+        _private((2 * window, max_arity), np.float32),
+    )
 
 
 @njit(inline="always", **JIT)

@@ -34,7 +34,7 @@ class KeyedVectors:
         self._unit: np.ndarray | None = None
 
     @classmethod
-    def load(cls, path: str | os.PathLike, binary: bool | None = None) -> "KeyedVectors":
+    def load(cls, path: str | os.PathLike, binary: bool | None = None) -> KeyedVectors:
         """Read word2vec text or binary (``.bin``, or ``binary=True``) vectors."""
         words, vectors = read_word2vec(path, binary)
         return cls(words, vectors)
@@ -74,8 +74,9 @@ class KeyedVectors:
         u = self.unit_vectors
         return float(u[self._id(a)] @ u[self._id(b)])
 
-    def most_similar(self, positive: str | Sequence[str] = (), negative: Sequence[str] = (),
-                     topn: int = 10) -> list[tuple[str, float]]:
+    def most_similar(
+        self, positive: str | Sequence[str] = (), negative: Sequence[str] = (), topn: int = 10
+    ) -> list[tuple[str, float]]:
         """Nearest words by cosine to the mean of ``positive`` minus ``negative`` unit vectors.
 
         ``most_similar("king")`` gives king's neighbours; ``most_similar(["king", "woman"],

@@ -79,10 +79,22 @@ class Word2Vec:
         progress: show a tqdm bar (words/s, ETA, learning rate).
     """
 
-    def __init__(self, dim: int = 100, window: int = 5, min_count: int = 5, max_vocab: int | None = None,
-                 sample: float = 1e-3, sg: bool = False, epochs: int = 5, alpha: float = 0.025,
-                 min_alpha: float = 1e-4, threads: int | None = None, seed: int = 1,
-                 tree: str | Tree | Callable[[Vocab], Tree] = "huffman", progress: bool = True) -> None:
+    def __init__(
+        self,
+        dim: int = 100,
+        window: int = 5,
+        min_count: int = 5,
+        max_vocab: int | None = None,
+        sample: float = 1e-3,
+        sg: bool = False,
+        epochs: int = 5,
+        alpha: float = 0.025,
+        min_alpha: float = 1e-4,
+        threads: int | None = None,
+        seed: int = 1,
+        tree: str | Tree | Callable[[Vocab], Tree] = "huffman",
+        progress: bool = True,
+    ) -> None:
         self.dim = _check_int("dim", dim, 1)
         self.window = _check_int("window", window, 1)
         self.min_count = _check_int("min_count", min_count, 1)
@@ -119,13 +131,26 @@ class Word2Vec:
     def config(self) -> dict[str, Any]:
         """Hyper-parameters (what a checkpoint must agree on to be resumed)."""
         tree = self.tree_spec if isinstance(self.tree_spec, str) else "custom"
-        return {"dim": self.dim, "window": self.window, "min_count": self.min_count,
-                "max_vocab": self.max_vocab, "sample": self.sample, "sg": self.sg,
-                "epochs": self.epochs, "alpha": self.alpha, "min_alpha": self.min_alpha,
-                "seed": self.seed, "tree": tree}
+        return {
+            "dim": self.dim,
+            "window": self.window,
+            "min_count": self.min_count,
+            "max_vocab": self.max_vocab,
+            "sample": self.sample,
+            "sg": self.sg,
+            "epochs": self.epochs,
+            "alpha": self.alpha,
+            "min_alpha": self.min_alpha,
+            "seed": self.seed,
+            "tree": tree,
+        }
 
-    def fit(self, corpus: str | os.PathLike | Iterable[Sequence[str]] | EncodedCorpus,
-            checkpoint: str | os.PathLike | None = None, resume: bool = False) -> "Word2Vec":
+    def fit(
+        self,
+        corpus: str | os.PathLike | Iterable[Sequence[str]] | EncodedCorpus,
+        checkpoint: str | os.PathLike | None = None,
+        resume: bool = False,
+    ) -> Word2Vec:
         """Build the vocabulary and tree, then train for the remaining epochs.
 
         Args:
@@ -149,8 +174,9 @@ class Word2Vec:
                 enc.close()
         return self
 
-    def build(self, corpus: EncodedCorpus, checkpoint: str | os.PathLike | None = None,
-              resume: bool = False) -> "Word2Vec":
+    def build(
+        self, corpus: EncodedCorpus, checkpoint: str | os.PathLike | None = None, resume: bool = False
+    ) -> Word2Vec:
         """First half of :meth:`fit`: take the corpus's vocabulary, build the tree and initialise
         the vectors, or restore them from ``checkpoint`` when ``resume``. Checks everything that
         can be wrong before any training starts."""
@@ -164,7 +190,7 @@ class Word2Vec:
             self._setup(corpus.vocab)
         return self
 
-    def train(self, corpus: EncodedCorpus, checkpoint: str | os.PathLike | None = None) -> "Word2Vec":
+    def train(self, corpus: EncodedCorpus, checkpoint: str | os.PathLike | None = None) -> Word2Vec:
         """Second half of :meth:`fit`: run the remaining epochs on an encoded corpus."""
         self._require_trained()
         if corpus.vocab.words != self.vocab.words:
@@ -248,8 +274,15 @@ class Word2Vec:
         finally:
             bar.close()
 
-    def _run_epoch(self, enc: EncodedCorpus, chunks: np.ndarray, epoch: int, paths: kernels.Paths,
-                   tables: kernels.Tables, bar: _Bar) -> dict[str, float]:
+    def _run_epoch(
+        self,
+        enc: EncodedCorpus,
+        chunks: np.ndarray,
+        epoch: int,
+        paths: kernels.Paths,
+        tables: kernels.Tables,
+        bar: _Bar,
+    ) -> dict[str, float]:
         lock = threading.Lock()
         next_chunk = [0]
         acc = {"words": 0, "trained": 0, "loglik": 0.0, "predictions": 0}
@@ -279,8 +312,9 @@ class Word2Vec:
                     # Each chunk's ids are read from disk into this thread's buffer: the corpus
                     # never sits in the process's memory.
                     chunk = kernels.Chunk(enc.read_ids(lo, offsets[s_hi], chunk_ids), offsets[s_lo : s_hi + 1] - lo)
-                    schedule = kernels.Schedule(self.alpha, self.min_alpha, before, total,
-                                                _chunk_seed(self.seed, epoch, c))
+                    schedule = kernels.Schedule(
+                        self.alpha, self.min_alpha, before, total, _chunk_seed(self.seed, epoch, c)
+                    )
                     stats = kernels.train_chunk(chunk, model, paths, tables, schedule, scratch)
                     with lock:
                         acc["words"] += stats.words
@@ -309,8 +343,12 @@ class Word2Vec:
             raise
         if errors:
             raise errors[0]
-        return {"words": acc["words"], "trained_words": acc["trained"],
-                "loss": -acc["loglik"] / max(acc["predictions"], 1), "predictions": acc["predictions"]}
+        return {
+            "words": acc["words"],
+            "trained_words": acc["trained"],
+            "loss": -acc["loglik"] / max(acc["predictions"], 1),
+            "predictions": acc["predictions"],
+        }
 
     def _lr_at(self, words_done: int, total: int) -> float:
         return max(self.min_alpha, self.alpha - (self.alpha - self.min_alpha) * words_done / total)
@@ -329,9 +367,8 @@ class Word2Vec:
             "syn1": self.syn1,
         }
         state.update({"tree_" + k: v for k, v in self.tree.state().items()})
-        with atomic_path(os.path.join(directory, "checkpoint.npz")) as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, **state)
+        with atomic_path(os.path.join(directory, "checkpoint.npz")) as tmp, open(tmp, "wb") as f:
+            np.savez(f, **state)
 
     def _load_checkpoint(self, directory: str, vocab: Vocab) -> None:
         path = os.path.join(directory, "checkpoint.npz")
@@ -395,8 +432,15 @@ class _Bar:
         if enabled:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total, initial=initial, unit="w", unit_scale=True, dynamic_ncols=True,
-                            smoothing=0.1, desc="word2vec")
+            self.bar = tqdm(
+                total=total,
+                initial=initial,
+                unit="w",
+                unit_scale=True,
+                dynamic_ncols=True,
+                smoothing=0.1,
+                desc="word2vec",
+            )
 
     def update_to(self, words_done: int, lr: float) -> None:
         """Called from the main thread only (tqdm is not thread-safe)."""
@@ -406,8 +450,10 @@ class _Bar:
 
     def epoch_done(self, stats: dict[str, float]) -> None:
         if self.bar is not None:
-            self.bar.write(f"epoch {stats['epoch']}: loss {stats['loss']:.4f} per prediction, "
-                           f"{stats['words'] / max(stats['seconds'], 1e-9):,.0f} words/s")
+            self.bar.write(
+                f"epoch {stats['epoch']}: loss {stats['loss']:.4f} per prediction, "
+                f"{stats['words'] / max(stats['seconds'], 1e-9):,.0f} words/s"
+            )
 
     def close(self) -> None:
         if self.bar is not None:

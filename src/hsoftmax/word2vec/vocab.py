@@ -47,7 +47,7 @@ class Vocab:
         return self._index
 
     @classmethod
-    def from_counts(cls, counts: Mapping[str, int], min_count: int = 5, max_vocab: int | None = None) -> "Vocab":
+    def from_counts(cls, counts: Mapping[str, int], min_count: int = 5, max_vocab: int | None = None) -> Vocab:
         """Keep words with ``count >= min_count``; then, if ``max_vocab`` is set, the most frequent.
 
         Raises:
@@ -94,8 +94,10 @@ def rank(words: Sequence[str], counts: Sequence[int], max_vocab: int | None = No
 
 def no_word_reaches(min_count: int, distinct: int, best: int) -> ValueError:
     """The error for a corpus in which no word reaches ``min_count`` (says how close it came)."""
-    return ValueError(f"no word occurs at least min_count={min_count} times "
-                      f"({distinct} distinct words, the most frequent occurs {best} times)")
+    return ValueError(
+        f"no word occurs at least min_count={min_count} times "
+        f"({distinct} distinct words, the most frequent occurs {best} times)"
+    )
 
 
 def keep_probabilities(counts: np.ndarray, sample: float) -> np.ndarray:

@@ -255,8 +255,10 @@ class WordTable:
         out_ids = np.empty(buf.size // 2 + 1, dtype=np.int32)
         line_lens = np.empty(data.count(b"\n") + 1, dtype=np.int64)
         state = np.array([0, self._n, 0, 0, 0], dtype=np.int64)
-        while _scan(buf, state, self._table, self._hashes, self._starts, self._counts, self._arena,
-                    out_ids, line_lens) == _NEED_ROOM:
+        while (
+            _scan(buf, state, self._table, self._hashes, self._starts, self._counts, self._arena, out_ids, line_lens)
+            == _NEED_ROOM
+        ):
             self._n = int(state[1])
             self._make_room(words=1, nbytes=buf.size - int(state[0]))
         self._n = int(state[1])
@@ -294,8 +296,7 @@ class WordTable:
 
     def find(self, token: bytes) -> int:
         """Provisional id of ``token``, or -1."""
-        return int(_lookup(self._table, self._hashes, self._starts, self._arena,
-                           np.frombuffer(token, dtype=np.uint8)))
+        return int(_lookup(self._table, self._hashes, self._starts, self._arena, np.frombuffer(token, dtype=np.uint8)))
 
     def invalid_utf8(self) -> np.ndarray:
         """Provisional ids of the words that are not well-formed UTF-8."""
