@@ -250,7 +250,7 @@ class Word2Vec:
         self.history = []
 
     def _require_trained(self) -> _Trained:
-        """The vocabulary, tree and tables, which exist once :meth:`build` (or :meth:`fit`) ran."""
+        """The vocabulary, tree and both weight tables, which exist once :meth:`build` (or :meth:`fit`) ran."""
         if self.vocab is None or self.tree is None or self.syn0 is None or self.syn1 is None:
             raise ValueError("the model has no vectors yet: call fit() (or build()) first")
         return _Trained(self.vocab, self.tree, self.syn0, self.syn1)
