@@ -5,13 +5,18 @@ PyTorch output layer); the math lives in :mod:`hsoftmax.functional`, the sparse-
 in :mod:`hsoftmax.optim` and the word2vec trainer in :mod:`hsoftmax.word2vec`.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from .tree import Tree
+
+if TYPE_CHECKING:  # the real types for type checkers; at run time __getattr__ imports them
+    from .layer import HierarchicalSoftmax, HierarchicalSoftmaxOutput
 
 __all__ = ["Tree", "HierarchicalSoftmax", "HierarchicalSoftmaxOutput"]
 __version__ = "0.1.0"
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     # PEP 562: torch (~180 MB resident) is imported only when the layer is used, so the word2vec
     # trainer and the CLI, which need only the Tree and numba, stay light.
     if name in ("HierarchicalSoftmax", "HierarchicalSoftmaxOutput"):

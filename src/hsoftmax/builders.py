@@ -236,7 +236,7 @@ def _single_class(labels: Sequence[str] | None) -> TreeArrays:
     return TreeArrays(1, np.array([0, 1]), np.array([0]), labels)
 
 
-def _from_edges(V: int, N: int, nodes: np.ndarray, kids: np.ndarray, labels) -> TreeArrays:
+def _from_edges(V: int, N: int, nodes: np.ndarray, kids: np.ndarray, labels: Sequence[str] | None) -> TreeArrays:
     """From (parent internal node, child ref) edge lists, keeping edge order per parent."""
     order = np.argsort(nodes, kind="stable")
     off = np.zeros(N + 1, dtype=np.int64)

@@ -16,12 +16,30 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, NoReturn
+
+if TYPE_CHECKING:  # the commands import these lazily, so `hsoftmax --help` stays fast
+    from typing import TypeAlias
+
+    from .tree import Tree
+    from .word2vec import EncodedCorpus, Word2Vec
 
 __all__ = ["main", "build_parser"]
 
 
 class UsageError(Exception):
     """A user-facing error: printed as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # argparse's own errors: keep them to one line too
+        raise UsageError(message)
+
+
+if TYPE_CHECKING:
+    # What build_parser's add_subparsers returns (argparse's class is private, typeshed's generic):
+    # each command's _add_* function adds its parser to it.
+    _Subcommands: TypeAlias = argparse._SubParsersAction[_Parser]
 
 
 def _positive_int(text: str) -> int:
@@ -45,7 +63,7 @@ def _nonneg_float(text: str) -> float:
 
 
 # ---------------------------------------------------------------------------- word2vec
-def _add_word2vec(sub) -> None:
+def _add_word2vec(sub: _Subcommands) -> None:
     p = sub.add_parser(
         "word2vec",
         help="train word vectors with hierarchical softmax",
@@ -88,7 +106,7 @@ def _add_word2vec(sub) -> None:
     p.set_defaults(func=_run_word2vec, sg=False)
 
 
-def _load_tree(spec: str):
+def _load_tree(spec: str) -> str | Tree:
     if spec in ("huffman", "balanced"):
         return spec
     if not os.path.isfile(spec):
@@ -143,11 +161,11 @@ def _run_word2vec(args: argparse.Namespace) -> int:
     finally:
         corpus.close()
     model.save(args.output, binary=args.binary)
-    print(f"wrote {len(model.vocab)} vectors of dim {args.dim} to {args.output}", file=sys.stderr)
+    print(f"wrote {len(corpus.vocab)} vectors of dim {args.dim} to {args.output}", file=sys.stderr)
     return 0
 
 
-def _report_corpus(corpus, model) -> None:
+def _report_corpus(corpus: EncodedCorpus, model: Word2Vec) -> None:
     print(
         f"corpus: {corpus.raw_words:,} words, {corpus.num_sentences:,} sentences, "
         f"vocabulary {len(corpus.vocab):,} words ({corpus.num_tokens:,} tokens in vocabulary); "
@@ -161,7 +179,7 @@ def _report_corpus(corpus, model) -> None:
 
 
 # ---------------------------------------------------------------------------- evaluate
-def _add_evaluate(sub) -> None:
+def _add_evaluate(sub: _Subcommands) -> None:
     p = sub.add_parser(
         "evaluate",
         help="analogy accuracy and similarity correlation of word vectors",
@@ -202,16 +220,16 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         raise UsageError("no evaluation files: pass --analogies/--similarity or install gensim (its test data)")
     print(f"{args.vectors}: {len(kv):,} words, dim {kv.dim}")
     if analogies:
-        r = kv.evaluate_analogies(analogies, args.restrict_vocab)
+        a = kv.evaluate_analogies(analogies, args.restrict_vocab)
         print(
-            f"analogies  {os.path.basename(analogies)}: accuracy {100 * r.accuracy:.2f}% "
-            f"({r.correct}/{r.total}; {r.skipped} skipped, out of vocabulary)"
+            f"analogies  {os.path.basename(analogies)}: accuracy {100 * a.accuracy:.2f}% "
+            f"({a.correct}/{a.total}; {a.skipped} skipped, out of vocabulary)"
         )
     for path in pairs:
-        r = kv.evaluate_similarity(path, args.restrict_vocab)
+        s = kv.evaluate_similarity(path, args.restrict_vocab)
         print(
-            f"similarity {os.path.basename(path)}: Spearman {r.spearman:.4f} "
-            f"(Pearson {r.pearson:.4f}; {r.pairs} pairs, {r.skipped} skipped)"
+            f"similarity {os.path.basename(path)}: Spearman {s.spearman:.4f} "
+            f"(Pearson {s.pearson:.4f}; {s.pairs} pairs, {s.skipped} skipped)"
         )
     for word in args.neighbours or []:
         if word not in kv:
@@ -223,12 +241,10 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------- entry point
 #: name -> function adding the subcommand's parser (which sets ``func``).
-COMMANDS: dict[str, Callable] = {"word2vec": _add_word2vec, "evaluate": _add_evaluate}
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # argparse's own errors: keep them to one line too
-        raise UsageError(message)
+COMMANDS: dict[str, Callable[[_Subcommands], None]] = {
+    "word2vec": _add_word2vec,
+    "evaluate": _add_evaluate,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -23,7 +23,7 @@ import struct
 import zipfile
 import zlib
 from collections.abc import Iterable, Iterator
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 
 import numpy as np
 
@@ -238,7 +238,7 @@ class NpzReader:
         return np.frombuffer(data, dtype=header.dtype).reshape(header.shape)
 
 
-def _check_member_count(f, listed: int) -> None:
+def _check_member_count(f: BinaryIO, listed: int) -> None:
     """The end record's count of members must match the directory that was read.
 
     zipfile trusts each directory entry's lengths: a flipped bit in one can swallow the entries
@@ -289,10 +289,10 @@ def decode_strings(data: np.ndarray, offset: np.ndarray, what: str = "string") -
     if off.ndim != 1 or off.size == 0 or off[0] != 0 or off[-1] != data.size or np.any(np.diff(off) < 0):
         raise ValueError(f"{what} offsets must start at 0, be non-decreasing and end at {data.size}")
     raw = np.ascontiguousarray(data).tobytes()
-    out = []
-    for i, (a, b) in enumerate(zip(off[:-1].tolist(), off[1:].tolist())):
-        try:
+    out: list[str] = []
+    try:  # around the loop, not in it: the string that failed is the next one, number len(out)
+        for a, b in zip(off[:-1].tolist(), off[1:].tolist()):
             out.append(raw[a:b].decode("utf-8", "surrogatepass"))
-        except UnicodeDecodeError as e:
-            raise ValueError(f"{what} {i} is not valid UTF-8: {e.reason}") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{what} {len(out)} is not valid UTF-8: {e.reason}") from None
     return out

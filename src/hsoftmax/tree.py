@@ -296,7 +296,9 @@ class Tree:
         ('a', 'b', 'c')
         """
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            np.savez_compressed(f, **self.state())
+            # numpy >= 2.1's stubs add allow_pickle=, which a **dict could in principle fill; passing
+            # it explicitly would store an "allow_pickle" array on the numpy < 2.1 we support.
+            np.savez_compressed(f, **self.state())  # type: ignore[arg-type]
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Tree:

@@ -256,7 +256,7 @@ def _binary_rows(go, coef, h, rg, perm, tstart, grad, table, lr, fused, upd_b):
         _binary_rows_range(go, coef, h, rg, perm[tstart[t] : tstart[t + 1]], grad, table, lr, fused, upd_b)
 
 
-def _row_schedule(rg: RowGroups, threads: int):
+def _row_schedule(rg: RowGroups, threads: int) -> tuple[np.ndarray, np.ndarray]:
     return balance((np.diff(rg.start) + 2).astype(np.float64), threads)
 
 

@@ -15,10 +15,11 @@ from __future__ import annotations
 import codecs
 import gc
 import gzip
+import io
 import lzma
 import os
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -44,8 +45,10 @@ _BLOCK = 1 << 18  # tokens per remap block (its temporaries are ~20 bytes per to
 _replaced = [0]
 
 
-def _count_and_replace(exc: UnicodeDecodeError) -> tuple[str, int]:
+def _count_and_replace(exc: UnicodeError) -> tuple[str, int]:
     # One U+FFFD per invalid sequence, like errors="replace", but counted for the report.
+    if not isinstance(exc, UnicodeDecodeError):  # a codec error handler may be handed any kind
+        raise exc
     _replaced[0] += 1
     return "\ufffd", exc.start + 1
 
@@ -78,7 +81,7 @@ class EncodedCorpus:
         offsets: np.ndarray,
         raw_words: int,
         replaced: int = 0,
-        tmpdir: tempfile.TemporaryDirectory | None = None,
+        tmpdir: tempfile.TemporaryDirectory[str] | None = None,
     ) -> None:
         self.vocab = vocab
         self.offsets = offsets
@@ -116,7 +119,7 @@ class EncodedCorpus:
             raise ValueError("the corpus is closed")
         n = int(stop) - int(start)
         view = out[:n]
-        mv = memoryview(view).cast("B")
+        mv = view.data.cast("B")  # a memoryview of the ids' bytes (numpy's stubs type .data)
         got, pos = 0, int(start) * 4
         while got < mv.nbytes:
             k = _pread_into(self._fd, mv[got:], pos + got)
@@ -134,8 +137,9 @@ class EncodedCorpus:
             self._tmpdir = None
 
     def _close_fd(self) -> None:
-        if getattr(self, "_fd", None) is not None:
-            os.close(self._fd)
+        fd = getattr(self, "_fd", None)  # absent when __init__ failed before opening the file
+        if fd is not None:
+            os.close(fd)
             self._fd = None
 
     __del__ = _close_fd  # the temporary directory has a finalizer of its own
@@ -201,7 +205,9 @@ class _Encoder:
             toks.append(_EOL)
         self.add_tokens(toks)
 
-    def finish(self, min_count: int, max_vocab: int | None, tmpdir, max_sentence_length: int) -> EncodedCorpus:
+    def finish(
+        self, min_count: int, max_vocab: int | None, tmpdir: tempfile.TemporaryDirectory[str], max_sentence_length: int
+    ) -> EncodedCorpus:
         self.file.close()
         if self.raw_words == 0:
             raise CorpusError("the corpus contains no words")
@@ -233,7 +239,9 @@ class _ByteEncoder:
         self.raw_words += ids.size
         self.lengths.append(lines)
 
-    def finish(self, min_count: int, max_vocab: int | None, tmpdir, max_sentence_length: int) -> EncodedCorpus:
+    def finish(
+        self, min_count: int, max_vocab: int | None, tmpdir: tempfile.TemporaryDirectory[str], max_sentence_length: int
+    ) -> EncodedCorpus:
         self.file.close()
         if self.raw_words == 0:
             raise CorpusError("the corpus contains no words")
@@ -252,8 +260,7 @@ class _ByteEncoder:
         lut = np.full(len(t), -1, dtype=np.int32)
         lut[kept[order]] = np.arange(len(order), dtype=np.int32)
         lut = lut[canon]  # a merged word's tokens take its canonical word's id
-        del kept_words, t, canon
-        self.table = None
+        del kept_words, t, canon, self.table  # the word table's memory goes before _encoded's arrays
         return _encoded(self.path, lut, self.lengths, vocab, self.raw_words, replaced, tmpdir, max_sentence_length)
 
     def _merge_invalid(self, counts: np.ndarray) -> tuple[np.ndarray, dict[int, str], int]:
@@ -290,7 +297,7 @@ def _encoded(
     vocab: Vocab,
     raw_words: int,
     replaced: int,
-    tmpdir,
+    tmpdir: tempfile.TemporaryDirectory[str],
     max_sentence_length: int,
 ) -> EncodedCorpus:
     """Provisional ids on disk + the provisional -> final id table -> an :class:`EncodedCorpus`."""
@@ -355,7 +362,7 @@ def _split_long(off: np.ndarray, limit: int) -> np.ndarray:
     return np.union1d(off, np.concatenate(cuts)).astype(np.int64)
 
 
-def _open_binary(path: str):
+def _open_binary(path: str) -> io.BufferedIOBase:
     """Plain, ``.xz`` or ``.gz`` files, decompressed on the fly."""
     if path.endswith(".xz"):
         return lzma.open(path, "rb")
@@ -460,7 +467,7 @@ def encode_sentences(
         raise
 
 
-def _finish(finish, name) -> EncodedCorpus:
+def _finish(finish: Callable[[], EncodedCorpus], name: str) -> EncodedCorpus:
     try:
         return finish()
     except ValueError as e:  # a CorpusError, or the vocabulary's "no word reaches min_count"

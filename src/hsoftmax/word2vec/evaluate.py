@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 __all__ = [
     "AnalogyResult",
@@ -45,7 +47,7 @@ class SimilarityResult:
     skipped: int  # pairs with an unknown word
 
 
-def _lower_index(words, restrict: int | None) -> dict[str, int]:
+def _lower_index(words: Sequence[str], restrict: int | None) -> dict[str, int]:
     n = len(words) if restrict is None else min(restrict, len(words))
     index: dict[str, int] = {}
     for i in range(n - 1, -1, -1):  # reverse, so the most frequent (lowest id) case variant wins
@@ -59,7 +61,11 @@ def _unit(vectors: np.ndarray) -> np.ndarray:
 
 
 def evaluate_analogies(
-    words, vectors: np.ndarray, path: str | os.PathLike, restrict_vocab: int | None = 300000, batch: int = 512
+    words: Sequence[str],
+    vectors: np.ndarray,
+    path: str | os.PathLike,
+    restrict_vocab: int | None = 300000,
+    batch: int = 512,
 ) -> AnalogyResult:
     """Accuracy on ``a b c d`` questions (``": section"`` lines start sections).
 
@@ -82,11 +88,11 @@ def evaluate_analogies(
             parts = line.lower().split()
             if len(parts) != 4:
                 continue
-            ids = [index.get(p) for p in parts]
-            if None in ids:
+            qa, qb, qc, qd = (index.get(p) for p in parts)
+            if qa is None or qb is None or qc is None or qd is None:
                 skipped += 1
                 continue
-            questions.append(tuple(ids))
+            questions.append((qa, qb, qc, qd))
             section_of.append(section)
     q = np.array(questions, dtype=np.int64).reshape(-1, 4)
     hits = np.zeros(len(q), dtype=bool)
@@ -108,7 +114,7 @@ def evaluate_analogies(
 
 
 def evaluate_similarity(
-    words, vectors: np.ndarray, path: str | os.PathLike, restrict_vocab: int | None = 300000
+    words: Sequence[str], vectors: np.ndarray, path: str | os.PathLike, restrict_vocab: int | None = 300000
 ) -> SimilarityResult:
     """Spearman (and Pearson) correlation between cosine similarity and human scores on
     tab-separated ``word1 word2 score`` lines (``#`` starts a comment line)."""
@@ -155,7 +161,7 @@ def _rank(x: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def spearman(x, y) -> float:
+def spearman(x: ArrayLike, y: ArrayLike) -> float:
     """Spearman rank correlation (Pearson correlation of tie-averaged ranks).
 
     >>> round(spearman([1, 2, 3, 4], [10, 20, 25, 100]), 6)

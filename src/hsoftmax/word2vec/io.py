@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import BinaryIO
 
 import numpy as np
 
@@ -67,7 +68,7 @@ def read_word2vec(path: str | os.PathLike, binary: bool | None = None) -> tuple[
         return _read_binary(f, path, count, dim) if binary else _read_text(f, path, count, dim)
 
 
-def _read_text(f, path: str, count: int, dim: int) -> tuple[list[str], np.ndarray]:
+def _read_text(f: BinaryIO, path: str, count: int, dim: int) -> tuple[list[str], np.ndarray]:
     words: list[str] = []
     vectors = np.empty((count, dim), dtype=np.float32)
     for i in range(count):
@@ -79,7 +80,7 @@ def _read_text(f, path: str, count: int, dim: int) -> tuple[list[str], np.ndarra
     return words, vectors
 
 
-def _read_binary(f, path: str, count: int, dim: int) -> tuple[list[str], np.ndarray]:
+def _read_binary(f: BinaryIO, path: str, count: int, dim: int) -> tuple[list[str], np.ndarray]:
     words: list[str] = []
     vectors = np.empty((count, dim), dtype=np.float32)
     nbytes = 4 * dim

@@ -26,8 +26,10 @@ from typing import NamedTuple
 
 import numpy as np
 from numba import njit
+from numpy.typing import ArrayLike, DTypeLike
 
 from ..kernels.node import JIT, dot, kary_coef, kary_scores, log_sigmoid_and_grad, table_decision
+from ..tree import Tree
 
 __all__ = [
     "Paths",
@@ -115,7 +117,7 @@ class ChunkStats(NamedTuple):
     predictions: int
 
 
-def flat_paths(tree, classes=None, packed=False) -> Paths:
+def flat_paths(tree: Tree, classes: ArrayLike | None = None, packed: bool = False) -> Paths:
     """Per-word decision paths as flat arrays (CSR by word).
 
     Built by walking :class:`hsoftmax.Tree`'s ``parent``/``choice`` arrays, so the tree's padded
@@ -188,7 +190,7 @@ def _walk_paths(cls, V, parent, choice_of, arity_of, param_offset, node_dec, pac
             cur = parent[ref]
 
 
-def _private(shape: tuple[int, ...], dtype) -> np.ndarray:
+def _private(shape: tuple[int, ...], dtype: DTypeLike) -> np.ndarray:
     """A zeroed scratch array for one thread that shares no cache line with any other allocation.
 
     Small numpy arrays of different threads can sit side by side in memory; when two threads

@@ -14,7 +14,8 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -164,8 +165,10 @@ class Word2Vec:
             CorpusError: missing or empty corpus, or no word reaching ``min_count``.
             ValueError: a checkpoint that does not match, or a tree that does not fit the vocabulary.
         """
-        owned = not isinstance(corpus, EncodedCorpus)
-        enc = self._encode(corpus) if owned else corpus
+        if isinstance(corpus, EncodedCorpus):
+            enc, owned = corpus, False
+        else:
+            enc, owned = self._encode(corpus), True
         try:
             self.build(enc, checkpoint, resume)
             self.train(enc, checkpoint)
@@ -184,7 +187,7 @@ class Word2Vec:
             raise ValueError("resume=True needs a checkpoint directory")
         if not isinstance(corpus, EncodedCorpus):
             raise TypeError(f"build() takes an EncodedCorpus, got {type(corpus).__name__}")
-        if resume:
+        if resume and checkpoint is not None:  # (resume without one was refused above)
             self._load_checkpoint(os.fspath(checkpoint), corpus.vocab)
         else:
             self._setup(corpus.vocab)
@@ -192,8 +195,7 @@ class Word2Vec:
 
     def train(self, corpus: EncodedCorpus, checkpoint: str | os.PathLike | None = None) -> Word2Vec:
         """Second half of :meth:`fit`: run the remaining epochs on an encoded corpus."""
-        self._require_trained()
-        if corpus.vocab.words != self.vocab.words:
+        if corpus.vocab.words != self._require_trained().vocab.words:
             raise ValueError("the corpus was encoded with a different vocabulary")
         self._train(corpus, None if checkpoint is None else os.fspath(checkpoint))
         return self
@@ -205,15 +207,15 @@ class Word2Vec:
     def log_likelihood(self, corpus: EncodedCorpus, max_sentences: int | None = None) -> float:
         """Mean log-likelihood per prediction (full window, no subsampling) on an encoded corpus
         that uses this model's vocabulary."""
-        self._require_trained()
-        if corpus.vocab.words != self.vocab.words:
+        trained = self._require_trained()
+        if corpus.vocab.words != trained.vocab.words:
             raise ValueError("the corpus was encoded with a different vocabulary")
         S = corpus.num_sentences if max_sentences is None else min(max_sentences, corpus.num_sentences)
-        paths = kernels.flat_paths(self.tree, self.word_classes, packed=True)
+        paths = kernels.flat_paths(trained.tree, self.word_classes, packed=True)
         return float(kernels.word_loglik(kernels.Chunk(corpus.ids, corpus.offsets[: S + 1]), self._model(), paths))
 
     # ------------------------------------------------------------------ setup
-    def _encode(self, corpus) -> EncodedCorpus:
+    def _encode(self, corpus: str | os.PathLike | Iterable[Sequence[str]]) -> EncodedCorpus:
         if isinstance(corpus, (str, os.PathLike)):
             return encode_file(corpus, self.min_count, self.max_vocab)
         return encode_sentences(corpus, self.min_count, self.max_vocab)
@@ -224,6 +226,8 @@ class Word2Vec:
             return Tree.huffman(vocab.counts)
         if spec == "balanced":
             return Tree.balanced(len(vocab))
+        if isinstance(spec, str):  # only if tree_spec was reassigned: __init__ checks the name
+            raise ValueError(f"tree must be 'huffman' or 'balanced' when a string, got {spec!r}")
         tree = spec if isinstance(spec, Tree) else spec(vocab)
         if not isinstance(tree, Tree):
             raise TypeError(f"the tree callable must return a Tree, got {type(tree).__name__}")
@@ -245,18 +249,23 @@ class Word2Vec:
         self.epochs_done = 0
         self.history = []
 
-    def _require_trained(self) -> None:
-        if self.syn0 is None:
+    def _require_trained(self) -> _Trained:
+        """The vocabulary, tree and both weight tables, which exist once :meth:`build` (or :meth:`fit`) ran."""
+        if self.vocab is None or self.tree is None or self.syn0 is None or self.syn1 is None:
             raise ValueError("the model has no vectors yet: call fit() (or build()) first")
+        return _Trained(self.vocab, self.tree, self.syn0, self.syn1)
 
     # ------------------------------------------------------------------ training loop
     def _model(self) -> kernels.Model:
-        return kernels.Model(self.syn0, self.syn1, self.sg, self.window)
+        trained = self._require_trained()
+        return kernels.Model(trained.syn0, trained.syn1, self.sg, self.window)
 
     def _train(self, enc: EncodedCorpus, checkpoint: str | None) -> None:
-        paths = kernels.flat_paths(self.tree, self.word_classes, packed=True)
+        trained = self._require_trained()
+        paths = kernels.flat_paths(trained.tree, self.word_classes, packed=True)
         _release_memory()
-        tables = kernels.Tables(*sigmoid_tables(), _keep_thresholds(keep_probabilities(self.vocab.counts, self.sample)))
+        keep = _keep_thresholds(keep_probabilities(trained.vocab.counts, self.sample))
+        tables = kernels.Tables(*sigmoid_tables(), keep)
         chunks = _chunk_bounds(enc.offsets, _CHUNK_WORDS)
         N = enc.num_tokens
         bar = _Bar(N * self.epochs, self.progress, initial=N * self.epochs_done)
@@ -285,14 +294,14 @@ class Word2Vec:
     ) -> dict[str, float]:
         lock = threading.Lock()
         next_chunk = [0]
-        acc = {"words": 0, "trained": 0, "loglik": 0.0, "predictions": 0}
+        acc = _EpochTotals()
         errors: list[BaseException] = []
         offsets = enc.offsets
         N = enc.num_tokens
         total = N * self.epochs
         max_chunk = int(np.max(offsets[chunks[1:]] - offsets[chunks[:-1]]))
         max_len = int(np.diff(offsets).max())
-        max_arity = int(self.tree.arity.max())
+        max_arity = int(self._require_trained().tree.arity.max())
         model = self._model()
         done = [epoch * N]  # furthest corpus position reached: drives the bar's learning rate
 
@@ -317,10 +326,10 @@ class Word2Vec:
                     )
                     stats = kernels.train_chunk(chunk, model, paths, tables, schedule, scratch)
                     with lock:
-                        acc["words"] += stats.words
-                        acc["trained"] += stats.trained
-                        acc["loglik"] += stats.loglik
-                        acc["predictions"] += stats.predictions
+                        acc.words += stats.words
+                        acc.trained += stats.trained
+                        acc.loglik += stats.loglik
+                        acc.predictions += stats.predictions
                         done[0] = max(done[0], before + stats.words)
             except BaseException as exc:  # surface worker failures in the caller
                 errors.append(exc)
@@ -334,7 +343,7 @@ class Word2Vec:
                 while t.is_alive():
                     t.join(0.1)
                     with lock:
-                        words, far = acc["words"], done[0]
+                        words, far = acc.words, done[0]
                     bar.update_to(epoch * N + words, self._lr_at(far, total))
         except BaseException:  # Ctrl-C: let the workers finish their chunk and stop, then re-raise
             stop.append(True)
@@ -344,10 +353,10 @@ class Word2Vec:
         if errors:
             raise errors[0]
         return {
-            "words": acc["words"],
-            "trained_words": acc["trained"],
-            "loss": -acc["loglik"] / max(acc["predictions"], 1),
-            "predictions": acc["predictions"],
+            "words": acc.words,
+            "trained_words": acc.trained,
+            "loss": -acc.loglik / max(acc.predictions, 1),
+            "predictions": acc.predictions,
         }
 
     def _lr_at(self, words_done: int, total: int) -> float:
@@ -355,20 +364,23 @@ class Word2Vec:
 
     # ------------------------------------------------------------------ checkpoints
     def _save_checkpoint(self, directory: str) -> None:
+        trained = self._require_trained()
         os.makedirs(directory, exist_ok=True)
         state = {
             "version": np.array(_CHECKPOINT_VERSION),
             "config": np.array(json.dumps(self.config())),
             "epochs_done": np.array(self.epochs_done),
             "history": np.array(json.dumps(self.history)),
-            "words": np.array(self.vocab.words, dtype=str),
-            "counts": self.vocab.counts,
-            "syn0": self.syn0,
-            "syn1": self.syn1,
+            "words": np.array(trained.vocab.words, dtype=str),
+            "counts": trained.vocab.counts,
+            "syn0": trained.syn0,
+            "syn1": trained.syn1,
         }
-        state.update({"tree_" + k: v for k, v in self.tree.state().items()})
+        state.update({"tree_" + k: v for k, v in trained.tree.state().items()})
         with atomic_path(os.path.join(directory, "checkpoint.npz")) as tmp, open(tmp, "wb") as f:
-            np.savez(f, **state)
+            # numpy >= 2.1's stubs add allow_pickle=, which a **dict could in principle fill; passing
+            # it explicitly would store an "allow_pickle" array on the numpy < 2.1 we support.
+            np.savez(f, **state)  # type: ignore[arg-type]
 
     def _load_checkpoint(self, directory: str, vocab: Vocab) -> None:
         path = os.path.join(directory, "checkpoint.npz")
@@ -393,6 +405,25 @@ class Word2Vec:
             self.syn1 = np.array(z["syn1"])
             self.epochs_done = int(z["epochs_done"])
             self.history = json.loads(str(z["history"]))
+
+
+class _Trained(NamedTuple):
+    """What :meth:`Word2Vec._require_trained` returns: the model's parts that exist after build()."""
+
+    vocab: Vocab
+    tree: Tree
+    syn0: np.ndarray  # (V, dim) input vectors
+    syn1: np.ndarray  # (tree.num_params, dim) node rows
+
+
+@dataclass
+class _EpochTotals:
+    """The workers' running sums over one epoch (updated under the epoch's lock)."""
+
+    words: int = 0
+    trained: int = 0
+    loglik: float = 0.0
+    predictions: int = 0
 
 
 def _word_classes(tree: Tree, vocab: Vocab) -> np.ndarray | None:

@@ -209,7 +209,7 @@ def _gather(arena, starts, words, sep):
     return out
 
 
-def _grown(a: np.ndarray, size: int, fill=None) -> np.ndarray:
+def _grown(a: np.ndarray, size: int, fill: int | None = None) -> np.ndarray:
     out = np.empty(size, dtype=a.dtype) if fill is None else np.full(size, fill, dtype=a.dtype)
     out[: a.size] = a
     return out
