@@ -126,13 +126,14 @@ def _as_label_sets(targets: Any, num_examples: int | None = None, fill: int = -1
         np.cumsum(keep.sum(axis=1), out=offsets[1:])
         labels = padded[keep]  # row-major: row by row, in column order
         what = f"the padded targets (fill={fill})"
-    _check_label_sets(offsets, labels, what)
-    if num_examples is not None and offsets.size - 1 != num_examples:
-        hint = " (a tuple of two is read as a CSR pair (offsets, labels); pass label lists as a list)"
-        raise ValueError(
-            f"{what} hold {offsets.size - 1} examples but predictions have {num_examples} rows"
-            + (hint if isinstance(targets, tuple) else "")
-        )
+    try:
+        _check_label_sets(offsets, labels, what)
+        if num_examples is not None and offsets.size - 1 != num_examples:
+            raise ValueError(f"{what} hold {offsets.size - 1} examples but predictions have {num_examples} rows")
+    except ValueError as e:
+        if isinstance(targets, tuple):  # perhaps two examples' label lists, meant as a list
+            raise ValueError(f"{e} (a tuple of two is read as a CSR pair; pass label lists as a list)") from None
+        raise
     return _LabelSets(offsets, labels)
 
 
@@ -162,14 +163,14 @@ def _as_predictions(predictions: Any, k: int) -> np.ndarray:
         raise ValueError("predictions hold no examples: there is no mean to take")
     if p.size and p.min() < -1:
         raise ValueError(f"predictions hold {int(p.min())}: label ids are >= 0 and only -1 pads")
-    p = p[:, :k]
-    if p.shape[1] < k:  # fewer ranks than k: the missing ones are misses
-        p = np.pad(p, ((0, 0), (0, k - p.shape[1])), constant_values=-1)
-    s = np.sort(p, axis=1)
+    s = np.sort(p, axis=1)  # the whole ranking, not only its top k, must be a ranking
     dup = (s[:, 1:] == s[:, :-1]) & (s[:, 1:] >= 0)
     if dup.any():
         i, j = np.argwhere(dup)[0]
         raise ValueError(f"predictions row {i} ranks label {int(s[i, j])} twice")
+    p = p[:, :k]
+    if p.shape[1] < k:  # fewer ranks than k: the missing ones are misses
+        p = np.pad(p, ((0, 0), (0, k - p.shape[1])), constant_values=-1)
     return p
 
 
