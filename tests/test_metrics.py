@@ -35,14 +35,15 @@ LISTS = [[1, 3, 5], [0], []]
 
 
 def formats(lists, fill=-1):
-    """The same label sets as a list, a padded array and a CSR pair."""
+    """The same label sets as a list of lists, a list of arrays, a padded array and a CSR pair."""
     m = max([1] + [len(r) for r in lists])
     padded = np.full((len(lists), m), fill)
     for i, r in enumerate(lists):
         padded[i, : len(r)] = r
     offsets = np.cumsum([0] + [len(r) for r in lists])
     labels = np.array([x for r in lists for x in r], dtype=np.int64)
-    return {"list": lists, "padded": padded, "csr": (offsets, labels)}
+    arrays = [np.array(r, dtype=np.int64) for r in lists]
+    return {"list": lists, "arrays": arrays, "padded": padded, "csr": (offsets, labels)}
 
 
 # ---------------------------------------------------------------------------- slow references

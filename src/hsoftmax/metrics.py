@@ -41,6 +41,7 @@ number per example, computed as napkinXC and pyxclib compute it (so published nu
 
 from __future__ import annotations
 
+import itertools
 import numbers
 from typing import Any, Literal, NamedTuple
 
@@ -110,10 +111,7 @@ def _as_label_sets(targets: Any, num_examples: int | None = None, fill: int = -1
         labels = _as_int_array(m.indices, "targets labels")
         what = "the sparse matrix"
     elif isinstance(targets, list):
-        rows = [_as_int_array(r, f"targets[{i}]").ravel() for i, r in enumerate(targets)]
-        offsets = np.zeros(len(rows) + 1, dtype=np.int64)
-        np.cumsum([r.size for r in rows], out=offsets[1:])
-        labels = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
+        offsets, labels = _flatten_lists(targets)
         what = "the list of label lists"
     else:
         padded = _as_int_array(targets, "targets")
@@ -135,6 +133,21 @@ def _as_label_sets(targets: Any, num_examples: int | None = None, fill: int = -1
             raise ValueError(f"{e} (a tuple of two is read as a CSR pair; pass label lists as a list)") from None
         raise
     return _LabelSets(offsets, labels)
+
+
+def _flatten_lists(targets: list) -> tuple[np.ndarray, np.ndarray]:
+    """``(offsets, labels)`` of a list of per-example label lists, arrays or tensors."""
+    if all(isinstance(r, (list, tuple)) for r in targets):
+        # One conversion for all rows: per-row arrays cost ~10x more for millions of short rows.
+        sizes = [len(r) for r in targets]
+        labels = _as_int_array(list(itertools.chain.from_iterable(targets)), "targets labels")
+    else:
+        rows = [_as_int_array(r, f"targets[{i}]").ravel() for i, r in enumerate(targets)]
+        sizes = [r.size for r in rows]
+        labels = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
+    offsets = np.zeros(len(sizes) + 1, dtype=np.int64)
+    np.cumsum(sizes, out=offsets[1:])
+    return offsets, labels.ravel()
 
 
 def _check_label_sets(offsets: np.ndarray, labels: np.ndarray, what: str) -> None:
