@@ -5,8 +5,8 @@ needs more than its predictions.
 
 **Ranking metrics** (extreme multi-label classification): :func:`precision_at_k`,
 :func:`recall_at_k`, :func:`ndcg_at_k` and the propensity-scored :func:`psp_at_k` with
-:func:`propensities` (Jain, Prabhu & Varma, 2016). Each returns the mean over examples of one
-number per example, computed as napkinXC and pyxclib compute it (so published numbers compare).
+:func:`propensities` (Jain, Prabhu & Varma, 2016). Each is a mean over examples (PSP@k's default normalization: a
+ratio of two means), computed as napkinXC and pyxclib compute it, so published numbers compare.
 
 * ``predictions``: an ``(n, w)`` integer array of label ids ranked best first; ``-1`` pads a row
   that has fewer than ``w`` predictions (a thresholded predictor). A ``(n,)`` array is one
@@ -284,8 +284,7 @@ def propensities(label_counts: Any, num_examples: int, A: float = 0.55, B: float
 
     ``A`` and ``B`` are fitted per data set; the values the paper (and the Extreme Classification
     Repository) recommends: ``A = 0.55, B = 1.5`` in general (the defaults here), ``A = 0.5,
-    B = 0.4`` for Wikipedia (WikiLSHTC-325K, Wiki10), ``A = 0.6, B = 2.6`` for Amazon
-    (Amazon-670K, Amazon-3M).
+    B = 0.4`` for Wikipedia (WikiLSHTC-325K), ``A = 0.6, B = 2.6`` for Amazon (Amazon-670K).
 
     Args:
         label_counts: ``(num_labels,)`` training frequency ``N_l`` of every label (see
