@@ -23,7 +23,7 @@ def __getattr__(name: str) -> Any:
         from . import layer
 
         return getattr(layer, name)
-    if name in ("functional", "optim", "word2vec"):
+    if name in ("functional", "optim", "word2vec", "metrics"):
         import importlib
 
         return importlib.import_module(f"{__name__}.{name}")
