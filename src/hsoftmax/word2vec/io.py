@@ -7,6 +7,7 @@ values and a newline. gensim's ``KeyedVectors.load_word2vec_format`` reads both.
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Sequence
 from typing import BinaryIO
@@ -29,6 +30,8 @@ def write_word2vec(
     """Write ``vectors`` (``(len(words), dim)``) in word2vec format, atomically.
 
     Text values are written with 9 significant digits, enough to read back the exact float32.
+    Rows are formatted a block at a time (:data:`_TEXT_BLOCK_VALUES` values), so writing text
+    costs a few MB beyond the table, whatever its size.
     """
     vectors = np.asarray(vectors, dtype=np.float32)
     if vectors.ndim != 2 or vectors.shape[0] != len(words):
@@ -44,9 +47,28 @@ def write_word2vec(
             for w, v in zip(words, le):
                 f.write(w.encode("utf-8") + b" " + v.tobytes() + b"\n")
         else:
-            fmt = " ".join(["%.9g"] * vectors.shape[1])
-            for w, v in zip(words, vectors.tolist()):
-                f.write((w + " " + fmt % tuple(v) + "\n").encode("utf-8"))
+            _write_text_rows(f, words, vectors)
+
+
+# About 64k values per block: a block's Python floats and text take a few MB, and blocks are
+# still large enough that the per-block overhead vanishes next to the formatting itself.
+_TEXT_BLOCK_VALUES = 1 << 16
+
+
+def _write_text_rows(f: BinaryIO, words: Sequence[str], vectors: np.ndarray) -> None:
+    """The text rows, a block of rows at a time: never the whole table as Python floats or text.
+
+    ``tolist()`` turns float32 into the same Python floats row by row as for the whole table,
+    and ``"%.9g"`` formats them as before, so the bytes do not depend on the block size.
+    """
+    dim = vectors.shape[1]
+    fmt = " ".join(["%.9g"] * dim)
+    rows = max(1, _TEXT_BLOCK_VALUES // dim)
+    names = iter(words)  # iterated, not sliced: a Sequence need not take slices
+    for lo in range(0, len(vectors), rows):
+        block = vectors[lo : lo + rows].tolist()
+        text = "".join(w + " " + fmt % tuple(v) + "\n" for w, v in zip(itertools.islice(names, len(block)), block))
+        f.write(text.encode("utf-8"))
 
 
 def read_word2vec(path: str | os.PathLike, binary: bool | None = None) -> tuple[list[str], np.ndarray]:
