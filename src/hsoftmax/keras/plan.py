@@ -1,0 +1,207 @@
+r"""Static index tables that let the Keras layer walk a :class:`~hsoftmax.Tree` with fixed shapes.
+
+Pure numpy, built once per tree from the tree's public arrays; the layer turns them into backend
+constants. Every table speaks of **slots**: a node with ``k`` children has ``k`` child slots, and
+slot ``j`` of node ``n`` holds the weight row that scores child ``j``, or
+
+* ``FIXED`` (-1): a score fixed at 0 (child 0 of a binary node, whose one row scores child 1;
+  the only slot of a one-child node; and the *virtual* node that pads short paths), or
+* ``NONE`` (-2): no child there (padding up to the table's width).
+
+With those scores, every node's child log-probabilities are one masked log-softmax over its
+slots (:func:`hsoftmax.keras.ops.child_log_probs`): a binary node's ``[0, s]`` gives
+``[log sigmoid(-s), log sigmoid(s)]``, a k-ary node's ``s_0..s_{k-1}`` its softmax, a one-child
+or virtual node's ``[0]`` the certain 0. Padded path entries point at the virtual node with
+choice 0, so they add exactly 0 and need no mask.
+
+Three consumers:
+
+* **training** (:class:`TargetPlan`): per class, its padded decisions ``(V, D)``; the first
+  decision is the same node for every class, so it is scored for the whole batch by one matmul
+  against its rows; the remaining columns are split into runs of equal slot width, each gathered
+  as ``(batch, columns, width)`` rows: O(d * sum of arities on the path) per example.
+* **full distribution** (:class:`FullPlan`): nodes bucketed by arity (padded to a power of two,
+  so at most 2x slot padding), an edge table into the buckets' outputs, and the breadth-first
+  levels that accumulate path sums from the root down.
+* **beam search** (:class:`BeamPlan`): per depth level, the slot rows and child refs of the
+  level's nodes, plus a "carry" row that keeps a class already reached.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from ..tree import Tree
+
+FIXED = -1
+NONE = -2
+
+__all__ = ["FIXED", "NONE", "slot_table", "TargetPlan", "FullPlan", "BeamPlan", "Plan"]
+
+
+def slot_table(tree: Tree, nodes: np.ndarray, width: int) -> np.ndarray:
+    """``(len(nodes), width)`` int32 slot rows of the given internal nodes; a node id equal to
+    ``tree.num_nodes`` is the virtual node (``[FIXED, NONE, ...]``)."""
+    nodes = np.asarray(nodes, dtype=np.int64)
+    arity = np.append(np.asarray(tree.arity), 1)  # the virtual node has one (fixed) child
+    poff = np.append(np.asarray(tree.param_offset), 0)
+    k = arity[nodes][:, None]
+    j = np.arange(width)[None, :]
+    rows = np.where(k > 2, poff[nodes][:, None] + j, np.where((k == 2) & (j == 1), poff[nodes][:, None], FIXED))
+    rows = np.where(j < k, rows, NONE)
+    return rows.astype(np.int32)
+
+
+class RunTable(NamedTuple):
+    """Decision columns ``[start, stop)`` whose nodes have at most ``width`` children."""
+
+    start: int
+    stop: int
+    nodes: np.ndarray  # (V, stop - start) int32 node ids (num_nodes = virtual)
+    choices: np.ndarray  # (V, stop - start) int32
+    slots: np.ndarray  # (num_nodes + 1, width) int32: slot rows of every node and the virtual one
+    lead_fixed: bool  # slot 0 is FIXED in every row (binary runs): only slots 1.. are gathered
+
+
+class TargetPlan(NamedTuple):
+    """Tables for ``log p(target)``. ``first_slots`` is ``None`` when the tree has one class."""
+
+    first_slots: np.ndarray | None  # (k0,) slot rows of the first decision node
+    first_choice: np.ndarray  # (V,) int32 choice taken there
+    runs: tuple[RunTable, ...]
+
+
+class FullPlan(NamedTuple):
+    """Tables for the full ``(batch, V)`` log-probabilities."""
+
+    buckets: tuple[tuple[np.ndarray, bool], ...]  # (slot rows (M, K), lead_fixed) per arity bucket
+    edge_source: np.ndarray  # (E,) int32 into the buckets' flattened outputs (+1 zero column)
+    levels: tuple[tuple[int, int, np.ndarray, np.ndarray], ...]  # (e0, e1, owner_local, next_pos)
+    class_edge: np.ndarray  # (V,) int32 edge of each class
+
+
+class BeamLevel(NamedTuple):
+    first_node: int  # level's internal nodes are [first_node, first_node + size)
+    size: int
+    slots: np.ndarray  # (size + 1, K) int32; row ``size`` carries a class (``[FIXED, NONE...]``)
+    child_refs: np.ndarray  # (size + 1, K) int32 refs, -1 where no child
+
+
+class BeamPlan(NamedTuple):
+    root_slots: np.ndarray  # (k_root,) slot rows of the root
+    root_children: np.ndarray  # (k_root,) int32 refs
+    levels: tuple[BeamLevel, ...]  # depth 1 .. depth - 1
+
+
+class Plan(NamedTuple):
+    target: TargetPlan
+    full: FullPlan
+    beam: BeamPlan
+
+
+def _width_runs(widths: np.ndarray) -> list[tuple[int, int]]:
+    """Split columns into maximal runs of equal width."""
+    runs, start = [], 0
+    for c in range(1, widths.size + 1):
+        if c == widths.size or widths[c] != widths[start]:
+            runs.append((start, c))
+            start = c
+    return runs
+
+
+def target_plan(tree: Tree) -> TargetPlan:
+    V, N = tree.num_classes, tree.num_nodes
+    lengths = np.asarray(tree.decision_lengths)
+    if tree.max_decisions == 0:
+        return TargetPlan(None, np.zeros(V, np.int32), ())
+    dn = np.asarray(tree.decision_nodes).astype(np.int64)
+    dc = np.asarray(tree.decision_choices).astype(np.int64)
+    pad = np.arange(dn.shape[1])[None, :] >= lengths[:, None]
+    dn = np.where(pad, N, dn)
+    dc = np.where(pad, 0, dc)
+    first = int(dn[0, 0])
+    assert np.all(dn[:, 0] == first), "the first decision is shared by every class"
+    arity = np.append(np.asarray(tree.arity), 1)
+    first_slots = slot_table(tree, np.array([first]), int(arity[first]))[0]
+    runs = []
+    if dn.shape[1] > 1:
+        widths = arity[dn[:, 1:]].max(axis=0)
+        for a, b in _width_runs(widths):
+            w = int(widths[a])
+            slots = slot_table(tree, np.arange(N + 1), w)
+            runs.append(RunTable(
+                1 + a, 1 + b, dn[:, 1 + a : 1 + b].astype(np.int32), dc[:, 1 + a : 1 + b].astype(np.int32),
+                slots, bool(np.all(slots[:, 0] == FIXED)),
+            ))
+    return TargetPlan(first_slots, dc[:, 0].astype(np.int32), tuple(runs))
+
+
+def full_plan(tree: Tree) -> FullPlan:
+    V, N = tree.num_classes, tree.num_nodes
+    arity = np.asarray(tree.arity)
+    off = np.asarray(tree.child_offset)
+    E = int(off[-1])
+    owner = np.repeat(np.arange(N), arity)
+    slot = np.arange(E) - off[owner]
+    # Bucket deciding nodes by arity, padded up to a power of two (binary nodes: width 2).
+    deciding = np.flatnonzero(arity >= 2)
+    width = np.where(arity >= 2, 1 << np.ceil(np.log2(np.maximum(arity, 2))).astype(np.int64), 0)
+    buckets, base = [], 0
+    position = np.full(N, -1, dtype=np.int64)  # flat index of slot 0 of each deciding node
+    node_width = np.zeros(N, dtype=np.int64)
+    for w in np.unique(width[deciding]):
+        nodes = deciding[width[deciding] == w]
+        slots = slot_table(tree, nodes, int(w))
+        buckets.append((slots, bool(np.all(slots[:, 0] == FIXED))))
+        position[nodes] = base + np.arange(nodes.size) * w
+        node_width[nodes] = w
+        base += nodes.size * int(w)
+    zero = base  # one extra zero column: the log-probability of a one-child node's child
+    edge_source = np.where(arity[owner] >= 2, position[owner] + slot, zero).astype(np.int32)
+    depth = np.asarray(tree.node_depth)
+    cuts = np.flatnonzero(np.diff(depth)) + 1
+    bounds = np.concatenate([[0], cuts, [N]]).astype(np.int64)
+    children = np.asarray(tree.children)
+    levels = []
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        e0, e1 = int(off[a]), int(off[b])
+        owner_local = (owner[e0:e1] - a).astype(np.int32)
+        next_pos = np.flatnonzero(children[e0:e1] >= V).astype(np.int32)  # the next level, in order
+        levels.append((e0, e1, owner_local, next_pos))
+    parent = np.asarray(tree.parent)[:V]
+    class_edge = (off[parent] + np.asarray(tree.choice)[:V]).astype(np.int32)
+    return FullPlan(tuple(buckets), edge_source, tuple(levels), class_edge)
+
+
+def beam_plan(tree: Tree) -> BeamPlan:
+    V, N = tree.num_classes, tree.num_nodes
+    arity = np.asarray(tree.arity)
+    off = np.asarray(tree.child_offset)
+    children = np.asarray(tree.children)
+    depth = np.asarray(tree.node_depth)
+
+    def child_refs(nodes: np.ndarray, w: int) -> np.ndarray:
+        j = np.arange(w)[None, :]
+        idx = off[nodes][:, None] + j
+        ok = j < arity[nodes][:, None]
+        return np.where(ok, children[np.where(ok, idx, 0)], -1).astype(np.int32)
+
+    root = np.array([0])
+    k0 = int(arity[0])
+    levels = []
+    for t in range(1, int(depth.max()) + 1 if N else 1):
+        nodes = np.flatnonzero(depth == t)
+        if nodes.size == 0:
+            break
+        w = int(arity[nodes].max())
+        slots = np.concatenate([slot_table(tree, nodes, w), slot_table(tree, np.array([N]), w)])
+        refs = np.concatenate([child_refs(nodes, w), np.full((1, w), -1, np.int32)])
+        levels.append(BeamLevel(int(nodes[0]), int(nodes.size), slots, refs))
+    return BeamPlan(slot_table(tree, root, k0)[0], child_refs(root, k0)[0], tuple(levels))
+
+
+def plan(tree: Tree) -> Plan:
+    """All three plans of ``tree``."""
+    return Plan(target_plan(tree), full_plan(tree), beam_plan(tree))
