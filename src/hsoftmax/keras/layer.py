@@ -163,29 +163,41 @@ class HierarchicalSoftmax(keras.layers.Layer):
             bound = 1.0 / math.sqrt(d)
             init = keras.initializers.RandomUniform(-bound, bound)
         P = self.tree.num_params
-        self.kernel = self.add_weight(name="kernel", shape=(P, d), initializer=init)
-        self.bias = self.add_weight(name="bias", shape=(P,), initializer=self.bias_initializer) if self.use_bias else None
+        # autocast=False: a mixed policy never hands the path math bfloat16 weights.
+        self.kernel = self.add_weight(name="kernel", shape=(P, d), initializer=init, autocast=False)
+        self.bias = (
+            self.add_weight(name="bias", shape=(P,), initializer=self.bias_initializer, autocast=False)
+            if self.use_bias else None
+        )
         self.built = True
 
     def _c(self) -> dict[str, Any]:
-        """The plans' index tables as backend int32 tensors, made once (they are constants of
-        every traced function, not variables, so ``get_weights()`` stays ``[kernel, bias]``)."""
-        if self._consts is None:
-            t = lambda a: ops.convert_to_tensor(np.asarray(a, dtype=np.int32))  # noqa: E731
-            tp, fp, bp = self._plan
-            c: dict[str, Any] = {"first_choice": t(tp.first_choice)}
-            for i, run in enumerate(tp.runs):
-                c[f"run{i}_nodes"], c[f"run{i}_choices"], c[f"run{i}_slots"] = t(run.nodes), t(run.choices), t(run.slots)
-            for i, (slots, _) in enumerate(fp.buckets):
-                c[f"bucket{i}"] = t(slots)
-            c["edge_source"], c["class_edge"] = t(fp.edge_source), t(fp.class_edge)
-            for i, (_, _, owner, nxt) in enumerate(fp.levels):
-                c[f"level{i}_owner"], c[f"level{i}_next"] = t(owner), t(nxt)
-            c["root_children"] = t(bp.root_children)
-            for i, lvl in enumerate(bp.levels):
-                c[f"beam{i}_slots"], c[f"beam{i}_refs"] = t(lvl.slots), t(lvl.child_refs)
+        """The plans' index tables (int32), by name.
+
+        They are constants, not variables (``get_weights()`` stays ``[kernel, bias]``). Traced
+        backends (jax.jit, tf.function) embed the numpy arrays as constants of the compiled
+        function; caching backend tensors across traces would leak tracers, so only the eager
+        torch backend gets them converted once (instead of a host copy on every call).
+        """
+        if self._consts is not None:
+            return self._consts
+        tp, fp, bp = self._plan
+        c: dict[str, Any] = {"first_choice": tp.first_choice}
+        for i, run in enumerate(tp.runs):
+            c[f"run{i}_nodes"], c[f"run{i}_choices"], c[f"run{i}_slots"] = run.nodes, run.choices, run.slots
+        for i, (slots, _) in enumerate(fp.buckets):
+            c[f"bucket{i}"] = slots
+        c["ref_source"] = fp.ref_source
+        for i, jump in enumerate(fp.jumps):
+            c[f"jump{i}"] = jump
+        c["root_children"] = bp.root_children
+        for i, lvl in enumerate(bp.levels):
+            c[f"beam{i}_slots"], c[f"beam{i}_refs"] = lvl.slots, lvl.child_refs
+        c = {k: np.ascontiguousarray(v, dtype=np.int32) for k, v in c.items()}
+        if keras.backend.backend() == "torch":
+            c = {k: ops.convert_to_tensor(v) for k, v in c.items()}
             self._consts = c
-        return self._consts
+        return c
 
     @property
     def path_dtype(self) -> str:
@@ -242,16 +254,13 @@ class HierarchicalSoftmax(keras.layers.Layer):
             s = ops.where(rows >= 0, s, ops.zeros_like(s))
             lp = child_log_probs(s, rows >= -1)
             flat.append(ops.reshape(lp, (-1, slots.size)))
-        flat.append(ops.zeros_like(h[:, :1]))  # a one-child node's child: log 1
-        edge_lp = ops.take(ops.concatenate(flat, axis=1), c["edge_source"], axis=1)  # (B, E)
-        prefix = ops.zeros_like(h[:, :1])  # the root's log-probability
-        blocks = []
-        for i, (e0, e1, _, nxt) in enumerate(fp.levels):
-            block = ops.take(prefix, c[f"level{i}_owner"], axis=1) + edge_lp[:, e0:e1]
-            blocks.append(block)
-            if nxt.size:
-                prefix = ops.take(block, c[f"level{i}_next"], axis=1)
-        return ops.take(ops.concatenate(blocks, axis=1), c["class_edge"], axis=1)
+        flat.append(ops.zeros_like(h[:, :1]))  # a one-child node's child, and the root: log 1
+        # S[r] = log-probability of the edge into ref r; pointer doubling then adds the ancestors'
+        # edges, log2(depth) steps of one gather each, all on the same (B, refs + 1) shape.
+        s = ops.take(ops.concatenate(flat, axis=1), c["ref_source"], axis=1)
+        for i in range(len(fp.jumps)):
+            s = s + ops.take(s, c[f"jump{i}"], axis=1)
+        return s[:, : self.num_classes]
 
     def _beam(self, h, k: int, width: int):
         """Beam search over the tree by depth -> ``(values, indices, exact)``, each ``(B, k)`` /
@@ -283,7 +292,12 @@ class HierarchicalSoftmax(keras.layers.Layer):
         return vals, idx, vals[:, k - 1] >= bound
 
     # ------------------------------------------------------------------ Keras API
-    def call(self, inputs, mask=None, training=None):
+    def call(self, inputs, mask=None, training=None, top_k=None, beam_width=None):
+        """``[hidden, target]`` -> target log-probs (+ the loss); ``hidden`` -> ``(*, V)``
+        log-probs; ``hidden, top_k=k`` -> ``(values, indices)`` (what :meth:`topk` records in a
+        functional model)."""
+        if top_k is not None:
+            return tuple(self._topk(inputs, top_k, beam_width))
         if isinstance(inputs, (list, tuple)):
             if len(inputs) != 2:
                 raise ValueError(f"call the layer on hidden or on [hidden, target], got {len(inputs)} inputs")
@@ -314,7 +328,10 @@ class HierarchicalSoftmax(keras.layers.Layer):
         """``log p(target | hidden)`` shaped like ``target`` (0 where ignored), no loss added."""
         return self._score_targets(hidden, target, mask)[0]
 
-    def compute_output_spec(self, inputs, mask=None, training=None):
+    def compute_output_spec(self, inputs, mask=None, training=None, top_k=None, beam_width=None):
+        if top_k is not None:
+            shape = tuple(inputs.shape[:-1]) + (int(top_k),)
+            return keras.KerasTensor(shape, dtype=self.path_dtype), keras.KerasTensor(shape, dtype="int32")
         if isinstance(inputs, (list, tuple)):
             return keras.KerasTensor(inputs[1].shape, dtype=self.path_dtype)
         return keras.KerasTensor(tuple(inputs.shape[:-1]) + (self.num_classes,), dtype=self.path_dtype)
@@ -326,6 +343,8 @@ class HierarchicalSoftmax(keras.layers.Layer):
 
     def log_prob(self, hidden):
         """Exact log-probabilities of every class: ``(*, V)``; each row's ``exp`` sums to 1."""
+        if _symbolic(hidden):
+            return self(hidden)
         h = self._flat_hidden(hidden)
         lp = self._full_lp(h)
         return ops.reshape(lp, tuple(ops.shape(hidden)[:-1]) + (self.num_classes,))
@@ -360,6 +379,11 @@ class HierarchicalSoftmax(keras.layers.Layer):
         :meth:`beam_topk`); only if some row is not proven is the full distribution computed
         (for the whole batch, with the beam's answer kept where it is proven).
         """
+        if _symbolic(hidden):
+            return TopK(*self(hidden, top_k=self._check_k(k), beam_width=beam_width))
+        return self._topk(hidden, k, beam_width)
+
+    def _topk(self, hidden, k: int, beam_width: int | None) -> TopK:
         k = self._check_k(k)
         h = self._flat_hidden(hidden)
         vals, idx, ok = self._beam(h, k, self._width(k, beam_width))
@@ -369,7 +393,11 @@ class HierarchicalSoftmax(keras.layers.Layer):
             keep = ops.expand_dims(ok, 1)
             return ops.where(keep, vals, fv), ops.where(keep, idx, ops.cast(fi, "int32"))
 
-        vals, idx = ops.cond(ops.all(ok), lambda: (vals, idx), full)
+        proven = _concrete_bool(ops.all(ok))
+        if proven is None:  # traced: both branches are compiled, one runs
+            vals, idx = ops.cond(ops.all(ok), lambda: (vals, idx), full)
+        elif not proven:
+            vals, idx = full()
         lead = tuple(ops.shape(hidden)[:-1])
         return TopK(ops.reshape(vals, lead + (k,)), ops.reshape(idx, lead + (k,)))
 
@@ -390,6 +418,19 @@ class HierarchicalSoftmax(keras.layers.Layer):
             bias_initializer=keras.initializers.serialize(self.bias_initializer),
         )
         return config
+
+
+def _symbolic(x) -> bool:
+    return isinstance(x, keras.KerasTensor)
+
+
+def _concrete_bool(x) -> bool | None:
+    """``bool(x)`` for an eager tensor, ``None`` while tracing (jax.jit, tf.function), where the
+    value is not known yet."""
+    try:
+        return bool(ops.convert_to_numpy(x))
+    except Exception:
+        return None
 
 
 def _prune(lp, refs, bound, width: int):

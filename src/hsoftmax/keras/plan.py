@@ -21,8 +21,8 @@ Three consumers:
   against its rows; the remaining columns are split into runs of equal slot width, each gathered
   as ``(batch, columns, width)`` rows: O(d * sum of arities on the path) per example.
 * **full distribution** (:class:`FullPlan`): nodes bucketed by arity (padded to a power of two,
-  so at most 2x slot padding), an edge table into the buckets' outputs, and the breadth-first
-  levels that accumulate path sums from the root down.
+  so at most 2x slot padding), each ref's edge in the buckets' outputs, and the ancestor tables
+  of a pointer doubling that sums every path in log2(depth) gathers.
 * **beam search** (:class:`BeamPlan`): per depth level, the slot rows and child refs of the
   level's nodes, plus a "carry" row that keeps a class already reached.
 """
@@ -74,12 +74,17 @@ class TargetPlan(NamedTuple):
 
 
 class FullPlan(NamedTuple):
-    """Tables for the full ``(batch, V)`` log-probabilities."""
+    """Tables for the full ``(batch, V)`` log-probabilities.
+
+    Refs ``0..V+N-1`` plus one sentinel ``V+N`` (log-probability 0, its own ancestor). After the
+    buckets' child log-probabilities are flattened (plus one zero column), ``ref_source`` picks
+    each ref's edge log-probability (the root's and the sentinel's: the zero column); then
+    ``s += s[:, jump_t]`` for each ``jump_t`` (the ``2**t``-th ancestor) sums whole paths.
+    """
 
     buckets: tuple[tuple[np.ndarray, bool], ...]  # (slot rows (M, K), lead_fixed) per arity bucket
-    edge_source: np.ndarray  # (E,) int32 into the buckets' flattened outputs (+1 zero column)
-    levels: tuple[tuple[int, int, np.ndarray, np.ndarray], ...]  # (e0, e1, owner_local, next_pos)
-    class_edge: np.ndarray  # (V,) int32 edge of each class
+    ref_source: np.ndarray  # (V + N + 1,) int32 into the buckets' flattened outputs
+    jumps: tuple[np.ndarray, ...]  # (V + N + 1,) int32: the 2**t-th ancestor, sentinel above the root
 
 
 class BeamLevel(NamedTuple):
@@ -150,29 +155,29 @@ def full_plan(tree: Tree) -> FullPlan:
     width = np.where(arity >= 2, 1 << np.ceil(np.log2(np.maximum(arity, 2))).astype(np.int64), 0)
     buckets, base = [], 0
     position = np.full(N, -1, dtype=np.int64)  # flat index of slot 0 of each deciding node
-    node_width = np.zeros(N, dtype=np.int64)
     for w in np.unique(width[deciding]):
         nodes = deciding[width[deciding] == w]
         slots = slot_table(tree, nodes, int(w))
         buckets.append((slots, bool(np.all(slots[:, 0] == FIXED))))
         position[nodes] = base + np.arange(nodes.size) * w
-        node_width[nodes] = w
         base += nodes.size * int(w)
-    zero = base  # one extra zero column: the log-probability of a one-child node's child
-    edge_source = np.where(arity[owner] >= 2, position[owner] + slot, zero).astype(np.int32)
-    depth = np.asarray(tree.node_depth)
-    cuts = np.flatnonzero(np.diff(depth)) + 1
-    bounds = np.concatenate([[0], cuts, [N]]).astype(np.int64)
+    zero = base  # one extra zero column: a one-child node's child, the root, the sentinel
+    edge_source = np.where(arity[owner] >= 2, position[owner] + slot, zero)
+    R = V + N
     children = np.asarray(tree.children)
-    levels = []
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        e0, e1 = int(off[a]), int(off[b])
-        owner_local = (owner[e0:e1] - a).astype(np.int32)
-        next_pos = np.flatnonzero(children[e0:e1] >= V).astype(np.int32)  # the next level, in order
-        levels.append((e0, e1, owner_local, next_pos))
-    parent = np.asarray(tree.parent)[:V]
-    class_edge = (off[parent] + np.asarray(tree.choice)[:V]).astype(np.int32)
-    return FullPlan(tuple(buckets), edge_source, tuple(levels), class_edge)
+    ref_source = np.full(R + 1, zero, dtype=np.int64)
+    ref_source[children] = edge_source
+    parent = np.asarray(tree.parent)
+    anc = np.full(R + 1, R, dtype=np.int64)  # parent ref of each ref; the root's is the sentinel
+    has = parent >= 0
+    anc[:R][has] = V + parent[has]
+    jumps = []
+    span = 1  # after t doublings each ref holds the sum of its 2**t nearest edges
+    while span < tree.depth:
+        jumps.append(anc.astype(np.int32))
+        anc = anc[anc]
+        span *= 2
+    return FullPlan(tuple(buckets), ref_source.astype(np.int32), tuple(jumps))
 
 
 def beam_plan(tree: Tree) -> BeamPlan:
