@@ -171,16 +171,19 @@ class HierarchicalSoftmax(keras.layers.Layer):
         )
         self.built = True
 
-    def _c(self) -> dict[str, Any]:
+    def _c(self, like=None) -> dict[str, Any]:
         """The plans' index tables (int32), by name.
 
         They are constants, not variables (``get_weights()`` stays ``[kernel, bias]``). Traced
         backends (jax.jit, tf.function) embed the numpy arrays as constants of the compiled
         function; caching backend tensors across traces would leak tracers, so only the eager
-        torch backend gets them converted once (instead of a host copy on every call).
+        torch backend gets them converted once per device (instead of a host copy on every
+        call; Keras also runs torch layers on the "meta" device to infer shapes, whose tensors
+        must not be reused for real ones).
         """
-        if self._consts is not None:
-            return self._consts
+        device = str(getattr(like, "device", None))
+        if self._consts is not None and device in self._consts:
+            return self._consts[device]
         tp, fp, bp = self._plan
         c: dict[str, Any] = {"first_choice": tp.first_choice}
         for i, run in enumerate(tp.runs):
@@ -190,13 +193,11 @@ class HierarchicalSoftmax(keras.layers.Layer):
         c["ref_source"] = fp.ref_source
         for i, jump in enumerate(fp.jumps):
             c[f"jump{i}"] = jump
-        c["root_children"] = bp.root_children
-        for i, lvl in enumerate(bp.levels):
-            c[f"beam{i}_slots"], c[f"beam{i}_refs"] = lvl.slots, lvl.child_refs
+        c["root_children"], c["beam_slots"], c["beam_refs"] = bp.root_children, bp.slots, bp.child_refs
         c = {k: np.ascontiguousarray(v, dtype=np.int32) for k, v in c.items()}
-        if keras.backend.backend() == "torch":
-            c = {k: ops.convert_to_tensor(v) for k, v in c.items()}
-            self._consts = c
+        if keras.backend.backend() == "torch" and like is not None:
+            c = {k: ops.convert_to_tensor(v).to(like.device) for k, v in c.items()}
+            self._consts = {**(self._consts or {}), device: c}
         return c
 
     @property
@@ -223,7 +224,7 @@ class HierarchicalSoftmax(keras.layers.Layer):
         tp = self._plan.target
         if tp.first_slots is None:
             return ops.zeros_like(h[:, 0])
-        c = self._c()
+        c = self._c(h)
         kernel, bias = self._weights()
         s, valid = shared_slot_scores(h, kernel, bias, tp.first_slots)
         lp0 = child_log_probs(s, valid)  # (B, k0)
@@ -242,7 +243,7 @@ class HierarchicalSoftmax(keras.layers.Layer):
     def _full_lp(self, h):
         """``h`` ``(B, d)`` -> ``(B, V)`` exact log-probabilities."""
         fp = self._plan.full
-        c = self._c()
+        c = self._c(h)
         kernel, bias = self._weights()
         scores = ops.matmul(h, ops.transpose(kernel))
         if bias is not None:
@@ -269,24 +270,33 @@ class HierarchicalSoftmax(keras.layers.Layer):
         dropped candidate, no class outside the answer can beat it: the answer is exact."""
         bp = self._plan.beam
         V = self.num_classes
-        c = self._c()
+        c = self._c(h)
         kernel, bias = self._weights()
         s, valid = shared_slot_scores(h, kernel, bias, bp.root_slots)
         lp = ops.where(valid, child_log_probs(s, valid), NEG)  # (B, k0)
         refs = ops.zeros_like(ops.cast(lp, "int32")) + c["root_children"]
         bound = ops.zeros_like(lp[:, 0]) + NEG
         lp, refs, bound = _prune(lp, refs, bound, width)
-        for i, lvl in enumerate(bp.levels):
-            lo = V + lvl.first_node
-            is_node = (refs >= lo) & (refs < lo + lvl.size)
-            local = ops.where(is_node, refs - lo, lvl.size)
-            rows = ops.take(c[f"beam{i}_slots"], local, axis=0)  # (B, W, K)
-            kids = ops.take(c[f"beam{i}_refs"], local, axis=0)
-            kids = ops.where(ops.expand_dims(is_node, -1), kids, ops.expand_dims(refs, -1))  # carry a class
-            s, valid = slot_scores(h, kernel, bias, rows, bool(np.all(lvl.slots[:, 0] == _plan.FIXED)))
+        if lp.shape[1] < width:  # pad with dead entries so every step has the same shapes
+            pad = width - lp.shape[1]
+            lp = ops.concatenate([lp, ops.repeat(ops.zeros_like(lp[:, :1]) + NEG, pad, axis=1)], axis=1)
+            refs = ops.concatenate([refs, ops.repeat(ops.zeros_like(refs[:, :1]) - 1, pad, axis=1)], axis=1)
+        N = self.tree.num_nodes
+
+        def expand(_, state):
+            lp, refs, bound = state
+            is_node = refs >= V  # internal nodes in the beam all sit at the current depth
+            local = ops.where(is_node, refs - V, N)  # row N carries a class (or a dead entry)
+            rows = ops.take(c["beam_slots"], local, axis=0)  # (B, W, K)
+            kids = ops.take(c["beam_refs"], local, axis=0)
+            kids = ops.where(ops.expand_dims(is_node, -1), kids, ops.expand_dims(refs, -1))
+            s, valid = slot_scores(h, kernel, bias, rows, bp.lead_fixed)
             cand = ops.where(valid, ops.expand_dims(lp, -1) + child_log_probs(s, valid), NEG)
             n = rows.shape[1] * rows.shape[2]
-            lp, refs, bound = _prune(ops.reshape(cand, (-1, n)), ops.reshape(kids, (-1, n)), bound, width)
+            return _prune(ops.reshape(cand, (-1, n)), ops.reshape(kids, (-1, n)), bound, width)
+
+        if bp.steps:
+            lp, refs, bound = ops.fori_loop(0, bp.steps, expand, (lp, refs, bound))
         vals, pos = ops.top_k(lp, k)
         idx = ops.take_along_axis(refs, ops.cast(pos, "int32"), axis=1)
         return vals, idx, vals[:, k - 1] >= bound

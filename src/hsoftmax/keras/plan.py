@@ -23,8 +23,8 @@ Three consumers:
 * **full distribution** (:class:`FullPlan`): nodes bucketed by arity (padded to a power of two,
   so at most 2x slot padding), each ref's edge in the buckets' outputs, and the ancestor tables
   of a pointer doubling that sums every path in log2(depth) gathers.
-* **beam search** (:class:`BeamPlan`): per depth level, the slot rows and child refs of the
-  level's nodes, plus a "carry" row that keeps a class already reached.
+* **beam search** (:class:`BeamPlan`): the root's slots, and one global table of every node's
+  slot rows and child refs, plus a "carry" row that keeps a class already reached.
 """
 
 from __future__ import annotations
@@ -87,17 +87,17 @@ class FullPlan(NamedTuple):
     jumps: tuple[np.ndarray, ...]  # (V + N + 1,) int32: the 2**t-th ancestor, sentinel above the root
 
 
-class BeamLevel(NamedTuple):
-    first_node: int  # level's internal nodes are [first_node, first_node + size)
-    size: int
-    slots: np.ndarray  # (size + 1, K) int32; row ``size`` carries a class (``[FIXED, NONE...]``)
-    child_refs: np.ndarray  # (size + 1, K) int32 refs, -1 where no child
-
-
 class BeamPlan(NamedTuple):
+    """Tables for the beam search. The root is expanded by one matmul; every later step expands
+    the internal nodes in the beam through one global table (row ``num_nodes`` carries a class
+    already reached), so all steps have the same shapes and run as one loop."""
+
     root_slots: np.ndarray  # (k_root,) slot rows of the root
     root_children: np.ndarray  # (k_root,) int32 refs
-    levels: tuple[BeamLevel, ...]  # depth 1 .. depth - 1
+    slots: np.ndarray  # (num_nodes + 1, K) int32, K the widest non-root node
+    child_refs: np.ndarray  # (num_nodes + 1, K) int32 refs, -1 where no child
+    steps: int  # expansions after the root's: depth - 1
+    lead_fixed: bool  # every node is binary or unary: slot 0 is always FIXED
 
 
 class Plan(NamedTuple):
@@ -195,16 +195,12 @@ def beam_plan(tree: Tree) -> BeamPlan:
 
     root = np.array([0])
     k0 = int(arity[0])
-    levels = []
-    for t in range(1, int(depth.max()) + 1 if N else 1):
-        nodes = np.flatnonzero(depth == t)
-        if nodes.size == 0:
-            break
-        w = int(arity[nodes].max())
-        slots = np.concatenate([slot_table(tree, nodes, w), slot_table(tree, np.array([N]), w)])
-        refs = np.concatenate([child_refs(nodes, w), np.full((1, w), -1, np.int32)])
-        levels.append(BeamLevel(int(nodes[0]), int(nodes.size), slots, refs))
-    return BeamPlan(slot_table(tree, root, k0)[0], child_refs(root, k0)[0], tuple(levels))
+    K = int(arity[1:].max()) if N > 1 else 1
+    every = np.arange(N + 1)  # node N is the virtual carry row
+    slots = slot_table(tree, every, K)
+    refs = np.concatenate([child_refs(np.arange(N), K), np.full((1, K), -1, np.int32)])
+    return BeamPlan(slot_table(tree, root, k0)[0], child_refs(root, k0)[0], slots, refs,
+                    max(tree.depth - 1, 0), bool(np.all(slots[:, 0] == FIXED)))
 
 
 def plan(tree: Tree) -> Plan:
