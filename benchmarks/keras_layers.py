@@ -178,24 +178,19 @@ def torch_module_worker(args) -> list[dict]:
 
 # ---------------------------------------------------------------------------- driver
 def versions() -> dict:
-    out = {"python": platform.python_version(), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs"}
-    for mod in ("keras", "jax", "torch", "tensorflow"):
-        try:
-            out[mod] = __import__(mod).__version__ if mod != "tensorflow" else _tf_version()
-        except Exception:
-            out[mod] = None
-    return out
-
-
-def _tf_version():
     from importlib.metadata import PackageNotFoundError, version
 
-    for name in ("tensorflow-cpu", "tensorflow"):
-        try:
-            return version(name)
-        except PackageNotFoundError:
-            pass
-    return None
+    out = {"python": platform.python_version(), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs"}
+    for name, dists in {"keras": ["keras"], "jax": ["jax"], "torch": ["torch"],
+                        "tensorflow": ["tensorflow-cpu", "tensorflow"]}.items():
+        out[name] = None
+        for dist in dists:
+            try:
+                out[name] = version(dist)
+                break
+            except PackageNotFoundError:
+                pass
+    return out
 
 
 def run_worker(kind: str, args) -> list[dict]:

@@ -17,6 +17,7 @@ the beam search) scores slots with :func:`shared_slot_scores` or :func:`slot_sco
 
 from __future__ import annotations
 
+import numpy as np
 from keras import ops
 
 __all__ = ["NEG", "child_log_probs", "slot_scores", "shared_slot_scores"]
@@ -72,8 +73,6 @@ def slot_scores(h, kernel, bias, rows, lead_fixed: bool):
 def shared_slot_scores(h, kernel, bias, rows_np):
     """Slot scores of one node for the whole batch by one matmul: ``rows_np`` is the node's
     static ``(K,)`` numpy slot rows -> ``(scores (B, K), valid (K,))``."""
-    import numpy as np
-
     rows_np = np.asarray(rows_np)
     real = np.flatnonzero(rows_np >= 0)
     if real.size == 0:
