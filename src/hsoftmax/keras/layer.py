@@ -302,12 +302,13 @@ class HierarchicalSoftmax(keras.layers.Layer):
         return vals, idx, vals[:, k - 1] >= bound
 
     # ------------------------------------------------------------------ Keras API
-    def call(self, inputs, mask=None, training=None, top_k=None, beam_width=None):
+    def call(self, inputs, mask=None, training=None, top_k=None, beam_width=None, part="indices"):
         """``[hidden, target]`` -> target log-probs (+ the loss); ``hidden`` -> ``(*, V)``
-        log-probs; ``hidden, top_k=k`` -> ``(values, indices)`` (what :meth:`topk` records in a
-        functional model)."""
+        log-probs; ``hidden, top_k=k, part="values"|"indices"`` -> that half of the top-k (what
+        :meth:`topk` records in a functional model: one output per call, because Keras 3.15
+        loses the second output of a multi-output call on a layer already called once)."""
         if top_k is not None:
-            return tuple(self._topk(inputs, top_k, beam_width))
+            return self._topk(inputs, top_k, beam_width)[0 if part == "values" else 1]
         if isinstance(inputs, (list, tuple)):
             if len(inputs) != 2:
                 raise ValueError(f"call the layer on hidden or on [hidden, target], got {len(inputs)} inputs")
@@ -338,10 +339,10 @@ class HierarchicalSoftmax(keras.layers.Layer):
         """``log p(target | hidden)`` shaped like ``target`` (0 where ignored), no loss added."""
         return self._score_targets(hidden, target, mask)[0]
 
-    def compute_output_spec(self, inputs, mask=None, training=None, top_k=None, beam_width=None):
+    def compute_output_spec(self, inputs, mask=None, training=None, top_k=None, beam_width=None, part="indices"):
         if top_k is not None:
             shape = tuple(inputs.shape[:-1]) + (int(top_k),)
-            return keras.KerasTensor(shape, dtype=self.path_dtype), keras.KerasTensor(shape, dtype="int32")
+            return keras.KerasTensor(shape, dtype=self.path_dtype if part == "values" else "int32")
         if isinstance(inputs, (list, tuple)):
             return keras.KerasTensor(inputs[1].shape, dtype=self.path_dtype)
         return keras.KerasTensor(tuple(inputs.shape[:-1]) + (self.num_classes,), dtype=self.path_dtype)
@@ -390,7 +391,9 @@ class HierarchicalSoftmax(keras.layers.Layer):
         (for the whole batch, with the beam's answer kept where it is proven).
         """
         if _symbolic(hidden):
-            return TopK(*self(hidden, top_k=self._check_k(k), beam_width=beam_width))
+            k = self._check_k(k)
+            return TopK(self(hidden, top_k=k, beam_width=beam_width, part="values"),
+                        self(hidden, top_k=k, beam_width=beam_width, part="indices"))
         return self._topk(hidden, k, beam_width)
 
     def _topk(self, hidden, k: int, beam_width: int | None) -> TopK:
@@ -413,6 +416,8 @@ class HierarchicalSoftmax(keras.layers.Layer):
 
     def predict(self, hidden):
         """The most probable class of each hidden vector, ``(*)`` int32, exactly (by :meth:`topk`)."""
+        if _symbolic(hidden):
+            return self(hidden, top_k=1, part="indices")[..., 0]
         return self.topk(hidden, 1).indices[..., 0]
 
     def get_config(self) -> dict[str, Any]:
