@@ -72,7 +72,25 @@ def reference(tmp_path_factory) -> Path:
     return d
 
 
+_RUNS: dict[str, tuple] = {}
 _RESULTS: dict[str, dict] = {}
+
+
+def _start_runners(reference: Path, tmp_path_factory) -> None:
+    """Start every installed backend's runner at once: each spends most of its time in one
+    thread (XLA compiles, TF tracing), so on a 2-core machine they overlap well."""
+    if _RUNS:
+        return
+    for backend, module in BACKENDS.items():
+        if importlib.util.find_spec(module) is None:
+            continue
+        out = tmp_path_factory.mktemp(f"keras_{backend}") / "results.json"
+        env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3",
+               "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+        log = open(out.with_suffix(".log"), "w+")
+        proc = subprocess.Popen([sys.executable, str(HERE / "keras_checks.py"), str(reference), str(out)],
+                                env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+        _RUNS[backend] = (proc, out, log)
 
 
 def backend_results(backend: str, reference: Path, tmp_path_factory) -> dict:
@@ -80,15 +98,15 @@ def backend_results(backend: str, reference: Path, tmp_path_factory) -> dict:
         pytest.importorskip("keras")
         if importlib.util.find_spec(BACKENDS[backend]) is None:
             pytest.skip(f"{backend} is not installed")
-        out = tmp_path_factory.mktemp(f"keras_{backend}") / "results.json"
-        env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3",
-               "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
-        proc = subprocess.run(
-            [sys.executable, str(HERE / "keras_checks.py"), str(reference), str(out)],
-            env=env, capture_output=True, text=True, timeout=600,
-        )
+        _start_runners(reference, tmp_path_factory)
+        proc, out, log = _RUNS[backend]
+        try:
+            proc.wait(timeout=900)
+        except subprocess.TimeoutExpired:
+            proc.kill()
         if not out.exists():
-            pytest.fail(f"{backend} runner crashed (rc={proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+            log.seek(0)
+            pytest.fail(f"{backend} runner crashed (rc={proc.returncode}):\n{log.read()[-5000:]}")
         _RESULTS[backend] = json.loads(out.read_text())
     return _RESULTS[backend]
 
@@ -121,4 +139,6 @@ def test_benchmark_quick(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     methods = {r["method"] for r in rows}
     assert {"dense", "hs_huffman", "hs_two_level"} <= methods, methods
-    assert all(r["examples_per_s"] > 0 for r in rows if r["method"] != "skipped")
+    assert all(r["examples_per_s"] > 0 for r in rows if "examples_per_s" in r)
+    topk = [r for r in rows if r["method"].startswith("topk5")]
+    assert topk and all(r["same_indices"] == 1.0 for r in topk if r["method"] == "topk5_peaked"), topk
