@@ -129,18 +129,19 @@ def matches_torch(ref):
 @check
 def call_forms(ref):
     """layer(h) is the full distribution; layer([h, y]) the target log-probs plus the mean NLL as
-    a loss; leading dimensions (batch, time, d) work."""
-    r = ref["huffman3"]
+    a loss; leading dimensions (batch, time, d) work. (The taxonomy tree and 40 rows, as in
+    masking: on jax, eager ops compile once per shape, so the checks share shapes.)"""
+    r = ref["taxonomy"]
     hs = layer_for(r)
     close(np_(hs(r["x"])), r["log_prob"], what="layer(h)")
     out = hs([r["x"], r["y"]])
     close(np_(out), r["target_lp"], what="layer([h, y])")
     assert len(hs.losses) == 1
     close(np_(hs.losses[0]), r["loss_mean"], what="added loss")
-    x3, y3 = r["x"][:18].reshape(3, 6, -1), r["y"][:18].reshape(3, 6)
-    close(np_(hs([x3, y3])), r["target_lp"][:18].reshape(3, 6), what="(B, T) targets")
-    assert tuple(hs(x3).shape) == (3, 6, r["tree"].num_classes)
-    hs2 = HierarchicalSoftmax(r["tree"], add_loss=False)
+    x3, y3 = r["x"].reshape(4, 10, -1), r["y"].reshape(4, 10)
+    close(np_(hs([x3, y3])), r["target_lp"].reshape(4, 10), what="(B, T) targets")
+    close(np_(hs(x3)), r["log_prob"].reshape(4, 10, -1), what="(B, T) log_prob")
+    hs2 = HierarchicalSoftmax(r["tree"], add_loss=False, kernel_initializer="zeros")
     hs2(r["x"])  # builds on first call
     assert hs2.in_features == r["x"].shape[1] and hs2.kernel.shape == (r["tree"].num_params, r["x"].shape[1])
     hs2([r["x"], r["y"]])
@@ -258,7 +259,7 @@ def topk_exact(ref):
         hs = layer_for(r)
         full = r["log_prob"].astype(np.float64)
         V = r["tree"].num_classes
-        for k in sorted({1, min(5, V)}):
+        for k in [min(5, V)]:  # k = 1 (predict) is in matches_torch
             run = compiled(lambda x: (hs.topk(x, k), hs.topk(x, k, beam_width=k), hs.beam_topk(x, k, beam_width=k)))
             wide, narrow, (bv, bi, ok) = run(r["x"])
             for beam, (v, i) in (("default", wide), ("k", narrow)):
