@@ -65,7 +65,9 @@ def main() -> None:
             step = lambda x, y: model.train_on_batch(x, y)  # noqa: E731
             infer = model
         else:
-            tree = Tree.huffman(freq * 1e9) if head == "huffman" else Tree.two_level(V, counts=freq * 1e9)
+            # Equal-size clusters: the layer pads every decision to the widest node in its column,
+            # and mass-balanced clusters (two_level(counts=...)) put most classes in one huge one.
+            tree = Tree.huffman(freq * 1e9) if head == "huffman" else Tree.two_level(V)
             yin = keras.Input((), dtype="int32")
             hs = HierarchicalSoftmax(tree)
             model = keras.Model([xin, yin], hs([h, yin]))

@@ -79,6 +79,10 @@ class HierarchicalSoftmax(keras.layers.Layer):
       model's losses: ``model.compile(optimizer=...)`` without a loss, then
       ``model.fit([x, y])``. Cost O(d * path) per example: the path's weight rows are gathered
       (the first decision, shared by every class, is one matmul); no ``(batch, V)`` tensor.
+      Shapes are static, so each decision column is padded to the widest node that appears in
+      it: a tree whose nodes have very unequal arities (``Tree.two_level(counts=...)`` puts
+      most of a Zipf vocabulary in one huge cluster) costs O(d * that width) per example;
+      prefer Huffman or equal-size two-level trees.
     * ``layer(hidden)`` -> the exact normalized log-probabilities ``(*, V)`` (what
       ``model.predict`` returns for such a model); the one call that costs O(V d), because it
       returns V numbers per example.
