@@ -1,0 +1,298 @@
+"""Train-step throughput of the Keras hierarchical softmax against a Dense softmax head.
+
+For each Keras backend (one subprocess each, ``KERAS_BACKEND`` set) and each V: examples/s of a
+training step (``model.train_on_batch``, compiled by Keras: jax.jit / tf.function / torch eager)
+of
+
+* ``dense``: ``Dense(V)`` + ``SparseCategoricalCrossentropy(from_logits=True)``;
+* ``hs_huffman``: :class:`hsoftmax.keras.HierarchicalSoftmax` on a Huffman tree of Zipf counts;
+* ``hs_two_level``: the same layer on ``Tree.two_level(V)`` (sqrt(V) clusters);
+
+all with plain SGD, on random hidden vectors ``(batch, d)`` and Zipf-distributed targets. Then
+``topk(5)`` against ``log_prob`` + ``top_k`` at the largest V, and the torch module
+(:class:`hsoftmax.HierarchicalSoftmax`, numba kernels) on the same trees for reference.
+
+    python benchmarks/keras_layers.py                 # V = 1k, 10k, 100k on jax, torch, tensorflow
+    python benchmarks/keras_layers.py --sizes 1000,10000,100000,1000000
+    python benchmarks/keras_layers.py --quick         # CI smoke run: tiny sizes (the test suite runs it)
+
+Writes a table to stdout, ``--json`` rows, and a plot of examples/s against V (``--plot``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+METHODS = ("dense", "hs_huffman", "hs_two_level")
+
+
+def zipf_counts(V: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (1.0 / np.arange(1, V + 1) ** 1.1)[rng.permutation(V)] * 1e7 + 1
+
+
+def make_tree(kind: str, V: int):
+    from hsoftmax import Tree
+
+    return Tree.huffman(zipf_counts(V)) if kind == "hs_huffman" else Tree.two_level(V)
+
+
+def targets(V: int, n: int, seed: int = 1) -> np.ndarray:
+    p = zipf_counts(V)
+    p = p / p.sum()
+    return np.random.default_rng(seed).choice(V, size=n, p=p).astype("int32")
+
+
+def timed_steps(step, min_time: float, max_steps: int, warmup: int) -> tuple[float, int]:
+    """Seconds per step: ``warmup`` untimed calls (compilation), then steps until ``min_time``."""
+    for _ in range(warmup):
+        step()
+    n, t0 = 0, time.perf_counter()
+    while n < max_steps and (n == 0 or time.perf_counter() - t0 < min_time):
+        step()
+        n += 1
+    return (time.perf_counter() - t0) / n, n
+
+
+# ---------------------------------------------------------------------------- workers
+def keras_worker(args) -> list[dict]:
+    import keras
+
+    from hsoftmax.keras import HierarchicalSoftmax
+
+    backend = keras.backend.backend()
+    d, B = args.d, args.batch
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(B, d)).astype("float32")
+    rows = []
+    for V in args.sizes:
+        y = targets(V, B)
+        for method in METHODS:
+            keras.utils.set_random_seed(0)
+            hin = keras.Input((d,))
+            if method == "dense":
+                model = keras.Model(hin, keras.layers.Dense(V)(hin))
+                model.compile(optimizer=keras.optimizers.SGD(0.1),
+                              loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+                step = lambda: model.train_on_batch(x, y)  # noqa: E731
+            else:
+                yin = keras.Input((), dtype="int32")
+                hs = HierarchicalSoftmax(make_tree(method, V))
+                model = keras.Model([hin, yin], hs([hin, yin]))
+                model.compile(optimizer=keras.optimizers.SGD(0.1))
+                step = lambda: model.train_on_batch([x, y])  # noqa: E731
+            t0 = time.perf_counter()
+            try:
+                step()
+            except Exception as e:  # e.g. out of memory at 1M
+                rows.append(dict(backend=backend, method="skipped", V=V, why=f"{method}: {type(e).__name__}: {e}"[:300]))
+                continue
+            first = time.perf_counter() - t0
+            sec, n = timed_steps(step, args.min_time, args.max_steps, warmup=1)
+            rows.append(dict(backend=backend, method=method, V=V, d=d, batch=B, step_ms=1e3 * sec,
+                             examples_per_s=B / sec, steps=n, first_step_s=first))
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+            del model
+    rows += keras_topk(args, backend)
+    return rows
+
+
+def keras_topk(args, backend: str) -> list[dict]:
+    """topk(5) vs log_prob + top_k at the largest V (Huffman tree), on a peaked model (weights
+    scaled up, as after training to confident predictions) and on the freshly initialized one."""
+    import keras
+    from keras import ops
+
+    from hsoftmax.keras import HierarchicalSoftmax
+
+    V, d, B = max(args.sizes), args.d, args.batch
+    tree = make_tree("hs_huffman", V)
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(B, d)).astype("float32")
+    hs = HierarchicalSoftmax(tree, in_features=d)
+    hin = keras.Input((d,))
+    vals, idx = hs.topk(hin, 5)
+    topk_model = keras.Model(hin, [vals, idx])
+    full_model = keras.Model(hin, list(ops.top_k(hs(hin), 5)))
+    rows = []
+    for label, scale in (("peaked", 8.0), ("initial", None)):
+        if scale is not None:
+            hs.set_weights([scale * rng.normal(size=(tree.num_params, d)).astype("float32") / np.sqrt(d),
+                            np.zeros(tree.num_params, "float32")])
+        else:
+            bound = 1 / np.sqrt(d)
+            hs.set_weights([rng.uniform(-bound, bound, (tree.num_params, d)).astype("float32"),
+                            np.zeros(tree.num_params, "float32")])
+        proven = float(np.mean(ops.convert_to_numpy(hs.beam_topk(x, 5).exact)))
+        t_topk, _ = timed_steps(lambda: topk_model.predict_on_batch(x), args.min_time, args.max_steps, 1)
+        t_full, _ = timed_steps(lambda: full_model.predict_on_batch(x), args.min_time, args.max_steps, 1)
+        a = topk_model.predict_on_batch(x)[1]
+        b = full_model.predict_on_batch(x)[1]
+        rows.append(dict(backend=backend, method=f"topk5_{label}", V=V, d=d, batch=B, topk_ms=1e3 * t_topk,
+                         full_ms=1e3 * t_full, speedup=t_full / t_topk, proven=proven,
+                         same_indices=float(np.mean(np.asarray(a) == np.asarray(b)))))
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    return rows
+
+
+def torch_module_worker(args) -> list[dict]:
+    """The torch module (numba kernels on the CPU) on the same trees, SGD, same batch."""
+    import torch
+
+    from hsoftmax import HierarchicalSoftmax
+
+    d, B = args.d, args.batch
+    x = torch.from_numpy(np.random.default_rng(0).normal(size=(B, d)).astype("float32"))
+    rows = []
+    for V in args.sizes:
+        y = torch.from_numpy(targets(V, B)).long()
+        for method in ("hs_huffman", "hs_two_level"):
+            torch.manual_seed(0)
+            hs = HierarchicalSoftmax(d, make_tree(method, V))
+            opt = torch.optim.SGD(hs.parameters(), lr=0.1)
+
+            def step():
+                opt.zero_grad(set_to_none=True)
+                hs(x, y).loss.backward()
+                opt.step()
+
+            t0 = time.perf_counter()
+            step()
+            first = time.perf_counter() - t0
+            sec, n = timed_steps(step, args.min_time, args.max_steps, warmup=1)
+            rows.append(dict(backend="torch module", method=method, V=V, d=d, batch=B, step_ms=1e3 * sec,
+                             examples_per_s=B / sec, steps=n, first_step_s=first))
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    return rows
+
+
+# ---------------------------------------------------------------------------- driver
+def versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version(), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs"}
+    for name, dists in {"keras": ["keras"], "jax": ["jax"], "torch": ["torch"],
+                        "tensorflow": ["tensorflow-cpu", "tensorflow"]}.items():
+        out[name] = None
+        for dist in dists:
+            try:
+                out[name] = version(dist)
+                break
+            except PackageNotFoundError:
+                pass
+    return out
+
+
+def run_worker(kind: str, args) -> list[dict]:
+    cmd = [sys.executable, __file__, "--worker", kind, "--sizes", ",".join(map(str, args.sizes)),
+           "--d", str(args.d), "--batch", str(args.batch), "--min-time", str(args.min_time),
+           "--max-steps", str(args.max_steps)]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    if kind != "torch_module":
+        env["KERAS_BACKEND"] = kind
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        print(f"{kind} worker failed:\n{proc.stderr[-4000:]}", file=sys.stderr)
+        return [dict(backend=kind, method="skipped", V=0, why=proc.stderr[-300:])]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| backend | V | method | step (ms) | examples/s | vs dense |", "|---|---|---|---|---|---|"]
+    dense = {(r["backend"], r["V"]): r["examples_per_s"] for r in rows if r["method"] == "dense"}
+    for r in rows:
+        if r["method"] in METHODS:
+            base = dense.get((r["backend"], r["V"]))
+            rel = f"{r['examples_per_s'] / base:.1f}x" if base and r["method"] != "dense" else ""
+            lines.append(f"| {r['backend']} | {r['V']:,} | {r['method']} | {r['step_ms']:.1f} | "
+                         f"{r['examples_per_s']:,.0f} | {rel} |")
+    tk = [r for r in rows if r["method"].startswith("topk5")]
+    if tk:
+        lines += ["", "| backend | V | model | topk(5) (ms) | log_prob + top_k (ms) | speedup | rows proven by the beam |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in tk:
+            lines.append(f"| {r['backend']} | {r['V']:,} | {r['method'][6:]} | {r['topk_ms']:.1f} | {r['full_ms']:.1f} | "
+                         f"{r['speedup']:.1f}x | {100 * r['proven']:.0f}% |")
+    skipped = [r for r in rows if r["method"] == "skipped"]
+    for r in skipped:
+        lines.append(f"\nskipped on {r['backend']}: {r.get('why', '')}")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    styles = {"dense": "-", "hs_huffman": "--", "hs_two_level": ":"}
+    for backend in dict.fromkeys(r["backend"] for r in rows):
+        for method in METHODS:
+            pts = sorted((r["V"], r["examples_per_s"]) for r in rows
+                         if r["backend"] == backend and r["method"] == method)
+            if pts:
+                ax.plot(*zip(*pts), styles[method], marker="o", label=f"{backend} {method}")
+    ax.set(xscale="log", yscale="log", xlabel="number of classes V", ylabel="train-step examples/s",
+           title="Keras: hierarchical softmax vs Dense softmax head")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--backends", default="jax,torch,tensorflow")
+    p.add_argument("--sizes", default="1000,10000,100000")
+    p.add_argument("--d", type=int, default=256)
+    p.add_argument("--batch", type=int, default=512)
+    p.add_argument("--min-time", type=float, default=2.0, help="seconds of timed steps per measurement")
+    p.add_argument("--max-steps", type=int, default=50)
+    p.add_argument("--no-torch-module", action="store_true")
+    p.add_argument("--quick", action="store_true", help="tiny CI smoke run")
+    p.add_argument("--json", default=None)
+    p.add_argument("--plot", default=str(HERE / "keras_layers.png"))
+    p.add_argument("--no-plot", action="store_true")
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.quick:
+        args.sizes, args.d, args.batch, args.min_time, args.max_steps = "300,2000", 16, 32, 0.0, 2
+        args.no_torch_module = True
+    args.sizes = [int(v) for v in str(args.sizes).split(",")]
+    if args.worker:
+        rows = torch_module_worker(args) if args.worker == "torch_module" else keras_worker(args)
+        print(json.dumps(rows))
+        return
+    rows = []
+    for b in args.backends.split(","):
+        rows += run_worker(b, args)
+    if not args.no_torch_module:
+        rows += run_worker("torch_module", args)
+    meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), **versions(),
+            "d": args.d, "batch": args.batch, "sizes": args.sizes}
+    print(json.dumps(meta))
+    print(table(rows))
+    tm = {(r["method"], r["V"]): r["examples_per_s"] for r in rows if r["backend"] == "torch module"}
+    for r in rows:
+        if r["method"] in ("hs_huffman", "hs_two_level") and r["backend"] != "torch module" and (r["method"], r["V"]) in tm:
+            print(f"{r['backend']} {r['method']} V={r['V']:,}: torch module / keras = {tm[(r['method'], r['V'])] / r['examples_per_s']:.2f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    if not args.no_plot:
+        plot(rows, args.plot)
+        print(f"plot: {args.plot}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,485 @@
+r"""``hsoftmax.keras.HierarchicalSoftmax``: the exact hierarchical softmax as a Keras 3 layer."""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+from typing import Any, NamedTuple
+
+import keras
+import numpy as np
+from keras import ops
+
+from ..tree import Tree
+from . import plan as _plan
+from .ops import NEG, child_log_probs, shared_slot_scores, slot_scores
+
+__all__ = ["HierarchicalSoftmax", "TopK", "BeamTopK", "TargetNLL", "encode_tree", "decode_tree"]
+
+
+class TopK(NamedTuple):
+    """``values`` ``(*, k)`` log-probabilities, descending; ``indices`` ``(*, k)`` int32 classes."""
+
+    values: Any
+    indices: Any
+
+
+class BeamTopK(NamedTuple):
+    """A beam search's answer and, per example, whether it is proven exact (``exact``, bool)."""
+
+    values: Any
+    indices: Any
+    exact: Any
+
+
+def encode_tree(tree: Tree) -> dict[str, str]:
+    """The tree as a JSON-safe dict: its :meth:`~hsoftmax.Tree.state` arrays in a compressed
+    ``.npz`` (no pickle), base64-encoded. About 1 MB for 100k Huffman classes."""
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **tree.state())
+    return {"npz_base64": base64.b64encode(buf.getvalue()).decode("ascii")}
+
+
+def decode_tree(data: dict[str, str]) -> Tree:
+    """Inverse of :func:`encode_tree`."""
+    raw = base64.b64decode(data["npz_base64"])
+    with np.load(io.BytesIO(raw), allow_pickle=False) as z:
+        return Tree.from_state({k: z[k] for k in z.files})
+
+
+def _as_tree(tree: Any) -> Tree:
+    if isinstance(tree, Tree):
+        return tree
+    if isinstance(tree, dict) and "npz_base64" in tree:
+        return decode_tree(tree)
+    if isinstance(tree, (str, bytes)) or hasattr(tree, "__fspath__"):
+        return Tree.load(tree)
+    raise TypeError(
+        f"tree must be an hsoftmax.Tree, a path to a saved tree or an encoded tree, got {type(tree).__name__}"
+    )
+
+
+@keras.saving.register_keras_serializable(package="hsoftmax")
+class HierarchicalSoftmax(keras.layers.Layer):
+    r"""Hierarchical softmax over the classes of an :class:`hsoftmax.Tree`, in ``keras.ops`` only.
+
+    :math:`p(y \mid h) = \prod_{(n, j) \in \mathrm{path}(y)} p_n(j \mid h)`: a binary node decides
+    with one row and a sigmoid, :math:`p_n(1 \mid h) = \sigma(w_n^\top h + b_n)`, a node with
+    :math:`k > 2` children with ``k`` rows and a softmax, a one-child node costs nothing. The
+    same math, weights and row order as the torch :class:`hsoftmax.HierarchicalSoftmax`, so
+    ``set_weights([torch_layer.weight, torch_layer.bias])`` (as numpy) gives its
+    log-probabilities.
+
+    Calls:
+
+    * ``layer([hidden, target])`` -> ``log p(target | hidden)`` shaped like ``target`` (0 where
+      ``target == ignore_index`` or the Keras mask of ``hidden`` is False), and, with
+      ``add_loss=True``, the mean negative log-likelihood over the kept targets is added to the
+      model's losses: ``model.compile(optimizer=...)`` without a loss, then
+      ``model.fit([x, y])``. Cost O(d * path) per example: the path's weight rows are gathered
+      (the first decision, shared by every class, is one matmul); no ``(batch, V)`` tensor.
+      Shapes are static, so each decision column is padded to the widest node that appears in
+      it: a tree whose nodes have very unequal arities (``Tree.two_level(counts=...)`` puts
+      most of a Zipf vocabulary in one huge cluster) costs O(d * that width) per example;
+      prefer Huffman or equal-size two-level trees.
+    * ``layer(hidden)`` -> the exact normalized log-probabilities ``(*, V)`` (what
+      ``model.predict`` returns for such a model); the one call that costs O(V d), because it
+      returns V numbers per example.
+
+    Methods on backend tensors (eager or inside a traced function): :meth:`log_prob`,
+    :meth:`target_log_prob`, :meth:`topk`, :meth:`predict`, :meth:`beam_topk`.
+
+    Args:
+        tree: the label hierarchy (a :class:`~hsoftmax.Tree`, a path to a file written by
+            :meth:`Tree.save`, or the encoded dict found in :meth:`get_config`).
+        in_features: size ``d`` of the hidden vectors; builds the layer now. Default: taken from
+            the first input.
+        use_bias: learn a bias per weight row. Default ``True``.
+        ignore_index: targets equal to it score 0 and leave the mean. Default ``-100``.
+        add_loss: add the mean NLL when called on ``[hidden, target]``. Turn it off to use the
+            ``loss=`` way (with ``TargetNLL``).
+        beam_width: default beam of :meth:`topk` (``None``: ``max(2 k, 8)``).
+        kernel_initializer: default uniform in ``+-1/sqrt(d)`` (the torch layer's).
+        bias_initializer: default zeros.
+
+    Weights: ``kernel`` ``(tree.num_params, in_features)`` and ``bias`` ``(tree.num_params,)``;
+    ``get_weights()`` is ``[kernel, bias]``.
+
+    The path math runs in float32 (float64 if the layer's variables are float64) whatever the
+    dtype policy: under ``mixed_bfloat16`` the inputs are bfloat16 but the dot products, the
+    log-sum-exps and the path sums are float32, and so are the outputs. Out-of-range targets
+    score NaN (a traced function cannot raise).
+    """
+
+    def __init__(
+        self,
+        tree: Any,
+        in_features: int | None = None,
+        use_bias: bool = True,
+        ignore_index: int = -100,
+        add_loss: bool = True,
+        beam_width: int | None = None,
+        kernel_initializer: Any = None,
+        bias_initializer: Any = "zeros",
+        **kwargs: Any,
+    ) -> None:
+        kwargs.pop("autocast", None)
+        # autocast=False: the variables are never cast down to a mixed policy's compute dtype.
+        super().__init__(autocast=False, **kwargs)
+        self.tree = _as_tree(tree)
+        if isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer)):
+            raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
+        if beam_width is not None and (isinstance(beam_width, bool) or not isinstance(beam_width, int) or beam_width < 1):
+            raise ValueError(f"beam_width must be None or a positive int, got {beam_width!r}")
+        self.use_bias = bool(use_bias)
+        self.ignore_index = int(ignore_index)
+        self.adds_loss = bool(add_loss)
+        self.beam_width = beam_width
+        self.kernel_initializer = None if kernel_initializer is None else keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self._plan = _plan.plan(self.tree)
+        self._consts: dict[str, Any] | None = None
+        self.in_features = None
+        if in_features is not None:
+            if isinstance(in_features, bool) or not isinstance(in_features, (int, np.integer)) or in_features < 1:
+                raise ValueError(f"in_features must be a positive int, got {in_features!r}")
+            self.build((None, int(in_features)))
+
+    # ------------------------------------------------------------------ state
+    @property
+    def num_classes(self) -> int:
+        return self.tree.num_classes
+
+    def build(self, input_shape) -> None:
+        shape = input_shape
+        if isinstance(shape, (list, tuple)) and shape and isinstance(shape[0], (list, tuple)):
+            shape = shape[0]  # [hidden_shape, target_shape]
+        d = shape[-1]
+        if d is None:
+            raise ValueError("the last dimension of the hidden input must be known")
+        d = int(d)
+        if self.in_features is not None and self.in_features != d:
+            raise ValueError(f"in_features is {self.in_features} but the input's last dimension is {d}")
+        self.in_features = d
+        init = self.kernel_initializer
+        if init is None:
+            bound = 1.0 / math.sqrt(d)
+            init = keras.initializers.RandomUniform(-bound, bound)
+        P = self.tree.num_params
+        # autocast=False: a mixed policy never hands the path math bfloat16 weights.
+        self.kernel = self.add_weight(name="kernel", shape=(P, d), initializer=init, autocast=False)
+        self.bias = (
+            self.add_weight(name="bias", shape=(P,), initializer=self.bias_initializer, autocast=False)
+            if self.use_bias else None
+        )
+        self.built = True
+
+    def _c(self, like=None) -> dict[str, Any]:
+        """The plans' index tables (int32), by name.
+
+        They are constants, not variables (``get_weights()`` stays ``[kernel, bias]``). Traced
+        backends (jax.jit, tf.function) embed the numpy arrays as constants of the compiled
+        function; caching backend tensors across traces would leak tracers, so only the eager
+        torch backend gets them converted once per device (instead of a host copy on every
+        call; Keras also runs torch layers on the "meta" device to infer shapes, whose tensors
+        must not be reused for real ones).
+        """
+        device = str(getattr(like, "device", None))
+        if self._consts is not None and device in self._consts:
+            return self._consts[device]
+        tp, fp, bp = self._plan
+        c: dict[str, Any] = {"first_choice": tp.first_choice}
+        for i, run in enumerate(tp.runs):
+            c[f"run{i}_nodes"], c[f"run{i}_choices"], c[f"run{i}_slots"] = run.nodes, run.choices, run.slots
+        for i, (slots, _) in enumerate(fp.buckets):
+            c[f"bucket{i}"] = slots
+        c["ref_source"] = fp.ref_source
+        for i, jump in enumerate(fp.jumps):
+            c[f"jump{i}"] = jump
+        c["root_children"], c["beam_slots"], c["beam_refs"] = bp.root_children, bp.slots, bp.child_refs
+        c = {k: np.ascontiguousarray(v, dtype=np.int32) for k, v in c.items()}
+        if keras.backend.backend() == "torch" and like is not None:
+            c = {k: ops.convert_to_tensor(v).to(like.device) for k, v in c.items()}
+            self._consts = {**(self._consts or {}), device: c}
+        return c
+
+    @property
+    def path_dtype(self) -> str:
+        return "float64" if self.variable_dtype == "float64" else "float32"
+
+    def _weights(self):
+        dt = self.path_dtype
+        k = ops.cast(self.kernel, dt)
+        b = None if self.bias is None else ops.cast(self.bias, dt)
+        return k, b
+
+    def _flat_hidden(self, hidden):
+        if not self.built:
+            self.build(tuple(hidden.shape))
+        h = ops.convert_to_tensor(hidden)
+        if h.shape[-1] != self.in_features:
+            raise ValueError(f"hidden's last dimension must be in_features={self.in_features}, got shape {tuple(h.shape)}")
+        return ops.cast(ops.reshape(h, (-1, self.in_features)), self.path_dtype)
+
+    # ------------------------------------------------------------------ math
+    def _target_lp(self, h, y):
+        """``h`` ``(B, d)``, ``y`` ``(B,)`` int32 valid classes -> ``(B,)`` log p(y | h)."""
+        tp = self._plan.target
+        if tp.first_slots is None:
+            return ops.zeros_like(h[:, 0])
+        c = self._c(h)
+        kernel, bias = self._weights()
+        s, valid = shared_slot_scores(h, kernel, bias, tp.first_slots)
+        lp0 = child_log_probs(s, valid)  # (B, k0)
+        ch0 = ops.take(c["first_choice"], y, axis=0)
+        out = ops.take_along_axis(lp0, ops.expand_dims(ch0, 1), axis=1)[:, 0]
+        for i, run in enumerate(tp.runs):
+            nodes = ops.take(c[f"run{i}_nodes"], y, axis=0)  # (B, R)
+            choices = ops.take(c[f"run{i}_choices"], y, axis=0)
+            rows = ops.take(c[f"run{i}_slots"], nodes, axis=0)  # (B, R, K)
+            s, valid = slot_scores(h, kernel, bias, rows, run.lead_fixed)
+            lp = child_log_probs(s, valid)
+            picked = ops.take_along_axis(lp, ops.expand_dims(choices, -1), axis=-1)[..., 0]
+            out = out + ops.sum(picked, axis=-1)
+        return out
+
+    def _full_lp(self, h):
+        """``h`` ``(B, d)`` -> ``(B, V)`` exact log-probabilities."""
+        fp = self._plan.full
+        c = self._c(h)
+        kernel, bias = self._weights()
+        scores = ops.matmul(h, ops.transpose(kernel))
+        if bias is not None:
+            scores = scores + bias
+        flat = []
+        for i, (slots, _) in enumerate(fp.buckets):
+            rows = c[f"bucket{i}"]
+            s = ops.take(scores, ops.maximum(rows, 0), axis=1)  # (B, M, K)
+            s = ops.where(rows >= 0, s, ops.zeros_like(s))
+            lp = child_log_probs(s, rows >= -1)
+            flat.append(ops.reshape(lp, (-1, slots.size)))
+        flat.append(ops.zeros_like(h[:, :1]))  # a one-child node's child, and the root: log 1
+        # S[r] = log-probability of the edge into ref r; pointer doubling then adds the ancestors'
+        # edges, log2(depth) steps of one gather each, all on the same (B, refs + 1) shape.
+        s = ops.take(ops.concatenate(flat, axis=1), c["ref_source"], axis=1)
+        for i in range(len(fp.jumps)):
+            s = s + ops.take(s, c[f"jump{i}"], axis=1)
+        return s[:, : self.num_classes]
+
+    def _beam(self, h, k: int, width: int):
+        """Beam search over the tree by depth -> ``(values, indices, exact)``, each ``(B, k)`` /
+        ``(B,)``. Every candidate dropped from the beam bounds all the classes below it (a path's
+        log-probability only falls going down), so when the k-th value found is at least the best
+        dropped candidate, no class outside the answer can beat it: the answer is exact."""
+        bp = self._plan.beam
+        V = self.num_classes
+        c = self._c(h)
+        kernel, bias = self._weights()
+        s, valid = shared_slot_scores(h, kernel, bias, bp.root_slots)
+        lp = ops.where(valid, child_log_probs(s, valid), NEG)  # (B, k0)
+        refs = ops.zeros_like(ops.cast(lp, "int32")) + c["root_children"]
+        bound = ops.zeros_like(lp[:, 0]) + NEG
+        lp, refs, bound = _prune(lp, refs, bound, width)
+        if lp.shape[1] < width:  # pad with dead entries so every step has the same shapes
+            pad = width - lp.shape[1]
+            lp = ops.concatenate([lp, ops.repeat(ops.zeros_like(lp[:, :1]) + NEG, pad, axis=1)], axis=1)
+            refs = ops.concatenate([refs, ops.repeat(ops.zeros_like(refs[:, :1]) - 1, pad, axis=1)], axis=1)
+        N = self.tree.num_nodes
+
+        def expand(_, state):
+            lp, refs, bound = state
+            is_node = refs >= V  # internal nodes in the beam all sit at the current depth
+            local = ops.where(is_node, refs - V, N)  # row N carries a class (or a dead entry)
+            rows = ops.take(c["beam_slots"], local, axis=0)  # (B, W, K)
+            kids = ops.take(c["beam_refs"], local, axis=0)
+            kids = ops.where(ops.expand_dims(is_node, -1), kids, ops.expand_dims(refs, -1))
+            s, valid = slot_scores(h, kernel, bias, rows, bp.lead_fixed)
+            cand = ops.where(valid, ops.expand_dims(lp, -1) + child_log_probs(s, valid), NEG)
+            n = rows.shape[1] * rows.shape[2]
+            return _prune(ops.reshape(cand, (-1, n)), ops.reshape(kids, (-1, n)), bound, width)
+
+        if bp.steps:
+            lp, refs, bound = ops.fori_loop(0, bp.steps, expand, (lp, refs, bound))
+        vals, pos = ops.top_k(lp, k)
+        idx = ops.take_along_axis(refs, ops.cast(pos, "int32"), axis=1)
+        return vals, idx, vals[:, k - 1] >= bound
+
+    # ------------------------------------------------------------------ Keras API
+    def call(self, inputs, mask=None, training=None, top_k=None, beam_width=None, part="indices"):
+        """``[hidden, target]`` -> target log-probs (+ the loss); ``hidden`` -> ``(*, V)``
+        log-probs; ``hidden, top_k=k, part="values"|"indices"`` -> that half of the top-k (what
+        :meth:`topk` records in a functional model: one output per call, because Keras 3.15
+        loses the second output of a multi-output call on a layer already called once)."""
+        if top_k is not None:
+            return self._topk(inputs, top_k, beam_width)[0 if part == "values" else 1]
+        if isinstance(inputs, (list, tuple)):
+            if len(inputs) != 2:
+                raise ValueError(f"call the layer on hidden or on [hidden, target], got {len(inputs)} inputs")
+            hidden, target = inputs
+            hmask = mask[0] if isinstance(mask, (list, tuple)) else mask
+            out, loss = self._score_targets(hidden, target, hmask)
+            if self.adds_loss:
+                self.add_loss(loss)
+            return out
+        return self.log_prob(inputs)
+
+    def _score_targets(self, hidden, target, mask=None):
+        h = self._flat_hidden(hidden)
+        y = ops.reshape(ops.cast(target, "int32"), (-1,))
+        keep = y != self.ignore_index
+        if mask is not None:
+            keep = keep & ops.reshape(ops.cast(mask, "bool"), (-1,))
+        in_range = (y >= 0) & (y < self.num_classes)
+        safe = ops.where(keep & in_range, y, 0)
+        lp = self._target_lp(h, safe)
+        lp = ops.where(in_range | ~keep, lp, ops.cast(float("nan"), lp.dtype))
+        lp = ops.where(keep, lp, ops.zeros_like(lp))
+        count = ops.maximum(ops.sum(ops.cast(keep, lp.dtype)), 1.0)
+        loss = -ops.sum(lp) / count
+        return ops.reshape(lp, ops.shape(target)), loss
+
+    def target_log_prob(self, hidden, target, mask=None):
+        """``log p(target | hidden)`` shaped like ``target`` (0 where ignored), no loss added."""
+        return self._score_targets(hidden, target, mask)[0]
+
+    def compute_output_spec(self, inputs, mask=None, training=None, top_k=None, beam_width=None, part="indices"):
+        if top_k is not None:
+            shape = tuple(inputs.shape[:-1]) + (int(top_k),)
+            return keras.KerasTensor(shape, dtype=self.path_dtype if part == "values" else "int32")
+        if isinstance(inputs, (list, tuple)):
+            return keras.KerasTensor(inputs[1].shape, dtype=self.path_dtype)
+        return keras.KerasTensor(tuple(inputs.shape[:-1]) + (self.num_classes,), dtype=self.path_dtype)
+
+    def compute_mask(self, inputs, mask=None):
+        if isinstance(mask, (list, tuple)):
+            return mask[0]
+        return mask
+
+    def log_prob(self, hidden):
+        """Exact log-probabilities of every class: ``(*, V)``; each row's ``exp`` sums to 1."""
+        if _symbolic(hidden):
+            return self(hidden)
+        h = self._flat_hidden(hidden)
+        lp = self._full_lp(h)
+        return ops.reshape(lp, tuple(ops.shape(hidden)[:-1]) + (self.num_classes,))
+
+    def _check_k(self, k: int) -> int:
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+            raise TypeError(f"k must be an int, got {type(k).__name__}")
+        if not 1 <= k <= self.num_classes:
+            raise ValueError(f"k must be in [1, num_classes={self.num_classes}], got {k}")
+        return int(k)
+
+    def _width(self, k: int, beam_width: int | None) -> int:
+        w = beam_width if beam_width is not None else self.beam_width
+        w = max(2 * k, 8) if w is None else int(w)
+        return min(max(w, k), self.num_classes)
+
+    def beam_topk(self, hidden, k: int, beam_width: int | None = None) -> BeamTopK:
+        """The beam search alone: ``(values, indices, exact)``; rows with ``exact`` False may be
+        wrong (the beam lost a class it cannot rule out)."""
+        k = self._check_k(k)
+        h = self._flat_hidden(hidden)
+        vals, idx, ok = self._beam(h, k, self._width(k, beam_width))
+        lead = tuple(ops.shape(hidden)[:-1])
+        return BeamTopK(ops.reshape(vals, lead + (k,)), ops.reshape(idx, lead + (k,)), ops.reshape(ok, lead))
+
+    def topk(self, hidden, k: int, beam_width: int | None = None) -> TopK:
+        """The ``k`` most probable classes, exactly: ``(values, indices)``, each ``(*, k)``, sorted
+        descending, equal to ``top_k(log_prob(hidden), k)``.
+
+        A beam search of ``beam_width`` (default ``max(2 k, 8)``) costs O(width * arity * d * depth)
+        per example and proves its answer exact when the model is peaked enough (see
+        :meth:`beam_topk`); only if some row is not proven is the full distribution computed
+        (for the whole batch, with the beam's answer kept where it is proven).
+        """
+        if _symbolic(hidden):
+            k = self._check_k(k)
+            return TopK(self(hidden, top_k=k, beam_width=beam_width, part="values"),
+                        self(hidden, top_k=k, beam_width=beam_width, part="indices"))
+        return self._topk(hidden, k, beam_width)
+
+    def _topk(self, hidden, k: int, beam_width: int | None) -> TopK:
+        k = self._check_k(k)
+        h = self._flat_hidden(hidden)
+        vals, idx, ok = self._beam(h, k, self._width(k, beam_width))
+
+        def full():
+            fv, fi = ops.top_k(self._full_lp(h), k)
+            keep = ops.expand_dims(ok, 1)
+            return ops.where(keep, vals, fv), ops.where(keep, idx, ops.cast(fi, "int32"))
+
+        proven = _concrete_bool(ops.all(ok))
+        if proven is None:  # traced: both branches are compiled, one runs
+            vals, idx = ops.cond(ops.all(ok), lambda: (vals, idx), full)
+        elif not proven:
+            vals, idx = full()
+        lead = tuple(ops.shape(hidden)[:-1])
+        return TopK(ops.reshape(vals, lead + (k,)), ops.reshape(idx, lead + (k,)))
+
+    def predict(self, hidden):
+        """The most probable class of each hidden vector, ``(*)`` int32, exactly (by :meth:`topk`)."""
+        if _symbolic(hidden):
+            return self(hidden, top_k=1, part="indices")[..., 0]
+        return self.topk(hidden, 1).indices[..., 0]
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(
+            tree=encode_tree(self.tree),
+            in_features=self.in_features,
+            use_bias=self.use_bias,
+            ignore_index=self.ignore_index,
+            add_loss=self.adds_loss,
+            beam_width=self.beam_width,
+            kernel_initializer=None if self.kernel_initializer is None else keras.initializers.serialize(self.kernel_initializer),
+            bias_initializer=keras.initializers.serialize(self.bias_initializer),
+        )
+        return config
+
+
+def _symbolic(x) -> bool:
+    return isinstance(x, keras.KerasTensor)
+
+
+def _concrete_bool(x) -> bool | None:
+    """``bool(x)`` for an eager tensor, ``None`` while tracing (jax.jit, tf.function), where the
+    value is not known yet."""
+    try:
+        return bool(ops.convert_to_numpy(x))
+    except Exception:
+        return None
+
+
+def _prune(lp, refs, bound, width: int):
+    """Keep the ``width`` best of ``(B, n)`` candidates; raise ``bound`` to the best one dropped."""
+    n = lp.shape[1]
+    if n <= width:
+        return lp, refs, bound
+    v, p = ops.top_k(lp, width + 1)
+    p = ops.cast(p, "int32")
+    return v[:, :width], ops.take_along_axis(refs, p[:, :width], axis=1), ops.maximum(bound, v[:, width])
+
+
+@keras.saving.register_keras_serializable(package="hsoftmax")
+class TargetNLL(keras.losses.Loss):
+    """The ``loss=`` way: a model whose output is a :class:`HierarchicalSoftmax` called on
+    ``[hidden, target]`` with ``add_loss=False`` outputs ``log p(target)``; this loss turns it
+    into the per-example NLL, ``-y_pred``, and Keras reduces it (sample weights, masks).
+
+    ``y_true`` must be the same targets the layer scored (pass them both as an input and as
+    ``y``): the layer needs them to choose the paths, so they are an input; ``y_true`` here only
+    zeroes the ``ignore_index`` entries.
+    """
+
+    def __init__(self, ignore_index: int = -100, name: str = "target_nll", **kwargs: Any) -> None:
+        super().__init__(name=name, **kwargs)
+        self.ignore_index = int(ignore_index)
+
+    def call(self, y_true, y_pred):
+        y_true = ops.reshape(ops.cast(y_true, "int32"), ops.shape(y_pred))
+        return ops.where(y_true == self.ignore_index, ops.zeros_like(y_pred), -y_pred)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "ignore_index": self.ignore_index}
