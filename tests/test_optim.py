@@ -179,7 +179,7 @@ def _duplicated_sparse_grad():
     non-HS embedding or a hand-built gradient may have, and its dense equivalent."""
     idx = torch.tensor([[2, 0, 2]])
     vals = torch.tensor([[0.6, -0.2], [-3.0, 0.1], [0.7, 0.5]], dtype=torch.float64)
-    g = torch.sparse_coo_tensor(idx, vals, (4, 2))
+    g = torch.sparse_coo_tensor(idx, vals, (4, 2), check_invariants=True)
     return g, g.to_dense()
 
 
