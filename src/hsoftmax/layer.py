@@ -232,7 +232,7 @@ class HierarchicalSoftmax(nn.Module):
             cached = self.__dict__["_tree_state_cache"] = (self.tree, self.tree.state())
         return cached[1]
 
-    def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
+    def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
         super()._save_to_state_dict(destination, prefix, keep_vars)
         # Fresh copies: whatever a caller does to them (an EMA helper copying into every entry)
         # must not reach this module's tree.
@@ -240,18 +240,21 @@ class HierarchicalSoftmax(nn.Module):
             destination[prefix + "tree." + field] = torch.from_numpy(array.copy())
 
     def _load_from_state_dict(
-        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        self, state_dict: dict[str, Any], prefix: str, local_metadata: dict[str, Any], strict: bool,
+        missing_keys: list[str], unexpected_keys: list[str], error_msgs: list[str],
     ) -> None:
         saved = _pop_saved_tree(state_dict, prefix, unexpected_keys)
         if saved is None:
             missing_keys.extend(prefix + "tree." + field for field in self._tree_state())
         else:
+            problem: str | None = None
             try:
                 tree = Tree.from_state(saved)
             except (ValueError, TypeError, RuntimeError) as e:
-                tree, problem = None, f"the tree saved under {prefix + 'tree.'!r} is not a valid tree: {e}"
+                problem = f"the tree saved under {prefix + 'tree.'!r} is not a valid tree: {e}"
             else:
-                problem = None if tree == self.tree else _tree_mismatch(tree, self.tree, prefix)
+                if tree != self.tree:
+                    problem = _tree_mismatch(tree, self.tree, prefix)
             if problem is not None:
                 error_msgs.append(problem)
                 # Leave this module as it is: its rows would mean nothing on the other tree.
