@@ -274,14 +274,18 @@ def test_state_dict_roundtrip():
     tree = Tree.from_paths([["a"], ["a"], ["b"], ["b"], ["b"]], labels=list("vwxyz"))
     hs = make_layer(tree)
     sd = hs.state_dict()
-    assert set(sd) == {"table.weight", "table.bias", "_extra_state"}
+    assert set(sd) == {"table.weight", "table.bias"} | {"tree." + k for k in tree.state()}
     assert dict(hs.named_parameters()) == {"table.weight": hs.weight, "table.bias": hs.bias}
     x = make_batch(tree, 3)[0]
     other = HierarchicalSoftmax(6, Tree.balanced(5, arity=3)).double()  # same shapes, other tree
     assert other.weight.shape == hs.weight.shape
-    other.load_state_dict(sd)  # strict: no key missing or unexpected
+    # Another tree is not taken silently (tests/test_checkpoint.py); it is taken explicitly.
+    with pytest.raises(RuntimeError, match="not this module's"):
+        other.load_state_dict(sd)
+    other = HierarchicalSoftmax.from_state_dict(sd)
     assert other.tree == tree and other.tree.labels == tuple("vwxyz")
     torch.testing.assert_close(other.log_prob(x), hs.log_prob(x), rtol=0, atol=0)
+    other.load_state_dict(sd)  # strict: no key missing or unexpected
     # Keys of no released layout are refused, not guessed at.
     renamed = {k.removeprefix("table."): v for k, v in sd.items()}
     with pytest.raises(RuntimeError, match="Missing key"):
@@ -390,6 +394,48 @@ def test_bad_input_raises_clear_errors():
         HierarchicalSoftmax(6, [1, 2, 3])
     with pytest.raises(ValueError, match="in_features"):
         HierarchicalSoftmax(0, tree)
+
+
+def test_integer_like_and_real_arguments():
+    # As nn.Linear and torch.topk: any integer type (numpy's too), and any real number type.
+    tree = NAMED["huffman"]
+    hs = HierarchicalSoftmax(np.int64(6), tree, ignore_index=np.int32(-1), fused_sgd_lr=np.float32(0.5)).double()
+    assert type(hs.in_features) is int and hs.in_features == 6 and hs.weight.shape == (tree.num_params, 6)
+    assert type(hs.ignore_index) is int and type(hs.fused_sgd_lr) is float and hs.fused_sgd_lr == 0.5
+    x = make_batch(tree, 4)[0]
+    ref = hs.topk(x, 3)
+    got = hs.topk(x, np.int64(3))
+    assert torch.equal(got.indices, ref.indices) and got.indices.shape == (4, 3)
+    assert hs.sample(x, np.uint8(2), temperature=np.float64(0.5)).shape == (4, 2)
+    assert hs.sample(x, 2, temperature=1).shape == (4, 2)  # an int temperature is a real number
+    hs.fused_sgd_lr = 1  # so is an int rate
+    assert hs.fused_sgd_lr == 1.0
+    # Strings, bools and floats where an int belongs are type errors, not silently converted.
+    for bad in ("6", 6.0, True):
+        with pytest.raises(TypeError, match="in_features must be an int"):
+            HierarchicalSoftmax(bad, tree)
+    with pytest.raises(TypeError, match="ignore_index"):
+        HierarchicalSoftmax(6, tree, ignore_index="-100")
+    for bad in ("0.1", True, torch.tensor(0.1), [0.1]):
+        with pytest.raises(TypeError, match="fused_sgd_lr"):
+            HierarchicalSoftmax(6, tree, fused_sgd_lr=bad)
+        with pytest.raises(TypeError, match="fused_sgd_lr"):
+            hs.fused_sgd_lr = bad
+    assert hs.fused_sgd_lr == 1.0  # a rejected assignment changes nothing
+    hs.fused_sgd_lr = None
+    for bad in ("3", 3.0, True, np.bool_(True)):
+        with pytest.raises(TypeError, match="k must be an int"):
+            hs.topk(x, bad)
+    for bad in ("2", 2.0, False):
+        with pytest.raises(TypeError, match="num_samples must be an int"):
+            hs.sample(x, bad)
+    for bad in ("1.0", True, None):
+        with pytest.raises(TypeError, match="temperature"):
+            hs.sample(x, 1, temperature=bad)
+    with pytest.raises(ValueError, match="k must be"):
+        hs.topk(x, np.int64(tree.num_classes + 1))
+    with pytest.raises(ValueError, match="in_features"):
+        HierarchicalSoftmax(np.int64(-3), tree)
 
 
 def test_empty_batch():

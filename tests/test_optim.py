@@ -7,7 +7,15 @@ import pytest
 import torch
 
 from hsoftmax import HierarchicalSoftmax, Tree
-from hsoftmax.optim import MultiOptimizer, SparseAdamW, SparseSGD, paired, sparse_parameters
+from hsoftmax.optim import (
+    MultiOptimizer,
+    SparseAdamW,
+    SparseSGD,
+    clip_grad_norm_,
+    clip_grad_value_,
+    paired,
+    sparse_parameters,
+)
 from conftest import make_batch, make_layer
 
 TREE = Tree.huffman(1.0 / np.arange(1, 301))
@@ -122,3 +130,97 @@ def test_paired_without_sparse_layers_is_just_the_dense_optimizer():
     model = torch.nn.Linear(3, 2)
     opt = paired(model, torch.optim.SGD, lr=0.1)
     assert [type(o) for o in opt.optimizers] == [torch.optim.SGD]
+
+
+# ---------------------------------------------------------------------------- clipping
+def _model_with_grads(sparse: bool, seed: int = 0):
+    """A body and an HS head on TREE after one backward: dense body gradients, and head
+    gradients sparse or dense."""
+    torch.manual_seed(seed)
+    model = torch.nn.ModuleDict({"body": torch.nn.Linear(5, 8).double(), "head": make_layer(TREE, 8, sparse=sparse)})
+    x, y = make_batch(TREE, 32, 5, seed=seed)
+    model["head"](model["body"](x), y).loss.backward()
+    return model
+
+
+def _dense_grads(model) -> list[torch.Tensor]:
+    return [p.grad.to_dense().clone() for p in model.parameters()]  # copies: clipping is in place
+
+
+@pytest.mark.parametrize("norm_type", [2.0, 1.0, 3.0, float("inf"), "inf"])
+@pytest.mark.parametrize("max_norm", [1e-3, 0.5, 1e6])
+def test_clip_grad_norm_equals_torch_on_dense_grads(norm_type, max_norm):
+    ours, ref = _model_with_grads(False), _model_with_grads(False)
+    total = clip_grad_norm_(ours.parameters(), max_norm, norm_type)
+    want = torch.nn.utils.clip_grad_norm_(ref.parameters(), max_norm, norm_type)
+    torch.testing.assert_close(total, want)
+    for a, b in zip(_dense_grads(ours), _dense_grads(ref)):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("norm_type", [2.0, 1.0, float("inf")])
+def test_clip_grad_norm_on_sparse_grads_equals_the_dense_equivalent(norm_type):
+    sparse, dense = _model_with_grads(True), _model_with_grads(False)
+    assert sparse["head"].weight.grad.is_sparse and not sparse["head"].weight.grad.is_coalesced()
+    before = _dense_grads(sparse)
+    for a, b in zip(before, _dense_grads(dense)):
+        torch.testing.assert_close(a, b)  # the same gradient, two layouts
+    total = clip_grad_norm_(sparse.parameters(), 0.05, norm_type)
+    want = torch.nn.utils.clip_grad_norm_(dense.parameters(), 0.05, norm_type)
+    torch.testing.assert_close(total, want)
+    assert sparse["head"].weight.grad.is_sparse and sparse["head"].bias.grad.is_sparse  # still sparse
+    for a, b, c in zip(_dense_grads(sparse), _dense_grads(dense), before):
+        torch.testing.assert_close(a, b)
+        assert not torch.equal(a, c)  # clipping did scale (0.05 is far below the norm)
+
+
+def _duplicated_sparse_grad():
+    """A sparse gradient whose row 2 appears twice (+0.6 and +0.7: it sums to 1.3), as a
+    non-HS embedding or a hand-built gradient may have, and its dense equivalent."""
+    idx = torch.tensor([[2, 0, 2]])
+    vals = torch.tensor([[0.6, -0.2], [-3.0, 0.1], [0.7, 0.5]], dtype=torch.float64)
+    g = torch.sparse_coo_tensor(idx, vals, (4, 2), check_invariants=True)
+    return g, g.to_dense()
+
+
+def test_clipping_sums_duplicate_sparse_entries_first():
+    p, q = torch.zeros(4, 2, dtype=torch.float64), torch.zeros(4, 2, dtype=torch.float64)
+    p.grad, q.grad = _duplicated_sparse_grad()
+    total = clip_grad_norm_([p], 1.0)
+    want = torch.nn.utils.clip_grad_norm_([q], 1.0)
+    torch.testing.assert_close(total, want)
+    torch.testing.assert_close(p.grad.to_dense(), q.grad)
+    p.grad, q.grad = _duplicated_sparse_grad()
+    clip_grad_value_([p], 1.0)
+    torch.nn.utils.clip_grad_value_([q], 1.0)
+    torch.testing.assert_close(p.grad.to_dense(), q.grad)  # row 2: 1.3 clamped to 1, not 0.6 + 0.7
+    assert p.grad.is_sparse
+
+
+def test_clip_grad_value_equals_torch_on_sparse_and_dense_grads():
+    sparse, dense, ref = _model_with_grads(True), _model_with_grads(False), _model_with_grads(False)
+    v = 0.02
+    assert max(float(g.abs().max()) for g in _dense_grads(ref)) > v  # the clamp bites
+    clip_grad_value_(sparse.parameters(), v)
+    clip_grad_value_(dense.parameters(), v)
+    torch.nn.utils.clip_grad_value_(ref.parameters(), v)
+    assert sparse["head"].weight.grad.is_sparse
+    for a, b, c in zip(_dense_grads(sparse), _dense_grads(dense), _dense_grads(ref)):
+        torch.testing.assert_close(a, c, rtol=0, atol=0)
+        torch.testing.assert_close(b, c, rtol=0, atol=0)
+
+
+def test_clipping_edge_cases():
+    assert clip_grad_norm_([torch.zeros(3, requires_grad=True)], 1.0).item() == 0.0  # no gradients
+    p = torch.zeros(3, requires_grad=True)
+    p.grad = torch.tensor([3.0, 4.0, 0.0])
+    assert clip_grad_norm_(p, 1.0).item() == pytest.approx(5.0)  # a single tensor, as torch takes
+    torch.testing.assert_close(p.grad, torch.tensor([0.6, 0.8, 0.0]), atol=1e-6, rtol=0)
+    p.grad = torch.tensor([float("nan"), 1.0, 0.0])
+    with pytest.raises(RuntimeError, match="non-finite"):
+        clip_grad_norm_([p], 1.0, error_if_nonfinite=True)
+    for bad in ("1.0", True):
+        with pytest.raises(TypeError, match="max_norm"):
+            clip_grad_norm_([p], bad)
+        with pytest.raises(TypeError, match="clip_value"):
+            clip_grad_value_([p], bad)

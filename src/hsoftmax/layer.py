@@ -3,12 +3,16 @@ r"""``HierarchicalSoftmax``: an exact, tree-structured output layer for PyTorch.
 from __future__ import annotations
 
 import math
+import numbers
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from . import functional as HF
+from .tree import _STATE_ARRAYS as _TREE_FIELDS
 from .tree import Tree
 
 __all__ = ["HierarchicalSoftmax", "HierarchicalSoftmaxOutput", "NodeTable"]
@@ -125,6 +129,15 @@ class HierarchicalSoftmax(nn.Module):
     Under :func:`torch.autocast` (or with half-precision inputs/weights) the path math runs in
     float32; float64 inputs and weights compute in float64.
 
+    Checkpoints: the state dict holds ``table.weight``, ``table.bias`` and the tree, as the
+    integer, ``uint8`` and ``bool`` tensors of :meth:`Tree.state` under ``tree.<field>`` (labels
+    included, losslessly), so both ``torch.load`` with its default ``weights_only=True`` and
+    ``safetensors.torch.save_file``/``load_file`` carry it. ``load_state_dict`` never replaces
+    the module's tree: a saved tree that differs from it in any way (classes, structure,
+    labels, node names) is an error, whatever ``strict`` says, and the module is left as it
+    was. To take a checkpoint's tree, build the layer from it: :meth:`from_state_dict`, or
+    :meth:`tree_from_state_dict` to build a whole model around it.
+
     Example::
 
         >>> import torch
@@ -154,14 +167,12 @@ class HierarchicalSoftmax(nn.Module):
         fused_sgd_lr: float | None = None,
     ) -> None:
         super().__init__()
-        if isinstance(in_features, bool) or not isinstance(in_features, int) or in_features < 1:
-            raise ValueError(f"in_features must be a positive int, got {in_features!r}")
+        in_features = _as_int("in_features", in_features, minimum=1)
         if not isinstance(tree, Tree):
             raise TypeError(f"tree must be an hsoftmax.Tree, got {type(tree).__name__}")
         if reduction not in _REDUCTIONS:
             raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
-        if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
-            raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
+        ignore_index = _as_int("ignore_index", ignore_index)
         factory = {"device": device, "dtype": dtype}
         self.in_features = in_features
         self.reduction = reduction
@@ -176,6 +187,9 @@ class HierarchicalSoftmax(nn.Module):
     sparse = property(lambda self: self.table.sparse)
 
     def __setattr__(self, name: str, value: Any) -> None:
+        if name == "fused_sgd_lr" and value is not None:
+            # Checked on every assignment (a schedule may set it); forward checks the range.
+            value = _as_real("fused_sgd_lr", value, "None or a real number")
         if name in _TABLE_ATTRS and "table" in self.__dict__.get("_modules", {}):
             setattr(self._modules["table"], name, bool(value) if name == "sparse" else value)
         else:
@@ -188,7 +202,7 @@ class HierarchicalSoftmax(nn.Module):
         self._tt_static = {k: v for k, v in tt._asdict().items() if not isinstance(v, Tensor)}
         for name, value in tt._asdict().items():
             if isinstance(value, Tensor):
-                # Non-persistent: the tree travels in the state dict as extra state instead.
+                # Non-persistent: the tree travels in the state dict as tree.<field> tensors.
                 self.register_buffer(f"_tree_{name}", value, persistent=False)
 
     @property
@@ -206,17 +220,81 @@ class HierarchicalSoftmax(nn.Module):
         self.__dict__["_tt_cache"] = (key, tt, tuple(self._buffers.values()))
         return tt
 
-    def get_extra_state(self) -> dict[str, Any]:
-        return {"tree": self.tree.state()}
+    # ------------------------------------------------------------------ checkpoints
+    # The tree travels in the state dict as plain integer/uint8/bool tensors under
+    # ``tree.<field>`` (the arrays of Tree.state()), so that torch.load(weights_only=True) and
+    # safetensors carry it. They are not buffers: a buffer would follow .to() onto the GPU and be
+    # broadcast by DDP every step, and nothing but a checkpoint needs them.
+    def _tree_state(self) -> dict[str, Any]:
+        """``self.tree.state()``, computed once per tree (a tree is immutable)."""
+        cached = self.__dict__.get("_tree_state_cache")
+        if cached is None or cached[0] is not self.tree:
+            cached = self.__dict__["_tree_state_cache"] = (self.tree, self.tree.state())
+        return cached[1]
 
-    def set_extra_state(self, state: dict[str, Any]) -> None:
-        tree = Tree.from_state(state["tree"])
-        if tree.num_params != self.weight.shape[0]:
-            raise ValueError(
-                f"the saved tree has {tree.num_params} parameter rows but this module has "
-                f"{self.weight.shape[0]}"
-            )
-        self._set_tree(tree, self.weight.device)
+    def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        # Fresh copies: whatever a caller does to them (an EMA helper copying into every entry)
+        # must not reach this module's tree.
+        for field, array in self._tree_state().items():
+            destination[prefix + "tree." + field] = torch.from_numpy(array.copy())
+
+    def _load_from_state_dict(
+        self, state_dict: dict[str, Any], prefix: str, local_metadata: dict[str, Any], strict: bool,
+        missing_keys: list[str], unexpected_keys: list[str], error_msgs: list[str],
+    ) -> None:
+        saved = _pop_saved_tree(state_dict, prefix, unexpected_keys)
+        if saved is None:
+            missing_keys.extend(prefix + "tree." + field for field in self._tree_state())
+        else:
+            problem: str | None = None
+            try:
+                tree = Tree.from_state(saved)
+            except (ValueError, TypeError, RuntimeError) as e:
+                problem = f"the tree saved under {prefix + 'tree.'!r} is not a valid tree: {e}"
+            else:
+                if tree != self.tree:
+                    problem = _tree_mismatch(tree, self.tree, prefix)
+            if problem is not None:
+                error_msgs.append(problem)
+                # Leave this module as it is: its rows would mean nothing on the other tree.
+                for name, param in self.table.named_parameters(recurse=False):
+                    if prefix + "table." + name in state_dict:
+                        state_dict[prefix + "table." + name] = param
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
+    @staticmethod
+    def tree_from_state_dict(state_dict: Mapping[str, Any], prefix: str = "") -> Tree:
+        """The tree saved in a state dict by the layer at ``prefix`` (e.g. ``"head."`` for
+        ``model.head``), validated like any loaded tree (a checkpoint is not trusted).
+
+        Build the model with it to load a checkpoint whose tree you do not have::
+
+            tree = HierarchicalSoftmax.tree_from_state_dict(sd, prefix="head.")
+            model = MyModel(tree=tree)  # whatever builds the model around the layer
+            model.load_state_dict(sd)
+        """
+        saved = _pop_saved_tree(dict(state_dict), prefix, [])
+        if saved is None:
+            raise KeyError(f"the state dict has no tree under {prefix + 'tree.'!r}")
+        return Tree.from_state(saved)
+
+    @classmethod
+    def from_state_dict(cls, state_dict: Mapping[str, Any], prefix: str = "", **kwargs: Any) -> HierarchicalSoftmax:
+        """A layer built from a state dict saved by one (the layer at ``prefix`` of a model's):
+        its tree, ``in_features``, ``bias`` and dtype come from the state dict, the weights are
+        loaded, and ``kwargs`` give the settings a state dict does not hold (``sparse``,
+        ``reduction``, ``ignore_index``, ``device``, ``fused_sgd_lr``, or another ``dtype``)."""
+        sub = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+        if "table.weight" not in sub:
+            raise KeyError(f"the state dict has no {prefix + 'table.weight'!r}")
+        weight = sub["table.weight"]
+        kwargs.setdefault("dtype", weight.dtype)
+        module = cls(weight.shape[1], cls.tree_from_state_dict(sub), bias="table.bias" in sub, **kwargs)
+        module.load_state_dict(sub)
+        return module
 
     @property
     def num_classes(self) -> int:
@@ -319,8 +397,7 @@ class HierarchicalSoftmax(nn.Module):
         Returns ``(values, indices)``, each ``(*, k)``, sorted by descending log-probability; equal
         to ``log_prob(input).topk(k)`` at a cost that grows with ``k * depth``, not ``num_classes``.
         """
-        if isinstance(k, bool) or not isinstance(k, int):
-            raise TypeError(f"k must be an int, got {type(k).__name__}")
+        k = _as_int("k", k)
         if not 1 <= k <= self.num_classes:
             raise ValueError(f"k must be in [1, num_classes={self.num_classes}], got {k}")
         h = self._prepare_input(input)
@@ -344,9 +421,9 @@ class HierarchicalSoftmax(nn.Module):
         the same as tempering the whole distribution (``p(y)^(1/T)``, renormalized) unless the tree
         has a single level.
         """
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
-        if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+        num_samples = _as_int("num_samples", num_samples, minimum=1)
+        temperature = _as_real("temperature", temperature)
+        if not (math.isfinite(temperature) and temperature > 0):
             raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
         h = self._prepare_input(input)
         with torch.autocast(device_type=h.device.type, enabled=False):
@@ -369,3 +446,71 @@ def _all_finite(x: Tensor) -> bool:
 
 def _detach(t: Tensor | None) -> Tensor | None:
     return None if t is None else t.detach()
+
+
+def _as_int(name: str, value: Any, minimum: int | None = None) -> int:
+    """``value`` as an ``int``: any integer type (``np.int64`` too, as ``nn.Linear`` and
+    ``torch.topk`` take), not ``bool``, a float or a string."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
+    return value
+
+
+def _as_real(name: str, value: Any, what: str = "a real number") -> float:
+    """``value`` as a ``float``: any real number type, not ``bool`` or a string (``'0.1'``
+    would otherwise pass through ``float()`` unnoticed)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be {what}, got {type(value).__name__}")
+    return float(value)
+
+
+def _pop_saved_tree(state_dict: dict[str, Any], prefix: str, unexpected_keys: list[str]) -> dict[str, Any] | None:
+    """Take the tree arrays of the layer at ``prefix`` out of ``state_dict``: ``{field: array}``,
+    or ``None`` if it has none. Reads the ``tree.<field>`` keys, or the ``_extra_state`` of
+    checkpoints written before them (a dict of numpy arrays: ``torch.load(weights_only=False)``
+    only). Fields a tree does not have go to ``unexpected_keys``."""
+    head = prefix + "tree."
+    keys = [k for k in state_dict if k.startswith(head)]
+    saved = {}
+    for key in keys:
+        value = state_dict.pop(key)
+        field = key[len(head) :]
+        if field not in _TREE_FIELDS:
+            unexpected_keys.append(key)
+        else:
+            saved[field] = value.detach().cpu() if isinstance(value, Tensor) else value
+    legacy = state_dict.pop(prefix + "_extra_state", None)
+    if legacy is not None and not saved:
+        if isinstance(legacy, Mapping) and isinstance(legacy.get("tree"), Mapping):
+            saved = dict(legacy["tree"])
+        else:
+            unexpected_keys.append(prefix + "_extra_state")
+    return saved or None
+
+
+def _tree_mismatch(saved: Tree, own: Tree, prefix: str) -> str:
+    """The error for a state dict whose tree is not this module's: what differs, and the
+    explicit way to take the saved one."""
+    if (saved.num_classes, saved.num_params) != (own.num_classes, own.num_params):
+        what = (
+            f"it has {saved.num_classes} classes and {saved.num_params} parameter rows, this module "
+            f"{own.num_classes} and {own.num_params}"
+        )
+    elif not (np.array_equal(saved.child_offset, own.child_offset) and np.array_equal(saved.children, own.children)):
+        what = f"same sizes ({own.num_classes} classes), but another structure"
+    elif saved.labels != own.labels:
+        what = "same structure, but other labels"
+    else:
+        what = "same structure and labels, but other internal node names"
+    args = "state_dict" + (f", prefix={prefix!r}" if prefix else "")
+    return (
+        f"the tree in the state dict (under {prefix + 'tree.'!r}) is not this module's: {what}. "
+        "load_state_dict never replaces a module's tree, whatever `strict` says (the rows and "
+        "class indices belong to the saved tree). To use the saved tree, build the layer from it: "
+        f"HierarchicalSoftmax.from_state_dict({args}), or build your model with "
+        f"tree=HierarchicalSoftmax.tree_from_state_dict({args})."
+    )
+

@@ -12,6 +12,8 @@ rows). A dense optimizer step would read and write the whole ``(num_params, d)``
 * :func:`sparse_parameters` finds the node tables of every sparse HS layer in a model.
 * :func:`paired` builds one optimizer object that steps the node tables with a sparse optimizer
   and everything else with the optimizer class you name.
+* :func:`clip_grad_norm_` and :func:`clip_grad_value_`: :mod:`torch.nn.utils`'s clipping, for a
+  model whose gradients are sparse and dense alike (torch's own raise on sparse gradients).
 
 Example::
 
@@ -40,7 +42,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["SparseSGD", "SparseAdamW", "MultiOptimizer", "sparse_parameters", "paired"]
+__all__ = [
+    "SparseSGD",
+    "SparseAdamW",
+    "MultiOptimizer",
+    "sparse_parameters",
+    "paired",
+    "clip_grad_norm_",
+    "clip_grad_value_",
+]
 
 
 def _rows_and_values(grad: Tensor) -> tuple[Tensor | None, Tensor]:
@@ -49,17 +59,22 @@ def _rows_and_values(grad: Tensor) -> tuple[Tensor | None, Tensor]:
     if grad.is_sparse:
         if grad.is_coalesced():
             return grad.indices()[0], grad.values()
-        # The autograd engine drops the "coalesced" flag when it stores a gradient, but the HS
-        # layer's rows are already unique and sorted: check that in O(rows) instead of paying
-        # coalesce()'s sort and copy of the values.
-        idx = grad._indices()
-        if idx.shape[0] == 1:
-            r = idx[0]
-            if r.numel() < 2 or bool((r[1:] > r[:-1]).all()):
-                return r, grad._values()
+        if _unique_sorted_rows(grad):
+            return grad._indices()[0], grad._values()
         g = grad.coalesce()
         return g.indices()[0], g.values()
     return None, grad
+
+
+def _unique_sorted_rows(grad: Tensor) -> bool:
+    """Whether a sparse gradient's entries are rows in strictly increasing order. The autograd
+    engine drops the "coalesced" flag when it stores a gradient, but the HS layer's rows are
+    already unique and sorted: checking that costs O(rows), coalesce() a sort and a copy."""
+    idx = grad._indices()
+    if idx.shape[0] != 1:
+        return False
+    r = idx[0]
+    return r.numel() < 2 or bool((r[1:] > r[:-1]).all())
 
 
 class SparseSGD(torch.optim.Optimizer):
@@ -297,3 +312,98 @@ def paired(
     dense_opt = optimizer_cls(rest, **kwargs) if rest else None
     sparse_opt = sparse_optimizer(sparse, **sparse_kwargs) if sparse else None
     return MultiOptimizer(dense_opt, sparse_opt)
+
+
+# ---------------------------------------------------------------------------- clipping
+def _grads(parameters: Tensor | Iterable[Tensor]) -> list[Tensor]:
+    """The parameters' gradients (``None`` skipped), each sparse one made coalesced in place
+    (``p.grad`` replaced) unless its rows are already unique: a sparse gradient's duplicate
+    entries add up, so its values can be measured or clamped only once they have been summed."""
+    params = [parameters] if isinstance(parameters, Tensor) else list(parameters)
+    out = []
+    for p in params:
+        g = p.grad
+        if g is None:
+            continue
+        if g.is_sparse:
+            if not (g.is_coalesced() or _unique_sorted_rows(g)):
+                g = p.grad = g.coalesce()
+        elif g.layout != torch.strided:
+            raise TypeError(f"gradients of layout {g.layout} are not supported")
+        out.append(g)
+    return out
+
+
+def _values(g: Tensor) -> Tensor:
+    """The stored entries of a gradient (a view: writing to it writes the gradient)."""
+    return g._values() if g.is_sparse else g
+
+
+def _check_real(name: str, value: Any) -> float:
+    """``float(value)`` as torch does it, but a string or a bool is an error, not a number."""
+    if isinstance(value, (bool, str, bytes)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    return float(value)
+
+
+@torch.no_grad()
+def clip_grad_norm_(
+    parameters: Tensor | Iterable[Tensor], max_norm: float, norm_type: float | str = 2.0,
+    error_if_nonfinite: bool = False, foreach: bool | None = None,
+) -> Tensor:
+    r"""Scale the gradients so that their total norm is at most ``max_norm``, like
+    :func:`torch.nn.utils.clip_grad_norm_`, sparse gradients included.
+
+    The total norm is that of every gradient entry as one vector (a sparse gradient counts its
+    stored rows, after summing duplicates; absent rows are zeros); every gradient is multiplied
+    by ``min(1, max_norm / (total_norm + 1e-6))``, without a host sync. Sparse gradients stay
+    sparse (use it between ``backward`` and a sparse optimizer's ``step``). ``foreach`` is
+    accepted for torch's signature and ignored.
+
+    Returns:
+        the total norm of the gradients before clipping (a 0-d tensor).
+
+    Example::
+
+        >>> import torch
+        >>> from hsoftmax import HierarchicalSoftmax, Tree
+        >>> from hsoftmax.optim import clip_grad_norm_
+        >>> hs = HierarchicalSoftmax(8, Tree.huffman([5, 4, 3, 2, 1]), sparse=True)
+        >>> hs(torch.randn(4, 8), torch.tensor([0, 1, 2, 4])).loss.backward()
+        >>> hs.weight.grad.is_sparse
+        True
+        >>> total = clip_grad_norm_(hs.parameters(), max_norm=0.01)
+        >>> bool(clip_grad_norm_(hs.parameters(), max_norm=1.0) <= 0.01)
+        True
+    """
+    del foreach
+    max_norm = _check_real("max_norm", max_norm)
+    norm_type = float(norm_type)  # as torch: 'inf' is accepted
+    grads = _grads(parameters)
+    if not grads:
+        return torch.tensor(0.0)
+    first_device = grads[0].device
+    norms = [torch.linalg.vector_norm(_values(g), norm_type) for g in grads]
+    total = torch.linalg.vector_norm(torch.stack([n.to(first_device) for n in norms]), norm_type)
+    if error_if_nonfinite and torch.logical_or(total.isnan(), total.isinf()):
+        raise RuntimeError(
+            f"the total norm of order {norm_type} of the gradients is non-finite, so it cannot be "
+            "clipped; set error_if_nonfinite=False to scale by it anyway"
+        )
+    # Multiplying by a coefficient clamped to 1 avoids an `if` (a host sync on a GPU).
+    coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    for g in grads:
+        _values(g).mul_(coef.to(g.device))
+    return total
+
+
+@torch.no_grad()
+def clip_grad_value_(parameters: Tensor | Iterable[Tensor], clip_value: float, foreach: bool | None = None) -> None:
+    """Clamp every gradient entry to ``[-clip_value, clip_value]``, like
+    :func:`torch.nn.utils.clip_grad_value_`, sparse gradients included (their duplicate entries
+    are summed first, so the clamped gradient equals the dense one clamped). ``foreach`` is
+    accepted for torch's signature and ignored."""
+    del foreach
+    clip_value = _check_real("clip_value", clip_value)
+    for g in _grads(parameters):
+        _values(g).clamp_(min=-clip_value, max=clip_value)

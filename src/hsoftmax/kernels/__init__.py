@@ -9,6 +9,20 @@
 with one float dtype (float32 or float64) and numba imports; otherwise it runs its
 device-generic torch code. Set the environment variable ``HSOFTMAX_NO_KERNELS=1`` (or call
 :func:`set_enabled`) to force the torch code, e.g. to compare the two.
+
+Threads. The parallel kernels use ``torch.get_num_threads()`` threads (at most numba's
+``NUMBA_NUM_THREADS``, the size of its pool), read on every call, so ``torch.set_num_threads``
+(and ``OMP_NUM_THREADS``, which torch reads) governs them too; running them never changes
+torch's setting. numba picks its threading layer as usual (``NUMBA_THREADING_LAYER``; by default
+TBB when the ``tbb`` package is installed, else OpenMP, else its own ``workqueue``).
+
+Processes. GNU OpenMP cannot be used again in a process forked after it ran (numba aborts such
+a child), so when the OpenMP layer has started in a process, a child it forks (a ``fork``
+DataLoader worker, a ``multiprocessing`` fork pool) runs the torch code instead: same results,
+no kernels. The TBB and workqueue layers are fork-safe and keep the kernels in such children;
+``spawn``/``forkserver`` children start afresh and have them anyway. (Don't force
+``NUMBA_THREADING_LAYER=workqueue`` if several Python threads call the layer at once: that
+layer aborts the process on concurrent use.)
 """
 
 from __future__ import annotations
@@ -16,6 +30,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import warnings
 
 import numpy as np
 
@@ -36,10 +51,66 @@ def enabled() -> bool:
 
 
 def threads() -> int:
-    """How many threads the parallel kernels use (numba's current setting)."""
-    import numba
+    """How many threads the parallel kernels use: torch's intra-op count, capped at numba's pool
+    size. Sets numba's count for the calling thread to it (numba's setting is per thread)."""
+    import torch
 
-    return int(numba.get_num_threads())
+    n = torch.get_num_threads()
+    if getattr(_thread_state, "torch_threads", None) != n:
+        import numba
+
+        _thread_state.kernel_threads = max(1, min(n, int(numba.config.NUMBA_NUM_THREADS)))
+        numba.set_num_threads(_thread_state.kernel_threads)
+        _thread_state.torch_threads = n
+    return _thread_state.kernel_threads
+
+
+# What threads() last read from torch and gave numba, per Python thread: reading torch's count
+# costs 0.1 us, numba's get/set 3-4 us, so numba is told only when torch's count changed.
+_thread_state = threading.local()
+
+
+def _start_threading_layer() -> None:
+    """Start numba's threading layer now, before any kernel runs, and undo what starting it
+    does to torch: with the OpenMP layer it resets ``torch.get_num_threads()`` to the number of
+    cores (a ``torch.set_num_threads(1)`` made earlier would silently be lost)."""
+    import numba
+    import torch
+
+    n = torch.get_num_threads()
+    numba.get_num_threads()  # launches numba's thread pool
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+
+
+def _gnu_openmp_started() -> bool:
+    """Whether numba's GNU OpenMP threading layer has started in this process (cheap: imports
+    nothing that is not already loaded)."""
+    parallel = sys.modules.get("numba.np.ufunc.parallel")
+    if parallel is None or not getattr(parallel, "_is_initialized", False):
+        return False
+    try:
+        if parallel.threading_layer() != "omp":
+            return False
+        omppool = sys.modules.get("numba.np.ufunc.omppool")
+        return omppool is None or getattr(omppool, "openmp_vendor", "GNU") == "GNU"
+    except Exception:  # a numba without these internals: assume the unsafe case
+        return True
+
+
+def _after_fork_in_child() -> None:
+    # numba aborts a forked child that launches GNU OpenMP work its parent already ran, so
+    # such a child uses the torch code (see the module docstring).
+    global _enabled, _forked_off
+    if _enabled and _gnu_openmp_started():
+        _enabled = False
+        _forked_off = True
+
+
+#: True in a process forked after its parent started GNU OpenMP: the kernels are off there.
+_forked_off = False
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def bump_version(t) -> None:
@@ -64,7 +135,14 @@ def cpu():
         except Exception:  # numba missing or broken: the torch path still works
             _import_failed = True
             return None
+        try:
+            _start_threading_layer()
+        except Exception as e:  # e.g. NUMBA_THREADING_LAYER names a layer that is not installed
+            _import_failed = True
+            warnings.warn(f"numba's threading layer did not start ({e}); using the torch code", stacklevel=2)
+            return None
         _cpu = mod
+    threads()  # follow torch's thread count (this is called once per public operation)
     return _cpu
 
 
