@@ -204,7 +204,7 @@ def test_checkpoint_resume_matches_uninterrupted(tmp_path, corpus, capsys, monke
     out = tmp_path / "resumed.bin"
     assert run(["word2vec", corpus, "-o", str(out), "--checkpoint", str(ck), *base], capsys)[0] == 130
     assert not out.exists()  # an interrupted run leaves no output
-    assert os.listdir(ck) == ["checkpoint.npz"]
+    assert sorted(os.listdir(ck)) == ["checkpoint.lock", "checkpoint.npz"]  # no temporary files left
     monkeypatch.setattr(Word2Vec, "_save_checkpoint", real_save)
     code, _, err = run(["word2vec", corpus, "-o", str(out), "--checkpoint", str(ck), "--resume", *base], capsys)
     assert code == 0, err
