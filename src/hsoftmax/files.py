@@ -162,7 +162,7 @@ def remove_stale_temporaries(path: str | os.PathLike, before: float) -> list[str
     """
     target = os.path.realpath(os.fspath(path))
     directory, name = os.path.split(target)
-    prefix, removed = f".{name}.", []
+    prefix, removed = f".{name}.", list[str]()
     try:
         entries = os.listdir(directory)
     except OSError:
