@@ -340,7 +340,7 @@ def _cli(*args, **kw):
     return subprocess.Popen([sys.executable, "-m", "hsoftmax.cli", *args], env=env, **kw)
 
 
-def _big_corpus(path, n=6000):
+def _big_corpus(path, n=20000):
     rng = random.Random(2)
     with open(path, "w") as f:
         for _ in range(n):
@@ -360,7 +360,17 @@ def test_kill_9_then_resume(tmp_path, trial):
     assert _cli(*base, "-o", str(full), stderr=subprocess.DEVNULL).wait() == 0
     ck, out = tmp_path / "ck", tmp_path / "out.bin"
     p = _cli(*base, "-o", str(out), "--checkpoint", str(ck), stderr=subprocess.DEVNULL)
-    time.sleep(random.Random(trial).uniform(0.5, 4.0))
+    rng = random.Random(trial if not LONG else None)
+    if trial % 2:  # a random moment after the k-th checkpoint (mid-epoch or mid-write)
+        k, seen, last = rng.randrange(1, 4), 0, None
+        while seen < k and p.poll() is None:
+            mtime = (ck / "checkpoint.npz").stat().st_mtime_ns if (ck / "checkpoint.npz").exists() else None
+            if mtime != last and mtime is not None:
+                seen, last = seen + 1, mtime
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0, 0.3))
+    else:  # any moment from the start: reading the corpus, the first epoch
+        time.sleep(rng.uniform(0.2, 3.0))
     p.send_signal(signal.SIGKILL)
     p.wait()
     resume = ["--resume"] if (ck / "checkpoint.npz").exists() else []

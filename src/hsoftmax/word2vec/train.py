@@ -656,7 +656,8 @@ class _DirLock:
         remove_stale_temporaries(os.path.join(directory, _CHECKPOINT_NAME), before=time.time())
 
     def release(self) -> None:
-        if self._fd is not None:
+        if getattr(self, "_fd", None) is not None:  # absent when __init__ failed
+            assert self._fd is not None
             os.close(self._fd)  # closing the descriptor drops the flock
             self._fd = None
 
