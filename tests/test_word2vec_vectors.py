@@ -54,3 +54,47 @@ def test_most_similar_excludes_queries(small_kv):
     assert [s for _, s in res] == sorted((s for _, s in res), reverse=True)
     u = small_kv.unit_vectors
     assert res[0][1] == pytest.approx(max(float(u[0] @ u[i]) for i in range(1, 5)), rel=1e-6)
+
+
+# ---------------------------------------------------------------------------- hostile vector files
+def test_format_is_sniffed_not_taken_from_the_name(tmp_path, small_kv):
+    text, binary = tmp_path / "really_text.bin", tmp_path / "really_binary.txt"
+    small_kv.save(text, binary=False)
+    small_kv.save(binary, binary=True)
+    for path in (text, binary):
+        np.testing.assert_array_equal(read_word2vec(path)[1], small_kv.vectors)
+    with pytest.raises(ValueError, match="text format: drop --binary"):
+        read_word2vec(text, binary=True)
+    with pytest.raises(ValueError, match="binary format: pass --binary"):
+        read_word2vec(binary, binary=False)
+
+
+def test_word2vec_c_text_layout_is_read(tmp_path):
+    path = tmp_path / "v.txt"
+    path.write_bytes(b"2 3\nthe 0.1 0.2 0.3 \nof 1 2 3 \r\n")  # word2vec.c ends each row with a space
+    words, vectors = read_word2vec(path)
+    assert words == ["the", "of"]
+    np.testing.assert_array_equal(vectors, np.array([[0.1, 0.2, 0.3], [1, 2, 3]], dtype=np.float32))
+
+
+@pytest.mark.parametrize(
+    "data,pattern",
+    [
+        (b"2 2\na 1 2\na 3 4\n", "'a' appears twice"),
+        (b"2 2\na 1 nan\nb 3 4\n", "NaN or infinite"),
+        (b"2 2\na 1 2\nb inf 4\n", "NaN or infinite"),
+        (b"10000000000 2\na 1 2\n", "more than the file"),
+        (b"3 1000000000\na 1 2\n", "more than the file"),
+        (b"2 2\na 1.5555 2.5555\n", "truncated"),
+        (b"1 2\na 1 2 3\n", "line 2 has 3 values, expected 2"),
+        (b"1 2\na 1 2\nb 3 4\n", "data after"),
+        (b"hello\n", "first line"),
+        (b"", "first line"),
+    ],
+)
+def test_bad_vector_files_are_clear_errors(tmp_path, data, pattern):
+    path = tmp_path / "v.txt"
+    path.write_bytes(data)
+    with pytest.raises(ValueError, match=pattern) as e:
+        read_word2vec(path)
+    assert str(path) in str(e.value)

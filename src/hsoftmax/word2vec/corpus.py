@@ -13,6 +13,7 @@ become Python strings.
 from __future__ import annotations
 
 import codecs
+import errno
 import gc
 import gzip
 import io
@@ -61,6 +62,7 @@ def _count_and_replace(exc: UnicodeError) -> tuple[str, int]:
 codecs.register_error("hsoftmax.count_replace", _count_and_replace)
 
 
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
 _TMP_PREFIX = "hsoftmax-corpus-"
 _TMP_PATTERN = re.compile(r"hsoftmax-corpus-(\d+)-[A-Za-z0-9_]+")
 _TMP_FILES = {"provisional.i32", "ids.i32"}
@@ -482,6 +484,8 @@ def encode_file(
             for block in _iter_file_blocks(path):
                 enc.add_block(block)
         except (OSError, EOFError, lzma.LZMAError) as e:  # unreadable or corrupt compressed file
+            if isinstance(e, OSError) and e.errno in _WRITE_ERRNOS:
+                raise  # writing the provisional ids failed (a full disk), not reading the corpus
             raise CorpusError(f"cannot read corpus {path}: {getattr(e, 'strerror', None) or e}") from None
         return _finish(lambda: enc.finish(min_count, max_vocab, tmp, max_sentence_length), path)
     except BaseException:
