@@ -327,10 +327,9 @@ def _check_output(output: str, corpus: str) -> None:
     from .files import atomic_path, remove_stale_temporaries
 
     remove_stale_temporaries(target, before=_STARTED)  # left by a run killed while writing
-    try:  # the real test of writability (os.access says yes to root on a read-only mount)
-        with atomic_path(os.path.join(out_dir, f".hsoftmax-write-test-{os.getpid()}")) as tmp:
-            os.remove(tmp)
-            raise _Probe
+    try:  # the real test of writability (os.access says yes to root on a read-only mount):
+        with atomic_path(target):  # create the writer's own temporary file, then abandon it, so
+            raise _Probe  # the output is untouched and a kill here leaves only what it cleans
     except _Probe:
         pass
     except OSError as e:
