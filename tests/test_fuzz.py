@@ -180,7 +180,7 @@ def test_damaged_checkpoint_arrays(checkpoint, tmp_path_factory, mutations):
     d = tmp_path_factory.mktemp("ck")
     with open(d / "checkpoint.npz", "wb") as f:
         np.savez(f, **arrays)
-    _resume_outcome(d, ref, "arrays " + "+".join(m[0] for m in mutations))
+    _resume_outcome(d, ref, f"arrays ({len(mutations)} edits)")
 
 
 # ---------------------------------------------------------------------------- hostile CLI flags
