@@ -315,7 +315,7 @@ def test_busy_checkpoint_directory(tmp_path, corpus, capsys):
         )
         assert_one_line_error(code, err, "in use by another run")
     finally:
-        holder._release_lock()
+        holder.unlock_checkpoint()
         enc.close()
     assert not (tmp_path / "v.txt").exists()
 

@@ -267,12 +267,17 @@ def _run_word2vec(args: argparse.Namespace) -> int:
         )
     except (ValueError, TypeError) as e:
         raise UsageError(_one_line(e)) from None
-    try:
+    try:  # before the corpus is read: a busy or unwritable directory is known at once
+        if args.checkpoint is not None:
+            model.lock_checkpoint(args.checkpoint)
         corpus = encode_file(args.corpus, args.min_count, args.max_vocab, workdir=args.tmp_dir)
-    except CorpusError as e:
-        raise UsageError(str(e)) from None
-    except OSError as e:  # the encoded corpus's temporary files: a full or read-only disk
-        raise UsageError(f"cannot write the encoded corpus: {_os_error(e)}") from None
+    except BaseException as e:
+        model.unlock_checkpoint()
+        if isinstance(e, (CorpusError, CheckpointBusy, ValueError)):  # ValueError: cannot create the directory
+            raise UsageError(_one_line(e)) from None
+        if isinstance(e, OSError):  # the encoded corpus's temporary files: a full or read-only disk
+            raise UsageError(f"cannot write the encoded corpus: {_os_error(e)}") from None
+        raise
     try:
         try:
             model.build(corpus, checkpoint=args.checkpoint, resume=args.resume)
@@ -287,7 +292,7 @@ def _run_word2vec(args: argparse.Namespace) -> int:
         except OSError as e:  # writing a checkpoint, reading the encoded corpus
             raise UsageError(f"training stopped: {_os_error(e)}") from None
     finally:
-        model._release_lock()
+        model.unlock_checkpoint()
         corpus.close()
     try:
         model.save(args.output, binary=args.binary)

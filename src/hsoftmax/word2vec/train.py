@@ -335,6 +335,17 @@ class Word2Vec:
                 f"about {need / 2**30:.1f} GiB, more than this machine's {available / 2**30:.1f} GiB of memory"
             )
 
+    def lock_checkpoint(self, directory: str | os.PathLike) -> None:
+        """Create ``directory`` if needed and take its lock now, rather than in :meth:`build`: a
+        caller with slow work before training (encoding a large corpus) learns at once that the
+        directory is in use (:class:`CheckpointBusy`) or not writable (``ValueError``). Held until
+        :meth:`train` (or :meth:`fit`) ends, or :meth:`unlock_checkpoint`."""
+        self._take_lock(os.fspath(directory))
+
+    def unlock_checkpoint(self) -> None:
+        """Release the checkpoint directory's lock (a no-op when none is held)."""
+        self._release_lock()
+
     def _take_lock(self, directory: str) -> None:
         if self._lock is None or self._lock.directory != os.path.realpath(directory):
             self._release_lock()
