@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint format bench clean
+.PHONY: venv demo test lint format bench clean fuzz
 
 venv: $(STAMP)
 
@@ -23,6 +23,15 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The fuzz suite at length: many more generated cases (new ones each run), kill -9 at random
+# moments then --resume, and a full / read-only file system on a small tmpfs (skipped with a
+# message where mount is not allowed). FUZZ_EXAMPLES and FUZZ_KILLS size it; -s prints the counts.
+FUZZ_EXAMPLES ?= 500
+FUZZ_KILLS ?= 8
+fuzz: $(STAMP)
+	HSOFTMAX_FUZZ_LONG=1 HSOFTMAX_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) HSOFTMAX_FUZZ_KILLS=$(FUZZ_KILLS) \
+		$(PY) -m pytest -q -s -rs tests/test_fuzz.py
 
 # Checks only, never rewrites: what CI runs. All three run even when one fails, so one run
 # shows every problem; the target fails if any did.

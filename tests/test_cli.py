@@ -204,7 +204,7 @@ def test_checkpoint_resume_matches_uninterrupted(tmp_path, corpus, capsys, monke
     out = tmp_path / "resumed.bin"
     assert run(["word2vec", corpus, "-o", str(out), "--checkpoint", str(ck), *base], capsys)[0] == 130
     assert not out.exists()  # an interrupted run leaves no output
-    assert os.listdir(ck) == ["checkpoint.npz"]
+    assert sorted(os.listdir(ck)) == ["checkpoint.lock", "checkpoint.npz"]  # no temporary files left
     monkeypatch.setattr(Word2Vec, "_save_checkpoint", real_save)
     code, _, err = run(["word2vec", corpus, "-o", str(out), "--checkpoint", str(ck), "--resume", *base], capsys)
     assert code == 0, err
@@ -244,3 +244,109 @@ def test_console_script_entry_point(tmp_path):
     )
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "not found" in r.stderr
+
+
+# ---------------------------------------------------------------------------- issue 13 / 14
+def test_output_that_is_the_corpus_is_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_corpus(tmp_path / "c.txt")
+    (tmp_path / "out").mkdir()
+    os.symlink("c.txt", tmp_path / "link.txt")
+    os.link(tmp_path / "c.txt", tmp_path / "hard.txt")
+    before = (tmp_path / "c.txt").read_bytes()
+    for output in ["c.txt", "./out/../c.txt", "link.txt", "hard.txt", str(tmp_path / "c.txt")]:
+        code, _, err = run(["word2vec", "c.txt", "-o", output, *FAST], capsys)
+        assert_one_line_error(code, err, "is the corpus")
+    code, _, err = run(["word2vec", "link.txt", "-o", "c.txt", *FAST], capsys)
+    assert_one_line_error(code, err, "is the corpus")
+    assert (tmp_path / "c.txt").read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "extra,pattern",
+    [
+        (["-o", "."], "is a directory"),
+        (["-o", "v.txt", "--checkpoint", "c.txt"], "--checkpoint must be a directory"),
+        (["-o", "v.txt", "--threads", "1000000"], "--threads"),
+        (["-o", "v.txt", "--dim", "1000000000"], "--dim"),
+        (["-o", "v.txt", "--epochs", str(10**20)], "--epochs"),
+        (["-o", "v.txt", "--seed", "-1"], "--seed"),
+        (["-o", "v.txt", "--seed", str(2**64)], "--seed"),
+        (["-o", "v.txt", "--window", "1000000000"], "--window"),
+        (["-o", "v.txt", "--min-count", "1" * 200], "expected an integer"),
+        (["-output", "v.txt"], "did you mean --output?"),
+        (["-o", "v.txt", "-size", "5"], "did you mean --dim?"),
+        (["-o", "v.txt", "-threads", "5"], "did you mean --threads?"),
+        (["-o", "v.txt", "-minCount", "5"], "did you mean --min-count?"),
+        (["-o", "v.txt", "-cbow", "0"], "--skipgram"),
+        (["-o", "v.txt", "-negative", "5"], "no negative sampling"),
+        (["--out", "v.txt"], "required"),  # no abbreviations
+        (["-o", "v.txt", "--alpha", "1e30"], "diverged"),
+    ],
+)
+def test_hostile_flags_and_outputs_are_one_line_errors(tmp_path, capsys, monkeypatch, extra, pattern):
+    monkeypatch.chdir(tmp_path)
+    write_corpus(tmp_path / "c.txt")
+    base = ["--dim", "8", "--epochs", "1", "--no-progress", "--min-count", "1"]
+    code = main(["word2vec", "c.txt", *base, *extra])
+    err = capsys.readouterr().err
+    errors = [ln for ln in err.splitlines() if ln.startswith("hsoftmax: error:")]
+    assert code == 2 and len(errors) == 1 and pattern in errors[0], err
+    assert "Traceback" not in err and not (tmp_path / "v.txt").exists() and not (tmp_path / "utput").exists()
+
+
+def test_version(capsys):
+    from hsoftmax import __version__
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"hsoftmax {__version__}"
+
+
+def test_busy_checkpoint_directory(tmp_path, corpus, capsys):
+    from hsoftmax.word2vec import Word2Vec, encode_file
+
+    holder = Word2Vec(dim=8, min_count=1, epochs=1, threads=1, progress=False)
+    enc = encode_file(corpus, min_count=1)
+    try:
+        holder.build(enc, checkpoint=tmp_path / "ck")
+        code, _, err = run(
+            ["word2vec", corpus, "-o", str(tmp_path / "v.txt"), "--checkpoint", str(tmp_path / "ck"), *FAST], capsys
+        )
+        assert_one_line_error(code, err, "in use by another run")
+    finally:
+        holder.unlock_checkpoint()
+        enc.close()
+    assert not (tmp_path / "v.txt").exists()
+
+
+def test_stale_temporary_outputs_are_removed(tmp_path, corpus, capsys):
+    old = tmp_path / ".v.txt.0123abcd.tmp"  # what atomic_path leaves behind after kill -9
+    old.write_text("partial")
+    os.utime(old, (1, 1))
+    other = tmp_path / ".v.txt.notours.tmp"
+    other.write_text("keep")
+    assert run(["word2vec", corpus, "-o", str(tmp_path / "v.txt"), *FAST], capsys)[0] == 0
+    assert not old.exists() and other.exists()
+
+
+def test_status_goes_to_stderr_one_line_per_epoch_when_not_a_terminal(tmp_path, corpus, capsys):
+    code, out, err = run(
+        [
+            "word2vec",
+            corpus,
+            "-o",
+            str(tmp_path / "v.txt"),
+            "--dim",
+            "8",
+            "--epochs",
+            "2",
+            "--min-count",
+            "1",
+            "--threads",
+            "1",
+        ],
+        capsys,
+    )
+    assert code == 0 and out == ""
+    assert [ln.split(":")[0] for ln in err.splitlines() if ln.startswith("epoch")] == ["epoch 1", "epoch 2"]

@@ -83,6 +83,10 @@ _PIECES = [
     b"\xed\xa0\x80",
     b"\xc0\xaf",
     b"\xf4\x90\x80\x80",
+    b"\xf0\x9f\x98",
+    b"\xf0",
+    b"\xe0\x80\xaf",
+    b"\xf8\x88\x80\x80\x80",
     "\ufffd".encode(),
     "caf\u00e9".encode(),
     "\U0001f600".encode(),
@@ -90,19 +94,19 @@ _PIECES = [
 
 
 def _reference_encoding(data: bytes):
-    """What decoding the whole text first and splitting it with str.split() gives."""
-    from hsoftmax.word2vec import corpus as corpus_mod
-
-    before = corpus_mod._replaced[0]
-    text = data.decode("utf-8", "hsoftmax.count_replace")
-    replaced = corpus_mod._replaced[0] - before
+    """What decoding the whole text first with Python's own ``errors="replace"`` (one U+FFFD per
+    maximal subpart of an ill-formed sequence) and splitting it with str.split() gives."""
+    text = data.decode("utf-8", "replace")
+    # every U+FFFD is a replacement except the literal ones (EF BF BD always decodes as itself)
+    replaced = text.count("\ufffd") - data.count("\ufffd".encode())
     sentences = [line.replace("\x00", " ").split() for line in text.split("\n")]
     return sentences, replaced
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(st.sampled_from(_PIECES), max_size=60).map(b"".join))
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.one_of(st.lists(st.sampled_from(_PIECES), max_size=60).map(b"".join), st.binary(max_size=80)))
 @example(b"\xff \x80 \xef\xbf\xbd x\xff x\xe2\x80\n x\x80\x80 \xe2\x80\xe2\x80 \xfe\xff")  # merges
+@example(b"x\xe2\x80 y\xf0\x9f\x98 \xed\xa0\x80 \xc0\xaf \xf4\x90\x80\x80\n")  # one U+FFFD per maximal subpart
 def test_byte_tokenizer_matches_decode_then_split(tmp_path, data):
     path = tmp_path / "c.txt"
     path.write_bytes(data)
@@ -119,6 +123,39 @@ def test_byte_tokenizer_matches_decode_then_split(tmp_path, data):
     np.testing.assert_array_equal(a.offsets, b.offsets)
     assert (a.raw_words, a.replaced) == (b.raw_words, replaced)
     a.close(), b.close()
+
+
+def test_invalid_utf8_becomes_one_replacement_per_maximal_subpart(tmp_path):
+    """The issue's case: a truncated 3-byte sequence is one U+FFFD, as Python's decoder gives."""
+    path = tmp_path / "c.txt"
+    path.write_bytes(b"x\xe2\x80 x\xe2\x80 \xed\xa0\x80\n")
+    enc = encode_file(path, min_count=1)
+    assert dict(zip(enc.vocab.words, enc.vocab.counts.tolist())) == {"x\ufffd": 2, "\ufffd\ufffd\ufffd": 1}
+    assert enc.replaced == 5
+    enc.close()
+
+
+def test_stale_work_folders_of_dead_runs_are_removed(tmp_path):
+    """kill -9 skips every cleanup: the next run removes a dead pid's encoded-corpus folder, and
+    nothing else (a live pid's, a foreign name, a folder holding other files)."""
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f"hsoftmax-corpus-{dead.pid}-abc123"
+    stale.mkdir()
+    (stale / "ids.i32").write_bytes(b"\0" * 8)
+    live = tmp_path / f"hsoftmax-corpus-{os.getpid()}-zz"
+    live.mkdir()
+    foreign = tmp_path / f"hsoftmax-corpus-{dead.pid}-keep"
+    foreign.mkdir()
+    (foreign / "mine.txt").write_text("not ours")
+    enc = encode_sentences([["a", "b"]], min_count=1, workdir=str(tmp_path))
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert stale.name not in names and live.name in names and foreign.name in names
+    assert any(n.startswith(f"hsoftmax-corpus-{os.getpid()}-") and n != live.name for n in names)
+    enc.close()
 
 
 def test_blocks_split_only_between_lines(tmp_path, monkeypatch, corpus):

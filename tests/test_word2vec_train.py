@@ -143,3 +143,144 @@ def test_resume_is_bit_for_bit(tmp_path, corpus, monkeypatch):
 def test_resume_needs_a_checkpoint(tmp_path, corpus):
     with pytest.raises(ValueError, match="no checkpoint"):
         Word2Vec(dim=8, min_count=1, epochs=1, progress=False).fit(corpus, checkpoint=tmp_path, resume=True)
+
+
+# ---------------------------------------------------------------------------- issue 13: reliability
+def _first_checkpoint(tmp_path, sentences, **kw):
+    class StopAfterFirst(Word2Vec):
+        def _save_checkpoint(self, directory):
+            super()._save_checkpoint(directory)
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        StopAfterFirst(**kw).fit(sentences, checkpoint=tmp_path)
+    return tmp_path / "checkpoint.npz"
+
+
+def test_checkpoint_vocabulary_is_lossless(tmp_path):
+    sentences = [["a\x00", "a", "b", "\udcff"]] * 30  # a trailing NUL, a lone surrogate
+    kw = dict(dim=8, min_count=1, epochs=2, threads=1, progress=False)
+    _first_checkpoint(tmp_path, sentences, **kw)
+    m = Word2Vec(**kw).fit(sentences, checkpoint=tmp_path, resume=True)
+    assert set(m.vocab.words) == {"a\x00", "a", "b", "\udcff"} and m.epochs_done == 2
+
+
+@pytest.mark.parametrize(
+    "edit,pattern",
+    [
+        (lambda z: {**z, "syn1": z["syn1"][:1]}, "syn1"),
+        (lambda z: {**z, "syn0": z["syn0"][:1]}, "syn0"),
+        (lambda z: {**z, "syn0": z["syn0"][:-1000]}, "syn0"),
+        (lambda z: {**z, "syn1": z["syn1"][:, :4]}, "syn1"),
+        (lambda z: {**z, "syn0": z["syn0"][:, :8]}, "syn0"),
+        (lambda z: {**z, "syn0": z["syn0"].astype(np.float64)}, "syn0"),
+        (lambda z: {**z, "epochs_done": np.array(99)}, "epochs_done=99"),
+        (lambda z: {**z, "epochs_done": np.array(0)}, "epochs_done=0"),
+        (lambda z: {**z, "syn0": np.where(np.arange(z["syn0"].shape[0])[:, None] == 3, np.nan, z["syn0"])}, "row 3"),
+        (
+            lambda z: {**z, **{"tree_" + k: v for k, v in Tree.balanced(len(z["counts"]), arity=4).state().items()}},
+            "tree",
+        ),
+        (lambda z: {k: v for k, v in z.items() if k != "counts"}, "'counts' is missing"),
+        (lambda z: {**z, "version": np.array(1)}, "version 1"),
+    ],
+    ids=[
+        "syn1[:1]",
+        "syn0[:1]",
+        "syn0[:-1000]",
+        "syn1[:,:4]",
+        "syn0[:,:8]",
+        "f64",
+        "epochs99",
+        "epochs0",
+        "nan",
+        "4-ary",
+        "missing",
+        "version",
+    ],
+)
+def test_crafted_checkpoints_are_refused_before_training(tmp_path, corpus, edit, pattern):
+    kw = dict(dim=16, min_count=1, epochs=2, threads=1, progress=False)
+    path = _first_checkpoint(tmp_path, corpus, **kw)
+    with np.load(path) as z:
+        arrays = edit({k: z[k] for k in z.files})
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+    with pytest.raises(ValueError, match=pattern) as e:
+        Word2Vec(**kw).fit(corpus, checkpoint=tmp_path, resume=True)
+    assert str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("cut", [0, 1, 100, -30])
+def test_empty_or_truncated_checkpoint(tmp_path, corpus, cut):
+    kw = dict(dim=8, min_count=1, epochs=2, threads=1, progress=False)
+    path = _first_checkpoint(tmp_path, corpus, **kw)
+    path.write_bytes(path.read_bytes()[:cut])
+    with pytest.raises(ValueError, match="cannot be resumed"):
+        Word2Vec(**kw).fit(corpus, checkpoint=tmp_path, resume=True)
+
+
+def test_checkpoint_directory_is_locked(tmp_path, corpus):
+    from hsoftmax.word2vec.train import CheckpointBusy
+
+    holder = Word2Vec(dim=8, min_count=1, epochs=1, threads=1, progress=False)
+    enc = encode_sentences(corpus, min_count=1)
+    try:
+        holder.build(enc, checkpoint=tmp_path)  # holds the lock until train() ends
+        with pytest.raises(CheckpointBusy, match="in use by another run"):
+            Word2Vec(dim=8, min_count=1, epochs=1, threads=1, progress=False).fit(enc, checkpoint=tmp_path)
+        holder.train(enc, checkpoint=tmp_path)
+        Word2Vec(dim=8, min_count=1, epochs=1, threads=1, progress=False).fit(enc, checkpoint=tmp_path)  # free again
+    finally:
+        enc.close()
+
+
+@pytest.mark.parametrize(
+    "kw,pattern",
+    [
+        (dict(dim=2**21), "dim must be <="),
+        (dict(window=10**9), "window must be <="),
+        (dict(epochs=10**20), "epochs must be <="),
+        (dict(seed=-1), "seed must be >= 0"),
+        (dict(seed=2**64), "seed must be <="),
+        (dict(threads=10**6), "threads must be <="),
+        (dict(max_vocab=2**40), "max_vocab must be <="),
+        (dict(progress="bar"), "progress"),
+    ],
+)
+def test_settings_are_bounded(kw, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        Word2Vec(**kw)
+
+
+def test_tables_that_cannot_fit_in_memory_are_refused(corpus, monkeypatch):
+    from hsoftmax.word2vec import train as train_mod
+
+    monkeypatch.setattr(train_mod, "_memory_bytes", lambda: 1 << 20)
+    with pytest.raises(ValueError, match="more than this machine"):
+        Word2Vec(dim=2**16, min_count=1, epochs=1, threads=1, progress=False).fit(corpus)
+
+
+def test_diverging_learning_rate_fails(corpus, tmp_path):
+    from hsoftmax.word2vec.train import TrainingError
+
+    with pytest.raises(TrainingError, match="diverged"):
+        Word2Vec(dim=8, min_count=1, epochs=2, threads=1, alpha=1e30, progress=False).fit(corpus, checkpoint=tmp_path)
+    assert not (tmp_path / "checkpoint.npz").exists()  # a diverged state is never saved
+
+
+def test_a_failing_worker_fails_the_run(corpus, monkeypatch):
+    from hsoftmax.word2vec.train import TrainingError
+
+    def no_memory(*args, **kw):
+        raise MemoryError("scratch")
+
+    monkeypatch.setattr(kernels, "new_scratch", no_memory)
+    with pytest.raises(TrainingError, match="MemoryError: scratch"):
+        Word2Vec(dim=8, min_count=1, epochs=1, threads=3, progress=False).fit(corpus)
+
+
+def test_progress_log_writes_one_line_per_epoch_to_stderr(corpus, capsys):
+    Word2Vec(dim=8, min_count=1, epochs=2, threads=1, progress="log").fit(corpus)
+    out, err = capsys.readouterr()
+    assert out == "" and [ln.split(":")[0] for ln in err.splitlines()] == ["epoch 1", "epoch 2"]

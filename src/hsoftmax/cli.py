@@ -5,16 +5,21 @@
                      [--tree huffman|balanced|FILE] [--binary] [--checkpoint DIR [--resume]]
     hsoftmax evaluate VECTORS [--analogies FILE] [--similarity FILE ...]
 
-Bad input (a missing or empty corpus, no word reaching --min-count, an unreadable tree or vector
-file) ends with a one-line ``hsoftmax: error: ...`` on stderr, exit status 2, and no output file.
-Subcommands are registered in :data:`COMMANDS`, so more can be added beside these.
+Bad input (a missing or empty corpus, no word reaching --min-count, an unreadable tree, vector
+or checkpoint file, a flag out of range, an output that would overwrite the corpus or cannot be
+written) and a failed run (training that diverged, a worker thread that failed, a full disk) end
+with a one-line ``hsoftmax: error: ...`` on stderr, exit status 2, and no output file. Everything
+that is not a result (progress, the corpus report, errors) goes to stderr. Subcommands are
+registered in :data:`COMMANDS`, so more can be added beside these.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, NoReturn
 
@@ -32,8 +37,60 @@ class UsageError(Exception):
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        # No abbreviations: "--out" meaning "--output" today would break when a flag is added.
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
     def error(self, message: str) -> NoReturn:  # argparse's own errors: keep them to one line too
         raise UsageError(message)
+
+
+_STARTED = time.time()  # temporary files older than this were left by a dead run
+
+#: word2vec.c and fastText spell their flags with one dash; argparse would read ``-output`` as
+#: ``-o utput`` (a file named "utput"). Each maps to the flag meant, or to why there is none.
+_FOREIGN_FLAGS = {
+    "-output": "--output",
+    "-train": "the corpus as the first argument",
+    "-input": "the corpus as the first argument",
+    "-size": "--dim",
+    "-dim": "--dim",
+    "-window": "--window",
+    "-ws": "--window",
+    "-sample": "--sample",
+    "-t": "--sample",
+    "-threads": "--threads",
+    "-thread": "--threads",
+    "-iter": "--epochs",
+    "-epoch": "--epochs",
+    "-epochs": "--epochs",
+    "-min-count": "--min-count",
+    "-minCount": "--min-count",
+    "-min_count": "--min-count",
+    "-alpha": "--alpha",
+    "-lr": "--alpha",
+    "-binary": "--binary",
+    "-cbow": "--cbow (or --skipgram for -cbow 0)",
+    "-skipgram": "--skipgram",
+    "-hs": "nothing: hierarchical softmax is always on",
+    "-negative": "nothing: this trainer has no negative sampling",
+    "-neg": "nothing: this trainer has no negative sampling",
+    "-seed": "--seed",
+    "-checkpoint": "--checkpoint",
+    "-resume": "--resume",
+    "-tree": "--tree",
+}
+
+
+def _check_foreign_flags(argv: Sequence[str]) -> None:
+    for arg in argv:
+        if arg == "--":
+            return
+        if arg in _FOREIGN_FLAGS:
+            meant = _FOREIGN_FLAGS[arg]
+            hint = f"did you mean {meant}?" if meant.startswith("--") else f"use {meant}"
+            raise UsageError(f"unknown option {arg} (a word2vec.c/fastText flag): {hint}")
 
 
 if TYPE_CHECKING:
@@ -42,14 +99,44 @@ if TYPE_CHECKING:
     _Subcommands: TypeAlias = argparse._SubParsersAction[_Parser]
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
+def _int_in(lo: int, hi: int | Callable[[], int], why: str = "") -> Callable[[str], int]:
+    """An argparse type: an integer in ``[lo, hi]`` (``hi`` may be computed when parsing)."""
+
+    def parse(text: str) -> int:
+        if len(text) > 40:  # int() of a huge digit string is slow and no bound is that large
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text[:20]!r}...")
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        top = hi() if callable(hi) else hi
+        if not lo <= v <= top:
+            raise argparse.ArgumentTypeError(f"must be in [{lo}, {top}], got {v}" + (f": {why}" if why else ""))
+        return v
+
+    return parse
+
+
+_positive_int = _int_in(1, 2**62)
+
+
+def _limited(name: str) -> Callable[[str], int]:
+    """The argparse type of a Word2Vec setting bounded in :data:`hsoftmax.word2vec.train.LIMITS`
+    (imported when a value is parsed, so that ``--help`` stays fast)."""
+
+    def parse(text: str) -> int:
+        from .word2vec.train import LIMITS
+
+        hi, why = LIMITS[name]
+        return _int_in(0 if name == "seed" else 1, hi, why)(text)
+
+    return parse
+
+
+def _max_threads() -> int:
+    from .word2vec.train import max_threads
+
+    return max_threads()
 
 
 def _nonneg_float(text: str) -> float:
@@ -75,17 +162,42 @@ def _add_word2vec(sub: _Subcommands) -> None:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--cbow", dest="sg", action="store_false", help="CBOW, mean of the context (default)")
     mode.add_argument("--skipgram", dest="sg", action="store_true", help="skip-gram")
-    p.add_argument("--dim", type=_positive_int, default=100, help="vector size (default 100)")
-    p.add_argument("--window", type=_positive_int, default=5, help="max context distance (default 5)")
-    p.add_argument("--min-count", type=_positive_int, default=5, help="drop rarer words (default 5)")
-    p.add_argument("--max-vocab", type=_positive_int, default=None, help="keep at most this many words")
-    p.add_argument("--sample", type=_nonneg_float, default=1e-3, help="subsampling threshold (default 1e-3, 0 = off)")
-    p.add_argument("--epochs", type=_positive_int, default=5, help="passes over the corpus (default 5)")
-    p.add_argument("--alpha", type=_nonneg_float, default=0.025, help="initial learning rate (default 0.025)")
     p.add_argument(
-        "--threads", type=_positive_int, default=os.cpu_count() or 1, help="worker threads (default: all cores)"
+        "--dim",
+        type=_limited("dim"),
+        default=100,
+        help="vector size (default 100; at most 2**20, and the tables must fit in memory)",
     )
-    p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    p.add_argument(
+        "--window",
+        type=_limited("window"),
+        default=5,
+        help="max context distance (default 5; at most 10000, the longest sentence)",
+    )
+    p.add_argument("--min-count", type=_limited("min_count"), default=5, help="drop rarer words (default 5)")
+    p.add_argument(
+        "--max-vocab", type=_limited("max_vocab"), default=None, help="keep at most this many words (< 2**31)"
+    )
+    p.add_argument("--sample", type=_nonneg_float, default=1e-3, help="subsampling threshold (default 1e-3, 0 = off)")
+    p.add_argument(
+        "--epochs",
+        type=_limited("epochs"),
+        default=5,
+        help="passes over the corpus (default 5; at most 10**6: the schedule counts words in 64 bits)",
+    )
+    p.add_argument(
+        "--alpha",
+        type=_nonneg_float,
+        default=0.025,
+        help="initial learning rate (default 0.025; a run that diverges to NaN fails, with no output)",
+    )
+    p.add_argument(
+        "--threads",
+        type=_int_in(1, _max_threads, "more threads than 4 per core only contend for the cores"),
+        default=os.cpu_count() or 1,
+        help="worker threads (default: all cores; at most 4 per core)",
+    )
+    p.add_argument("--seed", type=_limited("seed"), default=1, help="random seed in [0, 2**64) (default 1)")
     p.add_argument(
         "--tree",
         default="huffman",
@@ -124,45 +236,131 @@ def _run_word2vec(args: argparse.Namespace) -> int:
         raise UsageError("--resume needs --checkpoint DIR")
     if not os.path.isfile(args.corpus):
         raise UsageError(f"corpus file not found: {args.corpus}")
-    out_dir = os.path.dirname(os.path.abspath(args.output))
-    if not os.path.isdir(out_dir):
-        raise UsageError(f"output directory does not exist: {out_dir}")
+    _check_output(args.output, args.corpus)
     if args.tmp_dir is not None and not os.path.isdir(args.tmp_dir):
         raise UsageError(f"--tmp-dir is not a directory: {args.tmp_dir}")
+    if args.checkpoint is not None:
+        if os.path.exists(args.checkpoint) and not os.path.isdir(args.checkpoint):
+            raise UsageError(f"--checkpoint must be a directory, {args.checkpoint} is a file")
+        if _same_file(args.checkpoint, args.corpus):
+            raise UsageError("--checkpoint is the corpus")
     tree = _load_tree(args.tree)
 
     from .word2vec import CorpusError, Word2Vec, encode_file
+    from .word2vec.train import CheckpointBusy, TrainingError
 
-    model = Word2Vec(
-        dim=args.dim,
-        window=args.window,
-        min_count=args.min_count,
-        max_vocab=args.max_vocab,
-        sample=args.sample,
-        sg=args.sg,
-        epochs=args.epochs,
-        alpha=args.alpha,
-        threads=args.threads,
-        seed=args.seed,
-        tree=tree,
-        progress=args.progress,
-    )
     try:
+        model = Word2Vec(
+            dim=args.dim,
+            window=args.window,
+            min_count=args.min_count,
+            max_vocab=args.max_vocab,
+            sample=args.sample,
+            sg=args.sg,
+            epochs=args.epochs,
+            alpha=args.alpha,
+            threads=args.threads,
+            seed=args.seed,
+            tree=tree,
+            # a bar only on a terminal; in a log or a pipe one line per epoch instead
+            progress=(True if sys.stderr.isatty() else "log") if args.progress else False,
+        )
+    except (ValueError, TypeError) as e:
+        raise UsageError(_one_line(e)) from None
+    try:  # before the corpus is read: a busy or unwritable directory is known at once
+        if args.checkpoint is not None:
+            model.lock_checkpoint(args.checkpoint)
         corpus = encode_file(args.corpus, args.min_count, args.max_vocab, workdir=args.tmp_dir)
-    except CorpusError as e:
-        raise UsageError(str(e)) from None
+    except BaseException as e:
+        model.unlock_checkpoint()
+        if isinstance(e, (CorpusError, CheckpointBusy, ValueError)):  # ValueError: cannot create the directory
+            raise UsageError(_one_line(e)) from None
+        if isinstance(e, OSError):  # the encoded corpus's temporary files: a full or read-only disk
+            raise UsageError(f"cannot write the encoded corpus: {_os_error(e)}") from None
+        raise
     try:
         try:
             model.build(corpus, checkpoint=args.checkpoint, resume=args.resume)
-        except (ValueError, TypeError) as e:  # tree/vocabulary or checkpoint mismatch
+        except (ValueError, TypeError, CheckpointBusy) as e:  # tree/vocabulary or checkpoint mismatch
             raise UsageError(_one_line(e)) from None
+        _check_space(args.output, len(corpus.vocab), args.dim, args.binary)
         _report_corpus(corpus, model)
-        model.train(corpus, checkpoint=args.checkpoint)
+        try:
+            model.train(corpus, checkpoint=args.checkpoint)
+        except (TrainingError, ValueError) as e:
+            raise UsageError(_one_line(e)) from None
+        except OSError as e:  # writing a checkpoint, reading the encoded corpus
+            raise UsageError(f"training stopped: {_os_error(e)}") from None
     finally:
+        model.unlock_checkpoint()
         corpus.close()
-    model.save(args.output, binary=args.binary)
+    try:
+        model.save(args.output, binary=args.binary)
+    except OSError as e:
+        raise UsageError(f"cannot write {args.output}: {_os_error(e)}") from None
     print(f"wrote {len(corpus.vocab)} vectors of dim {args.dim} to {args.output}", file=sys.stderr)
     return 0
+
+
+def _os_error(e: OSError) -> str:
+    what = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded"}.get(e.errno or 0)
+    name = f" ({e.filename})" if e.filename else ""
+    return (what or e.strerror or _one_line(e)) + name
+
+
+def _same_file(a: str, b: str) -> bool:
+    """Whether two paths name the same file, after resolving ``..`` and symbolic links."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)  # hard links, bind mounts
+    except OSError:
+        return False
+
+
+def _check_output(output: str, corpus: str) -> None:
+    """Everything that would make writing ``output`` fail or destroy data, checked before training:
+    it is the corpus, an existing directory, or in a directory we cannot create files in."""
+    if _same_file(output, corpus):
+        raise UsageError(f"the output {output} is the corpus: writing it would destroy the corpus")
+    target = os.path.realpath(output)  # the writer replaces a link's target, so check that
+    if os.path.isdir(target):
+        raise UsageError(f"the output {output} is a directory")
+    out_dir = os.path.dirname(target)
+    if not os.path.isdir(out_dir):
+        raise UsageError(f"output directory does not exist: {out_dir}")
+    from .files import atomic_path, remove_stale_temporaries
+
+    remove_stale_temporaries(target, before=_STARTED)  # left by a run killed while writing
+    try:  # the real test of writability (os.access says yes to root on a read-only mount):
+        with atomic_path(target):  # create the writer's own temporary file, then abandon it, so
+            raise _Probe  # the output is untouched and a kill here leaves only what it cleans
+    except _Probe:
+        pass
+    except OSError as e:
+        raise UsageError(f"cannot write in the output directory {out_dir}: {_os_error(e)}") from None
+
+
+class _Probe(Exception):
+    """Ends the writability probe without replacing anything."""
+
+
+def _check_space(output: str, words: int, dim: int, binary: bool | None) -> None:
+    """Refuse before training an output that cannot fit on its disk (text needs ~13 bytes per value)."""
+    from .word2vec.io import is_binary_name
+
+    per_value = 4 if (is_binary_name(output) if binary is None else binary) else 13
+    need = words * (dim * per_value + 32)
+    try:
+        st = os.statvfs(os.path.dirname(os.path.realpath(output)))
+    except (OSError, AttributeError):
+        return
+    free = st.f_bavail * st.f_frsize
+    if need > free:
+        raise UsageError(
+            f"the output needs about {need / 2**20:.1f} MiB but {os.path.dirname(os.path.realpath(output))} "
+            f"has {free / 2**20:.1f} MiB free"
+        )
 
 
 def _report_corpus(corpus: EncodedCorpus, model: Word2Vec) -> None:
@@ -209,8 +407,10 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
     try:
         kv = load_vectors(args.vectors, binary=args.binary)
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, MemoryError) as e:
         raise UsageError(_one_line(e)) from None
+    except OSError as e:
+        raise UsageError(f"cannot read {args.vectors}: {_os_error(e)}") from None
     analogies = args.analogies or gensim_test_file("questions-words.txt")
     pairs = args.similarity or [p for p in (gensim_test_file("wordsim353.tsv"), gensim_test_file("simlex999.txt")) if p]
     for path in ([analogies] if analogies else []) + pairs:
@@ -248,7 +448,10 @@ COMMANDS: dict[str, Callable[[_Subcommands], None]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = _Parser(prog="hsoftmax", description="Hierarchical softmax tools.")
+    parser.add_argument("--version", action="version", version=f"hsoftmax {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for add in COMMANDS.values():
@@ -263,6 +466,8 @@ def _one_line(e: BaseException) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 2 bad input, 130 interrupted)."""
     try:
+        argv = list(sys.argv[1:] if argv is None else argv)
+        _check_foreign_flags(argv)
         args = build_parser().parse_args(argv)
         return args.func(args)
     except UsageError as e:

@@ -27,7 +27,15 @@ from typing import BinaryIO, NamedTuple
 
 import numpy as np
 
-__all__ = ["atomic_path", "NpyHeader", "NpzReader", "READ_ERRORS", "encode_strings", "decode_strings"]
+__all__ = [
+    "atomic_path",
+    "remove_stale_temporaries",
+    "NpyHeader",
+    "NpzReader",
+    "READ_ERRORS",
+    "encode_strings",
+    "decode_strings",
+]
 
 # What reading a damaged archive raises, from zipfile, zlib and numpy's header parser (a flipped
 # bit in a zip header can select an unsupported or encrypted method, rename a member or cut a
@@ -141,6 +149,39 @@ def _fsync_directory(directory: str) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def remove_stale_temporaries(path: str | os.PathLike, before: float) -> list[str]:
+    """Delete the temporary files :func:`atomic_path` left beside ``path`` when a process was
+    killed (``kill -9``, power loss) before it could clean up; returns the names removed.
+
+    Only files named exactly as :func:`atomic_path` names them (``.<name>.<8 hex digits>.tmp``),
+    regular files (not links) owned by this user, and last modified before ``before`` (a
+    ``time.time()``; pass this process's start, so that a temporary file another live process is
+    still writing, which it keeps touching, is left alone).
+    """
+    target = os.path.realpath(os.fspath(path))
+    directory, name = os.path.split(target)
+    prefix, removed = f".{name}.", list[str]()
+    try:
+        entries = os.listdir(directory)
+    except OSError:
+        return removed
+    for entry in entries:
+        middle = entry[len(prefix) : -len(".tmp")]
+        if not (entry.startswith(prefix) and entry.endswith(".tmp") and len(middle) == 8):
+            continue
+        if any(c not in "0123456789abcdef" for c in middle):
+            continue
+        full = os.path.join(directory, entry)
+        try:
+            st = os.lstat(full)
+            if stat.S_ISREG(st.st_mode) and st.st_uid == os.getuid() and st.st_mtime < before:
+                os.remove(full)
+                removed.append(entry)
+        except OSError:
+            continue
+    return removed
 
 
 class NpyHeader(NamedTuple):

@@ -13,11 +13,14 @@ become Python strings.
 from __future__ import annotations
 
 import codecs
+import errno
 import gc
 import gzip
 import io
 import lzma
 import os
+import re
+import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
@@ -46,14 +49,69 @@ _replaced = [0]
 
 
 def _count_and_replace(exc: UnicodeError) -> tuple[str, int]:
-    # One U+FFFD per invalid sequence, like errors="replace", but counted for the report.
+    # Exactly errors="replace", but counted for the report: one U+FFFD per error the decoder
+    # reports, resuming at its end. The decoder reports each maximal subpart of an ill-formed
+    # sequence (Unicode's "U+FFFD substitution of maximal subparts"): b"x\xe2\x80" is one error
+    # covering both bytes, so resuming at exc.start + 1 would give two U+FFFD.
     if not isinstance(exc, UnicodeDecodeError):  # a codec error handler may be handed any kind
         raise exc
     _replaced[0] += 1
-    return "\ufffd", exc.start + 1
+    return "\ufffd", exc.end
 
 
 codecs.register_error("hsoftmax.count_replace", _count_and_replace)
+
+
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
+_TMP_PREFIX = "hsoftmax-corpus-"
+_TMP_PATTERN = re.compile(r"hsoftmax-corpus-(\d+)-[A-Za-z0-9_]+")
+_TMP_FILES = {"provisional.i32", "ids.i32"}
+
+
+def _new_workdir(workdir: str | None) -> tempfile.TemporaryDirectory[str]:
+    """The encoded corpus's temporary directory, named with this process's id so that one left
+    by a killed run (``kill -9`` skips every cleanup) is recognised and removed by the next."""
+    _remove_stale_workdirs(workdir if workdir is not None else tempfile.gettempdir())
+    return tempfile.TemporaryDirectory(prefix=f"{_TMP_PREFIX}{os.getpid()}-", dir=workdir)
+
+
+def _remove_stale_workdirs(parent: str) -> list[str]:
+    """Remove ``hsoftmax-corpus-<pid>-*`` directories of processes that no longer exist.
+
+    Only directories owned by this user whose pid is dead on this machine and which hold nothing
+    but our two files; a live pid (even a reused one) keeps its directory."""
+    removed: list[str] = []
+    try:
+        entries = os.listdir(parent)
+    except OSError:
+        return removed
+    for entry in entries:
+        m = _TMP_PATTERN.fullmatch(entry)
+        if m is None or _pid_alive(int(m.group(1))):
+            continue
+        full = os.path.join(parent, entry)
+        try:
+            st = os.lstat(full)
+            if not os.path.isdir(full) or os.path.islink(full) or st.st_uid != os.getuid():
+                continue
+            if set(os.listdir(full)) <= _TMP_FILES:
+                shutil.rmtree(full)
+                removed.append(entry)
+        except OSError:
+            continue
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True  # someone else's live process, or unknown: keep it
+    return True
 
 
 class CorpusError(ValueError):
@@ -419,13 +477,15 @@ def encode_file(
         raise CorpusError(f"corpus file not found: {path}")
     if os.path.isdir(path):
         raise CorpusError(f"corpus path is a directory, not a file: {path}")
-    tmp = tempfile.TemporaryDirectory(prefix="hsoftmax-corpus-", dir=workdir)
+    tmp = _new_workdir(workdir)
     try:
         enc = _ByteEncoder(tmp.name)
         try:
             for block in _iter_file_blocks(path):
                 enc.add_block(block)
         except (OSError, EOFError, lzma.LZMAError) as e:  # unreadable or corrupt compressed file
+            if isinstance(e, OSError) and e.errno in _WRITE_ERRNOS:
+                raise  # writing the provisional ids failed (a full disk), not reading the corpus
             raise CorpusError(f"cannot read corpus {path}: {getattr(e, 'strerror', None) or e}") from None
         return _finish(lambda: enc.finish(min_count, max_vocab, tmp, max_sentence_length), path)
     except BaseException:
@@ -449,7 +509,7 @@ def encode_sentences(
     _check_params(min_count, max_sentence_length)
     if isinstance(sentences, (str, bytes)):
         raise TypeError("sentences must be an iterable of token lists, not a string (use encode_file for a path)")
-    tmp = tempfile.TemporaryDirectory(prefix="hsoftmax-corpus-", dir=workdir)
+    tmp = _new_workdir(workdir)
     try:
         enc = _Encoder(tmp.name)
         block: list[Sequence[str]] = []

@@ -18,6 +18,9 @@ from ..files import atomic_path
 
 __all__ = ["write_word2vec", "read_word2vec", "is_binary_name"]
 
+_NUMBER_CHARS = b"0123456789.+-eEinfatyINFATY \r"  # what a text row's values are written with
+_MAX_VALUE_CHARS = 32  # "%.9g" needs at most 15 characters and a space; other writers a few more
+
 
 def is_binary_name(path: str | os.PathLike) -> bool:
     """The naming convention: ``.bin`` means binary, anything else text."""
@@ -74,31 +77,95 @@ def _write_text_rows(f: BinaryIO, words: Sequence[str], vectors: np.ndarray) -> 
 def read_word2vec(path: str | os.PathLike, binary: bool | None = None) -> tuple[list[str], np.ndarray]:
     """Read word2vec text or binary vectors: ``(words, (count, dim) float32)``.
 
+    The format is sniffed from the first row, not taken from the name: a text row is a word and
+    ``dim`` numbers, a binary row a word, a space, ``4 * dim`` bytes and a newline. ``binary``
+    given explicitly must agree with the file (else the error says which flag to drop). Text rows
+    may end with a space before the newline (word2vec.c writes them so) and ``\r\n``.
+
     Raises:
-        ValueError: the file is not in the format (bad header, short rows, truncated data).
+        ValueError: the file is not in the format (bad header, a header claiming more rows than
+            the file can hold, short rows, truncated data), or holds a word twice or a NaN or
+            infinite value. The message names the file, and the row where there is one.
     """
     path = os.fspath(path)
-    binary = is_binary_name(path) if binary is None else bool(binary)
+    size = os.path.getsize(path)
     with open(path, "rb") as f:
-        header = f.readline().split()
+        line = f.readline(256)
+        header = line.split()
         try:
+            if len(header) != 2 or not line.endswith(b"\n"):
+                raise ValueError
             count, dim = int(header[0]), int(header[1])
-        except (IndexError, ValueError):
+        except ValueError:
             raise ValueError(f"{path}: the first line must be '<count> <dim>'") from None
         if count < 0 or dim < 1:
             raise ValueError(f"{path}: bad header {count} {dim}")
-        return _read_binary(f, path, count, dim) if binary else _read_text(f, path, count, dim)
+        rest = size - len(line)
+        # The smallest rows: "w 0 0 ... 0\n" (2 bytes a value) and "w " + 4 bytes a value (the
+        # last row's newline optional). A header claiming more than fits is refused before any
+        # allocation proportional to it.
+        if count and rest < min(count * (2 * dim + 2), count * (4 * dim + 3)) - 1:
+            raise ValueError(
+                f"{path}: the header claims {count} vectors of dim {dim}, more than the file's {size} bytes can hold"
+            )
+        is_binary = _sniff(f, path, dim) if count else bool(binary)
+        if binary is not None and bool(binary) != is_binary:
+            fix = "drop --binary (binary=True)" if binary else "pass --binary (binary=True), or drop binary=False"
+            kind = "text" if not is_binary else "binary"
+            raise ValueError(f"{path} is in word2vec {kind} format: {fix}")
+        if is_binary:
+            if rest < count * (4 * dim + 3) - 1:
+                raise ValueError(f"{path}: truncated: {count} binary vectors of dim {dim} need more than {rest} bytes")
+            words, vectors = _read_binary(f, path, count, dim)
+        else:
+            words, vectors = _read_text(f, path, count, dim)
+        if f.read(1 << 16).strip():
+            raise ValueError(f"{path}: data after the {count} vectors the header announces")
+    _check_vectors(path, words, vectors)
+    return words, vectors
+
+
+def _sniff(f: BinaryIO, path: str, dim: int) -> bool:
+    """Whether the first row (read, then the file rewound to it) is binary rather than text.
+
+    Text when the row after the word is made of number characters (a text row with the wrong
+    number of values is then reported as such by the text reader); binary when the word is
+    followed by a space and at least ``4 * dim`` bytes (gensim writes no newline after a binary
+    row, word2vec.c does, so what follows proves nothing)."""
+    pos = f.tell()
+    limit = _MAX_VALUE_CHARS * dim + 4096  # a whole text row, or a binary row with its word
+    head = f.read(limit)
+    f.seek(pos)
+    space = head.find(b" ")
+    line = head.split(b"\n", 1)[0]
+    if space > 0 and len(line) > space and not line[space:].translate(None, _NUMBER_CHARS):
+        return False
+    if space > 0 and b"\n" not in head[:space] and len(head) >= space + 1 + 4 * dim:
+        return True
+    raise ValueError(f"{path}: the first row is neither a text row ('word' and {dim} numbers) nor a binary one")
+
+
+def _text_values(line: bytes, dim: int) -> tuple[bytes, np.ndarray]:
+    parts = line.rstrip(b"\r").rstrip(b" ").split(b" ")
+    if len(parts) != dim + 1 or not parts[0]:
+        raise ValueError(f"has {len(parts) - 1} values, expected {dim}")
+    return parts[0], np.array(parts[1:], dtype=np.float32)
 
 
 def _read_text(f: BinaryIO, path: str, count: int, dim: int) -> tuple[list[str], np.ndarray]:
     words: list[str] = []
     vectors = np.empty((count, dim), dtype=np.float32)
     for i in range(count):
-        parts = f.readline().decode("utf-8", "replace").rstrip("\n").split(" ")
-        if len(parts) != dim + 1:
-            raise ValueError(f"{path}: line {i + 2} has {len(parts) - 1} values, expected {dim}")
-        words.append(parts[0])
-        vectors[i] = np.array(parts[1:], dtype=np.float32)
+        line = f.readline()
+        if not line:
+            raise ValueError(f"{path}: truncated: {i} of {count} vectors")
+        try:
+            word, vectors[i] = _text_values(line.rstrip(b"\n"), dim)
+        except ValueError as e:
+            raise ValueError(
+                f"{path}: line {i + 2} {e}" if "values" in str(e) else f"{path}: line {i + 2}: {e}"
+            ) from None
+        words.append(word.decode("utf-8", "replace"))
     return words, vectors
 
 
@@ -116,9 +183,26 @@ def _read_binary(f: BinaryIO, path: str, count: int, dim: int) -> tuple[list[str
                 break
             if ch != b"\n":  # the newline after the previous vector
                 word += ch
+            if len(word) > 1 << 16:
+                raise ValueError(f"{path}: word {i} is longer than 64 KiB: not a binary vectors file")
         data = f.read(nbytes)
         if len(data) != nbytes:
             raise ValueError(f"{path}: truncated vector for word {i}")
+        if not word:
+            raise ValueError(f"{path}: word {i} is empty")
         words.append(word.decode("utf-8", "replace"))
         vectors[i] = np.frombuffer(data, dtype="<f4")
     return words, vectors
+
+
+def _check_vectors(path: str, words: list[str], vectors: np.ndarray) -> None:
+    if len(set(words)) != len(words):
+        seen: dict[str, int] = {}
+        for i, w in enumerate(words):
+            if w in seen:
+                raise ValueError(f"{path}: word {w!r} appears twice (vectors {seen[w]} and {i})")
+            seen[w] = i
+    bad = ~np.isfinite(vectors).all(axis=1)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(f"{path}: the vector of {words[i]!r} (row {i}) holds NaN or infinite values")

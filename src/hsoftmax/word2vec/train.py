@@ -9,8 +9,10 @@ bit. With more threads the Hogwild updates interleave and runs differ slightly, 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -19,7 +21,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ..files import atomic_path
+from ..builders import _memory_bytes
+from ..files import READ_ERRORS, NpzReader, atomic_path, decode_strings, encode_strings, remove_stale_temporaries
 from ..kernels.node import sigmoid_tables
 from ..tree import Tree
 from . import kernels
@@ -27,10 +30,43 @@ from .corpus import EncodedCorpus, _release_memory, encode_file, encode_sentence
 from .keyed_vectors import KeyedVectors
 from .vocab import Vocab, keep_probabilities
 
-__all__ = ["Word2Vec"]
+__all__ = ["Word2Vec", "TrainingError", "CheckpointBusy", "max_threads", "LIMITS"]
 
 _CHUNK_WORDS = 16384  # words per work item: small enough to balance threads and update the bar
-_CHECKPOINT_VERSION = 1
+_CHECKPOINT_VERSION = 2  # 2: words as UTF-8 bytes + offsets (lossless), config/history as bytes
+_CHECKPOINT_NAME = "checkpoint.npz"
+_LOCK_NAME = "checkpoint.lock"
+_MAX_JSON_BYTES = 1 << 24  # config and history are a few KB; more is a crafted file
+
+#: The largest value each numeric setting accepts, and why (the bounds the CLI documents too).
+LIMITS: dict[str, tuple[int, str]] = {
+    # the tables must also fit in memory: checked once the vocabulary is known
+    "dim": (1 << 20, "a vector of more than 2**20 floats is 4 MiB per word"),
+    # the corpus is cut into sentences of at most 10,000 words (MAX_SENTENCE_LENGTH): no context
+    # word is further away, and each thread's scratch grows with the window
+    "window": (10_000, "no sentence is longer than 10,000 words, so no context word is further away"),
+    # the learning-rate schedule counts epochs * tokens in 64 bits; a million passes is far
+    # beyond any useful run
+    "epochs": (1_000_000, "the learning-rate schedule counts words over all epochs in 64 bits"),
+    "min_count": (2**62, "word counts are int64"),
+    "max_vocab": (2**31 - 1, "word ids are int32"),
+    # seeds feed numpy's SeedSequence, which takes any non-negative int; 64 bits is the contract
+    "seed": (2**64 - 1, "seeds are 64-bit unsigned integers"),
+}
+
+
+def max_threads() -> int:
+    """The most worker threads accepted: 4 per core (at least 16). Threads beyond the cores only
+    contend for them (Hogwild updates collide more), and each holds scratch buffers."""
+    return max(16, 4 * (os.cpu_count() or 1))
+
+
+class TrainingError(RuntimeError):
+    """Training failed: a worker thread raised, or the tables became non-finite (diverged)."""
+
+
+class CheckpointBusy(RuntimeError):
+    """Another run holds the checkpoint directory's lock."""
 
 
 def _check_int(name: str, value: Any, lo: int) -> int:
@@ -38,6 +74,9 @@ def _check_int(name: str, value: Any, lo: int) -> int:
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     if value < lo:
         raise ValueError(f"{name} must be >= {lo}, got {value}")
+    if name in LIMITS and value > LIMITS[name][0]:
+        hi, why = LIMITS[name]
+        raise ValueError(f"{name} must be <= {hi}, got {value}: {why}")
     return int(value)
 
 
@@ -71,13 +110,20 @@ class Word2Vec:
         epochs: passes over the corpus.
         alpha: initial learning rate (default 0.025, gensim's default for both modes).
         min_alpha: learning rate reached at the end (linear decay).
-        threads: worker threads (default: all cores).
-        seed: seeds the initial vectors and every random draw.
+        threads: worker threads (default: all cores; at most :func:`max_threads`, 4 per core).
+        seed: seeds the initial vectors and every random draw; in ``[0, 2**64)``.
         tree: ``"huffman"`` (default: a Huffman tree over the word counts), ``"balanced"``, a
             :class:`~hsoftmax.tree.Tree` over the vocabulary, or a callable ``vocab -> Tree``. A
             tree with labels is matched to the words by label; without labels word ``i`` (words
             are ordered by decreasing count) is class ``i``.
-        progress: show a tqdm bar (words/s, ETA, learning rate).
+        progress: ``True``: a tqdm bar (words/s, ETA, learning rate); ``"log"``: one line per
+            epoch on stderr (for logs and pipes); ``False``: silent.
+
+    Bounds (see :data:`LIMITS`): ``dim <= 2**20``, ``window <= 10000`` (the longest sentence),
+    ``epochs <= 10**6``, ``threads <= max_threads()``; and the weight tables and every thread's
+    scratch must fit in the machine's memory, checked when the vocabulary is known. Training
+    raises :class:`TrainingError` if the tables stop being finite (a learning rate that
+    diverges) or a worker thread fails: no vectors are kept from such a run.
     """
 
     def __init__(
@@ -94,7 +140,7 @@ class Word2Vec:
         threads: int | None = None,
         seed: int = 1,
         tree: str | Tree | Callable[[Vocab], Tree] = "huffman",
-        progress: bool = True,
+        progress: bool | str = True,
     ) -> None:
         self.dim = _check_int("dim", dim, 1)
         self.window = _check_int("window", window, 1)
@@ -106,13 +152,21 @@ class Word2Vec:
         self.alpha = _check_float("alpha", alpha, 0.0)
         self.min_alpha = _check_float("min_alpha", min_alpha, 0.0)
         self.threads = _check_int("threads", threads if threads is not None else (os.cpu_count() or 1), 1)
+        if self.threads > max_threads():
+            raise ValueError(
+                f"threads must be <= {max_threads()} (4 per core), got {self.threads}: more threads "
+                f"than cores only contend for them"
+            )
         self.seed = _check_int("seed", seed, 0)
         if not (isinstance(tree, (str, Tree)) or callable(tree)):
             raise TypeError(f"tree must be 'huffman', 'balanced', a Tree or a callable, got {type(tree).__name__}")
         if isinstance(tree, str) and tree not in ("huffman", "balanced"):
             raise ValueError(f"tree must be 'huffman' or 'balanced' when a string, got {tree!r}")
         self.tree_spec = tree
-        self.progress = bool(progress)
+        if progress not in (True, False, "log"):
+            raise ValueError(f"progress must be True, False or 'log', got {progress!r}")
+        self.progress: bool | str = progress
+        self._lock: _DirLock | None = None
         self.vocab: Vocab | None = None
         self.tree: Tree | None = None
         self.word_classes: np.ndarray | None = None  # tree class of each word id (None: the same)
@@ -163,7 +217,11 @@ class Word2Vec:
 
         Raises:
             CorpusError: missing or empty corpus, or no word reaching ``min_count``.
-            ValueError: a checkpoint that does not match, or a tree that does not fit the vocabulary.
+            ValueError: a checkpoint that does not match or is damaged (the message names the file
+                and the problem), a tree that does not fit the vocabulary, or tables that cannot
+                fit in memory.
+            CheckpointBusy: another run is using ``checkpoint``.
+            TrainingError: training diverged or a worker thread failed.
         """
         if isinstance(corpus, EncodedCorpus):
             enc, owned = corpus, False
@@ -173,6 +231,7 @@ class Word2Vec:
             self.build(enc, checkpoint, resume)
             self.train(enc, checkpoint)
         finally:
+            self._release_lock()
             if owned:
                 enc.close()
         return self
@@ -182,22 +241,36 @@ class Word2Vec:
     ) -> Word2Vec:
         """First half of :meth:`fit`: take the corpus's vocabulary, build the tree and initialise
         the vectors, or restore them from ``checkpoint`` when ``resume``. Checks everything that
-        can be wrong before any training starts."""
+        can be wrong before any training starts.
+
+        With a ``checkpoint`` directory, its lock is taken here (a second run sharing the directory
+        fails at once with :class:`CheckpointBusy`) and held until :meth:`train` ends."""
         if resume and checkpoint is None:
             raise ValueError("resume=True needs a checkpoint directory")
         if not isinstance(corpus, EncodedCorpus):
             raise TypeError(f"build() takes an EncodedCorpus, got {type(corpus).__name__}")
-        if resume and checkpoint is not None:  # (resume without one was refused above)
-            self._load_checkpoint(os.fspath(checkpoint), corpus.vocab)
-        else:
-            self._setup(corpus.vocab)
+        try:
+            if checkpoint is not None:
+                self._take_lock(os.fspath(checkpoint))
+            if resume and checkpoint is not None:  # (resume without one was refused above)
+                self._load_checkpoint(os.fspath(checkpoint), corpus.vocab)
+            else:
+                self._setup(corpus.vocab)
+        except BaseException:
+            self._release_lock()
+            raise
         return self
 
     def train(self, corpus: EncodedCorpus, checkpoint: str | os.PathLike | None = None) -> Word2Vec:
         """Second half of :meth:`fit`: run the remaining epochs on an encoded corpus."""
         if corpus.vocab.words != self._require_trained().vocab.words:
             raise ValueError("the corpus was encoded with a different vocabulary")
-        self._train(corpus, None if checkpoint is None else os.fspath(checkpoint))
+        try:
+            if checkpoint is not None:
+                self._take_lock(os.fspath(checkpoint))
+            self._train(corpus, None if checkpoint is None else os.fspath(checkpoint))
+        finally:
+            self._release_lock()
         return self
 
     def save(self, path: str | os.PathLike, binary: bool | None = None) -> None:
@@ -239,6 +312,7 @@ class Word2Vec:
         self.vocab = vocab
         self.tree = self._make_tree(vocab)
         self.word_classes = _word_classes(self.tree, vocab)
+        self._check_memory(len(vocab), self.tree.num_params)
         _release_memory()  # the tree's build temporaries, before the tables take their place
         rng = np.random.default_rng(self.seed)
         # word2vec's initialisation: small uniform input vectors, zero node rows.
@@ -248,6 +322,39 @@ class Word2Vec:
         self.syn1 = np.zeros((self.tree.num_params, self.dim), dtype=np.float32)
         self.epochs_done = 0
         self.history = []
+
+    def _check_memory(self, V: int, num_params: int) -> None:
+        """Refuse up front tables (and per-thread scratch) that cannot fit in memory: numpy would
+        fail half-way, or the OOM killer would end the run."""
+        scratch = (2 * self.window * (self.dim + 2) + 2 * self.dim + 2 * 10_000) * 4 + _CHUNK_WORDS * 4
+        need = 4 * (V + num_params) * self.dim + self.threads * scratch
+        available = _memory_bytes()
+        if available is not None and need > available:
+            raise ValueError(
+                f"dim={self.dim}, window={self.window} and {self.threads} threads over {V} words need "
+                f"about {need / 2**30:.1f} GiB, more than this machine's {available / 2**30:.1f} GiB of memory"
+            )
+
+    def lock_checkpoint(self, directory: str | os.PathLike) -> None:
+        """Create ``directory`` if needed and take its lock now, rather than in :meth:`build`: a
+        caller with slow work before training (encoding a large corpus) learns at once that the
+        directory is in use (:class:`CheckpointBusy`) or not writable (``ValueError``). Held until
+        :meth:`train` (or :meth:`fit`) ends, or :meth:`unlock_checkpoint`."""
+        self._take_lock(os.fspath(directory))
+
+    def unlock_checkpoint(self) -> None:
+        """Release the checkpoint directory's lock (a no-op when none is held)."""
+        self._release_lock()
+
+    def _take_lock(self, directory: str) -> None:
+        if self._lock is None or self._lock.directory != os.path.realpath(directory):
+            self._release_lock()
+            self._lock = _DirLock(directory)
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def _require_trained(self) -> _Trained:
         """The vocabulary, tree and both weight tables, which exist once :meth:`build` (or :meth:`fit`) ran."""
@@ -268,6 +375,8 @@ class Word2Vec:
         tables = kernels.Tables(*sigmoid_tables(), keep)
         chunks = _chunk_bounds(enc.offsets, _CHUNK_WORDS)
         N = enc.num_tokens
+        if N * self.epochs >= 2**62:  # the schedule's words-done counter is int64
+            raise ValueError(f"{self.epochs} epochs of {N} words overflow the learning-rate schedule's counter")
         bar = _Bar(N * self.epochs, self.progress, initial=N * self.epochs_done)
         try:
             for epoch in range(self.epochs_done, self.epochs):
@@ -275,6 +384,9 @@ class Word2Vec:
                 stats = self._run_epoch(enc, chunks, epoch, paths, tables, bar)
                 stats["seconds"] = time.perf_counter() - t0
                 stats["epoch"] = epoch + 1
+                # Once per epoch, outside the kernels: a learning rate that diverges turns the
+                # tables into NaN/inf, which must end the run rather than be written out.
+                _check_finite(trained.syn0, trained.syn1, epoch + 1, self.alpha)
                 self.history.append(stats)
                 self.epochs_done = epoch + 1
                 bar.epoch_done(stats)
@@ -306,9 +418,9 @@ class Word2Vec:
         done = [epoch * N]  # furthest corpus position reached: drives the bar's learning rate
 
         def worker() -> None:
-            chunk_ids = np.empty(max_chunk, dtype=np.int32)
-            scratch = kernels.new_scratch(max_len, self.dim, self.window, max_arity)
-            try:
+            try:  # the allocations too: a MemoryError here must fail the run, not end the thread quietly
+                chunk_ids = np.empty(max_chunk, dtype=np.int32)
+                scratch = kernels.new_scratch(max_len, self.dim, self.window, max_arity)
                 while True:
                     with lock:
                         c = next_chunk[0]
@@ -351,7 +463,8 @@ class Word2Vec:
                 t.join()
             raise
         if errors:
-            raise errors[0]
+            e = errors[0]
+            raise TrainingError(f"a training thread failed: {type(e).__name__}: {e}") from e
         return {
             "words": acc.words,
             "trained_words": acc.trained,
@@ -366,45 +479,200 @@ class Word2Vec:
     def _save_checkpoint(self, directory: str) -> None:
         trained = self._require_trained()
         os.makedirs(directory, exist_ok=True)
+        word_bytes, word_offset = encode_strings(trained.vocab.words)  # lossless, unlike a 'U' array
         state = {
-            "version": np.array(_CHECKPOINT_VERSION),
-            "config": np.array(json.dumps(self.config())),
-            "epochs_done": np.array(self.epochs_done),
-            "history": np.array(json.dumps(self.history)),
-            "words": np.array(trained.vocab.words, dtype=str),
+            "version": np.array(_CHECKPOINT_VERSION, dtype=np.int64),
+            "config": _json_bytes(self.config()),
+            "epochs_done": np.array(self.epochs_done, dtype=np.int64),
+            "history": _json_bytes(self.history),
+            "word_bytes": word_bytes,
+            "word_offset": word_offset,
             "counts": trained.vocab.counts,
             "syn0": trained.syn0,
             "syn1": trained.syn1,
         }
         state.update({"tree_" + k: v for k, v in trained.tree.state().items()})
-        with atomic_path(os.path.join(directory, "checkpoint.npz")) as tmp, open(tmp, "wb") as f:
+        with atomic_path(os.path.join(directory, _CHECKPOINT_NAME)) as tmp, open(tmp, "wb") as f:
             # numpy >= 2.1's stubs add allow_pickle=, which a **dict could in principle fill; passing
             # it explicitly would store an "allow_pickle" array on the numpy < 2.1 we support.
             np.savez(f, **state)  # type: ignore[arg-type]
 
     def _load_checkpoint(self, directory: str, vocab: Vocab) -> None:
-        path = os.path.join(directory, "checkpoint.npz")
+        """Restore the state saved in ``directory``, trusting nothing in the file.
+
+        Every array's dtype and shape is checked against this run (vocabulary size, ``dim``, the
+        tree this configuration builds) from the archive's headers, before any data is read; then
+        the settings, the vocabulary, the tree and the values (finite tables, ``epochs_done`` in
+        range). After this the kernels' indices are in range by construction: token ids come from
+        this run's encoding (``< len(vocab)`` rows of ``syn0``), the paths from a tree equal to the
+        one this run builds (rows ``< tree.num_params``, the rows of ``syn1``), and both tables
+        have ``dim`` columns. Any problem is one ``ValueError`` naming the file.
+        """
+        path = os.path.join(directory, _CHECKPOINT_NAME)
         if not os.path.exists(path):
             raise ValueError(f"no checkpoint to resume from in {directory}")
-        with np.load(path, allow_pickle=False) as z:
-            if int(z["version"]) != _CHECKPOINT_VERSION:
-                raise ValueError(f"unsupported checkpoint version {int(z['version'])}")
-            saved = json.loads(str(z["config"]))
-            mine = self.config()
-            diff = sorted(k for k in mine if saved.get(k) != mine[k])
-            if diff:
-                k = diff[0]
-                raise ValueError(f"checkpoint was made with {k}={saved.get(k)!r}, this run has {k}={mine[k]!r}")
-            words = tuple(str(w) for w in z["words"].tolist())
-            if words != vocab.words or not np.array_equal(z["counts"], vocab.counts):
-                raise ValueError("checkpoint vocabulary differs from this corpus's: resume on the same corpus")
-            self.vocab = vocab
-            self.tree = Tree.from_state({k[5:]: z[k] for k in z.files if k.startswith("tree_")})
-            self.word_classes = _word_classes(self.tree, vocab)
-            self.syn0 = np.array(z["syn0"])
-            self.syn1 = np.array(z["syn1"])
-            self.epochs_done = int(z["epochs_done"])
-            self.history = json.loads(str(z["history"]))
+        try:
+            with NpzReader(path) as z:
+                state = self._read_checkpoint(z, vocab)
+        except (*READ_ERRORS, TypeError) as e:
+            raise ValueError(f"checkpoint {path} cannot be resumed: {_one_line(e)}") from None
+        self.vocab = vocab
+        self.tree, self.word_classes, self.syn0, self.syn1, self.epochs_done, self.history = state
+
+    def _read_checkpoint(self, z: NpzReader, vocab: Vocab) -> tuple[Any, ...]:
+        V, dim = len(vocab), self.dim
+        tree = self._make_tree(vocab)  # what this run trains: the saved one must be equal
+        word_classes = _word_classes(tree, vocab)
+        self._check_memory(V, tree.num_params)
+        tree_state = {"tree_" + k: v for k, v in tree.state().items()}
+        expected: dict[str, tuple[str, tuple[int, ...] | None]] = {
+            "version": ("i", ()),
+            "config": ("u1", None),
+            "epochs_done": ("i", ()),
+            "history": ("u1", None),
+            "word_bytes": ("u1", None),
+            "word_offset": ("i", (V + 1,)),
+            "counts": ("i", (V,)),
+            "syn0": ("f4", (V, dim)),
+            "syn1": ("f4", (tree.num_params, dim)),
+        }
+        for k, v in tree_state.items():
+            expected[k] = (v.dtype.str[1:] if v.dtype.kind == "u" else v.dtype.kind, v.shape)
+        unknown = sorted(set(z.headers) - set(expected))
+        missing = sorted(set(expected) - set(z.headers))
+        if "version" in z.headers and _layout_ok(z.headers["version"], "i", ()):
+            version = int(z.read("version"))
+            if version != _CHECKPOINT_VERSION:
+                raise ValueError(
+                    f"unsupported checkpoint version {version} (this hsoftmax writes {_CHECKPOINT_VERSION})"
+                )
+        if unknown:
+            raise ValueError(f"unexpected array {unknown[0]!r}")
+        if missing:
+            raise ValueError(f"array {missing[0]!r} is missing")
+        # the settings first: a run with other settings is the likeliest mistake, and its message
+        # names the setting rather than an array shape that follows from it
+        if not _layout_ok(z.headers["config"], "u1", None) or z.headers["config"].shape[0] > _MAX_JSON_BYTES:
+            raise ValueError(
+                f"array 'config' is {z.headers['config'].dtype} of shape {z.headers['config'].shape}, not JSON bytes"
+            )
+        saved = _json_value(z.read("config"), "config")
+        if not isinstance(saved, dict):
+            raise ValueError("config is not a JSON object")
+        mine = self.config()
+        diff = sorted(k for k in set(mine) | set(saved) if saved.get(k) != mine.get(k))
+        if diff:
+            k = diff[0]
+            raise ValueError(f"checkpoint was made with {k}={saved.get(k)!r}, this run has {k}={mine.get(k)!r}")
+        for key, (kind, shape) in expected.items():
+            h = z.headers[key]
+            if not _layout_ok(h, kind, shape):
+                want = "any length" if shape is None else shape
+                raise ValueError(f"array {key!r} is {h.dtype} of shape {h.shape}, expected {kind} of shape {want}")
+            if shape is None and (len(h.shape) != 1 or (h.shape[0] > _MAX_JSON_BYTES and key != "word_bytes")):
+                raise ValueError(f"array {key!r} of shape {h.shape} is not a 1-D byte string of sane size")
+        words = decode_strings(z.read("word_bytes"), z.read("word_offset"), "word")
+        if tuple(words) != vocab.words or not np.array_equal(z.read("counts"), vocab.counts):
+            raise ValueError("checkpoint vocabulary differs from this corpus's: resume on the same corpus")
+        for k, v in tree_state.items():
+            if not np.array_equal(z.read(k), v):
+                raise ValueError(f"the checkpoint's tree ({k}) differs from the tree this run builds")
+        epochs_done = int(z.read("epochs_done"))
+        if not 1 <= epochs_done <= self.epochs:
+            raise ValueError(f"epochs_done={epochs_done} is not in 1..{self.epochs} (epochs)")
+        history = _json_value(z.read("history"), "history")
+        if not (
+            isinstance(history, list) and len(history) == epochs_done and all(isinstance(h, dict) for h in history)
+        ):
+            raise ValueError(f"history is not a list of {epochs_done} epoch records")
+        syn0 = np.array(z.read("syn0"), dtype=np.float32, order="C")  # a writable, aligned copy
+        syn1 = np.array(z.read("syn1"), dtype=np.float32, order="C")
+        for name, table in (("syn0", syn0), ("syn1", syn1)):
+            bad = ~np.isfinite(table).all(axis=1)
+            if bad.any():
+                raise ValueError(f"{name} row {int(np.argmax(bad))} is not finite (NaN or infinite)")
+        return tree, word_classes, syn0, syn1, epochs_done, history
+
+
+def _layout_ok(h: Any, kind: str, shape: tuple[int, ...] | None) -> bool:
+    """Whether an array header has the expected dtype kind (``"i"``: any signed or unsigned
+    integer; ``"u1"``: bytes; ``"f4"``: float32; ``"b"``: bool) and shape (``None``: 1-D)."""
+    dt = h.dtype
+    if kind == "i":
+        ok = dt.kind in "iu"
+    elif kind == "u1":
+        ok = dt == np.uint8
+    elif kind == "f4":
+        ok = dt == np.float32
+    else:
+        ok = dt.kind == kind
+    return ok and (len(h.shape) == 1 if shape is None else tuple(h.shape) == tuple(shape))
+
+
+def _json_bytes(value: Any) -> np.ndarray:
+    return np.frombuffer(json.dumps(value).encode("utf-8"), dtype=np.uint8).copy()
+
+
+def _json_value(data: np.ndarray, what: str) -> Any:
+    try:
+        return json.loads(data.tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise ValueError(f"{what} is not valid JSON: {_one_line(e)}") from None
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def _check_finite(syn0: np.ndarray, syn1: np.ndarray, epoch: int, alpha: float) -> None:
+    for name, table in (("input vectors", syn0), ("node rows", syn1)):
+        if not np.isfinite(table).all():
+            raise TrainingError(
+                f"training diverged: the {name} hold NaN or infinite values after epoch {epoch} "
+                f"(learning rate alpha={alpha} is too high; try a smaller one)"
+            )
+
+
+class _DirLock:
+    """An exclusive ``flock`` on ``DIR/checkpoint.lock``, held while a run uses the directory.
+
+    The lock goes with the process (a killed run leaves no stale lock behind); the file stays.
+    Creating the directory and the lock file also proves up front that the directory is writable.
+    Stale temporary files of our atomic writer in the directory are removed once the lock is held
+    (only a run holding the lock writes there)."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = os.path.realpath(directory)
+        if os.path.exists(directory) and not os.path.isdir(directory):
+            raise ValueError(f"checkpoint path {directory} exists and is not a directory")
+        try:
+            os.makedirs(directory, exist_ok=True)
+            self._fd: int | None = os.open(os.path.join(directory, _LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as e:
+            raise ValueError(f"cannot use checkpoint directory {directory}: {e.strerror or e}") from None
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no locking
+            return
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(self._fd)
+            self._fd = None
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise CheckpointBusy(
+                    f"checkpoint directory {directory} is in use by another run (its lock {_LOCK_NAME} is held)"
+                ) from None
+            raise
+        remove_stale_temporaries(os.path.join(directory, _CHECKPOINT_NAME), before=time.time())
+
+    def release(self) -> None:
+        if getattr(self, "_fd", None) is not None:  # absent when __init__ failed
+            assert self._fd is not None
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
+
+    __del__ = release
 
 
 class _Trained(NamedTuple):
@@ -456,11 +724,13 @@ def _chunk_seed(seed: int, epoch: int, chunk: int) -> np.uint64:
 
 
 class _Bar:
-    """tqdm progress over all epochs' words, with the learning rate; silent when disabled."""
+    """Progress over all epochs' words on stderr: a tqdm bar with the learning rate (``True``),
+    one line per epoch (``"log"``, for logs and pipes), or nothing (``False``)."""
 
-    def __init__(self, total: int, enabled: bool, initial: int = 0) -> None:
+    def __init__(self, total: int, enabled: bool | str, initial: int = 0) -> None:
         self.bar = None
-        if enabled:
+        self.log = enabled == "log"
+        if enabled is True:
             from tqdm.auto import tqdm
 
             self.bar = tqdm(
@@ -471,6 +741,7 @@ class _Bar:
                 dynamic_ncols=True,
                 smoothing=0.1,
                 desc="word2vec",
+                file=sys.stderr,
             )
 
     def update_to(self, words_done: int, lr: float) -> None:
@@ -480,11 +751,14 @@ class _Bar:
             self.bar.update(words_done - self.bar.n)
 
     def epoch_done(self, stats: dict[str, float]) -> None:
+        line = (
+            f"epoch {stats['epoch']}: loss {stats['loss']:.4f} per prediction, "
+            f"{stats['words'] / max(stats['seconds'], 1e-9):,.0f} words/s"
+        )
         if self.bar is not None:
-            self.bar.write(
-                f"epoch {stats['epoch']}: loss {stats['loss']:.4f} per prediction, "
-                f"{stats['words'] / max(stats['seconds'], 1e-9):,.0f} words/s"
-            )
+            self.bar.write(line, file=sys.stderr)
+        elif self.log:
+            print(line, file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -13,7 +13,9 @@ U+202F, U+205F, U+3000), plus NUL; lines end at ``\\n`` only. Splitting bytes gi
 tokens as splitting the decoded text because UTF-8's decoder restarts at every byte that cannot
 continue a sequence, and each whitespace sequence starts with such a byte. Invalid UTF-8 inside a
 token is resolved afterwards (see :meth:`WordTable.word`), per distinct word instead of per
-occurrence.
+occurrence, by Python's own decoder: one U+FFFD per maximal subpart of an ill-formed sequence, so
+the words are exactly those of ``text.decode("utf-8", "replace").split()`` (a maximal subpart
+never spans a whitespace character, which starts with a byte that cannot continue a sequence).
 """
 
 from __future__ import annotations
