@@ -21,7 +21,7 @@ arrays, built once by a builder and never changed afterwards:
   what training and single-target scoring read.
 
 Builders: :meth:`Tree.huffman`, :meth:`Tree.balanced`, :meth:`Tree.two_level`,
-:meth:`Tree.from_paths` (the algorithms are in :mod:`hsoftmax.builders`, which only produces the
+:meth:`Tree.from_paths`, :meth:`Tree.from_embeddings` (the algorithms are in :mod:`hsoftmax.builders`, which only produces the
 child table; ``Tree`` validates it). :meth:`Tree.save` / :meth:`Tree.load` write and read a
 portable ``.npz`` file (no pickle) holding :meth:`Tree.state`.
 """
@@ -239,6 +239,58 @@ class Tree:
         (None, 'fruit', 'veg', 'root veg')
         """
         return cls(*builders.from_paths(paths, labels))
+
+    @classmethod
+    def from_embeddings(
+        cls,
+        vectors: Any,
+        arity: int = 2,
+        counts: Any = None,
+        seed: int = 0,
+        labels: Sequence[str] | None = None,
+        iterations: int = 4,
+    ) -> Tree:
+        """A tree learned from class vectors: recursive balanced k-means, as Mnih & Hinton built
+        their HLBL trees from learned word representations.
+
+        ``vectors`` is ``(num_classes, dim)`` (a class's output embedding, the mean hidden state
+        of its examples, its word2vec vector, ...). The root's classes are split into ``arity``
+        parts by k-means under a balance constraint, then each part likewise, until parts are
+        single classes; similar classes therefore share long path prefixes, so the node decisions
+        near the leaves separate look-alikes. All nodes of one depth are split together, in a few
+        vectorized passes (``O(num_classes * arity * dim * iterations)`` per level).
+
+        * Without ``counts`` every split is balanced by size (part sizes differ by at most one),
+          so the depth is ``ceil(log_arity(num_classes))``, as in :meth:`balanced`.
+        * With ``counts`` each split balances probability mass instead (a class heavier than a
+          part's share gets a part to itself), so frequent classes keep short paths and the
+          expected code length comes near Huffman's, while similar classes still go together.
+
+        Deterministic given ``seed`` (the initial centroids are random members of each node).
+
+        >>> import numpy as np
+        >>> rng = np.random.default_rng(0)
+        >>> centers = rng.normal(size=(4, 8))
+        >>> vecs = np.repeat(centers, 2, axis=0) + 0.01 * rng.normal(size=(8, 8))  # 4 pairs
+        >>> t = Tree.from_embeddings(vecs)
+        >>> t.depth, all(t.parent[2 * i] == t.parent[2 * i + 1] for i in range(4))
+        (3, True)
+        >>> zipf = 1 / np.arange(1, 10_001)
+        >>> learned = Tree.from_embeddings(rng.normal(size=(10_000, 16)), counts=zipf)
+        >>> round(learned.expected_code_length(zipf), 2), round(Tree.huffman(zipf).expected_code_length(zipf), 2)
+        (10.46, 9.56)
+        >>> round(Tree.balanced(10_000).expected_code_length(zipf), 2)
+        13.45
+
+        Args:
+            vectors: ``(num_classes, dim)`` real numbers (computed in float32).
+            arity: children per node (``>= 2``).
+            counts: optional class counts, in any form :meth:`huffman` takes.
+            seed: seed of the initial centroids.
+            labels: optional class names.
+            iterations: k-means rounds per split (assign, then move the centroids).
+        """
+        return cls(*builders.from_embeddings(vectors, arity, counts, seed, labels, iterations))
 
     # ------------------------------------------------------------------ state, save / load
     def state(self) -> dict[str, np.ndarray]:

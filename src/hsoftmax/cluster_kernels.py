@@ -1,0 +1,85 @@
+"""Compiled inner loops of the tree builders (numba; no torch), imported only when used.
+
+:func:`centroid_costs` and :func:`part_sums` are the two ``O(n * k * dim)`` passes of
+:func:`hsoftmax.builders.from_embeddings`'s balanced k-means, and :func:`huffman_merge` is the
+two-queue Huffman merge: in numpy they would need ``(n, k, dim)`` temporaries or a Python loop
+per class.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from .kernels.node import JIT, dot
+
+# The Huffman merge compares sums of weights: exact arithmetic, in the order the sums are made,
+# so that ties break as in the pure-Python merge it replaces.
+_EXACT = dict(nogil=True, cache=True)
+
+
+@njit(**JIT)
+def centroid_costs(X, sid, C, sq, cost):  # pragma: no cover - compiled
+    """``cost[i, j] = |C[sid[i], j]|^2 - 2 X[i] . C[sid[i], j]`` (``|x - c|^2 - |x|^2``)."""
+    n, k = sid.size, C.shape[1]
+    for i in range(n):
+        x = X[i]
+        s = sid[i]
+        for j in range(k):
+            cost[i, j] = sq[s, j] - 2.0 * dot(C[s, j], x)
+
+
+@njit(**JIT)
+def part_sums(X, group, sums, num):  # pragma: no cover - compiled
+    """``sums[g] += X[i]`` and ``num[g] += 1`` for ``g = group[i]`` (float64 sums)."""
+    d = X.shape[1]
+    for i in range(group.size):
+        g = group[i]
+        x = X[i]
+        num[g] += 1
+        for t in range(d):
+            sums[g, t] += x[t]
+
+
+@njit(**_EXACT)
+def split_two(diff, first, size, room, part):  # pragma: no cover - compiled
+    """Per segment ``[first[s], first[s] + size[s])``: the ``room[s]`` points with the smallest
+    ``diff`` get part 0, the others part 1 (a stable sort, so ties go by position)."""
+    for s in range(first.size):
+        a = first[s]
+        order = np.argsort(diff[a : a + size[s]], kind="mergesort")
+        for r in range(order.size):
+            part[a + order[r]] = 0 if r < room[s] else 1
+
+
+@njit(**_EXACT)
+def huffman_merge(leaf_w, leaf_id, k, first, kids, off, node_w):  # pragma: no cover - compiled
+    """The two-queue Huffman merge on ascending leaf weights; see :func:`hsoftmax.builders.huffman`.
+
+    Fills ``kids`` (refs in merge order, internal node ``m`` as ``V + m``), ``off`` (CSR
+    offsets, merge order) and ``node_w``; returns the number of refs written.
+    """
+    V = leaf_w.size
+    num_internal = node_w.size
+    li = 0
+    ni = 0
+    pos = 0
+    for made in range(num_internal):
+        take = first if made == 0 else k
+        w = 0.0
+        for _ in range(take):
+            if li < V and (ni >= made or leaf_w[li] <= node_w[ni]):
+                w += leaf_w[li]
+                kids[pos] = leaf_id[li]
+                li += 1
+            else:
+                w += node_w[ni]
+                kids[pos] = V + ni
+                ni += 1
+            pos += 1
+        node_w[made] = w
+        off[made + 1] = pos
+    return pos
+
+
+__all__ = ["centroid_costs", "part_sums", "split_two", "huffman_merge"]
