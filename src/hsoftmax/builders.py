@@ -517,9 +517,6 @@ def _link_paths(paths: list[Sequence[str]]) -> tuple[list[str | None], list[list
 
 
 # ---------------------------------------------------------------------------- learned trees
-# Weight every class gets on top of its share of ``counts``, relative to the total: classes with
-# a zero count then still split evenly among themselves, yet never outweigh a counted class.
-_MASS_FLOOR = 2.0**-60
 
 
 def from_embeddings(
@@ -548,7 +545,7 @@ def from_embeddings(
         if c.size != V:
             raise ValueError(f"counts has {c.size} entries for {V} classes")
         total = c.sum()
-        w = c / total + _MASS_FLOOR if total > 0 else np.ones(V)
+        w = c / total if total > 0 else np.ones(V)
         by_mass = total > 0
     else:
         w, by_mass = np.ones(V), False
@@ -641,10 +638,20 @@ def _split_level(
     big_first = np.cumsum(n_big) - n_big
     C = Xs[shuffled[(big_first[:, None] + np.arange(k)).ravel()]].reshape(big.size, k, -1)
     cap = _capacities(ws, sid, big.size, n_big, k, by_mass)
+    if by_mass:
+        # Classes with a zero count have no mass to balance: they are split by size on their own,
+        # so they spread evenly instead of following wherever the mass leaves room.
+        massless = ws == 0
+        n_massless = np.bincount(sid[massless], minlength=big.size)
+        massless_cap = _capacities(ws, sid, big.size, n_massless, k, False)
     assign = np.zeros(sid.size, dtype=np.int64)
     for it in range(iterations):
         cost = _centroid_costs(Xs, sid, C)
-        assign = _assign(cost, sid, ws, cap, by_mass)
+        if by_mass:
+            assign[~massless] = _assign(cost[~massless], sid[~massless], ws[~massless], cap, True)
+            assign[massless] = _assign(cost[massless], sid[massless], ws[massless] + 1, massless_cap, False)
+        else:
+            assign = _assign(cost, sid, ws, cap, False)
         if it + 1 < iterations:
             C = _part_means(Xs, sid * k + assign, C)
     if by_mass:
