@@ -705,9 +705,16 @@ def _part_means(Xs: np.ndarray, group: np.ndarray, C: np.ndarray) -> np.ndarray:
 
 
 def _assign(cost: np.ndarray, sid: np.ndarray, w: np.ndarray, cap: np.ndarray, by_mass: bool) -> np.ndarray:
-    """:func:`_balanced_assign`, by a single sort when it reduces to one (two parts by size)."""
-    if by_mass or cost.shape[1] != 2:
+    """:func:`_balanced_assign`, or for two parts one sort per segment (compiled)."""
+    if cost.shape[1] != 2:
         return _balanced_assign(cost, sid, w, cap, heavy_first=by_mass)
+    if by_mass:
+        from .cluster_kernels import split_two_by_mass
+
+        size = np.bincount(sid, minlength=cap.shape[0])
+        part = np.empty(sid.size, dtype=np.int64)
+        split_two_by_mass(cost[:, 0] - cost[:, 1], w, np.cumsum(size) - size, size, part)
+        return part
     # Two parts of fixed sizes: the optimal split sorts each segment by how much nearer part 0
     # is and gives part 0 the first ``cap[:, 0]`` (what the greedy rounds give, in one pass).
     from .cluster_kernels import split_two

@@ -41,15 +41,73 @@ def part_sums(X, group, sums, num):  # pragma: no cover - compiled
             sums[g, t] += x[t]
 
 
+# Segments up to this size are ordered by insertion sort into a reused buffer: most segments
+# are tiny, and a fresh argsort allocates per segment.
+_SMALL = 32
+
+
+@njit(inline="always", **_EXACT)
+def _stable_order(x, small):  # pragma: no cover - compiled
+    """Indices that sort ``x`` stably (ties by position); ``small`` is scratch for short ``x``."""
+    n = x.size
+    if n > small.size:
+        return np.argsort(x, kind="mergesort")
+    for i in range(n):
+        j = i
+        while j > 0 and x[small[j - 1]] > x[i]:
+            small[j] = small[j - 1]
+            j -= 1
+        small[j] = i
+    return small
+
+
 @njit(**_EXACT)
 def split_two(diff, first, size, room, part):  # pragma: no cover - compiled
     """Per segment ``[first[s], first[s] + size[s])``: the ``room[s]`` points with the smallest
     ``diff`` get part 0, the others part 1 (a stable sort, so ties go by position)."""
+    small = np.empty(_SMALL, dtype=np.int64)
     for s in range(first.size):
         a = first[s]
-        order = np.argsort(diff[a : a + size[s]], kind="mergesort")
-        for r in range(order.size):
+        order = _stable_order(diff[a : a + size[s]], small)
+        for r in range(size[s]):
             part[a + order[r]] = 0 if r < room[s] else 1
+
+
+@njit(**_EXACT)
+def split_two_by_mass(diff, w, first, size, part):  # pragma: no cover - compiled
+    """Per segment, two parts of near-equal mass ``w`` along the order of ``diff`` (Fano's split).
+
+    A class with at least half the segment's mass goes alone to its nearer part (``diff < 0``:
+    part 0). Otherwise part 0 is the prefix of the ``diff`` order whose mass is nearest half the
+    total, cut so that both parts have a class.
+    """
+    small = np.empty(_SMALL, dtype=np.int64)
+    for s in range(first.size):
+        a, n = first[s], size[s]
+        total = 0.0
+        heaviest = a
+        for i in range(a, a + n):
+            total += w[i]
+            if w[i] > w[heaviest]:
+                heaviest = i
+        if w[heaviest] >= 0.5 * total:
+            near = 0 if diff[heaviest] < 0 else 1
+            for i in range(a, a + n):
+                part[i] = 1 - near
+            part[heaviest] = near
+            continue
+        order = _stable_order(diff[a : a + n], small)
+        cut, before = 1, 0.0
+        for r in range(n - 1):
+            after = before + w[a + order[r]]
+            cut = r + 1
+            if after >= 0.5 * total:
+                if 0.5 * total - before < after - 0.5 * total and r > 0:
+                    cut = r  # the prefix without this class is nearer half
+                break
+            before = after
+        for r in range(n):
+            part[a + order[r]] = 0 if r < cut else 1
 
 
 @njit(**_EXACT)
@@ -82,4 +140,4 @@ def huffman_merge(leaf_w, leaf_id, k, first, kids, off, node_w):  # pragma: no c
     return pos
 
 
-__all__ = ["centroid_costs", "part_sums", "split_two", "huffman_merge"]
+__all__ = ["centroid_costs", "part_sums", "split_two", "split_two_by_mass", "huffman_merge"]
