@@ -364,9 +364,7 @@ def test_compiled_huffman_merge_builds_the_python_merges_tree(arity, monkeypatch
         monkeypatch.undo()
         assert np.array_equal(python.child_offset, compiled.child_offset)
         assert np.array_equal(python.children, compiled.children)
-    assert Tree.huffman(counts, arity).expected_code_length(counts) == pytest.approx(
-        optimal_code_length(counts, arity)
-    )
+    assert Tree.huffman(counts, arity).expected_code_length(counts) == pytest.approx(optimal_code_length(counts, arity))
 
 
 # ---------------------------------------------------------------------------- from_embeddings

@@ -48,7 +48,7 @@ def test_with_tree_keeps_the_settings_and_trains():
     assert (new.bias, new.sparse, new.reduction, new.ignore_index) == (None, True, "sum", -1)
     assert new.weight.shape == (new_tree.num_params, 4)
     x, y = torch.randn(8, 4), torch.tensor([0, 1, 2, 3, 4, 5, 0, -1])
-    out, loss = new(x, y)
+    _, loss = new(x, y)
     loss.backward()
     assert torch.isfinite(loss) and new.weight.grad is not None
     assert torch.allclose(new.log_prob(x).exp().sum(-1), torch.ones(8, dtype=x.dtype))

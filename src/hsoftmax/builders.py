@@ -638,22 +638,21 @@ def _split_level(
     big_first = np.cumsum(n_big) - n_big
     C = Xs[shuffled[(big_first[:, None] + np.arange(k)).ravel()]].reshape(big.size, k, -1)
     cap = _capacities(ws, sid, big.size, n_big, k, by_mass)
-    if by_mass:
-        # Classes with a zero count have no mass to balance: they are split by size on their own,
-        # so they spread evenly instead of following wherever the mass leaves room.
-        massless = ws == 0
-        n_massless = np.bincount(sid[massless], minlength=big.size)
-        massless_cap = _capacities(ws, sid, big.size, n_massless, k, False)
+    # With masses, classes with a zero count have no mass to balance: they are split by size on
+    # their own, so they spread evenly instead of following wherever the mass leaves room.
+    massless = ws == 0 if by_mass else np.zeros(sid.size, dtype=bool)
+    massless_cap = _capacities(ws, sid, big.size, np.bincount(sid[massless], minlength=big.size), k, False)
     assign = np.zeros(sid.size, dtype=np.int64)
+    cost = _centroid_costs(Xs, sid, C)
     for it in range(iterations):
-        cost = _centroid_costs(Xs, sid, C)
+        if it:
+            C = _part_means(Xs, sid * k + assign, C)
+            cost = _centroid_costs(Xs, sid, C)
         if by_mass:
             assign[~massless] = _assign(cost[~massless], sid[~massless], ws[~massless], cap, True)
             assign[massless] = _assign(cost[massless], sid[massless], ws[massless] + 1, massless_cap, False)
         else:
             assign = _assign(cost, sid, ws, cap, False)
-        if it + 1 < iterations:
-            C = _part_means(Xs, sid * k + assign, C)
     if by_mass:
         # A mass-balanced split can leave a segment in one part (all its mass in one class that
         # the others follow): split those by size instead, so every node makes progress.
@@ -691,16 +690,11 @@ def _centroid_costs(Xs: np.ndarray, sid: np.ndarray, C: np.ndarray) -> np.ndarra
 
 def _part_means(Xs: np.ndarray, group: np.ndarray, C: np.ndarray) -> np.ndarray:
     """New centroids: the mean of each part's points (an empty part keeps its centroid)."""
-    from .cluster_kernels import part_sums
+    from .cluster_kernels import part_means
 
     S, k, d = C.shape
-    # float64 sums: a float32 running sum over millions of points would lose the mean.
-    sums = np.zeros((S * k, d), dtype=np.float64)
-    num = np.zeros(S * k, dtype=np.int64)
-    part_sums(Xs, group, sums, num)
     out = C.reshape(S * k, d).copy()
-    filled = num > 0
-    out[filled] = (sums[filled] / num[filled, None]).astype(np.float32)
+    part_means(Xs, group, out, np.zeros(S * k, dtype=np.int64))
     return out.reshape(S, k, d)
 
 

@@ -1,6 +1,6 @@
 """Compiled inner loops of the tree builders (numba; no torch), imported only when used.
 
-:func:`centroid_costs` and :func:`part_sums` are the two ``O(n * k * dim)`` passes of
+:func:`centroid_costs` and :func:`part_means` are the two ``O(n * k * dim)`` passes of
 :func:`hsoftmax.builders.from_embeddings`'s balanced k-means, and :func:`huffman_merge` is the
 two-queue Huffman merge: in numpy they would need ``(n, k, dim)`` temporaries or a Python loop
 per class.
@@ -13,8 +13,8 @@ from numba import njit
 
 from .kernels.node import JIT, dot
 
-# The Huffman merge compares sums of weights: exact arithmetic, in the order the sums are made,
-# so that ties break as in the pure-Python merge it replaces.
+# No fastmath where the result decides a tree's shape: the Huffman merge's sums must be made in
+# the order the pure-Python merge makes them (so ties break alike), and sort keys stay exact.
 _EXACT = dict(nogil=True, cache=True)
 
 
@@ -29,16 +29,28 @@ def centroid_costs(X, sid, C, sq, cost):  # pragma: no cover - compiled
             cost[i, j] = sq[s, j] - 2.0 * dot(C[s, j], x)
 
 
-@njit(**JIT)
-def part_sums(X, group, sums, num):  # pragma: no cover - compiled
-    """``sums[g] += X[i]`` and ``num[g] += 1`` for ``g = group[i]`` (float64 sums)."""
+@njit(**_EXACT)
+def part_means(X, group, means, num):  # pragma: no cover - compiled
+    """``means[g]``: the running mean of the rows ``X[i]`` with ``group[i] == g``, ``num[g]`` their
+    number (the rows of a group with none are left as they were).
+
+    A running mean (``m += (x - m) / n``) rather than a sum: it stays in float32 without the
+    error growth of a float32 sum over millions of rows, and needs no float64 table.
+    """
     d = X.shape[1]
     for i in range(group.size):
         g = group[i]
         x = X[i]
         num[g] += 1
-        for t in range(d):
-            sums[g, t] += x[t]
+        n = num[g]
+        m = means[g]
+        if n == 1:
+            for t in range(d):
+                m[t] = x[t]
+        else:
+            inv = np.float32(1.0) / np.float32(n)
+            for t in range(d):
+                m[t] += (x[t] - m[t]) * inv
 
 
 # Segments up to this size are ordered by insertion sort into a reused buffer: most segments
@@ -140,4 +152,4 @@ def huffman_merge(leaf_w, leaf_id, k, first, kids, off, node_w):  # pragma: no c
     return pos
 
 
-__all__ = ["centroid_costs", "part_sums", "split_two", "split_two_by_mass", "huffman_merge"]
+__all__ = ["centroid_costs", "part_means", "split_two", "split_two_by_mass", "huffman_merge"]
