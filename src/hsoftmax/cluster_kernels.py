@@ -13,8 +13,9 @@ from numba import njit
 
 from .kernels.node import JIT, dot
 
-# No fastmath where the result decides a tree's shape: the Huffman merge's sums must be made in
-# the order the pure-Python merge makes them (so ties break alike), and sort keys stay exact.
+# No fastmath in the merge and the splits: the Huffman merge's sums must be made in the order the
+# pure-Python merge makes them (so ties break alike). The distance kernel may reassociate its dot
+# products (JIT): any order is as good a distance, and one build always runs the same code.
 _EXACT = dict(nogil=True, cache=True)
 
 
