@@ -482,3 +482,20 @@ def test_from_embeddings_handles_identical_vectors():
     # No geometry at all (every vector the same): still a valid, size-balanced tree.
     t = Tree.from_embeddings(np.ones((37, 3)), arity=3)
     assert all(max(s) - min(s) <= 1 for s in split_sizes(t))
+
+
+def test_two_part_split_by_selection_equals_the_stable_sort():
+    # Large segments take the m smallest by a selection and ties by position: the same parts as
+    # a stable sort that gives part 0 its first m.
+    from hsoftmax import cluster_kernels
+
+    rng = np.random.default_rng(0)
+    for trial in range(100):
+        n = int(rng.integers(2, 300))
+        m = int(rng.integers(1, n))
+        diff = (rng.integers(0, 4, n) if trial % 2 else rng.normal(size=n)).astype(np.float32)
+        part = np.empty(n, dtype=np.int64)
+        cluster_kernels.split_two(diff, np.array([0]), np.array([n]), np.array([m]), part)
+        expected = np.ones(n, dtype=np.int64)
+        expected[np.argsort(diff, kind="stable")[:m]] = 0
+        assert np.array_equal(part, expected), (n, m)

@@ -80,10 +80,27 @@ def split_two(diff, first, size, room, part):  # pragma: no cover - compiled
     ``diff`` get part 0, the others part 1 (a stable sort, so ties go by position)."""
     small = np.empty(_SMALL, dtype=np.int64)
     for s in range(first.size):
-        a = first[s]
-        order = _stable_order(diff[a : a + size[s]], small)
-        for r in range(size[s]):
-            part[a + order[r]] = 0 if r < room[s] else 1
+        a, n, m = first[s], size[s], room[s]
+        if n <= _SMALL:
+            order = _stable_order(diff[a : a + n], small)
+            for r in range(n):
+                part[a + order[r]] = 0 if r < m else 1
+            continue
+        # A large segment needs only the m-th smallest value (a selection, O(n)), not a sort:
+        # part 0 is everything below it plus, in position order, enough of its ties.
+        cut = np.partition(diff[a : a + n], m - 1)[m - 1]
+        below = 0
+        for i in range(a, a + n):
+            below += diff[i] < cut
+        ties = m - below
+        for i in range(a, a + n):
+            if diff[i] < cut:
+                part[i] = 0
+            elif diff[i] == cut and ties > 0:
+                part[i] = 0
+                ties -= 1
+            else:
+                part[i] = 1
 
 
 @njit(**_EXACT)
