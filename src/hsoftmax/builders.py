@@ -633,10 +633,9 @@ def _split_level(
     sid = np.repeat(np.arange(big.size), n_big)
     classes = perm[seg_start[sid] + rank[sel]]
     Xs, ws = X[classes], w[classes]  # one gather per level: the passes below read it in order
-    # Initial centroids: k distinct members per segment, the first k in a random order.
-    shuffled = np.lexsort((rng.random(sid.size), sid))
+    # Initial centroids: k distinct random members per segment.
     big_first = np.cumsum(n_big) - n_big
-    C = Xs[shuffled[(big_first[:, None] + np.arange(k)).ravel()]].reshape(big.size, k, -1)
+    C = Xs[(big_first[:, None] + _distinct_picks(n_big, k, rng)).ravel()].reshape(big.size, k, -1)
     cap = _capacities(ws, sid, big.size, n_big, k, by_mass)
     # With masses, classes with a zero count have no mass to balance: they are split by size on
     # their own, so they spread evenly instead of following wherever the mass leaves room.
@@ -665,6 +664,18 @@ def _split_level(
             assign = np.where(stuck[sid], by_size, assign)
     part[sel] = assign
     return part
+
+
+def _distinct_picks(n: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """``(S, k)``: ``k`` distinct uniform random positions in ``[0, n[s])`` for each segment
+    (Floyd's sampling, all segments at once: ``O(S * k^2)``, no sort of the segments' members)."""
+    picks = np.empty((n.size, k), dtype=np.int64)
+    for i in range(k):
+        top = n - k + i  # step i draws from [0, top]; a value drawn before is replaced by top
+        t = np.minimum((rng.random(n.size) * (top + 1)).astype(np.int64), top)
+        seen = (picks[:, :i] == t[:, None]).any(axis=1)
+        picks[:, i] = np.where(seen, top, t)
+    return picks
 
 
 def _capacities(w: np.ndarray, sid: np.ndarray, S: int, n: np.ndarray, k: int, by_mass: bool) -> np.ndarray:
