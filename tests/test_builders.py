@@ -350,3 +350,162 @@ def test_two_level_cluster_sizes_with_zero_counts(counts, C):
         seen_only = Tree.two_level(len(pos), num_clusters=min(C, len(pos)), counts=pos)
         biggest_seen = int(np.bincount(seen_only.parent[: len(pos)]).max())
         assert int(np.bincount(t.parent[:V]).max()) <= max(biggest_seen, math.ceil(V / C))
+
+
+# ---------------------------------------------------------------------------- Huffman, compiled
+@pytest.mark.parametrize("arity", [2, 3, 7])
+def test_compiled_huffman_merge_builds_the_python_merges_tree(arity, monkeypatch):
+    # Large inputs run the numba merge; it must make the same comparisons (ties included).
+    rng = np.random.default_rng(arity)
+    for counts in (rng.integers(0, 4, 3000).astype(float), rng.random(3000), np.ones(3000)):
+        python = builders.huffman(counts, arity)
+        monkeypatch.setattr(builders, "_HUFFMAN_COMPILED_FROM", 1)
+        compiled = builders.huffman(counts, arity)
+        monkeypatch.undo()
+        assert np.array_equal(python.child_offset, compiled.child_offset)
+        assert np.array_equal(python.children, compiled.children)
+    assert Tree.huffman(counts, arity).expected_code_length(counts) == pytest.approx(optimal_code_length(counts, arity))
+
+
+# ---------------------------------------------------------------------------- from_embeddings
+def split_sizes(t: Tree) -> list[list[int]]:
+    """Classes under each child of each internal node."""
+    V = t.num_classes
+    under = t._subtree_classes
+    return [
+        [1 if r < V else int(under[r - V]) for r in t.children[t.child_offset[j] : t.child_offset[j + 1]]]
+        for j in range(t.num_nodes)
+    ]
+
+
+@pytest.mark.parametrize("V, arity", [(2, 2), (3, 2), (7, 2), (100, 2), (257, 2), (50, 3), (1000, 4), (333, 16)])
+def test_from_embeddings_splits_by_size_within_one(V, arity):
+    X = np.random.default_rng(V).normal(size=(V, 5))
+    t = Tree.from_embeddings(X, arity=arity)
+    assert t.num_classes == V  # the constructor checked every class appears exactly once
+    for sizes in split_sizes(t):
+        assert len(sizes) == min(arity, sum(sizes))
+        assert max(sizes) - min(sizes) <= 1, sizes
+    assert t.depth == Tree.balanced(V, arity).depth
+
+
+def test_from_embeddings_is_deterministic_by_seed():
+    X = np.random.default_rng(0).normal(size=(500, 8))
+    a, b = Tree.from_embeddings(X, seed=3), Tree.from_embeddings(X.copy(), seed=3)
+    assert a == b
+    assert Tree.from_embeddings(X, seed=4) != a
+    counts = np.arange(500.0)
+    assert Tree.from_embeddings(X, counts=counts, seed=1) == Tree.from_embeddings(X, counts=counts, seed=1)
+
+
+def sibling_rate(t: Tree, pairs: np.ndarray) -> float:
+    return float(np.mean(t.parent[pairs[:, 0]] == t.parent[pairs[:, 1]]))
+
+
+@pytest.mark.parametrize("arity", [2, 4])
+def test_from_embeddings_puts_similar_vectors_together(arity):
+    # 128 tight pairs around random centres: most pairs end up as siblings (a balanced cut may
+    # still fall between the two of a pair), where a tree that ignores the vectors makes about
+    # one pair in 255 siblings.
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(128, 16))
+    X = np.repeat(centres, 2, axis=0) + 0.05 * rng.normal(size=(256, 16))
+    shuffle = rng.permutation(256)
+    X = X[shuffle]
+    where = np.empty(256, dtype=np.int64)
+    where[shuffle] = np.arange(256)
+    pairs = where.reshape(128, 2)  # the two rows of each centre, after the shuffle
+    learned = sibling_rate(Tree.from_embeddings(X, arity=arity), pairs)
+    assert learned >= 0.6
+    assert sibling_rate(Tree.balanced(256, arity), pairs) <= 0.1
+    # With counts too, similarity still decides who goes together (mass cuts split more pairs).
+    counts = rng.integers(1, 5, 256)
+    assert sibling_rate(Tree.from_embeddings(X, arity=arity, counts=counts), pairs) >= 0.25
+
+
+def test_from_embeddings_with_counts_comes_near_huffman():
+    # Zipf counts: the mass-balanced splits keep the expected code length within one decision of
+    # the optimum (Huffman) and far below the size-balanced tree's.
+    V = 20_000
+    zipf = 1.0 / np.arange(1, V + 1)
+    X = np.random.default_rng(2).normal(size=(V, 8))
+    learned = Tree.from_embeddings(X, counts=zipf).expected_code_length(zipf)
+    huffman = Tree.huffman(zipf).expected_code_length(zipf)
+    by_size = Tree.from_embeddings(X).expected_code_length(zipf)
+    assert huffman <= learned <= huffman + 1.0
+    assert learned < by_size - 3.0
+    # A class heavier than half the mass gets a leaf under the root, as Huffman gives it.
+    heavy = np.r_[10.0 * V, np.ones(V - 1)]
+    t = Tree.from_embeddings(X, counts=heavy)
+    assert t.class_depth[0] == 1
+
+
+def test_from_embeddings_mass_splits_with_zero_counts_stay_balanced_by_size():
+    # Classes with no count carry no mass: among themselves they split by size.
+    V = 600
+    counts = np.r_[np.ones(100), np.zeros(V - 100)]
+    t = Tree.from_embeddings(np.random.default_rng(3).normal(size=(V, 4)), counts=counts)
+    assert t.num_classes == V
+    assert t.depth <= 2 + math.ceil(math.log2(V))
+
+
+def test_from_embeddings_labels_and_counter():
+    from collections import Counter
+
+    X = np.eye(3)
+    t = Tree.from_embeddings(X, counts=Counter({"a": 5, "b": 1, "c": 1}))
+    assert t.labels == ("a", "b", "c")
+    assert Tree.from_embeddings(X, labels=["x", "y", "z"]).labels == ("x", "y", "z")
+    assert Tree.from_embeddings([[1.0]]).num_classes == 1
+
+
+@pytest.mark.parametrize(
+    "kw, error, match",
+    [
+        ({"vectors": np.zeros(5)}, ValueError, "2-D"),
+        ({"vectors": np.zeros((0, 3))}, ValueError, "at least one class"),
+        ({"vectors": np.array([[1.0, np.nan]])}, ValueError, r"vectors\[0\] is not finite"),
+        ({"vectors": np.array([["a"]])}, TypeError, "real numbers"),
+        ({"vectors": "abc"}, TypeError, "not a string"),
+        ({"vectors": np.ones((4, 2)), "arity": 1}, ValueError, "arity"),
+        ({"vectors": np.ones((4, 2)), "counts": [1, 2]}, ValueError, "2 entries for 4 classes"),
+        ({"vectors": np.ones((4, 2)), "seed": -1}, ValueError, "seed"),
+        ({"vectors": np.ones((4, 2)), "iterations": 0}, ValueError, "iterations"),
+    ],
+)
+def test_from_embeddings_rejects_bad_input(kw, error, match):
+    with pytest.raises(error, match=match):
+        Tree.from_embeddings(**kw)
+
+
+def test_from_embeddings_handles_identical_vectors():
+    # No geometry at all (every vector the same): still a valid, size-balanced tree.
+    t = Tree.from_embeddings(np.ones((37, 3)), arity=3)
+    assert all(max(s) - min(s) <= 1 for s in split_sizes(t))
+
+
+def test_two_part_split_by_selection_equals_the_stable_sort():
+    # Large segments take the m smallest by a selection and ties by position: the same parts as
+    # a stable sort that gives part 0 its first m.
+    from hsoftmax import cluster_kernels
+
+    rng = np.random.default_rng(0)
+    for trial in range(100):
+        n = int(rng.integers(2, 300))
+        m = int(rng.integers(1, n))
+        diff = (rng.integers(0, 4, n) if trial % 2 else rng.normal(size=n)).astype(np.float32)
+        part = np.empty(n, dtype=np.int64)
+        cluster_kernels.split_two(diff, np.array([0]), np.array([n]), np.array([m]), part)
+        expected = np.ones(n, dtype=np.int64)
+        expected[np.argsort(diff, kind="stable")[:m]] = 0
+        assert np.array_equal(part, expected), (n, m)
+
+
+def test_distinct_picks_are_distinct_and_in_range():
+    rng = np.random.default_rng(0)
+    n = np.array([2, 3, 5, 17, 1000])
+    for k in (2, 3):
+        for _ in range(50):
+            picks = builders._distinct_picks(n[n >= k], k, rng)
+            assert np.all(picks >= 0) and np.all(picks < n[n >= k][:, None])
+            assert all(len(set(row)) == k for row in picks.tolist())

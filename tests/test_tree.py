@@ -488,3 +488,41 @@ def test_state_as_tensors_survives_torch_load_weights_only(tmp_path):
     t = Tree.from_paths([["x\x00"], ["x\x00"], []], labels=["a\x00", "a", "\ud800"])
     torch.save({k: torch.as_tensor(v) for k, v in t.state().items()}, tmp_path / "t.pt")
     assert Tree.from_state(torch.load(tmp_path / "t.pt", weights_only=True)) == t
+
+
+# ---------------------------------------------------------------------------- inspection
+def test_histograms_count_every_class_and_node():
+    t = Tree.huffman(np.arange(1.0, 40.0), arity=3)
+    depths, arities = t.depth_histogram(), t.arity_histogram()
+    assert sum(depths.values()) == t.num_classes and max(depths) == t.depth
+    assert sum(arities.values()) == t.num_nodes
+    assert sum(a * n for a, n in arities.items()) == t.num_classes + t.num_nodes - 1  # every edge
+    s = t.describe(counts=np.arange(1.0, 40.0))
+    assert s.expected_code_length == t.expected_code_length(np.arange(1.0, 40.0))
+    assert s.depth_histogram == depths and s.num_params == t.num_params
+    assert t.describe().expected_code_length is None
+    assert "39 classes" in str(t.describe())
+
+
+def test_render_draws_every_class_once_when_unlimited():
+    t = Tree.from_paths([["a", "b"], ["a"], [], ["c"]], labels=["w", "x", "y", "z"])
+    text = t.render(max_depth=None, max_children=None)
+    assert text.splitlines()[0] == "[0] (3 children, 4 classes)"
+    for c, label in enumerate(t.labels):
+        assert sum(line.endswith(f"{c} {label}") for line in text.splitlines()) == 1
+    assert len(text.splitlines()) == t.num_classes + t.num_nodes
+    assert t.render("b") == "[3] b (1 child, 1 class)\n└── 0 w"
+
+
+def test_render_elides_wide_and_deep_subtrees():
+    t = Tree.balanced(1000, arity=100)
+    text = t.render(max_children=3)
+    assert text.count("more") == 1 + 3  # the root's and each drawn child's hidden children
+    assert "└── … 97 more" in text and "… 7 more" in text
+    assert t.render(max_depth=0) == "[0] (100 children, 1000 classes) …"
+    with pytest.raises(ValueError, match="out of range"):
+        t.render(t.num_nodes)
+    with pytest.raises(ValueError, match="named"):
+        t.render("nope")
+    with pytest.raises(ValueError, match="max_children"):
+        t.render(max_children=0)

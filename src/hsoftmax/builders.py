@@ -36,6 +36,7 @@ __all__ = [
     "balanced",
     "two_level",
     "from_paths",
+    "from_embeddings",
     "check_counts",
     "scale_counts",
     "split_counts",
@@ -266,6 +267,37 @@ def huffman(counts: Any, arity: int = 2, labels: Sequence[str] | None = None) ->
     kids = np.empty(V + num_internal, dtype=np.int64)  # refs in merge order
     off = np.zeros(num_internal + 1, dtype=np.int64)
     first = ((V - 2) % (k - 1)) + 2  # the first merge is smaller so every later one is full
+    if V >= _HUFFMAN_COMPILED_FROM:
+        pos = _huffman_merge_compiled(leaf_w, order, k, first, kids, off, node_w)
+    else:
+        pos = _huffman_merge(leaf_w, order, k, first, kids, off, node_w)
+    # Merge order numbers the root last; reverse so the root is internal node 0.
+    rev = num_internal - 1 - np.arange(num_internal)
+    ch = kids[:pos].copy()
+    internal = ch >= V
+    ch[internal] = V + rev[ch[internal] - V]
+    starts, ends = off[:-1][::-1], off[1:][::-1]
+    new_off = np.zeros(num_internal + 1, dtype=np.int64)
+    np.cumsum(ends - starts, out=new_off[1:])
+    return TreeArrays(V, new_off, ch[concat_ranges(starts, ends)], labels)
+
+
+# From this many classes Huffman's merge runs compiled (numba, a one-off compile of about a
+# second, then cached on disk): the Python loop costs about 3 s per million classes.
+_HUFFMAN_COMPILED_FROM = 200_000
+
+
+def _huffman_merge(
+    leaf_w: np.ndarray,
+    order: np.ndarray,
+    k: int,
+    first: int,
+    kids: np.ndarray,
+    off: np.ndarray,
+    node_w: np.ndarray,
+) -> int:
+    """The two-queue merge in Python; fills ``kids``/``off``/``node_w`` and returns the refs written."""
+    V, num_internal = leaf_w.size, node_w.size
     li = ni = made = pos = 0
     lw = leaf_w.tolist()
     lo = order.tolist()
@@ -286,15 +318,23 @@ def huffman(counts: Any, arity: int = 2, labels: Sequence[str] | None = None) ->
         nw[made] = w
         made += 1
         off[made] = pos
-    # Merge order numbers the root last; reverse so the root is internal node 0.
-    rev = num_internal - 1 - np.arange(num_internal)
-    ch = kids[:pos].copy()
-    internal = ch >= V
-    ch[internal] = V + rev[ch[internal] - V]
-    starts, ends = off[:-1][::-1], off[1:][::-1]
-    new_off = np.zeros(num_internal + 1, dtype=np.int64)
-    np.cumsum(ends - starts, out=new_off[1:])
-    return TreeArrays(V, new_off, ch[concat_ranges(starts, ends)], labels)
+    return pos
+
+
+def _huffman_merge_compiled(
+    leaf_w: np.ndarray,
+    order: np.ndarray,
+    k: int,
+    first: int,
+    kids: np.ndarray,
+    off: np.ndarray,
+    node_w: np.ndarray,
+) -> int:
+    """The same merge, compiled (:func:`hsoftmax.cluster_kernels.huffman_merge`): the same
+    comparisons and sums in the same order, so the same tree."""
+    from .cluster_kernels import huffman_merge
+
+    return int(huffman_merge(leaf_w, order.astype(np.int64), k, first, kids, off, node_w))
 
 
 def balanced(num_classes: int, arity: int = 2, labels: Sequence[str] | None = None) -> TreeArrays:
@@ -474,3 +514,271 @@ def _link_paths(paths: list[Sequence[str]]) -> tuple[list[str | None], list[list
             prev = j
         child_lists[prev].append(i)
     return names, child_lists
+
+
+# ---------------------------------------------------------------------------- learned trees
+
+
+def from_embeddings(
+    vectors: Any,
+    arity: int = 2,
+    counts: Any = None,
+    seed: int = 0,
+    labels: Sequence[str] | None = None,
+    iterations: int = 4,
+) -> TreeArrays:
+    """A tree from class vectors by recursive balanced k-means. See :meth:`hsoftmax.Tree.from_embeddings`.
+
+    Level-synchronous: every node of one depth is split in the same few numpy passes over the
+    classes (no Python work per node), so the cost is ``O(V * arity * dim * iterations)`` per
+    level and the memory ``O(V * dim)``.
+    """
+    X = _check_vectors(vectors)
+    V = X.shape[0]
+    check_num_classes(V)
+    k = _check_arity(arity, V)
+    iterations = check_index(iterations, "iterations", 1)
+    seed = check_index(seed, "seed", 0)
+    if counts is not None:
+        counts, labels = split_counts(counts, labels)
+        c = check_counts(counts)
+        if c.size != V:
+            raise ValueError(f"counts has {c.size} entries for {V} classes")
+        total = c.sum()
+        w = c / total if total > 0 else np.ones(V)
+        by_mass = total > 0
+    else:
+        w, by_mass = np.ones(V), False
+    if V == 1:
+        return _single_class(labels)
+    rng = np.random.default_rng(seed)
+    perm = np.arange(V)  # classes in segment order: each segment is one node's classes
+    seg_start = np.zeros(1, dtype=np.int64)
+    seg_size = np.full(1, V, dtype=np.int64)
+    seg_node = np.zeros(1, dtype=np.int64)
+    next_id = 1
+    edge_nodes: list[np.ndarray] = []
+    edge_kids: list[np.ndarray] = []
+    while seg_size.size:
+        part = _split_level(X, w, by_mass, perm, seg_start, seg_size, k, iterations, rng)
+        # Children of each segment, in part order: reorder the classes so each part is contiguous.
+        pos = concat_ranges(seg_start, seg_start + seg_size)
+        group = np.repeat(np.arange(seg_size.size), seg_size) * k + part
+        order = np.argsort(group, kind="stable")
+        perm[pos] = perm[pos[order]]
+        sizes = np.bincount(group, minlength=seg_size.size * k)
+        present = np.flatnonzero(sizes)
+        psize = sizes[present]
+        pseg = present // k
+        pstart = seg_start[pseg] + (np.cumsum(psize) - psize) - (np.cumsum(seg_size) - seg_size)[pseg]
+        leaf = psize == 1
+        refs = np.where(leaf, perm[pstart], 0)
+        n_int = int(np.count_nonzero(~leaf))
+        new_ids = np.arange(next_id, next_id + n_int)
+        next_id += n_int
+        refs[~leaf] = V + new_ids
+        edge_nodes.append(seg_node[pseg])
+        edge_kids.append(refs)
+        seg_start, seg_size, seg_node = pstart[~leaf], psize[~leaf], new_ids
+    return _from_edges(V, next_id, np.concatenate(edge_nodes), np.concatenate(edge_kids), labels)
+
+
+def _check_vectors(vectors: Any) -> np.ndarray:
+    """``vectors`` as a C-contiguous ``(V, dim)`` float32 array of finite values."""
+    if isinstance(vectors, (str, bytes)):
+        raise TypeError("vectors must be a 2-D array of numbers, not a string")
+    X = np.asarray(vectors)
+    if X.ndim != 2:
+        raise ValueError(f"vectors must be 2-D (one row per class), got shape {X.shape}")
+    if X.shape[0] == 0 or X.shape[1] == 0:
+        raise ValueError(f"vectors must have at least one class and one dimension, got shape {X.shape}")
+    if X.dtype == np.bool_ or not (np.issubdtype(X.dtype, np.integer) or np.issubdtype(X.dtype, np.floating)):
+        raise TypeError(f"vectors must be real numbers, got {X.dtype}")
+    # float32: the clustering only compares distances, and half the bytes of float64 at V = 10M.
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    finite = np.isfinite(X).all(axis=1)
+    if not finite.all():
+        raise ValueError(f"vectors[{int(np.flatnonzero(~finite)[0])}] is not finite (or overflows float32)")
+    return X
+
+
+def _split_level(
+    X: np.ndarray,
+    w: np.ndarray,
+    by_mass: bool,
+    perm: np.ndarray,
+    seg_start: np.ndarray,
+    seg_size: np.ndarray,
+    k: int,
+    iterations: int,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """The part (``0..k-1``) of every class of every segment of one level, in segment order.
+
+    A segment of at most ``k`` classes gives each class its own part (they become leaves). A
+    larger one is split by balanced k-means: centroids start at ``k`` distinct random members,
+    then each of ``iterations`` rounds assigns the classes under the capacity constraint
+    (:func:`_balanced_assign`) and moves every centroid to the mean of its part.
+    """
+    S = seg_size.size
+    owner = np.repeat(np.arange(S), seg_size)
+    first = np.cumsum(seg_size) - seg_size  # offset of each segment in level order
+    rank = np.arange(owner.size) - first[owner]
+    part = np.minimum(rank, k - 1)  # final for segments of <= k classes
+    big = np.flatnonzero(seg_size > k)
+    if big.size == 0:
+        return part
+    sel = concat_ranges(first[big], first[big] + seg_size[big])  # level-order positions to cluster
+    n_big = seg_size[big]
+    sid = np.repeat(np.arange(big.size), n_big)
+    classes = perm[seg_start[sid] + rank[sel]]
+    Xs, ws = X[classes], w[classes]  # one gather per level: the passes below read it in order
+    # Initial centroids: k distinct random members per segment.
+    big_first = np.cumsum(n_big) - n_big
+    C = Xs[(big_first[:, None] + _distinct_picks(n_big, k, rng)).ravel()].reshape(big.size, k, -1)
+    cap = _capacities(ws, sid, big.size, n_big, k, by_mass)
+    # With masses, classes with a zero count have no mass to balance: they are split by size on
+    # their own, so they spread evenly instead of following wherever the mass leaves room.
+    massless = ws == 0 if by_mass else np.zeros(sid.size, dtype=bool)
+    massless_cap = _capacities(ws, sid, big.size, np.bincount(sid[massless], minlength=big.size), k, False)
+    assign = np.zeros(sid.size, dtype=np.int64)
+    cost = _centroid_costs(Xs, sid, C)
+    for it in range(iterations):
+        if it:
+            C = _part_means(Xs, sid * k + assign, C)
+            cost = _centroid_costs(Xs, sid, C)
+        if by_mass:
+            assign[~massless] = _assign(cost[~massless], sid[~massless], ws[~massless], cap, True)
+            assign[massless] = _assign(cost[massless], sid[massless], ws[massless] + 1, massless_cap, False)
+        else:
+            assign = _assign(cost, sid, ws, cap, False)
+    if by_mass:
+        # A mass-balanced split can leave a segment in one part (all its mass in one class that
+        # the others follow): split those by size instead, so every node makes progress.
+        parts_used = np.zeros((big.size, k), dtype=bool)
+        parts_used[sid, assign] = True
+        stuck = parts_used.sum(axis=1) < 2
+        if stuck.any():
+            unit_cap = _capacities(ws, sid, big.size, n_big, k, False)
+            by_size = _assign(cost, sid, np.ones(sid.size), unit_cap, False)
+            assign = np.where(stuck[sid], by_size, assign)
+    part[sel] = assign
+    return part
+
+
+def _distinct_picks(n: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """``(S, k)``: ``k`` distinct uniform random positions in ``[0, n[s])`` for each segment
+    (Floyd's sampling, all segments at once: ``O(S * k^2)``, no sort of the segments' members)."""
+    picks = np.empty((n.size, k), dtype=np.int64)
+    for i in range(k):
+        top = n - k + i  # step i draws from [0, top]; a value drawn before is replaced by top
+        t = np.minimum((rng.random(n.size) * (top + 1)).astype(np.int64), top)
+        seen = (picks[:, :i] == t[:, None]).any(axis=1)
+        picks[:, i] = np.where(seen, top, t)
+    return picks
+
+
+def _capacities(w: np.ndarray, sid: np.ndarray, S: int, n: np.ndarray, k: int, by_mass: bool) -> np.ndarray:
+    """``(S, k)`` room of each part: near-equal class counts (they differ by at most one), or an
+    equal share of the segment's mass."""
+    if not by_mass:
+        rank = np.arange(k)
+        return ((n[:, None] // k) + (rank < (n[:, None] % k))).astype(np.float64)
+    mass = np.bincount(sid, weights=w, minlength=S)
+    return np.repeat(mass[:, None] / k, k, axis=1)
+
+
+def _centroid_costs(Xs: np.ndarray, sid: np.ndarray, C: np.ndarray) -> np.ndarray:
+    """``(n, k)`` squared distance of each point ``Xs[i]`` to each centroid of its
+    segment, less ``|x|^2`` (the same for every centroid of a point, so it changes no comparison)."""
+    from .cluster_kernels import centroid_costs
+
+    cost = np.empty((sid.size, C.shape[1]), dtype=np.float32)
+    sq = np.einsum("skd,skd->sk", C, C)
+    centroid_costs(Xs, sid, C, sq, cost)
+    return cost
+
+
+def _part_means(Xs: np.ndarray, group: np.ndarray, C: np.ndarray) -> np.ndarray:
+    """New centroids: the mean of each part's points (an empty part keeps its centroid)."""
+    from .cluster_kernels import part_means
+
+    S, k, d = C.shape
+    out = C.reshape(S * k, d).copy()
+    part_means(Xs, group, out, np.zeros(S * k, dtype=np.int64))
+    return out.reshape(S, k, d)
+
+
+def _assign(cost: np.ndarray, sid: np.ndarray, w: np.ndarray, cap: np.ndarray, by_mass: bool) -> np.ndarray:
+    """:func:`_balanced_assign`, or for two parts one sort per segment (compiled)."""
+    if cost.shape[1] != 2:
+        return _balanced_assign(cost, sid, w, cap, heavy_first=by_mass)
+    if by_mass:
+        from .cluster_kernels import split_two_by_mass
+
+        size = np.bincount(sid, minlength=cap.shape[0])
+        part = np.empty(sid.size, dtype=np.int64)
+        split_two_by_mass(cost[:, 0] - cost[:, 1], w, np.cumsum(size) - size, size, part)
+        return part
+    # Two parts of fixed sizes: the optimal split sorts each segment by how much nearer part 0
+    # is and gives part 0 the first ``cap[:, 0]`` (what the greedy rounds give, in one pass).
+    from .cluster_kernels import split_two
+
+    size = np.bincount(sid, minlength=cap.shape[0])
+    part = np.empty(sid.size, dtype=np.int64)
+    split_two(cost[:, 0] - cost[:, 1], np.cumsum(size) - size, size, cap[:, 0].astype(np.int64), part)
+    return part
+
+
+def _balanced_assign(
+    cost: np.ndarray, sid: np.ndarray, w: np.ndarray, cap: np.ndarray, heavy_first: bool
+) -> np.ndarray:
+    """A part per point, each part taking at most its capacity ``cap[segment, part]`` of weight.
+
+    Greedy by regret, in rounds: each unplaced point asks for the nearest part still open in
+    its segment; a part takes its askers in order of regret (how much farther their next choice
+    is) while it has room, and closes once it turns one away. With ``k = 2`` this is exactly the
+    optimal balanced split (sort by the difference of the two distances and cut). Unit weights
+    and integer capacities summing to the segment's size fill every part exactly; with masses a
+    part takes the asker that crosses its share, and the last open part of a segment takes all
+    that is left. At most ``k`` rounds, as every round places all its askers or closes a part.
+    ``heavy_first`` (masses): an asker heavier than the part's room goes first, so a class that
+    outweighs a share of its segment gets a part to itself (a short path, as in Huffman's tree).
+    """
+    n, k = cost.shape
+    S = cap.shape[0]
+    room = cap.astype(np.float64).ravel()
+    is_open = np.ones(S * k, dtype=bool)
+    part = np.zeros(n, dtype=np.int64)
+    todo = np.arange(n)
+    while todo.size:
+        s = sid[todo]
+        c = np.where(is_open.reshape(S, k)[s], cost[todo], np.inf)
+        best = np.argmin(c, axis=1)
+        rows = np.arange(todo.size)
+        c_best = c[rows, best]
+        c[rows, best] = np.inf
+        regret = c.min(axis=1) - c_best  # inf when only one part is open: it must take them
+        group = s * k + best
+        heavy = w[todo] >= room[group] if heavy_first else np.zeros(todo.size, dtype=bool)
+        order = np.lexsort((-regret, ~heavy, group))
+        g, wo = group[order], w[todo[order]]
+        start = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
+        csum = np.cumsum(wo)
+        before = csum - wo - np.repeat(csum[start] - wo[start], np.diff(np.r_[start, g.size]))
+        last_open = is_open.reshape(S, k).sum(axis=1)[s[order]] == 1
+        take = (before < room[g]) | last_open
+        placed = todo[order[take]]
+        part[placed] = best[order[take]]
+        room -= np.bincount(g[take], weights=wo[take], minlength=S * k)
+        is_open[g[~take]] = False
+        is_open &= room > 0
+        todo = todo[order[~take]]
+        if todo.size:  # a segment whose parts all closed with points left reopens its roomiest
+            left = np.zeros(S, dtype=bool)
+            left[sid[todo]] = True
+            dead = left & ~is_open.reshape(S, k).any(axis=1)
+            if dead.any():
+                roomiest = np.argmax(room.reshape(S, k)[dead], axis=1)
+                is_open[np.flatnonzero(dead) * k + roomiest] = True
+    return part

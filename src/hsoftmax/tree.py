@@ -21,8 +21,8 @@ arrays, built once by a builder and never changed afterwards:
   what training and single-target scoring read.
 
 Builders: :meth:`Tree.huffman`, :meth:`Tree.balanced`, :meth:`Tree.two_level`,
-:meth:`Tree.from_paths` (the algorithms are in :mod:`hsoftmax.builders`, which only produces the
-child table; ``Tree`` validates it). :meth:`Tree.save` / :meth:`Tree.load` write and read a
+:meth:`Tree.from_paths`, :meth:`Tree.from_embeddings` (the algorithms are in :mod:`hsoftmax.builders`,
+which only produces the child table; ``Tree`` validates it). :meth:`Tree.save` / :meth:`Tree.load` write and read a
 portable ``.npz`` file (no pickle) holding :meth:`Tree.state`.
 """
 
@@ -48,7 +48,7 @@ from .builders import (
 )
 from .files import READ_ERRORS, NpzReader, atomic_path, decode_strings, encode_strings
 
-__all__ = ["Tree"]
+__all__ = ["Tree", "TreeSummary"]
 
 # 2: labels and node names as UTF-8 bytes plus offsets (1 stored numpy 'U' arrays, which drop
 # trailing NUL characters).
@@ -79,6 +79,30 @@ def _readonly(a: np.ndarray) -> np.ndarray:
     a = np.ascontiguousarray(a)
     a.setflags(write=False)
     return a
+
+
+class TreeSummary(NamedTuple):
+    """What :meth:`Tree.describe` reports; ``str()`` gives it as three lines of text."""
+
+    num_classes: int
+    num_nodes: int
+    num_params: int
+    depth: int  # longest root-to-class path, in edges
+    mean_depth: float  # unweighted mean over the classes
+    depth_histogram: dict[int, int]  # depth -> number of classes at that depth
+    arity_histogram: dict[int, int]  # children -> number of internal nodes with that many
+    expected_code_length: float | None  # mean depth weighted by the counts given, else None
+
+    def __str__(self) -> str:
+        head = (
+            f"{self.num_classes} classes, {self.num_nodes} internal nodes, {self.num_params} parameter rows, "
+            f"depth {self.depth} (mean {self.mean_depth:.1f})"
+        )
+        if self.expected_code_length is not None:
+            head += f", expected code length {self.expected_code_length:.3f}"
+        depths = " ".join(f"{d}:{n}" for d, n in self.depth_histogram.items())
+        arities = " ".join(f"{a}:{n}" for a, n in self.arity_histogram.items())
+        return f"{head}\nclasses per depth: {depths}\nnodes per arity: {arities}"
 
 
 class _Derived(NamedTuple):
@@ -239,6 +263,58 @@ class Tree:
         (None, 'fruit', 'veg', 'root veg')
         """
         return cls(*builders.from_paths(paths, labels))
+
+    @classmethod
+    def from_embeddings(
+        cls,
+        vectors: Any,
+        arity: int = 2,
+        counts: Any = None,
+        seed: int = 0,
+        labels: Sequence[str] | None = None,
+        iterations: int = 4,
+    ) -> Tree:
+        """A tree learned from class vectors: recursive balanced k-means, as Mnih & Hinton built
+        their HLBL trees from learned word representations.
+
+        ``vectors`` is ``(num_classes, dim)`` (a class's output embedding, the mean hidden state
+        of its examples, its word2vec vector, ...). The root's classes are split into ``arity``
+        parts by k-means under a balance constraint, then each part likewise, until parts are
+        single classes; similar classes therefore share long path prefixes, so the node decisions
+        near the leaves separate look-alikes. All nodes of one depth are split together, in a few
+        vectorized passes (``O(num_classes * arity * dim * iterations)`` per level).
+
+        * Without ``counts`` every split is balanced by size (part sizes differ by at most one),
+          so the depth is ``ceil(log_arity(num_classes))``, as in :meth:`balanced`.
+        * With ``counts`` each split balances probability mass instead (a class heavier than a
+          part's share gets a part to itself), so frequent classes keep short paths and the
+          expected code length comes near Huffman's, while similar classes still go together.
+
+        Deterministic given ``seed`` (the initial centroids are random members of each node).
+
+        >>> import numpy as np
+        >>> rng = np.random.default_rng(0)
+        >>> centers = rng.normal(size=(4, 8))
+        >>> vecs = np.repeat(centers, 2, axis=0) + 0.01 * rng.normal(size=(8, 8))  # 4 pairs
+        >>> t = Tree.from_embeddings(vecs)
+        >>> t.depth, all(t.parent[2 * i] == t.parent[2 * i + 1] for i in range(4))
+        (3, True)
+        >>> zipf = 1 / np.arange(1, 10_001)
+        >>> learned = Tree.from_embeddings(rng.normal(size=(10_000, 16)), counts=zipf)
+        >>> round(learned.expected_code_length(zipf), 2), round(Tree.huffman(zipf).expected_code_length(zipf), 2)
+        (10.01, 9.56)
+        >>> round(Tree.balanced(10_000).expected_code_length(zipf), 2)
+        13.45
+
+        Args:
+            vectors: ``(num_classes, dim)`` real numbers (computed in float32).
+            arity: children per node (``>= 2``).
+            counts: optional class counts, in any form :meth:`huffman` takes.
+            seed: seed of the initial centroids.
+            labels: optional class names.
+            iterations: k-means rounds per split (assign, then move the centroids).
+        """
+        return cls(*builders.from_embeddings(vectors, arity, counts, seed, labels, iterations))
 
     # ------------------------------------------------------------------ state, save / load
     def state(self) -> dict[str, np.ndarray]:
@@ -447,6 +523,134 @@ class Tree:
         if total == 0:
             raise ValueError("counts are all zero: there is no mean to take")
         return float((c * self.class_depth).sum() / total)
+
+    # ------------------------------------------------------------------ inspection
+    def depth_histogram(self) -> dict[int, int]:
+        """Number of classes at each depth (edges from the root), for the depths that occur.
+
+        >>> Tree.huffman([10, 1, 1, 1, 1]).depth_histogram()
+        {1: 1, 3: 4}
+        """
+        counts = np.bincount(self.class_depth)
+        return {int(d): int(counts[d]) for d in np.flatnonzero(counts)}
+
+    def arity_histogram(self) -> dict[int, int]:
+        """Number of internal nodes with each number of children, for the arities that occur.
+
+        >>> Tree.balanced(10, arity=3).arity_histogram()
+        {2: 1, 3: 4}
+        """
+        counts = np.bincount(self.arity)
+        return {int(a): int(counts[a]) for a in np.flatnonzero(counts)}
+
+    def describe(self, counts: Any = None) -> TreeSummary:
+        """Sizes, depth and arity histograms, and (given ``counts``) the expected code length.
+
+        >>> s = Tree.huffman([10, 1, 1, 1, 1]).describe(counts=[10, 1, 1, 1, 1])
+        >>> s.depth_histogram, s.arity_histogram, s.expected_code_length
+        ({1: 1, 3: 4}, {2: 4}, 1.5714285714285714)
+        >>> print(s)
+        5 classes, 4 internal nodes, 4 parameter rows, depth 3 (mean 2.6), expected code length 1.571
+        classes per depth: 1:1 3:4
+        nodes per arity: 2:4
+        """
+        return TreeSummary(
+            num_classes=self._num_classes,
+            num_nodes=self.num_nodes,
+            num_params=self.num_params,
+            depth=self.depth,
+            mean_depth=float(self.class_depth.mean()),
+            depth_histogram=self.depth_histogram(),
+            arity_histogram=self.arity_histogram(),
+            expected_code_length=None if counts is None else self.expected_code_length(counts),
+        )
+
+    @functools.cached_property
+    def _subtree_classes(self) -> np.ndarray:
+        """``(num_nodes,)`` number of classes under each internal node."""
+        V, N = self._num_classes, self.num_nodes
+        under = np.bincount(self.parent[:V], minlength=N)
+        # Breadth-first numbering: every child has a larger id than its parent, so adding the
+        # nodes into their parents from the last id down totals each subtree before it is used.
+        parent = self.parent[V:]
+        for depth in range(int(self.node_depth.max()), 0, -1):
+            level = np.flatnonzero(self.node_depth == depth)
+            np.add.at(under, parent[level], under[level])
+        return _readonly(under)
+
+    def render(self, node: int | str = 0, max_depth: int | None = 3, max_children: int | None = 10) -> str:
+        """A text drawing of the subtree under internal node ``node`` (an id or a node name).
+
+        An internal node reads ``[id] name (children, classes under it)``, a class ``id label``.
+        At most ``max_children`` children are drawn per node (the rest are counted on a
+        ``… N more`` line) and ``max_depth`` levels below ``node`` (a node cut off there ends in
+        ``…``); ``None`` draws everything.
+
+        >>> t = Tree.from_paths([["fruit"], ["fruit"], ["fruit"], ["veg"]],
+        ...                     labels=["apple", "pear", "fig", "leek"])
+        >>> print(t.render(max_children=2))
+        [0] (2 children, 4 classes)
+        ├── [1] fruit (3 children, 3 classes)
+        │   ├── 0 apple
+        │   ├── 1 pear
+        │   └── … 1 more
+        └── [2] veg (1 child, 1 class)
+            └── 3 leek
+        >>> print(t.render("fruit", max_depth=0))
+        [1] fruit (3 children, 3 classes) …
+        """
+        j = self._node_id(node)
+        if max_depth is not None:
+            max_depth = builders.check_index(max_depth, "max_depth", 0)
+        if max_children is not None:
+            max_children = builders.check_index(max_children, "max_children", 1)
+        lines: list[str] = []
+        self._render_into(lines, self._num_classes + j, "", "", max_depth, max_children)
+        return "\n".join(lines)
+
+    def _node_id(self, node: int | str) -> int:
+        if isinstance(node, str):
+            if self._node_names is None or node not in self._node_names:
+                raise ValueError(f"no internal node is named {node!r}")
+            return self._node_names.index(node)
+        j = builders.check_index(node, "node", 0)
+        if j >= self.num_nodes:
+            raise ValueError(f"node {j} is out of range [0, {self.num_nodes})")
+        return j
+
+    def _ref_text(self, ref: int) -> str:
+        V = self._num_classes
+        if ref < V:
+            return f"{ref} {self._labels[ref]}" if self._labels is not None else str(ref)
+        j = ref - V
+        name = self._node_names[j] if self._node_names is not None else None
+        k, n = int(self.arity[j]), int(self._subtree_classes[j])
+        size = f"({k} child{'ren' if k != 1 else ''}, {n} class{'es' if n != 1 else ''})"
+        return f"[{j}] {name} {size}" if name is not None else f"[{j}] {size}"
+
+    def _render_into(
+        self, lines: list[str], ref: int, lead: str, indent: str, max_depth: int | None, max_children: int | None
+    ) -> None:
+        """Append ``ref``'s line (after ``lead``) and, below it, its children's (after ``indent``)."""
+        V = self._num_classes
+        text = self._ref_text(ref)
+        if ref >= V and max_depth == 0:
+            lines.append(lead + text + " …")
+            return
+        lines.append(lead + text)
+        if ref < V:
+            return
+        j = ref - V
+        kids = self._children[self._child_offset[j] : self._child_offset[j + 1]].tolist()
+        shown = kids if max_children is None else kids[:max_children]
+        hidden = len(kids) - len(shown)
+        below = None if max_depth is None else max_depth - 1
+        for i, kid in enumerate(shown):
+            last = i == len(shown) - 1 and not hidden
+            branch, extend = ("└── ", "    ") if last else ("├── ", "│   ")
+            self._render_into(lines, kid, indent + branch, indent + extend, below, max_children)
+        if hidden:
+            lines.append(f"{indent}└── … {hidden} more")
 
     # ------------------------------------------------------------------ identity
     def __eq__(self, other: object) -> bool:
