@@ -67,6 +67,9 @@ class TreeTensors(NamedTuple):
     class_parent: Tensor  # (V,) long: parent node of each class
     class_choice: Tensor  # (V,) long: child index of each class within its parent
     max_arity: int = 1  # the largest number of children of any node
+    # Static shapes for the compiled/exported torch path (Python ints, so no tensor is read):
+    level_edges: tuple[tuple[int, int], ...] = ()  # each level's block of child-table slots
+    depth_arity: tuple[int, ...] = ()  # the largest arity at each depth (decision step)
 
 
 def tree_tensors(tree: Tree, device: torch.device | str | None = None) -> TreeTensors:
@@ -83,6 +86,9 @@ def tree_tensors(tree: Tree, device: torch.device | str | None = None) -> TreeTe
     cuts = np.flatnonzero(np.diff(depth)) + 1
     bounds = np.concatenate([[0], cuts, [N]]).tolist()
     levels = tuple(zip(bounds[:-1], bounds[1:]))
+    coff = np.asarray(tree.child_offset)
+    level_edges = tuple((int(coff[a]), int(coff[b])) for a, b in levels)
+    depth_arity = tuple(int(arity[a:b].max()) for a, b in levels)
     if tree.is_binary:
         mask = np.arange(dn.shape[1]) < np.asarray(tree.decision_lengths)[:, None]
         rows = poff[dn].astype(np.int32)
@@ -114,6 +120,8 @@ def tree_tensors(tree: Tree, device: torch.device | str | None = None) -> TreeTe
         class_parent=t(np.asarray(tree.parent)[:V], torch.long),
         class_choice=t(np.asarray(tree.choice)[:V], torch.long),
         max_arity=int(arity.max()) if arity.size else 1,
+        level_edges=level_edges,
+        depth_arity=depth_arity,
     )
 
 
@@ -209,12 +217,16 @@ def _children_from_rows(s: Tensor) -> Tensor:
 
 def child_log_probs(
     h: Tensor, nodes: Tensor, weight: Tensor, bias: Tensor | None, tt: TreeTensors,
-    sparse: bool = False, temperature: float = 1.0,
+    sparse: bool = False, temperature: float = 1.0, width: int | None = None,
 ) -> Tensor:
     """Log-probabilities of the children of ``nodes[m]`` given ``h[m]``: ``(M, A)``, where
-    ``A`` is the largest arity among ``nodes``; slots past a node's arity hold ``-inf``."""
+    ``A`` is ``width`` (static: at least the largest arity among ``nodes``) or, by default, that
+    largest arity read from the tensors; slots past a node's arity hold ``-inf``."""
     k = tt.arity[nodes]
-    A = int(k.max()) if k.numel() else 1
+    if width is None:
+        A = int(k.max()) if k.numel() else 1
+    else:
+        A = width
     j = torch.arange(A, device=h.device)
     o = tt.param_offset[nodes].unsqueeze(-1)
     k = k.unsqueeze(-1)
@@ -225,7 +237,7 @@ def child_log_probs(
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (h, weight, bias))
     if tt.num_params == 0:
         s = h.new_zeros(M, A)
-    elif not needs_grad and M * A > 4 * int(k.sum()) + 64 and M * A * h.shape[1] > (1 << 20):
+    elif width is None and not needs_grad and M * A > 4 * int(k.sum()) + 64 and M * A * h.shape[1] > (1 << 20):
         # Mixed arities (a wide node among narrow ones, e.g. a two-level root next to small
         # clusters): padding every node to A and gathering (M, A, d) rows would be mostly
         # waste. Score each distinct node once with a matmul over the rows that visit it.
@@ -264,9 +276,10 @@ def target_log_prob(
 ) -> Tensor:
     """``log p(target[i] | h[i])`` for ``h`` (B, d) and ``target`` (B,) long in range: ``(B,)``.
 
-    Never builds a (B, V) tensor: binary trees gather each example's padded path of rows,
-    two-level trees do one matmul at the root and one per cluster present in the batch, other
-    trees walk the decisions step by step.
+    Never builds a (B, V) tensor: binary trees gather each example's padded path of rows, other
+    trees (two-level ones included) do one matmul at the root, then one batched product per
+    depth with each example's node rows padded to that depth's largest arity. Every shape is
+    static (no host sync, one compiled graph per batch size).
 
     With ``sgd_lr`` set, backward does not return gradients for ``weight``/``bias``: it applies
     plain SGD to them in place, ``weight -= sgd_lr * grad`` (the same gradient it would have
@@ -286,8 +299,6 @@ def target_log_prob(
         return fast.target_log_prob(h, target, weight, bias, tt, sparse, sgd_lr)
     if tt.is_binary:
         return _binary_path_log_prob(h, target, weight, bias, tt, sparse)
-    if tt.is_two_level:
-        return _two_level_log_prob(h, target, weight, bias, tt, sparse)
     return _stepwise_log_prob(h, target, weight, bias, tt, sparse)
 
 
@@ -350,13 +361,13 @@ def _binary_path_log_prob(h, target, weight, bias, tt: TreeTensors, sparse: bool
     return (decision_log_probs(sign * s, signed=True) * sign.abs()).sum(-1)
 
 
-def _node_log_probs(h: Tensor, node: int, weight, bias, tt: TreeTensors, sparse: bool) -> Tensor:
-    """Children log-probs of one node for every row of ``h``: one matmul, ``(M, arity)``."""
-    k = int(tt.arity[node])
-    o = int(tt.param_offset[node])
+def _root_log_probs(h: Tensor, weight, bias, tt: TreeTensors, sparse: bool) -> Tensor:
+    """Children log-probs of the root for every row of ``h``: one matmul, ``(B, arity)``. The
+    root is node 0 with parameter rows from 0, and its arity is static (``depth_arity[0]``)."""
+    k = tt.depth_arity[0]
     if k == 1:
         return h.new_zeros(h.shape[0], 1)
-    rows = torch.arange(o, o + (1 if k == 2 else k), device=h.device)
+    rows = torch.arange(1 if k == 2 else k, device=h.device)
     w = _rows(weight, rows, sparse).to(h.dtype)
     s = h @ w.T
     b = _bias(bias, rows, sparse)
@@ -364,55 +375,24 @@ def _node_log_probs(h: Tensor, node: int, weight, bias, tt: TreeTensors, sparse:
     return _children_from_rows(s)
 
 
-def _two_level_log_prob(h, target, weight, bias, tt: TreeTensors, sparse: bool) -> Tensor:
-    # Root: one (B, C) matmul. Cluster nodes are 1..C in root-choice order (BFS numbering).
-    cluster = tt.class_parent[target]
-    root_lp = _node_log_probs(h, 0, weight, bias, tt, sparse)
-    out = root_lp.gather(1, (cluster - 1).unsqueeze(1)).squeeze(1)
-    # Second level: group the batch by cluster so each cluster's block is read once. All the
-    # blocks present are fetched with ONE row gather and cut with split (and the inputs with one
-    # index + split), so autograd builds one sparse gradient and one input gradient, not one per
-    # cluster (accumulating hundreds of sparse gradients was quadratic).
-    order = torch.argsort(cluster)
-    uniq, counts = torch.unique_consecutive(cluster[order], return_counts=True)
-    k = tt.arity[uniq]
-    nrows = torch.where(k == 2, 1, torch.where(k == 1, 0, k))
-    starts = tt.param_offset[uniq]
-    total = int(nrows.sum())
-    seg = torch.repeat_interleave(torch.arange(uniq.numel(), device=h.device), nrows, output_size=total)
-    first = torch.cumsum(nrows, 0) - nrows
-    rows = starts[seg] + torch.arange(total, device=h.device) - first[seg]
-    w_blocks = _rows(weight, rows, sparse).to(h.dtype).split(nrows.tolist())
-    b_all = _bias(bias, rows, sparse)
-    b_blocks = b_all.to(h.dtype).split(nrows.tolist()) if isinstance(b_all, Tensor) else None
-    h_groups = h[order].split(counts.tolist())
-    choice = tt.class_choice[target[order]].split(counts.tolist())
-    parts = []
-    for g, (ku, hg) in enumerate(zip(k.tolist(), h_groups)):
-        if ku == 1:
-            parts.append(hg.new_zeros(hg.shape[0]))
-            continue
-        sc = hg @ w_blocks[g].T
-        if b_blocks is not None:
-            sc = sc + b_blocks[g]
-        lp = _children_from_rows(sc)
-        parts.append(lp.gather(1, choice[g].unsqueeze(1)).squeeze(1))
-    second = torch.cat(parts)
-    return out + second[torch.argsort(order)]
-
-
 def _stepwise_log_prob(h, target, weight, bias, tt: TreeTensors, sparse: bool) -> Tensor:
+    """Any tree, one decision step (depth) at a time, with static shapes: the root is one
+    ``(B, k)`` matmul (every example visits it); at depth ``t >= 1`` each example gathers its
+    node's rows padded to that depth's largest arity ``A_t`` (``depth_arity``), a ``(B, A_t, d)``
+    batched product. For a two-level tree that is Theano's two-matmul form: clusters, then each
+    example's own cluster block. No shape depends on the data, so it compiles once and runs
+    without host syncs; examples whose path is shorter than ``t`` add 0."""
     dn = tt.decision_nodes[target].long()
     dc = tt.decision_choices[target].long()
     L = tt.decision_lengths[target]
     out = h.new_zeros(h.shape[0])
-    for step in range(dn.shape[1]):
-        active = torch.nonzero(L > step).squeeze(1)
-        if active.numel() == 0:
-            break
-        lp = child_log_probs(h[active], dn[active, step], weight, bias, tt, sparse)
-        taken = lp.gather(1, dc[active, step].unsqueeze(1)).squeeze(1)
-        out = out.index_add(0, active, taken)
+    for step, width in enumerate(tt.depth_arity):
+        if step == 0:
+            lp = _root_log_probs(h, weight, bias, tt, sparse)
+        else:
+            lp = child_log_probs(h, dn[:, step], weight, bias, tt, sparse, width=width)
+        taken = lp.gather(1, dc[:, step : step + 1]).squeeze(1)
+        out = out + torch.where(L > step, taken, 0.0)
     return out
 
 
@@ -435,19 +415,14 @@ def log_prob(h: Tensor, weight: Tensor, bias: Tensor | None, tt: TreeTensors) ->
     has = tt.edge_rows >= 0
     edge_s = torch.where(has, s_all[:, tt.edge_rows.clamp(min=0)], 0.0)  # (B, E)
     edge_lp = decision_log_probs(edge_s, owner=tt.edge_owner, num_nodes=tt.arity.numel())
-    # Top-down accumulation: BFS levels are contiguous id blocks, and the internal children of a
-    # level are exactly the next block, in child-table order.
-    parent_lp = h.new_zeros(B, 1)
-    out = h.new_empty(B, V)
-    off = tt.child_offset
-    for a, b in tt.levels:
-        lo, hi = int(off[a]), int(off[b])
-        refs = tt.children[lo:hi]
-        lp = torch.repeat_interleave(parent_lp, tt.arity[a:b], dim=1, output_size=hi - lo) + edge_lp[:, lo:hi]
-        leaf = refs < V
-        out[:, refs[leaf]] = lp[:, leaf]
-        parent_lp = lp[:, ~leaf]
-    return out
+    # Top-down accumulation over refs (classes 0..V-1, then node n at V + n): BFS levels are
+    # contiguous id blocks, so a level's parents are all filled when it is reached. The level
+    # bounds are static ints (level_edges), so every shape is static.
+    ref_lp = h.new_zeros(B, V + tt.arity.numel())
+    for lo, hi in tt.level_edges:
+        lp = ref_lp[:, V + tt.edge_owner[lo:hi]] + edge_lp[:, lo:hi]
+        ref_lp.index_copy_(1, tt.children[lo:hi], lp)  # in place: the gather above saves no values
+    return ref_lp[:, :V]
 
 
 # ---------------------------------------------------------------------------- top-k search
@@ -463,6 +438,10 @@ def topk(h: Tensor, k: int, weight: Tensor, bias: Tensor | None, tt: TreeTensors
     fast = _cpu_kernels(h, weight, bias) if B else None
     if fast is not None:
         return fast.topk(h, k, weight, bias, tt)
+    if torch.compiler.is_compiling():
+        # The best-first search below has data-dependent loops and shapes. Compiled or exported,
+        # the torch path ranks the exact log-probabilities instead: O(B * V), same answer.
+        return torch.topk(log_prob(h, weight, bias, tt), k, dim=1)
     dev = h.device
     vals = h.new_full((B, k), float("-inf"))
     idx = torch.zeros(B, k, dtype=torch.long, device=dev)
