@@ -303,6 +303,23 @@ def target_log_prob(
 
 
 _bridge: ModuleType | None = None
+_ops: ModuleType | None = None
+
+
+@torch.compiler.assume_constant_result
+def _kernel_ops_ready() -> bool:
+    """Whether the kernels are enabled and numba imports; if so, import (register) the custom
+    ops of :mod:`hsoftmax.kernels.ops`. Run once per compilation, outside the traced graph, and
+    baked in as a constant: toggling :func:`hsoftmax.kernels.set_enabled` after compiling does
+    not change a compiled function (compile it again)."""
+    global _ops
+    if K.cpu() is None:
+        return False
+    if _ops is None:
+        from .kernels import ops
+
+        _ops = ops
+    return True
 
 
 def _cpu_kernels(h: Tensor, weight: Tensor, bias: Tensor | None, *, backward: bool = True) -> ModuleType | None:
@@ -322,9 +339,12 @@ def _cpu_kernels(h: Tensor, weight: Tensor, bias: Tensor | None, *, backward: bo
         return None
     if bias is not None and (bias.dtype != dt or bias.device.type != "cpu"):
         return None
-    if torch._C._functorch.is_functorch_wrapped_tensor(h) or torch._C._functorch.is_functorch_wrapped_tensor(weight):
-        return None
     if not backward and torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (h, weight, bias)):
+        return None
+    if torch.compiler.is_compiling():
+        # Compiled or exported: the kernels as opaque custom ops (dynamo cannot trace numba).
+        return _ops if _kernel_ops_ready() else None
+    if torch._C._functorch.is_functorch_wrapped_tensor(h) or torch._C._functorch.is_functorch_wrapped_tensor(weight):
         return None
     if K.cpu() is None:
         return None

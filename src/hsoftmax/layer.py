@@ -125,6 +125,20 @@ class HierarchicalSoftmax(nn.Module):
     Under :func:`torch.autocast` (or with half-precision inputs/weights) the path math runs in
     float32; float64 inputs and weights compute in float64.
 
+    Inputs are checked for NaN/Inf unless :attr:`check_finite` is ``False`` (a plain attribute,
+    ``True`` by default; set it on the instance). Eager on the CPU a bad input raises
+    ``ValueError``; in compiled or exported code and on other devices the check is an
+    asynchronous ``torch._assert_async`` (no graph break, no host sync), which fails with a
+    ``RuntimeError`` (on CUDA a device-side assert). Targets out of range are treated the same.
+
+    ``forward``, ``log_prob``, ``topk`` and ``predict`` compile with
+    ``torch.compile(fullgraph=True)`` and export with :func:`torch.export.export`: on the CPU
+    kernels each call is one custom op (``torch.ops.hsoftmax.*``), and the torch path has static
+    shapes (a batch size compiles once). Compiled, the kernels' backward returns dense
+    gradients; with ``sparse=True`` or ``fused_sgd_lr`` the call runs eagerly (a graph break, so
+    not under ``fullgraph=True``) to keep those semantics. Compiled on the torch path, ``topk``
+    ranks the full ``log_prob`` (exact, but O(batch * num_classes)).
+
     Example::
 
         >>> import torch
@@ -140,6 +154,9 @@ class HierarchicalSoftmax(nn.Module):
         >>> hs.topk(x, 2).indices.shape
         torch.Size([4, 2])
     """
+
+    #: Check inputs for NaN/Inf (see the class docstring); ``False`` skips the check.
+    check_finite: bool = True
 
     def __init__(
         self,
@@ -234,6 +251,7 @@ class HierarchicalSoftmax(nn.Module):
 
     # ------------------------------------------------------------------ checks
     def _prepare_input(self, input: Tensor) -> Tensor:
+        # Type, shape, device and dtype first: they cost nothing and never touch the data.
         if not isinstance(input, Tensor):
             raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
         if not input.is_floating_point():
@@ -242,10 +260,10 @@ class HierarchicalSoftmax(nn.Module):
             raise ValueError(
                 f"input's last dimension must be in_features={self.in_features}, got shape {tuple(input.shape)}"
             )
-        if input.numel() and not _all_finite(input):
-            raise ValueError("input contains NaN or Inf")
         if input.device != self.weight.device:
             raise ValueError(f"input is on {input.device} but the layer is on {self.weight.device}")
+        if self.check_finite and input.numel():
+            _check_finite(input)
         dtype = torch.promote_types(input.dtype, self.weight.dtype)
         if dtype not in (torch.float32, torch.float64):
             dtype = torch.float32  # half-precision path math overflows; float32 is exact enough
@@ -271,22 +289,24 @@ class HierarchicalSoftmax(nn.Module):
                 bad = lo if lo < 0 else hi
                 raise ValueError(f"target {bad} is out of range [0, {self.num_classes})")
 
+    def _assert_range(self, target: Tensor, keep: Tensor) -> None:
+        """:meth:`_check_range` without a host sync (compiled code, other devices), for the
+        targets where ``keep``: an asynchronous assert that fails the run when it is reached."""
+        bad = keep & ((target < 0) | (target >= self.num_classes))
+        torch._assert_async(~bad.any(), f"target out of range [0, {self.num_classes})")
+
     # ------------------------------------------------------------------ forward
     def forward(self, input: Tensor, target: Tensor) -> HierarchicalSoftmaxOutput:
         """Log-probability of each target and the reduced NLL loss (see the class docstring)."""
         h = self._prepare_input(input)
         t = self._check_target(target, input.shape[:-1])
         keep = t != self.ignore_index
+        if torch.compiler.is_compiling() or h.device.type != "cpu":
+            return self._forward_static(h, t, keep, target.shape)
         all_kept = bool(keep.all())
         tv = t if all_kept else t[keep]
         self._check_range(tv)
-        lr = self.fused_sgd_lr
-        if lr is not None:
-            lr = float(lr)
-            if not (math.isfinite(lr) and lr >= 0):
-                raise ValueError(f"fused_sgd_lr must be None or a finite number >= 0, got {self.fused_sgd_lr!r}")
-            if not torch.is_grad_enabled():
-                lr = None
+        lr = self._fused_lr()
         with torch.autocast(device_type=h.device.type, enabled=False):
             if all_kept:
                 out = HF.target_log_prob(h, tv, self.weight, self.bias, self.tree_tensors, self.sparse, lr)
@@ -294,13 +314,41 @@ class HierarchicalSoftmax(nn.Module):
                 idx = torch.nonzero(keep).squeeze(1)
                 lp = HF.target_log_prob(h[idx], tv, self.weight, self.bias, self.tree_tensors, self.sparse, lr)
                 out = h.new_zeros(t.shape[0]).index_put((idx,), lp)
-        out = out.view(target.shape)
+        return self._reduce(out.view(target.shape), tv.numel())
+
+    def _forward_static(self, h: Tensor, t: Tensor, keep: Tensor, shape: torch.Size) -> HierarchicalSoftmaxOutput:
+        """:meth:`forward` with no data-dependent shape and no host sync (compiled or exported
+        code, and devices other than the CPU): ignored targets are scored as class 0 and masked
+        out, so their rows get no gradient, instead of being cut out of the batch."""
+        self._assert_range(t, keep)
+        lr = self._fused_lr()
+        with torch.autocast(device_type=h.device.type, enabled=False):
+            lp = HF.target_log_prob(h, torch.where(keep, t, 0), self.weight, self.bias, self.tree_tensors,
+                                    self.sparse, lr)
+        out = torch.where(keep, lp, 0.0)
+        return self._reduce(out.view(shape), keep.sum())
+
+    def _fused_lr(self) -> float | None:
+        lr = self.fused_sgd_lr
+        if lr is not None:
+            lr = float(lr)
+            if not (math.isfinite(lr) and lr >= 0):
+                raise ValueError(f"fused_sgd_lr must be None or a finite number >= 0, got {self.fused_sgd_lr!r}")
+            if not torch.is_grad_enabled():
+                lr = None
+        return lr
+
+    def _reduce(self, out: Tensor, count: int | Tensor) -> HierarchicalSoftmaxOutput:
+        """The loss from the per-target log-probs ``out`` (0 where ignored); ``count`` is the
+        number of kept targets (a tensor in the static path)."""
         if self.reduction == "none":
             loss = -out
         elif self.reduction == "sum":
             loss = -out.sum()
+        elif isinstance(count, Tensor):
+            loss = -out.sum() / count.clamp(min=1)
         else:
-            loss = -out.sum() / max(int(tv.numel()), 1)
+            loss = -out.sum() / max(count, 1)
         return HierarchicalSoftmaxOutput(out, loss)
 
     def log_prob(self, input: Tensor) -> Tensor:
@@ -355,6 +403,17 @@ class HierarchicalSoftmax(nn.Module):
                 temperature=float(temperature), generator=generator,
             )
         return draws.view(*input.shape[:-1], num_samples)
+
+
+def _check_finite(x: Tensor) -> None:
+    """Reject NaN/Inf inputs. Eager on the CPU: a ``ValueError`` (a cheap sum decides most
+    batches). Compiled or exported code, and other devices: ``torch._assert_async``, which adds
+    no graph break and no host sync (the GPU does not wait), and fails the run when it is
+    reached (on CUDA as a device-side assert, which ends the process's CUDA context)."""
+    if torch.compiler.is_compiling() or x.device.type != "cpu":
+        torch._assert_async(torch.isfinite(x).all(), "input contains NaN or Inf")
+    elif not _all_finite(x):
+        raise ValueError("input contains NaN or Inf")
 
 
 def _all_finite(x: Tensor) -> bool:
