@@ -2,6 +2,7 @@ r"""``HierarchicalSoftmax``: an exact, tree-structured output layer for PyTorch.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any, NamedTuple
 
@@ -307,7 +308,7 @@ class HierarchicalSoftmax(nn.Module):
         tv = t if all_kept else t[keep]
         self._check_range(tv)
         lr = self._fused_lr()
-        with torch.autocast(device_type=h.device.type, enabled=False):
+        with _no_autocast(h):
             if all_kept:
                 out = HF.target_log_prob(h, tv, self.weight, self.bias, self.tree_tensors, self.sparse, lr)
             else:
@@ -322,7 +323,7 @@ class HierarchicalSoftmax(nn.Module):
         out, so their rows get no gradient, instead of being cut out of the batch."""
         self._assert_range(t, keep)
         lr = self._fused_lr()
-        with torch.autocast(device_type=h.device.type, enabled=False):
+        with _no_autocast(h):
             lp = HF.target_log_prob(h, torch.where(keep, t, 0), self.weight, self.bias, self.tree_tensors,
                                     self.sparse, lr)
         out = torch.where(keep, lp, 0.0)
@@ -357,7 +358,7 @@ class HierarchicalSoftmax(nn.Module):
         This is the one method that builds a ``(batch, num_classes)`` tensor, because it returns one.
         """
         h = self._prepare_input(input)
-        with torch.autocast(device_type=h.device.type, enabled=False):
+        with _no_autocast(h):
             lp = HF.log_prob(h, self.weight, self.bias, self.tree_tensors)
         return lp.view(*input.shape[:-1], self.num_classes)
 
@@ -372,7 +373,7 @@ class HierarchicalSoftmax(nn.Module):
         if not 1 <= k <= self.num_classes:
             raise ValueError(f"k must be in [1, num_classes={self.num_classes}], got {k}")
         h = self._prepare_input(input)
-        with torch.autocast(device_type=h.device.type, enabled=False):
+        with _no_autocast(h):
             vals, idx = HF.topk(h, k, self.weight.detach(), _detach(self.bias), self.tree_tensors)
         shape = (*input.shape[:-1], k)
         return torch.return_types.topk((vals.view(shape), idx.view(shape)))
@@ -397,12 +398,20 @@ class HierarchicalSoftmax(nn.Module):
         if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
             raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
         h = self._prepare_input(input)
-        with torch.autocast(device_type=h.device.type, enabled=False):
+        with _no_autocast(h):
             draws = HF.sample(
                 h, num_samples, self.weight.detach(), _detach(self.bias), self.tree_tensors,
                 temperature=float(temperature), generator=generator,
             )
         return draws.view(*input.shape[:-1], num_samples)
+
+
+def _no_autocast(h: Tensor):
+    """Autocast off for the path math (it picks its own dtype); a no-op context when autocast
+    is not on, so exported graphs carry no autocast region."""
+    if torch.is_autocast_enabled(h.device.type):
+        return torch.autocast(device_type=h.device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def _check_finite(x: Tensor) -> None:
