@@ -297,6 +297,12 @@ def target_log_prob(
         sgd_lr = None
     if fast is not None:
         return fast.target_log_prob(h, target, weight, bias, tt, sparse, sgd_lr)
+    return torch_target_log_prob(h, target, weight, bias, tt, sparse)
+
+
+def torch_target_log_prob(h, target, weight, bias, tt: TreeTensors, sparse: bool = False) -> Tensor:
+    """:func:`target_log_prob` on the torch path whatever the device (no backend choice, no
+    fused SGD): the kernels' backward differentiates it for double backward."""
     if tt.is_binary:
         return _binary_path_log_prob(h, target, weight, bias, tt, sparse)
     return _stepwise_log_prob(h, target, weight, bias, tt, sparse)
