@@ -15,6 +15,10 @@ from .tree import Tree
 __all__ = ["HierarchicalSoftmax", "HierarchicalSoftmaxOutput", "NodeTable"]
 
 _REDUCTIONS = ("mean", "sum", "none")
+_OVERFLOW = (
+    "the node scores W @ input + b overflowed (NaN log-probabilities): the input or the weights "
+    "are too large for their dtype; scale the input down or compute in float64"
+)
 
 
 class HierarchicalSoftmaxOutput(NamedTuple):
@@ -290,6 +294,18 @@ class HierarchicalSoftmax(nn.Module):
                 bad = lo if lo < 0 else hi
                 raise ValueError(f"target {bad} is out of range [0, {self.num_classes})")
 
+    def _check_scores(self, log_probs: Tensor) -> None:
+        """Reject a NaN result: with finite inputs (checked) it means that a node's score
+        ``W h + b`` overflowed the dtype (e.g. ``x * 1e38`` in float32, where products of
+        opposite signs overflow to inf - inf), so no answer would be right. Log-probs are <= 0,
+        so their sum is NaN exactly when one of them is: one cheap reduction decides."""
+        if not self.check_finite or not log_probs.numel():
+            return
+        if torch.compiler.is_compiling() or log_probs.device.type != "cpu":
+            torch._assert_async(~torch.isnan(log_probs).any(), _OVERFLOW)
+        elif math.isnan(float(log_probs.detach().sum())):
+            raise ValueError(_OVERFLOW)
+
     def _assert_range(self, target: Tensor, keep: Tensor) -> None:
         """:meth:`_check_range` without a host sync (compiled code, other devices), for the
         targets where ``keep``: an asynchronous assert that fails the run when it is reached."""
@@ -315,6 +331,7 @@ class HierarchicalSoftmax(nn.Module):
                 idx = torch.nonzero(keep).squeeze(1)
                 lp = HF.target_log_prob(h[idx], tv, self.weight, self.bias, self.tree_tensors, self.sparse, lr)
                 out = h.new_zeros(t.shape[0]).index_put((idx,), lp)
+        self._check_scores(out)
         return self._reduce(out.view(target.shape), tv.numel())
 
     def _forward_static(self, h: Tensor, t: Tensor, keep: Tensor, shape: torch.Size) -> HierarchicalSoftmaxOutput:
@@ -327,6 +344,7 @@ class HierarchicalSoftmax(nn.Module):
             lp = HF.target_log_prob(h, torch.where(keep, t, 0), self.weight, self.bias, self.tree_tensors,
                                     self.sparse, lr)
         out = torch.where(keep, lp, 0.0)
+        self._check_scores(out)
         return self._reduce(out.view(shape), keep.sum())
 
     def _fused_lr(self) -> float | None:
@@ -360,6 +378,7 @@ class HierarchicalSoftmax(nn.Module):
         h = self._prepare_input(input)
         with _no_autocast(h):
             lp = HF.log_prob(h, self.weight, self.bias, self.tree_tensors)
+        self._check_scores(lp)
         return lp.view(*input.shape[:-1], self.num_classes)
 
     def topk(self, input: Tensor, k: int) -> torch.return_types.topk:
@@ -375,6 +394,7 @@ class HierarchicalSoftmax(nn.Module):
         h = self._prepare_input(input)
         with _no_autocast(h):
             vals, idx = HF.topk(h, k, self.weight.detach(), _detach(self.bias), self.tree_tensors)
+        self._check_scores(vals)
         shape = (*input.shape[:-1], k)
         return torch.return_types.topk((vals.view(shape), idx.view(shape)))
 
