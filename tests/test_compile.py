@@ -18,7 +18,8 @@ from conftest import kernels_enabled, make_batch, make_layer
 
 TREES = {
     "huffman": Tree.huffman([float(c) for c in range(1, 41)]),
-    "two_level": Tree.two_level(40, num_clusters=6),
+    # Zipf counts: clusters of 1 to 13 classes, the widest scored densely (depth_plan).
+    "two_level": Tree.two_level(40, num_clusters=6, counts=[1.0 / r for r in range(1, 41)]),
     "balanced4": Tree.balanced(30, arity=4),
 }
 
@@ -31,7 +32,8 @@ _COLD = textwrap.dedent(
     from hsoftmax import HierarchicalSoftmax, Tree
     backend = sys.argv[1]
     trees = {"huffman": Tree.huffman([float(c) for c in range(1, 41)]),
-             "two_level": Tree.two_level(40, num_clusters=6), "balanced4": Tree.balanced(30, arity=4)}
+             # Zipf counts: clusters of 1 to 13 classes, the widest scored densely (depth_plan).
+    "two_level": Tree.two_level(40, num_clusters=6, counts=[1.0 / r for r in range(1, 41)]), "balanced4": Tree.balanced(30, arity=4)}
     for name, tree in trees.items():
         torch.manual_seed(0)
         hs = HierarchicalSoftmax(8, tree, ignore_index=3)
@@ -101,7 +103,7 @@ def test_two_level_compiles_once_for_every_batch_of_a_size(kernels):
     if kernels and K.cpu() is None:
         pytest.skip("numba kernels unavailable")
     torch._dynamo.reset()
-    tree = Tree.two_level(200, num_clusters=14)
+    tree = Tree.two_level(200, num_clusters=14, counts=[1.0 / r for r in range(1, 201)])
     hs = make_layer(tree, 8, dtype=torch.float32)
     counter = _CountingBackend()
     step = torch.compile(lambda a, b: hs(a, b).loss, fullgraph=True, backend=counter)

@@ -70,6 +70,11 @@ class TreeTensors(NamedTuple):
     # Static shapes for the compiled/exported torch path (Python ints, so no tensor is read):
     level_edges: tuple[tuple[int, int], ...] = ()  # each level's block of child-table slots
     depth_arity: tuple[int, ...] = ()  # the largest arity at each depth (decision step)
+    # Per depth, (lo, hi, width): the depth's wide nodes have their rows wide_rows[lo:hi] scored
+    # densely for the whole batch; the others are gathered per example, padded to ``width``.
+    depth_plan: tuple[tuple[int, int, int], ...] = ()
+    wide_rows: Tensor | None = None  # (R,) long: the wide nodes' rows, depth after depth
+    wide_col: Tensor | None = None  # (N,) long: a wide node's first column in its depth's block, else -1
 
 
 def tree_tensors(tree: Tree, device: torch.device | str | None = None) -> TreeTensors:
@@ -89,6 +94,7 @@ def tree_tensors(tree: Tree, device: torch.device | str | None = None) -> TreeTe
     coff = np.asarray(tree.child_offset)
     level_edges = tuple((int(coff[a]), int(coff[b])) for a, b in levels)
     depth_arity = tuple(int(arity[a:b].max()) for a, b in levels)
+    depth_plan, wide_rows, wide_col = _wide_node_plan(levels, arity, poff)
     if tree.is_binary:
         mask = np.arange(dn.shape[1]) < np.asarray(tree.decision_lengths)[:, None]
         rows = poff[dn].astype(np.int32)
@@ -122,7 +128,42 @@ def tree_tensors(tree: Tree, device: torch.device | str | None = None) -> TreeTe
         max_arity=int(arity.max()) if arity.size else 1,
         level_edges=level_edges,
         depth_arity=depth_arity,
+        depth_plan=depth_plan,
+        wide_rows=t(wide_rows, torch.long),
+        wide_col=t(wide_col, torch.long),
     )
+
+
+_GATHER_COST = 4  # a gathered (B, A, d) row costs about this many dense matmul columns
+
+
+def _wide_node_plan(levels, arity: np.ndarray, poff: np.ndarray):
+    """Which nodes of each depth are scored densely (one ``(B, R)`` matmul over their rows, for
+    the whole batch) instead of by a per-example padded gather: a frequency-binned two-level
+    tree has a few clusters of thousands of classes among hundreds of small ones, and padding
+    every example to the widest would gather ``B x 3742 x d`` rows. The cut ``A`` minimizes
+    ``_GATHER_COST * A + R(A)`` (the rows of the k-ary nodes wider than ``A``); the root is
+    always scored densely by the caller."""
+    N = arity.size
+    wide_col = np.full(N, -1, dtype=np.int64)
+    plan, rows = [], []
+    pos = 0
+    for depth, (a, b) in enumerate(levels):
+        ar = arity[a:b]
+        width = int(ar.max())
+        if depth > 0 and width > 2:
+            cands = np.unique(np.maximum(ar, 2))
+            cost = [_GATHER_COST * c + int(ar[ar > c].sum()) for c in cands]
+            width = int(cands[int(np.argmin(cost))])
+        lo = pos
+        if depth > 0:
+            for n in np.flatnonzero(ar > width) + a:
+                wide_col[n] = pos - lo
+                rows.append(np.arange(poff[n], poff[n] + arity[n]))
+                pos += int(arity[n])
+        plan.append((lo, pos, width))
+    wide_rows = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
+    return tuple(plan), wide_rows, wide_col
 
 
 # ---------------------------------------------------------------------------- row gathers
@@ -217,11 +258,12 @@ def _children_from_rows(s: Tensor) -> Tensor:
 
 def child_log_probs(
     h: Tensor, nodes: Tensor, weight: Tensor, bias: Tensor | None, tt: TreeTensors,
-    sparse: bool = False, temperature: float = 1.0, width: int | None = None,
+    sparse: bool = False, temperature: float = 1.0, width: int | None = None, scores_only: bool = False,
 ) -> Tensor:
     """Log-probabilities of the children of ``nodes[m]`` given ``h[m]``: ``(M, A)``, where
     ``A`` is ``width`` (static: at least the largest arity among ``nodes``) or, by default, that
-    largest arity read from the tensors; slots past a node's arity hold ``-inf``."""
+    largest arity read from the tensors; slots past a node's arity hold ``-inf``. With
+    ``scores_only``, the scores before the node softmax (a binary node's child 0 scores 0)."""
     k = tt.arity[nodes]
     if width is None:
         A = int(k.max()) if k.numel() else 1
@@ -266,7 +308,7 @@ def child_log_probs(
     if temperature != 1.0:
         s = s / temperature
     s = s.masked_fill(~exists, float("-inf"))
-    return decision_log_probs(s)
+    return s if scores_only else decision_log_probs(s)
 
 
 # ---------------------------------------------------------------------------- target log-prob
@@ -305,6 +347,8 @@ def torch_target_log_prob(h, target, weight, bias, tt: TreeTensors, sparse: bool
     fused SGD): the kernels' backward differentiates it for double backward."""
     if tt.is_binary:
         return _binary_path_log_prob(h, target, weight, bias, tt, sparse)
+    if tt.is_two_level and h.device.type == "cpu" and not torch.compiler.is_compiling():
+        return _two_level_log_prob(h, target, weight, bias, tt, sparse)
     return _stepwise_log_prob(h, target, weight, bias, tt, sparse)
 
 
@@ -401,12 +445,90 @@ def _root_log_probs(h: Tensor, weight, bias, tt: TreeTensors, sparse: bool) -> T
     return _children_from_rows(s)
 
 
+def _node_log_probs(h: Tensor, node: int, weight, bias, tt: TreeTensors, sparse: bool) -> Tensor:
+    """Children log-probs of one node for every row of ``h``: one matmul, ``(M, arity)``."""
+    k = int(tt.arity[node])
+    o = int(tt.param_offset[node])
+    if k == 1:
+        return h.new_zeros(h.shape[0], 1)
+    rows = torch.arange(o, o + (1 if k == 2 else k), device=h.device)
+    w = _rows(weight, rows, sparse).to(h.dtype)
+    s = h @ w.T
+    b = _bias(bias, rows, sparse)
+    s = s + (b.to(h.dtype) if isinstance(b, Tensor) else b)
+    return _children_from_rows(s)
+
+
+def _two_level_log_prob(h, target, weight, bias, tt: TreeTensors, sparse: bool) -> Tensor:
+    """Eager CPU torch path of a two-level tree: the batch grouped by cluster, one matmul per
+    cluster present. Data-dependent shapes (and ``.tolist()`` syncs), but no padding: a
+    frequency-binned tree's clusters range from a few classes to thousands (3,742 for V = 100k),
+    and the static form pads every example to the widest (9x the work, 2 GB of gathered rows at
+    B = 512, d = 256). Compiled code and other devices take :func:`_stepwise_log_prob`."""
+    # Root: one (B, C) matmul. Cluster nodes are 1..C in root-choice order (BFS numbering).
+    cluster = tt.class_parent[target]
+    root_lp = _node_log_probs(h, 0, weight, bias, tt, sparse)
+    out = root_lp.gather(1, (cluster - 1).unsqueeze(1)).squeeze(1)
+    # Second level: group the batch by cluster so each cluster's block is read once. All the
+    # blocks present are fetched with ONE row gather and cut with split (and the inputs with one
+    # index + split), so autograd builds one sparse gradient and one input gradient, not one per
+    # cluster (accumulating hundreds of sparse gradients was quadratic).
+    order = torch.argsort(cluster)
+    uniq, counts = torch.unique_consecutive(cluster[order], return_counts=True)
+    k = tt.arity[uniq]
+    nrows = torch.where(k == 2, 1, torch.where(k == 1, 0, k))
+    starts = tt.param_offset[uniq]
+    total = int(nrows.sum())
+    seg = torch.repeat_interleave(torch.arange(uniq.numel(), device=h.device), nrows, output_size=total)
+    first = torch.cumsum(nrows, 0) - nrows
+    rows = starts[seg] + torch.arange(total, device=h.device) - first[seg]
+    w_blocks = _rows(weight, rows, sparse).to(h.dtype).split(nrows.tolist())
+    b_all = _bias(bias, rows, sparse)
+    b_blocks = b_all.to(h.dtype).split(nrows.tolist()) if isinstance(b_all, Tensor) else None
+    h_groups = h[order].split(counts.tolist())
+    choice = tt.class_choice[target[order]].split(counts.tolist())
+    parts = []
+    for g, (ku, hg) in enumerate(zip(k.tolist(), h_groups)):
+        if ku == 1:
+            parts.append(hg.new_zeros(hg.shape[0]))
+            continue
+        sc = hg @ w_blocks[g].T
+        if b_blocks is not None:
+            sc = sc + b_blocks[g]
+        lp = _children_from_rows(sc)
+        parts.append(lp.gather(1, choice[g].unsqueeze(1)).squeeze(1))
+    second = torch.cat(parts)
+    return out + second[torch.argsort(order)]
+
+
+def _depth_scores(h, nodes, weight, bias, tt: TreeTensors, sparse: bool, step: int) -> Tensor:
+    """Children scores ``(B, depth_arity[step])`` of each example's node at depth ``step``
+    (``-inf`` past its arity): narrow nodes by a padded row gather, wide ones (``depth_plan``)
+    read from one dense ``(B, R)`` matmul over their rows."""
+    A = tt.depth_arity[step]
+    lo, hi, width = tt.depth_plan[step]
+    s = child_log_probs(h, nodes, weight, bias, tt, sparse, width=width, scores_only=True)
+    if hi == lo:
+        return s
+    rows = tt.wide_rows[lo:hi]
+    dense = h @ _rows(weight, rows, sparse).to(h.dtype).T
+    b = _bias(bias, rows, sparse)
+    dense = dense + (b.to(h.dtype) if isinstance(b, Tensor) else b)
+    col = tt.wide_col[nodes]
+    j = torch.arange(A, device=h.device)
+    wide_s = dense.gather(1, (col.clamp(min=0).unsqueeze(1) + j).clamp(max=hi - lo - 1))
+    wide_s = wide_s.masked_fill(j >= tt.arity[nodes].unsqueeze(1), float("-inf"))
+    s = F.pad(s, (0, A - width), value=float("-inf"))
+    return torch.where((col >= 0).unsqueeze(1), wide_s, s)
+
+
 def _stepwise_log_prob(h, target, weight, bias, tt: TreeTensors, sparse: bool) -> Tensor:
     """Any tree, one decision step (depth) at a time, with static shapes: the root is one
     ``(B, k)`` matmul (every example visits it); at depth ``t >= 1`` each example gathers its
-    node's rows padded to that depth's largest arity ``A_t`` (``depth_arity``), a ``(B, A_t, d)``
-    batched product. For a two-level tree that is Theano's two-matmul form: clusters, then each
-    example's own cluster block. No shape depends on the data, so it compiles once and runs
+    node's rows padded to a static width, a ``(B, A_t, d)`` batched product, except that the
+    depth's few widest nodes (``depth_plan``) are scored with one dense matmul for the batch.
+    For a two-level tree that is Theano's two-matmul form: clusters, then each example's own
+    cluster block. No shape depends on the data, so it compiles once and runs
     without host syncs; examples whose path is shorter than ``t`` add 0."""
     dn = tt.decision_nodes[target].long()
     dc = tt.decision_choices[target].long()
@@ -416,7 +538,7 @@ def _stepwise_log_prob(h, target, weight, bias, tt: TreeTensors, sparse: bool) -
         if step == 0:
             lp = _root_log_probs(h, weight, bias, tt, sparse)
         else:
-            lp = child_log_probs(h, dn[:, step], weight, bias, tt, sparse, width=width)
+            lp = decision_log_probs(_depth_scores(h, dn[:, step], weight, bias, tt, sparse, step))
         taken = lp.gather(1, dc[:, step : step + 1]).squeeze(1)
         out = out + torch.where(L > step, taken, 0.0)
     return out
