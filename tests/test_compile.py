@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import torch
 
@@ -173,3 +174,33 @@ def test_compiled_checks_still_reject_bad_input():
     g = torch.compile(lambda a, b: hs(a, b).loss, fullgraph=True, backend="aot_eager")
     assert torch.isnan(g(torch.full_like(x, float("nan")), y))
     torch._dynamo.reset()
+
+
+class _Scores(torch.nn.Module):
+    def __init__(self, hs: HierarchicalSoftmax) -> None:
+        super().__init__()
+        self.hs = hs
+
+    def forward(self, x, y):
+        out = self.hs(x, y)
+        return self.hs.log_prob(x), out.output, out.loss
+
+
+@pytest.mark.parametrize("name", list(TREES))
+def test_onnx_export_of_log_prob_and_forward_on_the_torch_path(name):
+    """``torch.onnx.export(dynamo=True)`` (needs onnxscript, not a dependency: skipped without
+    it) of ``log_prob`` and ``forward`` on the torch path, run by onnx's reference evaluator. The
+    CPU kernels' custom ops have no ONNX translation: export with the kernels off."""
+    pytest.importorskip("onnxscript")
+    from onnx.reference import ReferenceEvaluator
+
+    tree = TREES[name]
+    hs = make_layer(tree, 8, dtype=torch.float32)
+    x, y = make_batch(tree, 10, 8, dtype=torch.float32)
+    with kernels_enabled(False), torch.no_grad():
+        prog = torch.onnx.export(_Scores(hs), (x, y), dynamo=True)
+        want = _Scores(hs)(x, y)
+    names = [i.name for i in prog.model_proto.graph.input]
+    got = ReferenceEvaluator(prog.model_proto).run(None, dict(zip(names, [x.numpy(), y.numpy()])))
+    for g, w in zip(got, want):
+        torch.testing.assert_close(torch.from_numpy(np.asarray(g)), w, rtol=1e-5, atol=1e-5)
