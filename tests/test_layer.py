@@ -447,3 +447,50 @@ def test_empty_batch():
     assert hs.log_prob(x).shape == (0, hs.num_classes)
     assert hs.topk(x, 3).indices.shape == (0, 3)
     assert hs.sample(x, 2).shape == (0, 2)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+@pytest.mark.parametrize("name", ["balanced4", "two_level", "huffman"])
+def test_huge_finite_inputs_never_give_nan(name, fast):
+    """``x * 1e38`` is finite, but in float32 its node scores overflow (inf - inf = NaN): every
+    method raises a clear error rather than returning NaN, on the kernels and the torch path. In
+    float64 the same input is fine: exact log-probs summing to 1, finite loss and top-k."""
+    from conftest import kernels_enabled
+
+    tree = named_trees()[name]
+    hs = make_layer(tree, 6, dtype=torch.float32)
+    x, y = make_batch(tree, 5, 6, dtype=torch.float32)
+    with kernels_enabled(fast):
+        for call in (lambda: hs.log_prob(x * 1e38), lambda: hs.topk(x * 1e38, 3)):
+            with pytest.raises(ValueError, match="overflowed"):
+                call()
+        try:
+            out = hs(x * 1e38, y).output
+        except ValueError as e:
+            assert "overflowed" in str(e)
+        else:  # a binary path may round the overflow to -inf, a correct limit: never NaN
+            assert not torch.isnan(out).any()
+        hs64 = make_layer(tree, 6, dtype=torch.float64)
+        x64 = x.double() * 1e38
+        lp = hs64.log_prob(x64)
+        torch.testing.assert_close(lp.exp().sum(-1), torch.ones(5, dtype=torch.float64))
+        out = hs64(x64, y)
+        torch.testing.assert_close(out.output, lp.gather(1, y[:, None]).squeeze(1))
+        assert torch.isfinite(out.loss)
+        top = hs64.topk(x64, 3)
+        torch.testing.assert_close(top.values, lp.topk(3).values)
+
+
+def test_check_finite_opt_out():
+    """``check_finite = False`` skips the NaN/Inf input check and the overflow check (as
+    torch.nn modules do not check): NaN in, NaN out, no error and no host sync."""
+    tree = named_trees()["balanced4"]
+    hs = make_layer(tree)
+    x, y = make_batch(tree, 4)
+    x[1, 2] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        hs.log_prob(x)
+    hs.check_finite = False
+    assert torch.isnan(hs.log_prob(x)[1]).all()
+    assert torch.isnan(hs(x, y).output[1])
+    assert not torch.isnan(hs(x, y).output[0])

@@ -67,6 +67,14 @@ class TreeTensors(NamedTuple):
     class_parent: Tensor  # (V,) long: parent node of each class
     class_choice: Tensor  # (V,) long: child index of each class within its parent
     max_arity: int = 1  # the largest number of children of any node
+    # Static shapes for the compiled/exported torch path (Python ints, so no tensor is read):
+    level_edges: tuple[tuple[int, int], ...] = ()  # each level's block of child-table slots
+    depth_arity: tuple[int, ...] = ()  # the largest arity at each depth (decision step)
+    # Per depth, (lo, hi, width): the depth's wide nodes have their rows wide_rows[lo:hi] scored
+    # densely for the whole batch; the others are gathered per example, padded to ``width``.
+    depth_plan: tuple[tuple[int, int, int], ...] = ()
+    wide_rows: Tensor | None = None  # (R,) long: the wide nodes' rows, depth after depth
+    wide_col: Tensor | None = None  # (N,) long: a wide node's first column in its depth's block, else -1
 
 
 def tree_tensors(tree: Tree, device: torch.device | str | None = None) -> TreeTensors:
@@ -83,6 +91,10 @@ def tree_tensors(tree: Tree, device: torch.device | str | None = None) -> TreeTe
     cuts = np.flatnonzero(np.diff(depth)) + 1
     bounds = np.concatenate([[0], cuts, [N]]).tolist()
     levels = tuple(zip(bounds[:-1], bounds[1:]))
+    coff = np.asarray(tree.child_offset)
+    level_edges = tuple((int(coff[a]), int(coff[b])) for a, b in levels)
+    depth_arity = tuple(int(arity[a:b].max()) for a, b in levels)
+    depth_plan, wide_rows, wide_col = _wide_node_plan(levels, arity, poff)
     if tree.is_binary:
         mask = np.arange(dn.shape[1]) < np.asarray(tree.decision_lengths)[:, None]
         rows = poff[dn].astype(np.int32)
@@ -114,7 +126,44 @@ def tree_tensors(tree: Tree, device: torch.device | str | None = None) -> TreeTe
         class_parent=t(np.asarray(tree.parent)[:V], torch.long),
         class_choice=t(np.asarray(tree.choice)[:V], torch.long),
         max_arity=int(arity.max()) if arity.size else 1,
+        level_edges=level_edges,
+        depth_arity=depth_arity,
+        depth_plan=depth_plan,
+        wide_rows=t(wide_rows, torch.long),
+        wide_col=t(wide_col, torch.long),
     )
+
+
+_GATHER_COST = 4  # a gathered (B, A, d) row costs about this many dense matmul columns
+
+
+def _wide_node_plan(levels, arity: np.ndarray, poff: np.ndarray):
+    """Which nodes of each depth are scored densely (one ``(B, R)`` matmul over their rows, for
+    the whole batch) instead of by a per-example padded gather: a frequency-binned two-level
+    tree has a few clusters of thousands of classes among hundreds of small ones, and padding
+    every example to the widest would gather ``B x 3742 x d`` rows. The cut ``A`` minimizes
+    ``_GATHER_COST * A + R(A)`` (the rows of the k-ary nodes wider than ``A``); the root is
+    always scored densely by the caller."""
+    N = arity.size
+    wide_col = np.full(N, -1, dtype=np.int64)
+    plan, rows = [], []
+    pos = 0
+    for depth, (a, b) in enumerate(levels):
+        ar = arity[a:b]
+        width = int(ar.max())
+        if depth > 0 and width > 2:
+            cands = np.unique(np.maximum(ar, 2))
+            cost = [_GATHER_COST * c + int(ar[ar > c].sum()) for c in cands]
+            width = int(cands[int(np.argmin(cost))])
+        lo = pos
+        if depth > 0:
+            for n in np.flatnonzero(ar > width) + a:
+                wide_col[n] = pos - lo
+                rows.append(np.arange(poff[n], poff[n] + arity[n]))
+                pos += int(arity[n])
+        plan.append((lo, pos, width))
+    wide_rows = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
+    return tuple(plan), wide_rows, wide_col
 
 
 # ---------------------------------------------------------------------------- row gathers
@@ -209,12 +258,17 @@ def _children_from_rows(s: Tensor) -> Tensor:
 
 def child_log_probs(
     h: Tensor, nodes: Tensor, weight: Tensor, bias: Tensor | None, tt: TreeTensors,
-    sparse: bool = False, temperature: float = 1.0,
+    sparse: bool = False, temperature: float = 1.0, width: int | None = None, scores_only: bool = False,
 ) -> Tensor:
     """Log-probabilities of the children of ``nodes[m]`` given ``h[m]``: ``(M, A)``, where
-    ``A`` is the largest arity among ``nodes``; slots past a node's arity hold ``-inf``."""
+    ``A`` is ``width`` (static: at least the largest arity among ``nodes``) or, by default, that
+    largest arity read from the tensors; slots past a node's arity hold ``-inf``. With
+    ``scores_only``, the scores before the node softmax (a binary node's child 0 scores 0)."""
     k = tt.arity[nodes]
-    A = int(k.max()) if k.numel() else 1
+    if width is None:
+        A = int(k.max()) if k.numel() else 1
+    else:
+        A = width
     j = torch.arange(A, device=h.device)
     o = tt.param_offset[nodes].unsqueeze(-1)
     k = k.unsqueeze(-1)
@@ -225,7 +279,7 @@ def child_log_probs(
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (h, weight, bias))
     if tt.num_params == 0:
         s = h.new_zeros(M, A)
-    elif not needs_grad and M * A > 4 * int(k.sum()) + 64 and M * A * h.shape[1] > (1 << 20):
+    elif width is None and not needs_grad and M * A > 4 * int(k.sum()) + 64 and M * A * h.shape[1] > (1 << 20):
         # Mixed arities (a wide node among narrow ones, e.g. a two-level root next to small
         # clusters): padding every node to A and gathering (M, A, d) rows would be mostly
         # waste. Score each distinct node once with a matmul over the rows that visit it.
@@ -254,7 +308,7 @@ def child_log_probs(
     if temperature != 1.0:
         s = s / temperature
     s = s.masked_fill(~exists, float("-inf"))
-    return decision_log_probs(s)
+    return s if scores_only else decision_log_probs(s)
 
 
 # ---------------------------------------------------------------------------- target log-prob
@@ -264,9 +318,10 @@ def target_log_prob(
 ) -> Tensor:
     """``log p(target[i] | h[i])`` for ``h`` (B, d) and ``target`` (B,) long in range: ``(B,)``.
 
-    Never builds a (B, V) tensor: binary trees gather each example's padded path of rows,
-    two-level trees do one matmul at the root and one per cluster present in the batch, other
-    trees walk the decisions step by step.
+    Never builds a (B, V) tensor: binary trees gather each example's padded path of rows, other
+    trees (two-level ones included) do one matmul at the root, then one batched product per
+    depth with each example's node rows padded to that depth's largest arity. Every shape is
+    static (no host sync, one compiled graph per batch size).
 
     With ``sgd_lr`` set, backward does not return gradients for ``weight``/``bias``: it applies
     plain SGD to them in place, ``weight -= sgd_lr * grad`` (the same gradient it would have
@@ -284,14 +339,37 @@ def target_log_prob(
         sgd_lr = None
     if fast is not None:
         return fast.target_log_prob(h, target, weight, bias, tt, sparse, sgd_lr)
+    return torch_target_log_prob(h, target, weight, bias, tt, sparse)
+
+
+def torch_target_log_prob(h, target, weight, bias, tt: TreeTensors, sparse: bool = False) -> Tensor:
+    """:func:`target_log_prob` on the torch path whatever the device (no backend choice, no
+    fused SGD): the kernels' backward differentiates it for double backward."""
     if tt.is_binary:
         return _binary_path_log_prob(h, target, weight, bias, tt, sparse)
-    if tt.is_two_level:
+    if tt.is_two_level and h.device.type == "cpu" and not torch.compiler.is_compiling():
         return _two_level_log_prob(h, target, weight, bias, tt, sparse)
     return _stepwise_log_prob(h, target, weight, bias, tt, sparse)
 
 
 _bridge: ModuleType | None = None
+_ops: ModuleType | None = None
+
+
+@torch.compiler.assume_constant_result
+def _kernel_ops_ready() -> bool:
+    """Whether the kernels are enabled and numba imports; if so, import (register) the custom
+    ops of :mod:`hsoftmax.kernels.ops`. Run once per compilation, outside the traced graph, and
+    baked in as a constant: toggling :func:`hsoftmax.kernels.set_enabled` after compiling does
+    not change a compiled function (compile it again)."""
+    global _ops
+    if K.cpu() is None:
+        return False
+    if _ops is None:
+        from .kernels import ops
+
+        _ops = ops
+    return True
 
 
 def _cpu_kernels(h: Tensor, weight: Tensor, bias: Tensor | None, *, backward: bool = True) -> ModuleType | None:
@@ -311,9 +389,12 @@ def _cpu_kernels(h: Tensor, weight: Tensor, bias: Tensor | None, *, backward: bo
         return None
     if bias is not None and (bias.dtype != dt or bias.device.type != "cpu"):
         return None
-    if torch._C._functorch.is_functorch_wrapped_tensor(h) or torch._C._functorch.is_functorch_wrapped_tensor(weight):
-        return None
     if not backward and torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (h, weight, bias)):
+        return None
+    if torch.compiler.is_compiling():
+        # Compiled or exported: the kernels as opaque custom ops (dynamo cannot trace numba).
+        return _ops if _kernel_ops_ready() else None
+    if torch._C._functorch.is_functorch_wrapped_tensor(h) or torch._C._functorch.is_functorch_wrapped_tensor(weight):
         return None
     if K.cpu() is None:
         return None
@@ -350,6 +431,20 @@ def _binary_path_log_prob(h, target, weight, bias, tt: TreeTensors, sparse: bool
     return (decision_log_probs(sign * s, signed=True) * sign.abs()).sum(-1)
 
 
+def _root_log_probs(h: Tensor, weight, bias, tt: TreeTensors, sparse: bool) -> Tensor:
+    """Children log-probs of the root for every row of ``h``: one matmul, ``(B, arity)``. The
+    root is node 0 with parameter rows from 0, and its arity is static (``depth_arity[0]``)."""
+    k = tt.depth_arity[0]
+    if k == 1:
+        return h.new_zeros(h.shape[0], 1)
+    rows = torch.arange(1 if k == 2 else k, device=h.device)
+    w = _rows(weight, rows, sparse).to(h.dtype)
+    s = h @ w.T
+    b = _bias(bias, rows, sparse)
+    s = s + (b.to(h.dtype) if isinstance(b, Tensor) else b)
+    return _children_from_rows(s)
+
+
 def _node_log_probs(h: Tensor, node: int, weight, bias, tt: TreeTensors, sparse: bool) -> Tensor:
     """Children log-probs of one node for every row of ``h``: one matmul, ``(M, arity)``."""
     k = int(tt.arity[node])
@@ -365,6 +460,11 @@ def _node_log_probs(h: Tensor, node: int, weight, bias, tt: TreeTensors, sparse:
 
 
 def _two_level_log_prob(h, target, weight, bias, tt: TreeTensors, sparse: bool) -> Tensor:
+    """Eager CPU torch path of a two-level tree: the batch grouped by cluster, one matmul per
+    cluster present. Data-dependent shapes (and ``.tolist()`` syncs), but no padding: a
+    frequency-binned tree's clusters range from a few classes to thousands (3,742 for V = 100k),
+    and the static form pads every example to the widest (9x the work, 2 GB of gathered rows at
+    B = 512, d = 256). Compiled code and other devices take :func:`_stepwise_log_prob`."""
     # Root: one (B, C) matmul. Cluster nodes are 1..C in root-choice order (BFS numbering).
     cluster = tt.class_parent[target]
     root_lp = _node_log_probs(h, 0, weight, bias, tt, sparse)
@@ -401,18 +501,46 @@ def _two_level_log_prob(h, target, weight, bias, tt: TreeTensors, sparse: bool) 
     return out + second[torch.argsort(order)]
 
 
+def _depth_scores(h, nodes, weight, bias, tt: TreeTensors, sparse: bool, step: int) -> Tensor:
+    """Children scores ``(B, depth_arity[step])`` of each example's node at depth ``step``
+    (``-inf`` past its arity): narrow nodes by a padded row gather, wide ones (``depth_plan``)
+    read from one dense ``(B, R)`` matmul over their rows."""
+    A = tt.depth_arity[step]
+    lo, hi, width = tt.depth_plan[step]
+    s = child_log_probs(h, nodes, weight, bias, tt, sparse, width=width, scores_only=True)
+    if hi == lo:
+        return s
+    rows = tt.wide_rows[lo:hi]
+    dense = h @ _rows(weight, rows, sparse).to(h.dtype).T
+    b = _bias(bias, rows, sparse)
+    dense = dense + (b.to(h.dtype) if isinstance(b, Tensor) else b)
+    col = tt.wide_col[nodes]
+    j = torch.arange(A, device=h.device)
+    wide_s = dense.gather(1, (col.clamp(min=0).unsqueeze(1) + j).clamp(max=hi - lo - 1))
+    wide_s = wide_s.masked_fill(j >= tt.arity[nodes].unsqueeze(1), float("-inf"))
+    s = F.pad(s, (0, A - width), value=float("-inf"))
+    return torch.where((col >= 0).unsqueeze(1), wide_s, s)
+
+
 def _stepwise_log_prob(h, target, weight, bias, tt: TreeTensors, sparse: bool) -> Tensor:
+    """Any tree, one decision step (depth) at a time, with static shapes: the root is one
+    ``(B, k)`` matmul (every example visits it); at depth ``t >= 1`` each example gathers its
+    node's rows padded to a static width, a ``(B, A_t, d)`` batched product, except that the
+    depth's few widest nodes (``depth_plan``) are scored with one dense matmul for the batch.
+    For a two-level tree that is Theano's two-matmul form: clusters, then each example's own
+    cluster block. No shape depends on the data, so it compiles once and runs
+    without host syncs; examples whose path is shorter than ``t`` add 0."""
     dn = tt.decision_nodes[target].long()
     dc = tt.decision_choices[target].long()
     L = tt.decision_lengths[target]
     out = h.new_zeros(h.shape[0])
-    for step in range(dn.shape[1]):
-        active = torch.nonzero(L > step).squeeze(1)
-        if active.numel() == 0:
-            break
-        lp = child_log_probs(h[active], dn[active, step], weight, bias, tt, sparse)
-        taken = lp.gather(1, dc[active, step].unsqueeze(1)).squeeze(1)
-        out = out.index_add(0, active, taken)
+    for step, width in enumerate(tt.depth_arity):
+        if step == 0:
+            lp = _root_log_probs(h, weight, bias, tt, sparse)
+        else:
+            lp = decision_log_probs(_depth_scores(h, dn[:, step], weight, bias, tt, sparse, step))
+        taken = lp.gather(1, dc[:, step : step + 1]).squeeze(1)
+        out = out + torch.where(L > step, taken, 0.0)
     return out
 
 
@@ -435,19 +563,14 @@ def log_prob(h: Tensor, weight: Tensor, bias: Tensor | None, tt: TreeTensors) ->
     has = tt.edge_rows >= 0
     edge_s = torch.where(has, s_all[:, tt.edge_rows.clamp(min=0)], 0.0)  # (B, E)
     edge_lp = decision_log_probs(edge_s, owner=tt.edge_owner, num_nodes=tt.arity.numel())
-    # Top-down accumulation: BFS levels are contiguous id blocks, and the internal children of a
-    # level are exactly the next block, in child-table order.
-    parent_lp = h.new_zeros(B, 1)
-    out = h.new_empty(B, V)
-    off = tt.child_offset
-    for a, b in tt.levels:
-        lo, hi = int(off[a]), int(off[b])
-        refs = tt.children[lo:hi]
-        lp = torch.repeat_interleave(parent_lp, tt.arity[a:b], dim=1, output_size=hi - lo) + edge_lp[:, lo:hi]
-        leaf = refs < V
-        out[:, refs[leaf]] = lp[:, leaf]
-        parent_lp = lp[:, ~leaf]
-    return out
+    # Top-down accumulation over refs (classes 0..V-1, then node n at V + n): BFS levels are
+    # contiguous id blocks, so a level's parents are all filled when it is reached. The level
+    # bounds are static ints (level_edges), so every shape is static.
+    ref_lp = h.new_zeros(B, V + tt.arity.numel())
+    for lo, hi in tt.level_edges:
+        lp = ref_lp[:, V + tt.edge_owner[lo:hi]] + edge_lp[:, lo:hi]
+        ref_lp.index_copy_(1, tt.children[lo:hi], lp)  # in place: the gather above saves no values
+    return ref_lp[:, :V]
 
 
 # ---------------------------------------------------------------------------- top-k search
@@ -463,6 +586,10 @@ def topk(h: Tensor, k: int, weight: Tensor, bias: Tensor | None, tt: TreeTensors
     fast = _cpu_kernels(h, weight, bias) if B else None
     if fast is not None:
         return fast.topk(h, k, weight, bias, tt)
+    if torch.compiler.is_compiling():
+        # The best-first search below has data-dependent loops and shapes. Compiled or exported,
+        # the torch path ranks the exact log-probabilities instead: O(B * V), same answer.
+        return torch.topk(log_prob(h, weight, bias, tt), k, dim=1)
     dev = h.device
     vals = h.new_full((B, k), float("-inf"))
     idx = torch.zeros(B, k, dtype=torch.long, device=dev)

@@ -2,6 +2,7 @@ r"""``HierarchicalSoftmax``: an exact, tree-structured output layer for PyTorch.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 from collections.abc import Mapping
@@ -18,6 +19,10 @@ from .tree import Tree
 __all__ = ["HierarchicalSoftmax", "HierarchicalSoftmaxOutput", "NodeTable"]
 
 _REDUCTIONS = ("mean", "sum", "none")
+_OVERFLOW = (
+    "the node scores W @ input + b overflowed (NaN log-probabilities): the input or the weights "
+    "are too large for their dtype; scale the input down or compute in float64"
+)
 
 
 class HierarchicalSoftmaxOutput(NamedTuple):
@@ -138,6 +143,20 @@ class HierarchicalSoftmax(nn.Module):
     was. To take a checkpoint's tree, build the layer from it: :meth:`from_state_dict`, or
     :meth:`tree_from_state_dict` to build a whole model around it.
 
+    Inputs are checked for NaN/Inf unless :attr:`check_finite` is ``False`` (a plain attribute,
+    ``True`` by default; set it on the instance). Eager on the CPU a bad input raises
+    ``ValueError``; in compiled or exported code and on other devices the check is an
+    asynchronous ``torch._assert_async`` (no graph break, no host sync), which fails with a
+    ``RuntimeError`` (on CUDA a device-side assert). Targets out of range are treated the same.
+
+    ``forward``, ``log_prob``, ``topk`` and ``predict`` compile with
+    ``torch.compile(fullgraph=True)`` and export with :func:`torch.export.export`: on the CPU
+    kernels each call is one custom op (``torch.ops.hsoftmax.*``), and the torch path has static
+    shapes (a batch size compiles once). Compiled, the kernels' backward returns dense
+    gradients; with ``sparse=True`` or ``fused_sgd_lr`` the call runs eagerly (a graph break, so
+    not under ``fullgraph=True``) to keep those semantics. Compiled on the torch path, ``topk``
+    ranks the full ``log_prob`` (exact, but O(batch * num_classes)).
+
     Example::
 
         >>> import torch
@@ -153,6 +172,9 @@ class HierarchicalSoftmax(nn.Module):
         >>> hs.topk(x, 2).indices.shape
         torch.Size([4, 2])
     """
+
+    #: Check inputs for NaN/Inf (see the class docstring); ``False`` skips the check.
+    check_finite: bool = True
 
     def __init__(
         self,
@@ -312,6 +334,7 @@ class HierarchicalSoftmax(nn.Module):
 
     # ------------------------------------------------------------------ checks
     def _prepare_input(self, input: Tensor) -> Tensor:
+        # Type, shape, device and dtype first: they cost nothing and never touch the data.
         if not isinstance(input, Tensor):
             raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
         if not input.is_floating_point():
@@ -320,10 +343,10 @@ class HierarchicalSoftmax(nn.Module):
             raise ValueError(
                 f"input's last dimension must be in_features={self.in_features}, got shape {tuple(input.shape)}"
             )
-        if input.numel() and not _all_finite(input):
-            raise ValueError("input contains NaN or Inf")
         if input.device != self.weight.device:
             raise ValueError(f"input is on {input.device} but the layer is on {self.weight.device}")
+        if self.check_finite and input.numel():
+            _check_finite(input)
         dtype = torch.promote_types(input.dtype, self.weight.dtype)
         if dtype not in (torch.float32, torch.float64):
             dtype = torch.float32  # half-precision path math overflows; float32 is exact enough
@@ -349,15 +372,60 @@ class HierarchicalSoftmax(nn.Module):
                 bad = lo if lo < 0 else hi
                 raise ValueError(f"target {bad} is out of range [0, {self.num_classes})")
 
+    def _check_scores(self, log_probs: Tensor) -> None:
+        """Reject a NaN result: with finite inputs (checked) it means that a node's score
+        ``W h + b`` overflowed the dtype (e.g. ``x * 1e38`` in float32, where products of
+        opposite signs overflow to inf - inf), so no answer would be right. Log-probs are <= 0,
+        so their sum is NaN exactly when one of them is: one cheap reduction decides."""
+        if not self.check_finite or not log_probs.numel():
+            return
+        if torch.compiler.is_compiling() or log_probs.device.type != "cpu":
+            torch._assert_async(~torch.isnan(log_probs).any(), _OVERFLOW)
+        elif math.isnan(float(log_probs.detach().sum())):
+            raise ValueError(_OVERFLOW)
+
+    def _assert_range(self, target: Tensor, keep: Tensor) -> None:
+        """:meth:`_check_range` without a host sync (compiled code, other devices), for the
+        targets where ``keep``: an asynchronous assert that fails the run when it is reached."""
+        bad = keep & ((target < 0) | (target >= self.num_classes))
+        torch._assert_async(~bad.any(), f"target out of range [0, {self.num_classes})")
+
     # ------------------------------------------------------------------ forward
     def forward(self, input: Tensor, target: Tensor) -> HierarchicalSoftmaxOutput:
         """Log-probability of each target and the reduced NLL loss (see the class docstring)."""
         h = self._prepare_input(input)
         t = self._check_target(target, input.shape[:-1])
         keep = t != self.ignore_index
+        if torch.compiler.is_compiling() or h.device.type != "cpu":
+            return self._forward_static(h, t, keep, target.shape)
         all_kept = bool(keep.all())
         tv = t if all_kept else t[keep]
         self._check_range(tv)
+        lr = self._fused_lr()
+        with _no_autocast(h):
+            if all_kept:
+                out = HF.target_log_prob(h, tv, self.weight, self.bias, self.tree_tensors, self.sparse, lr)
+            else:
+                idx = torch.nonzero(keep).squeeze(1)
+                lp = HF.target_log_prob(h[idx], tv, self.weight, self.bias, self.tree_tensors, self.sparse, lr)
+                out = h.new_zeros(t.shape[0]).index_put((idx,), lp)
+        self._check_scores(out)
+        return self._reduce(out.view(target.shape), tv.numel())
+
+    def _forward_static(self, h: Tensor, t: Tensor, keep: Tensor, shape: torch.Size) -> HierarchicalSoftmaxOutput:
+        """:meth:`forward` with no data-dependent shape and no host sync (compiled or exported
+        code, and devices other than the CPU): ignored targets are scored as class 0 and masked
+        out, so their rows get no gradient, instead of being cut out of the batch."""
+        self._assert_range(t, keep)
+        lr = self._fused_lr()
+        with _no_autocast(h):
+            lp = HF.target_log_prob(h, torch.where(keep, t, 0), self.weight, self.bias, self.tree_tensors,
+                                    self.sparse, lr)
+        out = torch.where(keep, lp, 0.0)
+        self._check_scores(out)
+        return self._reduce(out.view(shape), keep.sum())
+
+    def _fused_lr(self) -> float | None:
         lr = self.fused_sgd_lr
         if lr is not None:
             lr = float(lr)
@@ -365,20 +433,19 @@ class HierarchicalSoftmax(nn.Module):
                 raise ValueError(f"fused_sgd_lr must be None or a finite number >= 0, got {self.fused_sgd_lr!r}")
             if not torch.is_grad_enabled():
                 lr = None
-        with torch.autocast(device_type=h.device.type, enabled=False):
-            if all_kept:
-                out = HF.target_log_prob(h, tv, self.weight, self.bias, self.tree_tensors, self.sparse, lr)
-            else:
-                idx = torch.nonzero(keep).squeeze(1)
-                lp = HF.target_log_prob(h[idx], tv, self.weight, self.bias, self.tree_tensors, self.sparse, lr)
-                out = h.new_zeros(t.shape[0]).index_put((idx,), lp)
-        out = out.view(target.shape)
+        return lr
+
+    def _reduce(self, out: Tensor, count: int | Tensor) -> HierarchicalSoftmaxOutput:
+        """The loss from the per-target log-probs ``out`` (0 where ignored); ``count`` is the
+        number of kept targets (a tensor in the static path)."""
         if self.reduction == "none":
             loss = -out
         elif self.reduction == "sum":
             loss = -out.sum()
+        elif isinstance(count, Tensor):
+            loss = -out.sum() / count.clamp(min=1)
         else:
-            loss = -out.sum() / max(int(tv.numel()), 1)
+            loss = -out.sum() / max(count, 1)
         return HierarchicalSoftmaxOutput(out, loss)
 
     def log_prob(self, input: Tensor) -> Tensor:
@@ -387,8 +454,9 @@ class HierarchicalSoftmax(nn.Module):
         This is the one method that builds a ``(batch, num_classes)`` tensor, because it returns one.
         """
         h = self._prepare_input(input)
-        with torch.autocast(device_type=h.device.type, enabled=False):
+        with _no_autocast(h):
             lp = HF.log_prob(h, self.weight, self.bias, self.tree_tensors)
+        self._check_scores(lp)
         return lp.view(*input.shape[:-1], self.num_classes)
 
     def topk(self, input: Tensor, k: int) -> torch.return_types.topk:
@@ -401,8 +469,9 @@ class HierarchicalSoftmax(nn.Module):
         if not 1 <= k <= self.num_classes:
             raise ValueError(f"k must be in [1, num_classes={self.num_classes}], got {k}")
         h = self._prepare_input(input)
-        with torch.autocast(device_type=h.device.type, enabled=False):
+        with _no_autocast(h):
             vals, idx = HF.topk(h, k, self.weight.detach(), _detach(self.bias), self.tree_tensors)
+        self._check_scores(vals)
         shape = (*input.shape[:-1], k)
         return torch.return_types.topk((vals.view(shape), idx.view(shape)))
 
@@ -426,12 +495,31 @@ class HierarchicalSoftmax(nn.Module):
         if not (math.isfinite(temperature) and temperature > 0):
             raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
         h = self._prepare_input(input)
-        with torch.autocast(device_type=h.device.type, enabled=False):
+        with _no_autocast(h):
             draws = HF.sample(
                 h, num_samples, self.weight.detach(), _detach(self.bias), self.tree_tensors,
                 temperature=float(temperature), generator=generator,
             )
         return draws.view(*input.shape[:-1], num_samples)
+
+
+def _no_autocast(h: Tensor):
+    """Autocast off for the path math (it picks its own dtype); a no-op context when autocast
+    is not on, so exported graphs carry no autocast region."""
+    if torch.is_autocast_enabled(h.device.type):
+        return torch.autocast(device_type=h.device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def _check_finite(x: Tensor) -> None:
+    """Reject NaN/Inf inputs. Eager on the CPU: a ``ValueError`` (a cheap sum decides most
+    batches). Compiled or exported code, and other devices: ``torch._assert_async``, which adds
+    no graph break and no host sync (the GPU does not wait), and fails the run when it is
+    reached (on CUDA as a device-side assert, which ends the process's CUDA context)."""
+    if torch.compiler.is_compiling() or x.device.type != "cpu":
+        torch._assert_async(torch.isfinite(x).all(), "input contains NaN or Inf")
+    elif not _all_finite(x):
+        raise ValueError("input contains NaN or Inf")
 
 
 def _all_finite(x: Tensor) -> bool:

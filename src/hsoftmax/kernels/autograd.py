@@ -24,9 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
-from ..functional import TreeTensors, decision_log_probs
+from ..functional import TreeTensors, decision_log_probs, torch_target_log_prob
 from . import borrow_marks, buffer, bump_version, threads
 from . import numba_cpu as nb
 
@@ -156,6 +155,30 @@ def _table_grads(uniq: np.ndarray, gw: np.ndarray, gb: np.ndarray | None, shape,
 def _set_ctx(ctx, tt: TreeTensors, bias: Tensor | None, sparse: bool, sgd_lr: float | None) -> None:
     ctx.tt, ctx.sparse, ctx.has_bias = tt, sparse, bias is not None
     ctx.sgd_lr = None if sgd_lr is None else float(sgd_lr)
+    ctx.bias = bias  # for double backward (saved_tensors holds it only with sgd_lr)
+
+
+def _differentiable_backward(ctx, go: Tensor):
+    """Backward under ``create_graph=True`` (grad mode is on inside backward exactly then): the
+    kernels' gradients are not differentiable, so recompute the same log-probs on the torch path
+    and differentiate that, building the graph a second derivative needs (a gradient penalty).
+    The node-table gradients come out dense. Fused SGD cannot be differentiated: it raises."""
+    if ctx.sgd_lr is not None:
+        raise RuntimeError(
+            "fused_sgd_lr does not support create_graph=True (double backward): set fused_sgd_lr=None "
+            "and use an optimizer"
+        )
+    h, weight, _, target = ctx.saved_tensors[:4]
+    wanted = [
+        (i, t) for i, t in enumerate((h, weight, ctx.bias)) if t is not None and ctx.needs_input_grad[i]
+    ]
+    grads = [None] * 7
+    if wanted:
+        out = torch_target_log_prob(h, target, weight, ctx.bias, ctx.tt)
+        got = torch.autograd.grad(out, [t for _, t in wanted], go.to(out.dtype), create_graph=True, allow_unused=True)
+        for (i, t), g in zip(wanted, got):
+            grads[i] = torch.zeros_like(t) if g is None else g
+    return tuple(grads)
 
 
 # ---------------------------------------------------------------------------- binary trees
@@ -177,8 +200,9 @@ class _BinaryPathFn(torch.autograd.Function):
         return torch.from_numpy(out)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, go):  # type: ignore[override]
+        if torch.is_grad_enabled():  # create_graph=True
+            return _differentiable_backward(ctx, go)
         h, weight, bias, target, coef_t = _saved_tensors(ctx)
         coef = coef_t.numpy()
         paths = _paths(ctx.tt)
@@ -269,8 +293,9 @@ class _GroupedFn(torch.autograd.Function):
         return torch.from_numpy(out)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, go):  # type: ignore[override]
+        if torch.is_grad_enabled():  # create_graph=True
+            return _differentiable_backward(ctx, go)
         h, weight, bias, target = _saved_tensors(ctx)
         plan, work, ent, S, p_root, kr = ctx.fwd
         nodes, decisions = _nodes(ctx.tt), _decisions(ctx.tt)
