@@ -82,8 +82,10 @@ def keras_worker(args) -> list[dict]:
             hin = keras.Input((d,))
             if method == "dense":
                 model = keras.Model(hin, keras.layers.Dense(V)(hin))
-                model.compile(optimizer=keras.optimizers.SGD(0.1),
-                              loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+                model.compile(
+                    optimizer=keras.optimizers.SGD(0.1),
+                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                )
                 step = lambda: model.train_on_batch(x, y)  # noqa: E731
             else:
                 yin = keras.Input((), dtype="int32")
@@ -95,12 +97,25 @@ def keras_worker(args) -> list[dict]:
             try:
                 step()
             except Exception as e:  # e.g. out of memory at 1M
-                rows.append(dict(backend=backend, method="skipped", V=V, why=f"{method}: {type(e).__name__}: {e}"[:300]))
+                rows.append(
+                    dict(backend=backend, method="skipped", V=V, why=f"{method}: {type(e).__name__}: {e}"[:300])
+                )
                 continue
             first = time.perf_counter() - t0
             sec, n = timed_steps(step, args.min_time, args.max_steps, warmup=1)
-            rows.append(dict(backend=backend, method=method, V=V, d=d, batch=B, step_ms=1e3 * sec,
-                             examples_per_s=B / sec, steps=n, first_step_s=first))
+            rows.append(
+                dict(
+                    backend=backend,
+                    method=method,
+                    V=V,
+                    d=d,
+                    batch=B,
+                    step_ms=1e3 * sec,
+                    examples_per_s=B / sec,
+                    steps=n,
+                    first_step_s=first,
+                )
+            )
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
             del model
     rows += keras_topk(args, backend)
@@ -127,20 +142,39 @@ def keras_topk(args, backend: str) -> list[dict]:
     rows = []
     for label, scale in (("peaked", 8.0), ("initial", None)):
         if scale is not None:
-            hs.set_weights([scale * rng.normal(size=(tree.num_params, d)).astype("float32") / np.sqrt(d),
-                            np.zeros(tree.num_params, "float32")])
+            hs.set_weights(
+                [
+                    scale * rng.normal(size=(tree.num_params, d)).astype("float32") / np.sqrt(d),
+                    np.zeros(tree.num_params, "float32"),
+                ]
+            )
         else:
             bound = 1 / np.sqrt(d)
-            hs.set_weights([rng.uniform(-bound, bound, (tree.num_params, d)).astype("float32"),
-                            np.zeros(tree.num_params, "float32")])
+            hs.set_weights(
+                [
+                    rng.uniform(-bound, bound, (tree.num_params, d)).astype("float32"),
+                    np.zeros(tree.num_params, "float32"),
+                ]
+            )
         proven = float(np.mean(ops.convert_to_numpy(hs.beam_topk(x, 5).exact)))
         t_topk, _ = timed_steps(lambda: topk_model.predict_on_batch(x), args.min_time, args.max_steps, 1)
         t_full, _ = timed_steps(lambda: full_model.predict_on_batch(x), args.min_time, args.max_steps, 1)
         a = topk_model.predict_on_batch(x)[1]
         b = full_model.predict_on_batch(x)[1]
-        rows.append(dict(backend=backend, method=f"topk5_{label}", V=V, d=d, batch=B, topk_ms=1e3 * t_topk,
-                         full_ms=1e3 * t_full, speedup=t_full / t_topk, proven=proven,
-                         same_indices=float(np.mean(np.asarray(a) == np.asarray(b)))))
+        rows.append(
+            dict(
+                backend=backend,
+                method=f"topk5_{label}",
+                V=V,
+                d=d,
+                batch=B,
+                topk_ms=1e3 * t_topk,
+                full_ms=1e3 * t_full,
+                speedup=t_full / t_topk,
+                proven=proven,
+                same_indices=float(np.mean(np.asarray(a) == np.asarray(b))),
+            )
+        )
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     return rows
 
@@ -170,8 +204,19 @@ def torch_module_worker(args) -> list[dict]:
             step()
             first = time.perf_counter() - t0
             sec, n = timed_steps(step, args.min_time, args.max_steps, warmup=1)
-            rows.append(dict(backend="torch module", method=method, V=V, d=d, batch=B, step_ms=1e3 * sec,
-                             examples_per_s=B / sec, steps=n, first_step_s=first))
+            rows.append(
+                dict(
+                    backend="torch module",
+                    method=method,
+                    V=V,
+                    d=d,
+                    batch=B,
+                    step_ms=1e3 * sec,
+                    examples_per_s=B / sec,
+                    steps=n,
+                    first_step_s=first,
+                )
+            )
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     return rows
 
@@ -181,8 +226,12 @@ def versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": platform.python_version(), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs"}
-    for name, dists in {"keras": ["keras"], "jax": ["jax"], "torch": ["torch"],
-                        "tensorflow": ["tensorflow-cpu", "tensorflow"]}.items():
+    for name, dists in {
+        "keras": ["keras"],
+        "jax": ["jax"],
+        "torch": ["torch"],
+        "tensorflow": ["tensorflow-cpu", "tensorflow"],
+    }.items():
         out[name] = None
         for dist in dists:
             try:
@@ -194,9 +243,22 @@ def versions() -> dict:
 
 
 def run_worker(kind: str, args) -> list[dict]:
-    cmd = [sys.executable, __file__, "--worker", kind, "--sizes", ",".join(map(str, args.sizes)),
-           "--d", str(args.d), "--batch", str(args.batch), "--min-time", str(args.min_time),
-           "--max-steps", str(args.max_steps)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        kind,
+        "--sizes",
+        ",".join(map(str, args.sizes)),
+        "--d",
+        str(args.d),
+        "--batch",
+        str(args.batch),
+        "--min-time",
+        str(args.min_time),
+        "--max-steps",
+        str(args.max_steps),
+    ]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     if kind != "torch_module":
         env["KERAS_BACKEND"] = kind
@@ -214,15 +276,22 @@ def table(rows: list[dict]) -> str:
         if r["method"] in METHODS:
             base = dense.get((r["backend"], r["V"]))
             rel = f"{r['examples_per_s'] / base:.1f}x" if base and r["method"] != "dense" else ""
-            lines.append(f"| {r['backend']} | {r['V']:,} | {r['method']} | {r['step_ms']:.1f} | "
-                         f"{r['examples_per_s']:,.0f} | {rel} |")
+            lines.append(
+                f"| {r['backend']} | {r['V']:,} | {r['method']} | {r['step_ms']:.1f} | "
+                f"{r['examples_per_s']:,.0f} | {rel} |"
+            )
     tk = [r for r in rows if r["method"].startswith("topk5")]
     if tk:
-        lines += ["", "| backend | V | model | topk(5) (ms) | log_prob + top_k (ms) | speedup | rows proven by the beam |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "| backend | V | model | topk(5) (ms) | log_prob + top_k (ms) | speedup | rows proven by the beam |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for r in tk:
-            lines.append(f"| {r['backend']} | {r['V']:,} | {r['method'][6:]} | {r['topk_ms']:.1f} | {r['full_ms']:.1f} | "
-                         f"{r['speedup']:.1f}x | {100 * r['proven']:.0f}% |")
+            lines.append(
+                f"| {r['backend']} | {r['V']:,} | {r['method'][6:]} | {r['topk_ms']:.1f} | {r['full_ms']:.1f} | "
+                f"{r['speedup']:.1f}x | {100 * r['proven']:.0f}% |"
+            )
     skipped = [r for r in rows if r["method"] == "skipped"]
     for r in skipped:
         lines.append(f"\nskipped on {r['backend']}: {r.get('why', '')}")
@@ -239,12 +308,18 @@ def plot(rows: list[dict], path: str) -> None:
     styles = {"dense": "-", "hs_huffman": "--", "hs_two_level": ":"}
     for backend in dict.fromkeys(r["backend"] for r in rows):
         for method in METHODS:
-            pts = sorted((r["V"], r["examples_per_s"]) for r in rows
-                         if r["backend"] == backend and r["method"] == method)
+            pts = sorted(
+                (r["V"], r["examples_per_s"]) for r in rows if r["backend"] == backend and r["method"] == method
+            )
             if pts:
                 ax.plot(*zip(*pts), styles[method], marker="o", label=f"{backend} {method}")
-    ax.set(xscale="log", yscale="log", xlabel="number of classes V", ylabel="train-step examples/s",
-           title="Keras: hierarchical softmax vs Dense softmax head")
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="number of classes V",
+        ylabel="train-step examples/s",
+        title="Keras: hierarchical softmax vs Dense softmax head",
+    )
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
@@ -279,14 +354,25 @@ def main() -> None:
         rows += run_worker(b, args)
     if not args.no_torch_module:
         rows += run_worker("torch_module", args)
-    meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), **versions(),
-            "d": args.d, "batch": args.batch, "sizes": args.sizes}
+    meta = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        **versions(),
+        "d": args.d,
+        "batch": args.batch,
+        "sizes": args.sizes,
+    }
     print(json.dumps(meta))
     print(table(rows))
     tm = {(r["method"], r["V"]): r["examples_per_s"] for r in rows if r["backend"] == "torch module"}
     for r in rows:
-        if r["method"] in ("hs_huffman", "hs_two_level") and r["backend"] != "torch module" and (r["method"], r["V"]) in tm:
-            print(f"{r['backend']} {r['method']} V={r['V']:,}: torch module / keras = {tm[(r['method'], r['V'])] / r['examples_per_s']:.2f}")
+        if (
+            r["method"] in ("hs_huffman", "hs_two_level")
+            and r["backend"] != "torch module"
+            and (r["method"], r["V"]) in tm
+        ):
+            print(
+                f"{r['backend']} {r['method']} V={r['V']:,}: torch module / keras = {tm[(r['method'], r['V'])] / r['examples_per_s']:.2f}"
+            )
     if args.json:
         Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     if not args.no_plot:

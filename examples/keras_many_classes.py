@@ -60,8 +60,9 @@ def main() -> None:
         h = keras.layers.Dense(256, activation="relu")(xin)
         if head == "dense":
             model = keras.Model(xin, keras.layers.Dense(V)(h))
-            model.compile(optimizer=keras.optimizers.Adam(1e-3),
-                          loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+            model.compile(
+                optimizer=keras.optimizers.Adam(1e-3), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+            )
             step = lambda x, y: model.train_on_batch(x, y)  # noqa: E731
             infer = model
         else:

@@ -55,8 +55,9 @@ def run(head: str, epochs: int, batch: int) -> dict:
     h = keras.layers.Dense(256, activation="relu")(h)
     if head == "dense":
         model = keras.Model(xin, keras.layers.Dense(10)(h))
-        model.compile(optimizer=keras.optimizers.Adam(1e-3),
-                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        model.compile(
+            optimizer=keras.optimizers.Adam(1e-3), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        )
         fit_x, fit_y, infer = xtr, ytr, model
     else:
         yin = keras.Input((), dtype="int32")
@@ -70,8 +71,13 @@ def run(head: str, epochs: int, batch: int) -> dict:
     sec = time.perf_counter() - t0
     out = infer.predict(xte, verbose=0, batch_size=500)
     pred = out.argmax(1) if head == "dense" else out
-    return {"backend": keras.backend.backend(), "head": head, "test_accuracy": float((pred == yte).mean()),
-            "train_examples_per_s": epochs * len(ytr) / sec, "epochs": epochs + 1}
+    return {
+        "backend": keras.backend.backend(),
+        "head": head,
+        "test_accuracy": float((pred == yte).mean()),
+        "train_examples_per_s": epochs * len(ytr) / sec,
+        "epochs": epochs + 1,
+    }
 
 
 def main() -> None:
@@ -88,13 +94,20 @@ def main() -> None:
     for b in args.backends.split(","):
         proc = subprocess.run(
             [sys.executable, __file__, "--worker", b, "--epochs", str(args.epochs), "--batch", str(args.batch)],
-            env={**os.environ, "KERAS_BACKEND": b, "TF_CPP_MIN_LOG_LEVEL": "3"}, capture_output=True, text=True,
+            env={**os.environ, "KERAS_BACKEND": b, "TF_CPP_MIN_LOG_LEVEL": "3"},
+            capture_output=True,
+            text=True,
         )
         if proc.returncode != 0:
-            print(f"| {b} | failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode} | | |")
+            print(
+                f"| {b} | failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode} | | |"
+            )
             continue
         for r in json.loads(proc.stdout.strip().splitlines()[-1]):
-            print(f"| {r['backend']} | {r['head']} | {r['test_accuracy']:.3f} | {r['train_examples_per_s']:,.0f} |", flush=True)
+            print(
+                f"| {r['backend']} | {r['head']} | {r['test_accuracy']:.3f} | {r['train_examples_per_s']:,.0f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-import keras  # noqa: E402
-from keras import ops  # noqa: E402
+import keras
+from keras import ops
 
-from hsoftmax import Tree  # noqa: E402
-from hsoftmax.keras import HierarchicalSoftmax, TargetNLL  # noqa: E402
+from hsoftmax import Tree
+from hsoftmax.keras import HierarchicalSoftmax, TargetNLL
 
 BACKEND = keras.backend.backend()
 CHECKS = {}
@@ -90,7 +90,11 @@ def assert_topk_matches(vals, idx, full, k, what):
     ref = np.take_along_axis(full, order, 1)
     close(vals, ref, what=f"{what} values")
     close(np.take_along_axis(full, idx.astype(np.int64), 1), vals, what=f"{what} value of each index")
-    gaps = np.abs(np.diff(np.sort(full, 1)[:, ::-1][:, : k + 1], axis=1)).min(axis=1) if full.shape[1] > k else np.ones(len(full))
+    gaps = (
+        np.abs(np.diff(np.sort(full, 1)[:, ::-1][:, : k + 1], axis=1)).min(axis=1)
+        if full.shape[1] > k
+        else np.ones(len(full))
+    )
     clear = gaps > 1e-4
     assert np.array_equal(idx[clear], order[clear]), f"{what}: indices differ from sorting log_prob"
 

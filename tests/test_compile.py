@@ -14,8 +14,8 @@ import pytest
 import torch
 
 import hsoftmax.kernels as K
-from hsoftmax import HierarchicalSoftmax, Tree
 from conftest import kernels_enabled, make_batch, make_layer
+from hsoftmax import HierarchicalSoftmax, Tree
 
 TREES = {
     "huffman": Tree.huffman([float(c) for c in range(1, 41)]),

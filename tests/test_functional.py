@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 
 import hsoftmax.kernels as K
+from conftest import kernels_enabled, make_batch, make_layer, named_trees
 from hsoftmax import Tree
 from hsoftmax import functional as HF
-from conftest import kernels_enabled, make_batch, make_layer, named_trees
 
 NAMED = named_trees()
 ZIPF = 1.0 / np.arange(1, 3001)
@@ -41,7 +41,9 @@ def test_decision_log_probs_one_rule_in_three_layouts():
     torch.testing.assert_close(dense_binary, signed, rtol=0, atol=1e-15)
     torch.testing.assert_close(signed, torch.stack([F.logsigmoid(-s), F.logsigmoid(s)], -1), rtol=0, atol=0)
     # Ragged: a binary node (children 0, s) next to a 4-ary node and a single child.
-    scores = torch.cat([torch.zeros(5, 1, dtype=torch.float64), s[:, None], ks, torch.zeros(5, 1, dtype=torch.float64)], 1)
+    scores = torch.cat(
+        [torch.zeros(5, 1, dtype=torch.float64), s[:, None], ks, torch.zeros(5, 1, dtype=torch.float64)], 1
+    )
     owner = torch.tensor([0, 0, 1, 1, 1, 1, 2])
     ragged = HF.decision_log_probs(scores, owner=owner, num_nodes=3)
     torch.testing.assert_close(ragged[:, :2], signed)

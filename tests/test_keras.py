@@ -17,17 +17,31 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from conftest import make_batch, make_layer, named_trees
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 BACKENDS = {"jax": "jax", "torch": "torch", "tensorflow": "tensorflow"}
 CHECKS = [
-    "weights_layout", "matches_torch", "call_forms", "masking", "fit_gradient_equals_torch",
-    "fit_trains", "loss_way", "topk_exact", "topk_peaked_needs_no_fallback",
-    "topk_in_functional_model", "compiled_functions", "training_builds_no_batch_by_classes_tensor",
-    "config_and_tree_file", "save_load_model", "save_load_100k", "mixed_bfloat16",
-    "bad_input_errors", "readme_keras_example",
+    "weights_layout",
+    "matches_torch",
+    "call_forms",
+    "masking",
+    "fit_gradient_equals_torch",
+    "fit_trains",
+    "loss_way",
+    "topk_exact",
+    "topk_peaked_needs_no_fallback",
+    "topk_in_functional_model",
+    "compiled_functions",
+    "training_builds_no_batch_by_classes_tensor",
+    "config_and_tree_file",
+    "save_load_model",
+    "save_load_100k",
+    "mixed_bfloat16",
+    "bad_input_errors",
+    "readme_keras_example",
 ]
 
 
@@ -61,11 +75,18 @@ def reference(tmp_path_factory) -> Path:
         tree.save(d / f"{name}.tree.npz")
         np.savez(
             d / f"{name}.npz",
-            x=x.float().numpy(), y=y.numpy().astype(np.int32),
-            weight=hs.weight.detach().float().numpy(), bias=hs.bias.detach().float().numpy(),
-            log_prob=hs.log_prob(x).detach().numpy(), target_lp=out.detach().numpy(),
-            loss_mean=loss.detach().numpy(), grad_weight=gw.numpy(), grad_bias=gb.numpy(),
-            ignored=g, target_lp_ignored=out_i.detach().numpy(), loss_ignored=loss_i.detach().numpy(),
+            x=x.float().numpy(),
+            y=y.numpy().astype(np.int32),
+            weight=hs.weight.detach().float().numpy(),
+            bias=hs.bias.detach().float().numpy(),
+            log_prob=hs.log_prob(x).detach().numpy(),
+            target_lp=out.detach().numpy(),
+            loss_mean=loss.detach().numpy(),
+            grad_weight=gw.numpy(),
+            grad_bias=gb.numpy(),
+            ignored=g,
+            target_lp_ignored=out_i.detach().numpy(),
+            loss_ignored=loss_i.detach().numpy(),
         )
         names.append(name)
     (d / "names.json").write_text(json.dumps(names))
@@ -85,11 +106,20 @@ def _start_runners(reference: Path, tmp_path_factory) -> None:
         if importlib.util.find_spec(module) is None:
             continue
         out = tmp_path_factory.mktemp(f"keras_{backend}") / "results.json"
-        env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3",
-               "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+        env = {
+            **os.environ,
+            "KERAS_BACKEND": backend,
+            "TF_CPP_MIN_LOG_LEVEL": "3",
+            "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
+        }
         log = open(out.with_suffix(".log"), "w+")
-        proc = subprocess.Popen([sys.executable, str(HERE / "keras_checks.py"), str(reference), str(out)],
-                                env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, str(HERE / "keras_checks.py"), str(reference), str(out)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         _RUNS[backend] = (proc, out, log)
 
 
@@ -130,9 +160,19 @@ def test_benchmark_quick(tmp_path):
         pytest.skip("jax is not installed")
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "keras_layers.py"), "--quick", "--backends", "jax",
-         "--json", str(out), "--no-plot"],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "keras_layers.py"),
+            "--quick",
+            "--backends",
+            "jax",
+            "--json",
+            str(out),
+            "--no-plot",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import hsoftmax.kernels as K
-from hsoftmax import HierarchicalSoftmax, Tree
 from conftest import kernels_enabled, make_batch, make_layer, named_trees, random_taxonomy
+from hsoftmax import HierarchicalSoftmax, Tree
 
 pytestmark = pytest.mark.skipif(K.cpu() is None, reason="numba kernels unavailable")
 
@@ -329,10 +329,10 @@ def test_balance_deals_every_item_once_and_evenly():
     for T in (1, 2, 3):
         perm, tstart = k.balance(cost, T)
         assert sorted(perm.tolist()) == list(range(cost.size))
-        loads = [cost[perm[tstart[t]:tstart[t + 1]]].sum() for t in range(T)]
+        loads = [cost[perm[tstart[t] : tstart[t + 1]]].sum() for t in range(T)]
         assert max(loads) <= max(cost.max(), cost.sum() / T + cost.max())
     perm, tstart = k.balance(cost, 2)  # largest first, to the lighter thread: 102 and 102
-    loads = sorted(cost[perm[tstart[t]:tstart[t + 1]]].sum() for t in range(2))
+    loads = sorted(cost[perm[tstart[t] : tstart[t + 1]]].sum() for t in range(2))
     assert loads == [102.0, 102.0]
 
 
@@ -383,7 +383,7 @@ def test_group_plan_names_every_decision_once(name):
     D = decisions.nodes.shape[1]
     seen = []
     for g, node in enumerate(plan.groups):
-        for f in plan.entries[plan.gstart[g]:plan.gstart[g + 1]]:
+        for f in plan.entries[plan.gstart[g] : plan.gstart[g + 1]]:
             i, j = divmod(int(f), D)
             assert decisions.nodes[target[i], j] == node and j < decisions.lengths[target[i]]
             k = int(nodes.arity[node])

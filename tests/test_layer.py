@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import chisquare
 
-from hsoftmax import HierarchicalSoftmax, Tree
 from conftest import make_batch, make_layer, named_trees, trees
+from hsoftmax import HierarchicalSoftmax, Tree
 
 NAMED = named_trees()
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -306,7 +306,7 @@ def test_parameters_live_on_the_node_table():
     assert [p for p in hs.parameters()] == [w, hs.bias]
     nobias = HierarchicalSoftmax(4, Tree.balanced(6), bias=False)
     assert nobias.bias is None and [n for n, _ in nobias.named_parameters()] == ["table.weight"]
-    bound = 1 / 4 ** 0.5
+    bound = 1 / 4**0.5
     assert nobias.weight.abs().max() <= bound and nobias.weight.std() > bound / 4  # Linear-style init
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import make_batch, make_layer
 from hsoftmax import HierarchicalSoftmax, Tree
 from hsoftmax.optim import (
     MultiOptimizer,
@@ -16,7 +17,6 @@ from hsoftmax.optim import (
     paired,
     sparse_parameters,
 )
-from conftest import make_batch, make_layer
 
 TREE = Tree.huffman(1.0 / np.arange(1, 301))
 
@@ -97,10 +97,12 @@ def test_uncoalesced_sparse_gradient_is_summed():
 def test_paired_splits_and_trains():
     torch.manual_seed(0)
     tree = Tree.two_level(50, counts=np.arange(50, 0, -1))
-    model = torch.nn.ModuleDict({
-        "body": torch.nn.Sequential(torch.nn.Linear(10, 32), torch.nn.Tanh()),
-        "head": HierarchicalSoftmax(32, tree, sparse=True),
-    })
+    model = torch.nn.ModuleDict(
+        {
+            "body": torch.nn.Sequential(torch.nn.Linear(10, 32), torch.nn.Tanh()),
+            "head": HierarchicalSoftmax(32, tree, sparse=True),
+        }
+    )
     assert sparse_parameters(model) == [model["head"].weight, model["head"].bias]
     opt = paired(model, torch.optim.AdamW, lr=1e-2, weight_decay=0.0)
     assert isinstance(opt, MultiOptimizer)
@@ -123,7 +125,9 @@ def test_paired_splits_and_trains():
     state = opt.state_dict()
     opt2 = paired(model, torch.optim.AdamW, lr=1e-2, weight_decay=0.0)
     opt2.load_state_dict(state)
-    assert opt2.optimizers[1].state[model["head"].weight]["step"] == opt.optimizers[1].state[model["head"].weight]["step"]
+    assert (
+        opt2.optimizers[1].state[model["head"].weight]["step"] == opt.optimizers[1].state[model["head"].weight]["step"]
+    )
 
 
 def test_paired_without_sparse_layers_is_just_the_dense_optimizer():

@@ -40,7 +40,13 @@ from . import kernels as K
 from .tree import Tree
 
 __all__ = [
-    "TreeTensors", "tree_tensors", "decision_log_probs", "child_log_probs", "target_log_prob", "log_prob", "topk",
+    "TreeTensors",
+    "tree_tensors",
+    "decision_log_probs",
+    "child_log_probs",
+    "target_log_prob",
+    "log_prob",
+    "topk",
     "sample",
 ]
 
@@ -257,8 +263,15 @@ def _children_from_rows(s: Tensor) -> Tensor:
 
 
 def child_log_probs(
-    h: Tensor, nodes: Tensor, weight: Tensor, bias: Tensor | None, tt: TreeTensors,
-    sparse: bool = False, temperature: float = 1.0, width: int | None = None, scores_only: bool = False,
+    h: Tensor,
+    nodes: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    tt: TreeTensors,
+    sparse: bool = False,
+    temperature: float = 1.0,
+    width: int | None = None,
+    scores_only: bool = False,
 ) -> Tensor:
     """Log-probabilities of the children of ``nodes[m]`` given ``h[m]``: ``(M, A)``, where
     ``A`` is ``width`` (static: at least the largest arity among ``nodes``) or, by default, that
@@ -279,7 +292,7 @@ def child_log_probs(
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (h, weight, bias))
     if tt.num_params == 0:
         s = h.new_zeros(M, A)
-    elif width is None and not needs_grad and M * A > 4 * int(k.sum()) + 64 and M * A * h.shape[1] > (1 << 20):
+    elif width is None and not needs_grad and 4 * int(k.sum()) + 64 < M * A and M * A * h.shape[1] > (1 << 20):
         # Mixed arities (a wide node among narrow ones, e.g. a two-level root next to small
         # clusters): padding every node to A and gathering (M, A, d) rows would be mostly
         # waste. Score each distinct node once with a matmul over the rows that visit it.
@@ -313,7 +326,12 @@ def child_log_probs(
 
 # ---------------------------------------------------------------------------- target log-prob
 def target_log_prob(
-    h: Tensor, target: Tensor, weight: Tensor, bias: Tensor | None, tt: TreeTensors, sparse: bool = False,
+    h: Tensor,
+    target: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    tt: TreeTensors,
+    sparse: bool = False,
     sgd_lr: float | None = None,
 ) -> Tensor:
     """``log p(target[i] | h[i])`` for ``h`` (B, d) and ``target`` (B,) long in range: ``(B,)``.
@@ -540,7 +558,7 @@ def _stepwise_log_prob(h, target, weight, bias, tt: TreeTensors, sparse: bool) -
         else:
             lp = decision_log_probs(_depth_scores(h, dn[:, step], weight, bias, tt, sparse, step))
         taken = lp.gather(1, dc[:, step : step + 1]).squeeze(1)
-        out = out + torch.where(L > step, taken, 0.0)
+        out = out + torch.where(step < L, taken, 0.0)
     return out
 
 
@@ -638,8 +656,13 @@ def topk(h: Tensor, k: int, weight: Tensor, bias: Tensor | None, tt: TreeTensors
 # ---------------------------------------------------------------------------- sampling
 @torch.no_grad()
 def sample(
-    h: Tensor, num_samples: int, weight: Tensor, bias: Tensor | None, tt: TreeTensors,
-    temperature: float = 1.0, generator: torch.Generator | None = None,
+    h: Tensor,
+    num_samples: int,
+    weight: Tensor,
+    bias: Tensor | None,
+    tt: TreeTensors,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
 ) -> Tensor:
     """Ancestral samples ``(B, num_samples)``: start at the root, draw a child from each node's
     distribution (its logits divided by ``temperature``), stop at a class. O(depth) per draw.

@@ -47,7 +47,9 @@ class NodeTable(nn.Embedding):
     def __init__(self, num_params: int, in_features: int, bias: bool, sparse: bool, device=None, dtype=None) -> None:
         factory = {"device": device, "dtype": dtype}
         # _weight skips Embedding's N(0, 1) init; reset_parameters sets the layer's own.
-        super().__init__(num_params, in_features, sparse=sparse, _weight=torch.empty(num_params, in_features, **factory))
+        super().__init__(
+            num_params, in_features, sparse=sparse, _weight=torch.empty(num_params, in_features, **factory)
+        )
         self.bias = nn.Parameter(torch.empty(num_params, **factory)) if bias else None
         self.reset_parameters()
 
@@ -262,8 +264,14 @@ class HierarchicalSoftmax(nn.Module):
             destination[prefix + "tree." + field] = torch.from_numpy(array.copy())
 
     def _load_from_state_dict(
-        self, state_dict: dict[str, Any], prefix: str, local_metadata: dict[str, Any], strict: bool,
-        missing_keys: list[str], unexpected_keys: list[str], error_msgs: list[str],
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
     ) -> None:
         saved = _pop_saved_tree(state_dict, prefix, unexpected_keys)
         if saved is None:
@@ -419,8 +427,9 @@ class HierarchicalSoftmax(nn.Module):
         self._assert_range(t, keep)
         lr = self._fused_lr()
         with _no_autocast(h):
-            lp = HF.target_log_prob(h, torch.where(keep, t, 0), self.weight, self.bias, self.tree_tensors,
-                                    self.sparse, lr)
+            lp = HF.target_log_prob(
+                h, torch.where(keep, t, 0), self.weight, self.bias, self.tree_tensors, self.sparse, lr
+            )
         out = torch.where(keep, lp, 0.0)
         self._check_scores(out)
         return self._reduce(out.view(shape), keep.sum())
@@ -480,7 +489,10 @@ class HierarchicalSoftmax(nn.Module):
         return self.topk(input, 1).indices.squeeze(-1)
 
     def sample(
-        self, input: Tensor, num_samples: int = 1, temperature: float = 1.0,
+        self,
+        input: Tensor,
+        num_samples: int = 1,
+        temperature: float = 1.0,
         generator: torch.Generator | None = None,
     ) -> Tensor:
         """Classes drawn from ``p(. | input)`` by ancestral sampling: ``(*, num_samples)``.
@@ -497,8 +509,13 @@ class HierarchicalSoftmax(nn.Module):
         h = self._prepare_input(input)
         with _no_autocast(h):
             draws = HF.sample(
-                h, num_samples, self.weight.detach(), _detach(self.bias), self.tree_tensors,
-                temperature=float(temperature), generator=generator,
+                h,
+                num_samples,
+                self.weight.detach(),
+                _detach(self.bias),
+                self.tree_tensors,
+                temperature=float(temperature),
+                generator=generator,
             )
         return draws.view(*input.shape[:-1], num_samples)
 
@@ -601,4 +618,3 @@ def _tree_mismatch(saved: Tree, own: Tree, prefix: str) -> str:
         f"HierarchicalSoftmax.from_state_dict({args}), or build your model with "
         f"tree=HierarchicalSoftmax.tree_from_state_dict({args})."
     )
-

@@ -126,8 +126,12 @@ def _sgd_rows_kernel(p: Tensor, rows: Tensor, g: Tensor, lr: float, wd: float) -
     contiguous float32/float64 CPU table, gradient of the same dtype, unique rows, enough work
     to be worth waking the threads). Returns whether it ran."""
     if (
-        p.device.type != "cpu" or p.dtype not in (torch.float32, torch.float64) or g.dtype != p.dtype
-        or not p.is_contiguous() or p.dim() != 2 or g.numel() < (1 << 16)
+        p.device.type != "cpu"
+        or p.dtype not in (torch.float32, torch.float64)
+        or g.dtype != p.dtype
+        or not p.is_contiguous()
+        or p.dim() != 2
+        or g.numel() < (1 << 16)
     ):
         return False
     from . import kernels as K
@@ -159,8 +163,12 @@ class SparseAdamW(torch.optim.Optimizer):
     """
 
     def __init__(
-        self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8, weight_decay: float = 1e-2,
+        self,
+        params: Iterable[Any],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
     ) -> None:
         if not lr >= 0.0:
             raise ValueError(f"invalid learning rate {lr}")
@@ -348,8 +356,11 @@ def _check_real(name: str, value: Any) -> float:
 
 @torch.no_grad()
 def clip_grad_norm_(
-    parameters: Tensor | Iterable[Tensor], max_norm: float, norm_type: float | str = 2.0,
-    error_if_nonfinite: bool = False, foreach: bool | None = None,
+    parameters: Tensor | Iterable[Tensor],
+    max_norm: float,
+    norm_type: float | str = 2.0,
+    error_if_nonfinite: bool = False,
+    foreach: bool | None = None,
 ) -> Tensor:
     r"""Scale the gradients so that their total norm is at most ``max_norm``, like
     :func:`torch.nn.utils.clip_grad_norm_`, sparse gradients included.

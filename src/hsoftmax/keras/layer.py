@@ -130,7 +130,9 @@ class HierarchicalSoftmax(keras.layers.Layer):
         self.tree = _as_tree(tree)
         if isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer)):
             raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
-        if beam_width is not None and (isinstance(beam_width, bool) or not isinstance(beam_width, int) or beam_width < 1):
+        if beam_width is not None and (
+            isinstance(beam_width, bool) or not isinstance(beam_width, int) or beam_width < 1
+        ):
             raise ValueError(f"beam_width must be None or a positive int, got {beam_width!r}")
         self.use_bias = bool(use_bias)
         self.ignore_index = int(ignore_index)
@@ -171,7 +173,8 @@ class HierarchicalSoftmax(keras.layers.Layer):
         self.kernel = self.add_weight(name="kernel", shape=(P, d), initializer=init, autocast=False)
         self.bias = (
             self.add_weight(name="bias", shape=(P,), initializer=self.bias_initializer, autocast=False)
-            if self.use_bias else None
+            if self.use_bias
+            else None
         )
         self.built = True
 
@@ -219,7 +222,9 @@ class HierarchicalSoftmax(keras.layers.Layer):
             self.build(tuple(hidden.shape))
         h = ops.convert_to_tensor(hidden)
         if h.shape[-1] != self.in_features:
-            raise ValueError(f"hidden's last dimension must be in_features={self.in_features}, got shape {tuple(h.shape)}")
+            raise ValueError(
+                f"hidden's last dimension must be in_features={self.in_features}, got shape {tuple(h.shape)}"
+            )
         return ops.cast(ops.reshape(h, (-1, self.in_features)), self.path_dtype)
 
     # ------------------------------------------------------------------ math
@@ -396,8 +401,10 @@ class HierarchicalSoftmax(keras.layers.Layer):
         """
         if _symbolic(hidden):
             k = self._check_k(k)
-            return TopK(self(hidden, top_k=k, beam_width=beam_width, part="values"),
-                        self(hidden, top_k=k, beam_width=beam_width, part="indices"))
+            return TopK(
+                self(hidden, top_k=k, beam_width=beam_width, part="values"),
+                self(hidden, top_k=k, beam_width=beam_width, part="indices"),
+            )
         return self._topk(hidden, k, beam_width)
 
     def _topk(self, hidden, k: int, beam_width: int | None) -> TopK:
@@ -433,7 +440,9 @@ class HierarchicalSoftmax(keras.layers.Layer):
             ignore_index=self.ignore_index,
             add_loss=self.adds_loss,
             beam_width=self.beam_width,
-            kernel_initializer=None if self.kernel_initializer is None else keras.initializers.serialize(self.kernel_initializer),
+            kernel_initializer=None
+            if self.kernel_initializer is None
+            else keras.initializers.serialize(self.kernel_initializer),
             bias_initializer=keras.initializers.serialize(self.bias_initializer),
         )
         return config

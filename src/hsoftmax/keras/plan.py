@@ -136,10 +136,16 @@ def target_plan(tree: Tree) -> TargetPlan:
         for a, b in _width_runs(widths):
             w = int(widths[a])
             slots = slot_table(tree, np.arange(N + 1), w)
-            runs.append(RunTable(
-                1 + a, 1 + b, dn[:, 1 + a : 1 + b].astype(np.int32), dc[:, 1 + a : 1 + b].astype(np.int32),
-                slots, bool(np.all(slots[:, 0] == FIXED)),
-            ))
+            runs.append(
+                RunTable(
+                    1 + a,
+                    1 + b,
+                    dn[:, 1 + a : 1 + b].astype(np.int32),
+                    dc[:, 1 + a : 1 + b].astype(np.int32),
+                    slots,
+                    bool(np.all(slots[:, 0] == FIXED)),
+                )
+            )
     return TargetPlan(first_slots, dc[:, 0].astype(np.int32), tuple(runs))
 
 
@@ -199,8 +205,14 @@ def beam_plan(tree: Tree) -> BeamPlan:
     every = np.arange(N + 1)  # node N is the virtual carry row
     slots = slot_table(tree, every, K)
     refs = np.concatenate([child_refs(np.arange(N), K), np.full((1, K), -1, np.int32)])
-    return BeamPlan(slot_table(tree, root, k0)[0], child_refs(root, k0)[0], slots, refs,
-                    max(tree.depth - 1, 0), bool(np.all(slots[:, 0] == FIXED)))
+    return BeamPlan(
+        slot_table(tree, root, k0)[0],
+        child_refs(root, k0)[0],
+        slots,
+        refs,
+        max(tree.depth - 1, 0),
+        bool(np.all(slots[:, 0] == FIXED)),
+    )
 
 
 def plan(tree: Tree) -> Plan:

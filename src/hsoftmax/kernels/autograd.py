@@ -37,7 +37,12 @@ _TOPK_TOP_ROWS = 128  # at most this many top table rows are scored up front wit
 
 # ---------------------------------------------------------------------------- entry points
 def target_log_prob(
-    h: Tensor, target: Tensor, weight: Tensor, bias: Tensor | None, tt: TreeTensors, sparse: bool,
+    h: Tensor,
+    target: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    tt: TreeTensors,
+    sparse: bool,
     sgd_lr: float | None,
 ) -> Tensor:
     """:func:`hsoftmax.functional.target_log_prob` on the kernels (``B >= 1``, ``P >= 1``; with
@@ -83,8 +88,9 @@ def topk(h: Tensor, k: int, weight: Tensor, bias: Tensor | None, tt: TreeTensors
         top = nb.NodeScores(st.numpy(), F.softplus(-st.abs()).numpy())
     else:
         top = nb.NodeScores(np.empty((B, 0), hn.dtype), np.empty((B, 0), hn.dtype))
-    nb.topk_search(hn, _table(weight, bias, hn.dtype), top, _nodes(tt), tt.num_classes, k, max(tt.max_arity, 1),
-                   vals, idx)
+    nb.topk_search(
+        hn, _table(weight, bias, hn.dtype), top, _nodes(tt), tt.num_classes, k, max(tt.max_arity, 1), vals, idx
+    )
     return torch.from_numpy(vals), torch.from_numpy(idx)
 
 
@@ -143,8 +149,10 @@ def _table_grads(uniq: np.ndarray, gw: np.ndarray, gb: np.ndarray | None, shape,
     if sparse:
         i2 = idx.unsqueeze(0)
         W = torch.sparse_coo_tensor(i2, vals, tuple(shape), is_coalesced=True, check_invariants=False)
-        b = None if bvals is None else torch.sparse_coo_tensor(
-            i2, bvals, (shape[0],), is_coalesced=True, check_invariants=False
+        b = (
+            None
+            if bvals is None
+            else torch.sparse_coo_tensor(i2, bvals, (shape[0],), is_coalesced=True, check_invariants=False)
         )
         return W, b
     W = vals.new_zeros(tuple(shape)).index_copy_(0, idx, vals)
@@ -169,9 +177,7 @@ def _differentiable_backward(ctx, go: Tensor):
             "and use an optimizer"
         )
     h, weight, _, target = ctx.saved_tensors[:4]
-    wanted = [
-        (i, t) for i, t in enumerate((h, weight, ctx.bias)) if t is not None and ctx.needs_input_grad[i]
-    ]
+    wanted = [(i, t) for i, t in enumerate((h, weight, ctx.bias)) if t is not None and ctx.needs_input_grad[i]]
     grads = [None] * 7
     if wanted:
         out = torch_target_log_prob(h, target, weight, ctx.bias, ctx.tt)
@@ -221,7 +227,16 @@ class _BinaryPathFn(torch.autograd.Function):
             # gradient is returned for them.
             with borrow_marks(weight.shape[0]) as mark:
                 nb.binary_sgd_params(
-                    gon, coef, hn, paths, tn, mark, _table(weight, bias, hn.dtype), ctx.sgd_lr, bool(want_w), want_b,
+                    gon,
+                    coef,
+                    hn,
+                    paths,
+                    tn,
+                    mark,
+                    _table(weight, bias, hn.dtype),
+                    ctx.sgd_lr,
+                    bool(want_w),
+                    want_b,
                     threads(),
                 )
             _fused_done(weight, bias, want_w, want_b)
@@ -269,8 +284,7 @@ class _GroupedFn(torch.autograd.Function):
         # Group 0 is the root and, when every example visits it, its entries are 0..B-1 in order.
         kr = int(nodes.arity[0])
         root = (
-            plan.groups.shape[0] > 0 and plan.groups[0] == 0 and kr >= _ROOT_BLAS_MIN_ARITY
-            and int(plan.gstart[1]) == B
+            plan.groups.shape[0] > 0 and plan.groups[0] == 0 and kr >= _ROOT_BLAS_MIN_ARITY and int(plan.gstart[1]) == B
         )
         work = nb.work_items(plan, 1 if root else 0, threads())
         ent = nb.entry_info(plan, decisions, tn)
@@ -324,9 +338,11 @@ class _GroupedFn(torch.autograd.Function):
         if p_root is not None:
             # Root: G = go * (onehot(choice) - softmax); input grad G @ W_root, row grads G^T h.
             B = hn.shape[0]
-            g_root = p_root.neg().scatter_add_(
-                1, torch.from_numpy(ent.choice[:B]).unsqueeze(1), torch.ones(B, 1, dtype=p_root.dtype)
-            ).mul_(torch.from_numpy(gon).unsqueeze(1))
+            g_root = (
+                p_root.neg()
+                .scatter_add_(1, torch.from_numpy(ent.choice[:B]).unsqueeze(1), torch.ones(B, 1, dtype=p_root.dtype))
+                .mul_(torch.from_numpy(gon).unsqueeze(1))
+            )
             wr = torch.from_numpy(wn)[:kr]
             torch.mm(g_root, wr, out=torch.from_numpy(ghd)[:B])
             gw_root = g_root.T @ torch.from_numpy(hn)

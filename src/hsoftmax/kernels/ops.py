@@ -25,8 +25,6 @@ Entry points mirror :mod:`.autograd`: :func:`target_log_prob`, :func:`can_fuse`,
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import Tensor
 
@@ -34,8 +32,15 @@ __all__ = ["target_log_prob", "can_fuse", "log_prob", "topk"]
 
 # The tree tensors an op needs, in this order (fields of hsoftmax.functional.TreeTensors).
 _TREE_FIELDS = (
-    "arity", "param_offset", "child_offset", "children", "decision_nodes", "decision_choices",
-    "decision_lengths", "path_rows", "path_signs",
+    "arity",
+    "param_offset",
+    "child_offset",
+    "children",
+    "decision_nodes",
+    "decision_choices",
+    "decision_lengths",
+    "path_rows",
+    "path_signs",
 )
 
 
@@ -51,10 +56,17 @@ def _tree(tree: list[Tensor], num_params: int):
     empty = f["arity"][:0]
     arity = f["arity"]
     return TreeTensors(
-        num_classes=f["decision_lengths"].shape[0], num_params=num_params,
-        is_binary=f["path_rows"].numel() > 0, is_two_level=False, levels=(),
-        edge_rows=empty, edge_owner=empty, class_parent=empty, class_choice=empty,
-        max_arity=int(arity.max()) if arity.numel() else 1, **f,
+        num_classes=f["decision_lengths"].shape[0],
+        num_params=num_params,
+        is_binary=f["path_rows"].numel() > 0,
+        is_two_level=False,
+        levels=(),
+        edge_rows=empty,
+        edge_owner=empty,
+        class_parent=empty,
+        class_choice=empty,
+        max_arity=int(arity.max()) if arity.numel() else 1,
+        **f,
     )
 
 
@@ -66,7 +78,7 @@ def _bridge():
 
 # ---------------------------------------------------------------------------- target log-prob
 @torch.library.custom_op("hsoftmax::target_log_prob", mutates_args=(), device_types="cpu")
-def _target_op(h: Tensor, weight: Tensor, bias: Optional[Tensor], target: Tensor, tree: list[Tensor]) -> Tensor:
+def _target_op(h: Tensor, weight: Tensor, bias: Tensor | None, target: Tensor, tree: list[Tensor]) -> Tensor:
     with torch.no_grad():
         return _bridge().target_log_prob(h, target, weight, bias, _tree(tree, weight.shape[0]), False, None)
 
@@ -78,7 +90,7 @@ def _(h, weight, bias, target, tree):
 
 @torch.library.custom_op("hsoftmax::target_log_prob_backward", mutates_args=(), device_types="cpu")
 def _target_backward_op(
-    grad: Tensor, h: Tensor, weight: Tensor, bias: Optional[Tensor], target: Tensor, tree: list[Tensor]
+    grad: Tensor, h: Tensor, weight: Tensor, bias: Tensor | None, target: Tensor, tree: list[Tensor]
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(grad_h, grad_weight, grad_bias)`` (dense; ``grad_bias`` empty without a bias): the
     eager kernel Function run again, forward then backward."""
@@ -87,16 +99,20 @@ def _target_backward_op(
     if bias is not None:
         leaves.append(bias.detach().requires_grad_())
     with torch.enable_grad():
-        out = _bridge().target_log_prob(leaves[0], target, leaves[1], leaves[2] if bias is not None else None,
-                                        tt, False, None)
+        out = _bridge().target_log_prob(
+            leaves[0], target, leaves[1], leaves[2] if bias is not None else None, tt, False, None
+        )
         g = torch.autograd.grad(out, leaves, grad.to(out.dtype))
     return g[0], g[1], g[2] if bias is not None else h.new_empty(0)
 
 
 @_target_backward_op.register_fake
 def _(grad, h, weight, bias, target, tree):
-    return torch.empty_like(h), torch.empty_like(weight), (torch.empty_like(bias) if bias is not None
-                                                            else h.new_empty(0))
+    return (
+        torch.empty_like(h),
+        torch.empty_like(weight),
+        (torch.empty_like(bias) if bias is not None else h.new_empty(0)),
+    )
 
 
 def _setup(ctx, inputs, output):
@@ -120,7 +136,13 @@ def _eager_target_log_prob(h, target, weight, bias, tt, sparse, sgd_lr):
 
 
 def target_log_prob(
-    h: Tensor, target: Tensor, weight: Tensor, bias: Tensor | None, tt, sparse: bool, sgd_lr: float | None,
+    h: Tensor,
+    target: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    tt,
+    sparse: bool,
+    sgd_lr: float | None,
 ) -> Tensor:
     """:func:`hsoftmax.kernels.autograd.target_log_prob` as one op; sparse gradients and fused
     SGD need the eager bridge, which runs outside the graph (a graph break)."""
@@ -135,7 +157,7 @@ def can_fuse(weight: Tensor, bias: Tensor | None) -> bool:
 
 # ---------------------------------------------------------------------------- inference
 @torch.library.custom_op("hsoftmax::log_prob", mutates_args=(), device_types="cpu")
-def _log_prob_op(h: Tensor, weight: Tensor, bias: Optional[Tensor], tree: list[Tensor]) -> Tensor:
+def _log_prob_op(h: Tensor, weight: Tensor, bias: Tensor | None, tree: list[Tensor]) -> Tensor:
     return _bridge().log_prob(h, weight, bias, _tree(tree, weight.shape[0]))
 
 
@@ -145,7 +167,7 @@ def _(h, weight, bias, tree):
 
 
 @torch.library.custom_op("hsoftmax::topk", mutates_args=(), device_types="cpu")
-def _topk_op(h: Tensor, k: int, weight: Tensor, bias: Optional[Tensor], tree: list[Tensor]) -> tuple[Tensor, Tensor]:
+def _topk_op(h: Tensor, k: int, weight: Tensor, bias: Tensor | None, tree: list[Tensor]) -> tuple[Tensor, Tensor]:
     return _bridge().topk(h, k, weight, bias, _tree(tree, weight.shape[0]))
 
 
