@@ -27,6 +27,7 @@ import cycle and numba is not imported until a kernel runs.
 
 from __future__ import annotations
 
+import itertools
 from types import ModuleType
 from typing import NamedTuple
 
@@ -96,7 +97,7 @@ def tree_tensors(tree: Tree, device: torch.device | str | None = None) -> TreeTe
     depth = np.asarray(tree.node_depth)
     cuts = np.flatnonzero(np.diff(depth)) + 1
     bounds = np.concatenate([[0], cuts, [N]]).tolist()
-    levels = tuple(zip(bounds[:-1], bounds[1:]))
+    levels = tuple(itertools.pairwise(bounds))
     coff = np.asarray(tree.child_offset)
     level_edges = tuple((int(coff[a]), int(coff[b])) for a, b in levels)
     depth_arity = tuple(int(arity[a:b].max()) for a, b in levels)
@@ -278,10 +279,7 @@ def child_log_probs(
     largest arity read from the tensors; slots past a node's arity hold ``-inf``. With
     ``scores_only``, the scores before the node softmax (a binary node's child 0 scores 0)."""
     k = tt.arity[nodes]
-    if width is None:
-        A = int(k.max()) if k.numel() else 1
-    else:
-        A = width
+    A = width if width is not None else (int(k.max()) if k.numel() else 1)
     j = torch.arange(A, device=h.device)
     o = tt.param_offset[nodes].unsqueeze(-1)
     k = k.unsqueeze(-1)
@@ -552,7 +550,7 @@ def _stepwise_log_prob(h, target, weight, bias, tt: TreeTensors, sparse: bool) -
     dc = tt.decision_choices[target].long()
     L = tt.decision_lengths[target]
     out = h.new_zeros(h.shape[0])
-    for step, width in enumerate(tt.depth_arity):
+    for step in range(len(tt.depth_arity)):
         if step == 0:
             lp = _root_log_probs(h, weight, bias, tt, sparse)
         else:
