@@ -350,11 +350,11 @@ class HierarchicalSoftmax(keras.layers.Layer):
 
     def compute_output_spec(self, inputs, mask=None, training=None, top_k=None, beam_width=None, part="indices"):
         if top_k is not None:
-            shape = (*tuple(inputs.shape[:-1]), int(top_k))
+            shape = (*inputs.shape[:-1], int(top_k))
             return keras.KerasTensor(shape, dtype=self.path_dtype if part == "values" else "int32")
         if isinstance(inputs, (list, tuple)):
             return keras.KerasTensor(inputs[1].shape, dtype=self.path_dtype)
-        return keras.KerasTensor((*tuple(inputs.shape[:-1]), self.num_classes), dtype=self.path_dtype)
+        return keras.KerasTensor((*inputs.shape[:-1], self.num_classes), dtype=self.path_dtype)
 
     def compute_mask(self, inputs, mask=None):
         if isinstance(mask, (list, tuple)):
@@ -367,7 +367,7 @@ class HierarchicalSoftmax(keras.layers.Layer):
             return self(hidden)
         h = self._flat_hidden(hidden)
         lp = self._full_lp(h)
-        return ops.reshape(lp, (*tuple(ops.shape(hidden)[:-1]), self.num_classes))
+        return ops.reshape(lp, (*ops.shape(hidden)[:-1], self.num_classes))
 
     def _check_k(self, k: int) -> int:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
