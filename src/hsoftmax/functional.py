@@ -431,14 +431,14 @@ class _SGDInBackward(torch.autograd.Function):
     contributed (they all depend on its output), so each of them saw the old value."""
 
     @staticmethod
-    def forward(ctx, param, lr):  # type: ignore[override]
+    def forward(ctx: Any, param: Tensor, lr: float) -> Tensor:
         ctx.param = param
         ctx.lr = lr
         return param.view_as(param)
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad):  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> tuple[None, None]:
         with torch.no_grad():
             ctx.param.add_(grad.to(ctx.param.dtype), alpha=-ctx.lr)
         return None, None

@@ -53,12 +53,14 @@ class NodeTable(nn.Embedding):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        factory = {"device": device, "dtype": dtype}
         # _weight skips Embedding's N(0, 1) init; reset_parameters sets the layer's own.
         super().__init__(
-            num_params, in_features, sparse=sparse, _weight=torch.empty(num_params, in_features, **factory)
+            num_params,
+            in_features,
+            sparse=sparse,
+            _weight=torch.empty(num_params, in_features, device=device, dtype=dtype),
         )
-        self.bias = nn.Parameter(torch.empty(num_params, **factory)) if bias else None
+        self.bias = nn.Parameter(torch.empty(num_params, device=device, dtype=dtype)) if bias else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
