@@ -22,6 +22,7 @@ Writes a table to stdout, ``--json`` rows, and a plot of examples/s against V (`
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -86,13 +87,13 @@ def keras_worker(args) -> list[dict]:
                     optimizer=keras.optimizers.SGD(0.1),
                     loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                 )
-                step = lambda: model.train_on_batch(x, y)  # noqa: E731
+                step = functools.partial(model.train_on_batch, x, y)
             else:
                 yin = keras.Input((), dtype="int32")
                 hs = HierarchicalSoftmax(make_tree(method, V))
                 model = keras.Model([hin, yin], hs([hin, yin]))
                 model.compile(optimizer=keras.optimizers.SGD(0.1))
-                step = lambda: model.train_on_batch([x, y])  # noqa: E731
+                step = functools.partial(model.train_on_batch, [x, y])
             t0 = time.perf_counter()
             try:
                 step()
@@ -117,7 +118,7 @@ def keras_worker(args) -> list[dict]:
                 )
             )
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-            del model
+            del model, step  # step holds the model too; free it before the next size
     rows += keras_topk(args, backend)
     return rows
 
@@ -195,7 +196,7 @@ def torch_module_worker(args) -> list[dict]:
             hs = HierarchicalSoftmax(d, make_tree(method, V))
             opt = torch.optim.SGD(hs.parameters(), lr=0.1)
 
-            def step():
+            def step(opt=opt, hs=hs, y=y):  # bind this iteration's objects
                 opt.zero_grad(set_to_none=True)
                 hs(x, y).loss.backward()
                 opt.step()
@@ -262,7 +263,7 @@ def run_worker(kind: str, args) -> list[dict]:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     if kind != "torch_module":
         env["KERAS_BACKEND"] = kind
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)  # failure reported below
     if proc.returncode != 0:
         print(f"{kind} worker failed:\n{proc.stderr[-4000:]}", file=sys.stderr)
         return [dict(backend=kind, method="skipped", V=0, why=proc.stderr[-300:])]
@@ -370,9 +371,8 @@ def main() -> None:
             and r["backend"] != "torch module"
             and (r["method"], r["V"]) in tm
         ):
-            print(
-                f"{r['backend']} {r['method']} V={r['V']:,}: torch module / keras = {tm[(r['method'], r['V'])] / r['examples_per_s']:.2f}"
-            )
+            ratio = tm[(r["method"], r["V"])] / r["examples_per_s"]
+            print(f"{r['backend']} {r['method']} V={r['V']:,}: torch module / keras = {ratio:.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     if not args.no_plot:

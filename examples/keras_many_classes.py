@@ -63,7 +63,7 @@ def main() -> None:
             model.compile(
                 optimizer=keras.optimizers.Adam(1e-3), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
             )
-            step = lambda x, y: model.train_on_batch(x, y)  # noqa: E731
+            step = model.train_on_batch
             infer = model
         else:
             # Equal-size clusters: the layer pads every decision to the widest node in its column,
@@ -73,7 +73,7 @@ def main() -> None:
             hs = HierarchicalSoftmax(tree)
             model = keras.Model([xin, yin], hs([h, yin]))
             model.compile(optimizer=keras.optimizers.Adam(1e-3))  # the layer adds the NLL
-            step = lambda x, y: model.train_on_batch([x, y])  # noqa: E731
+            step = lambda x, y, model=model: model.train_on_batch([x, y])  # noqa: E731  (bound to this head's model)
             # Exact argmax either way. The beam search (predict) pays off on the Huffman tree; on
             # the two-level tree each beam entry gathers a whole ~sqrt(V)-row cluster, and a model
             # this briefly trained is too flat for the beam to prove its answer, so the full

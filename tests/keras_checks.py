@@ -51,6 +51,26 @@ def compiled(fn):
     return fn
 
 
+def _compiled_outputs(hs, k):
+    """Full log-probs, target log-probs, top-k and predict of ``hs``, as one compiled function."""
+    return compiled(lambda x, y: (hs.log_prob(x), hs.target_log_prob(x, y), hs.topk(x, k), hs.predict(x)))
+
+
+def _compiled_topk_variants(hs, k):
+    """topk with the default beam, topk with a beam as narrow as k, and beam_topk, compiled."""
+    return compiled(lambda x: (hs.topk(x, k), hs.topk(x, k, beam_width=k), hs.beam_topk(x, k, beam_width=k)))
+
+
+def _stateless_nll(hs, y):
+    """The layer's NLL on targets ``y`` as a pure function of ``(kernel, bias, hidden)``."""
+
+    def loss(kernel, bias, h):
+        _outputs, nll = hs.stateless_call([kernel, bias], [], [h, y], return_losses=True)[::2]
+        return nll[0]
+
+    return loss
+
+
 class Ref:
     """The parent's reference data: one entry per named tree."""
 
@@ -120,7 +140,7 @@ def matches_torch(ref):
         r = ref[name]
         hs = layer_for(r)
         k = min(3, r["tree"].num_classes)
-        run = compiled(lambda x, y: (hs.log_prob(x), hs.target_log_prob(x, y), hs.topk(x, k), hs.predict(x)))
+        run = _compiled_outputs(hs, k)
         full, target, (v, i), pred = run(r["x"], r["y"])
         full = np_(full)
         close(full, r["log_prob"], what=f"{name} log_prob")
@@ -264,7 +284,7 @@ def topk_exact(ref):
         full = r["log_prob"].astype(np.float64)
         V = r["tree"].num_classes
         for k in [min(5, V)]:  # k = 1 (predict) is in matches_torch
-            run = compiled(lambda x: (hs.topk(x, k), hs.topk(x, k, beam_width=k), hs.beam_topk(x, k, beam_width=k)))
+            run = _compiled_topk_variants(hs, k)
             wide, narrow, (bv, bi, ok) = run(r["x"])
             for beam, (v, i) in (("default", wide), ("k", narrow)):
                 assert_topk_matches(np_(v), np_(i), full, k, f"{name} k={k} beam={beam}")
@@ -343,10 +363,7 @@ def training_builds_no_batch_by_classes_tensor(ref):
         x = rng.normal(size=(B, d)).astype("float32")
         y = rng.integers(0, V, B).astype("int32")
 
-        def loss(kernel, bias, h):
-            out, nll = hs.stateless_call([kernel, bias], [], [h, y], return_losses=True)[::2]
-            return nll[0]
-
+        loss = _stateless_nll(hs, y)
         jaxpr = jax.make_jaxpr(jax.grad(loss, argnums=(0, 1, 2)))(hs.kernel.value, hs.bias.value, x)
         shapes = [tuple(v.aval.shape) for eqn in jaxpr.eqns for v in eqn.outvars]
         bad = [s for s in shapes if B in s and any(n >= V for n in s)]
@@ -383,7 +400,7 @@ def save_load_model(ref):
         model.save(path)
         back = keras.models.load_model(path)
     assert np.array_equal(back.predict(r["x"], verbose=0), model.predict(r["x"], verbose=0))
-    layer = [l for l in back.layers if isinstance(l, HierarchicalSoftmax)][0]
+    layer = next(l for l in back.layers if isinstance(l, HierarchicalSoftmax))
     assert layer.tree == r["tree"]
 
 

@@ -34,7 +34,8 @@ _COLD = textwrap.dedent(
     backend = sys.argv[1]
     trees = {"huffman": Tree.huffman([float(c) for c in range(1, 41)]),
              # Zipf counts: clusters of 1 to 13 classes, the widest scored densely (depth_plan).
-    "two_level": Tree.two_level(40, num_clusters=6, counts=[1.0 / r for r in range(1, 41)]), "balanced4": Tree.balanced(30, arity=4)}
+    "two_level": Tree.two_level(40, num_clusters=6, counts=[1.0 / r for r in range(1, 41)]),
+             "balanced4": Tree.balanced(30, arity=4)}
     for name, tree in trees.items():
         torch.manual_seed(0)
         hs = HierarchicalSoftmax(8, tree, ignore_index=3)
@@ -71,7 +72,9 @@ def _run_cold(kernels: bool, backend: str) -> str:
     env = dict(os.environ, HSOFTMAX_NO_KERNELS="0" if kernels else "1")
     src = os.path.join(os.path.dirname(__file__), "..", "src")
     env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")])
-    r = subprocess.run([sys.executable, "-c", _COLD, backend], env=env, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [sys.executable, "-c", _COLD, backend], env=env, capture_output=True, text=True, timeout=600, check=False
+    )  # the return code is asserted next, with stderr
     assert r.returncode == 0, r.stderr[-4000:]
     return r.stdout
 

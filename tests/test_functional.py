@@ -94,9 +94,9 @@ def test_backend_is_chosen_once_per_public_operation(monkeypatch):
         tt = hs.tree_tensors
         x, y = make_batch(tree, 9, 6)
         for op in (
-            lambda: HF.target_log_prob(x, y, hs.weight, hs.bias, tt, sgd_lr=0.1),
-            lambda: HF.log_prob(x, hs.weight.detach(), hs.bias.detach(), tt),
-            lambda: HF.topk(x, 2, hs.weight, hs.bias, tt),
+            lambda x=x, y=y, hs=hs, tt=tt: HF.target_log_prob(x, y, hs.weight, hs.bias, tt, sgd_lr=0.1),
+            lambda x=x, hs=hs, tt=tt: HF.log_prob(x, hs.weight.detach(), hs.bias.detach(), tt),
+            lambda x=x, hs=hs, tt=tt: HF.topk(x, 2, hs.weight, hs.bias, tt),
         ):
             calls.clear()
             op()

@@ -224,7 +224,7 @@ def test_multidimensional_input():
     hs = make_layer(tree)
     x = make_batch(tree, 12)[0].view(3, 4, 6)
     y = torch.arange(12).view(3, 4) % tree.num_classes
-    out, loss = hs(x, y)
+    out, _loss = hs(x, y)
     assert out.shape == (3, 4)
     assert hs.log_prob(x).shape == (3, 4, tree.num_classes)
     assert hs.topk(x, 2).indices.shape == (3, 4, 2)
@@ -303,7 +303,7 @@ def test_parameters_live_on_the_node_table():
     w = torch.nn.Parameter(torch.zeros_like(hs.weight))
     hs.weight = w
     assert hs.table.weight is w and "weight" not in hs._parameters
-    assert [p for p in hs.parameters()] == [w, hs.bias]
+    assert list(hs.parameters()) == [w, hs.bias]
     nobias = HierarchicalSoftmax(4, Tree.balanced(6), bias=False)
     assert nobias.bias is None and [n for n, _ in nobias.named_parameters()] == ["table.weight"]
     bound = 1 / 4**0.5
@@ -467,7 +467,8 @@ def test_huge_finite_inputs_never_give_nan(name, fast):
         try:
             out = hs(x * 1e38, y).output
         except ValueError as e:
-            assert "overflowed" in str(e)
+            # Not pytest.raises: either outcome is correct here (a clear error, or no NaN below).
+            assert "overflowed" in str(e)  # noqa: PT017
         else:  # a binary path may round the overflow to -inf, a correct limit: never NaN
             assert not torch.isnan(out).any()
         hs64 = make_layer(tree, 6, dtype=torch.float64)

@@ -65,7 +65,7 @@ def test_sparse_adamw_equals_adamw_when_every_row_is_touched():
     o1 = torch.optim.AdamW([p1], lr=0.05, weight_decay=0.1)
     o2 = SparseAdamW([p2], lr=0.05, weight_decay=0.1)
     o3 = SparseAdamW([p3], lr=0.05, weight_decay=0.1)
-    for step in range(5):
+    for _step in range(5):
         g = torch.randn(6, 3, dtype=torch.float64)
         p1.grad = g.clone()
         p2.grad = g.clone()  # dense gradient
@@ -114,7 +114,7 @@ def test_paired_splits_and_trains():
     x = torch.randn(2000, 10)
     y = (x @ proj).argmax(1)
     losses = []
-    for epoch in range(15):
+    for _epoch in range(15):
         for i in range(0, 2000, 100):
             opt.zero_grad()
             loss = model["head"](model["body"](x[i : i + 100]), y[i : i + 100]).loss

@@ -27,8 +27,9 @@ import cycle and numba is not imported until a kernel runs.
 
 from __future__ import annotations
 
+import itertools
 from types import ModuleType
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -96,7 +97,7 @@ def tree_tensors(tree: Tree, device: torch.device | str | None = None) -> TreeTe
     depth = np.asarray(tree.node_depth)
     cuts = np.flatnonzero(np.diff(depth)) + 1
     bounds = np.concatenate([[0], cuts, [N]]).tolist()
-    levels = tuple(zip(bounds[:-1], bounds[1:]))
+    levels = tuple(itertools.pairwise(bounds))
     coff = np.asarray(tree.child_offset)
     level_edges = tuple((int(coff[a]), int(coff[b])) for a, b in levels)
     depth_arity = tuple(int(arity[a:b].max()) for a, b in levels)
@@ -109,7 +110,7 @@ def tree_tensors(tree: Tree, device: torch.device | str | None = None) -> TreeTe
         rows = np.zeros((0, 0), dtype=np.int32)
         signs = np.zeros((0, 0), dtype=np.int8)
 
-    def t(a: np.ndarray, dtype=None) -> Tensor:
+    def t(a: np.ndarray, dtype: torch.dtype | None = None) -> Tensor:
         return torch.tensor(np.asarray(a), dtype=dtype, device=device)
 
     return TreeTensors(
@@ -143,7 +144,9 @@ def tree_tensors(tree: Tree, device: torch.device | str | None = None) -> TreeTe
 _GATHER_COST = 4  # a gathered (B, A, d) row costs about this many dense matmul columns
 
 
-def _wide_node_plan(levels, arity: np.ndarray, poff: np.ndarray):
+def _wide_node_plan(
+    levels: tuple[tuple[int, int], ...], arity: np.ndarray, poff: np.ndarray
+) -> tuple[tuple[tuple[int, int, int], ...], np.ndarray, np.ndarray]:
     """Which nodes of each depth are scored densely (one ``(B, R)`` matmul over their rows, for
     the whole batch) instead of by a per-example padded gather: a frequency-binned two-level
     tree has a few clusters of thousands of classes among hundreds of small ones, and padding
@@ -177,13 +180,13 @@ class _SparseGather1d(torch.autograd.Function):
     """``vec[idx]`` whose gradient is a sparse COO tensor (for a sparse-mode bias vector)."""
 
     @staticmethod
-    def forward(ctx, vec: Tensor, idx: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, vec: Tensor, idx: Tensor) -> Tensor:
         ctx.save_for_backward(idx)
         ctx.size = vec.shape[0]
         return vec[idx]
 
     @staticmethod
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
         (idx,) = ctx.saved_tensors
         g = torch.sparse_coo_tensor(idx.reshape(1, -1), grad.reshape(-1), (ctx.size,), check_invariants=False)
         return g, None
@@ -278,10 +281,7 @@ def child_log_probs(
     largest arity read from the tensors; slots past a node's arity hold ``-inf``. With
     ``scores_only``, the scores before the node softmax (a binary node's child 0 scores 0)."""
     k = tt.arity[nodes]
-    if width is None:
-        A = int(k.max()) if k.numel() else 1
-    else:
-        A = width
+    A = width if width is not None else (int(k.max()) if k.numel() else 1)
     j = torch.arange(A, device=h.device)
     o = tt.param_offset[nodes].unsqueeze(-1)
     k = k.unsqueeze(-1)
@@ -360,7 +360,9 @@ def target_log_prob(
     return torch_target_log_prob(h, target, weight, bias, tt, sparse)
 
 
-def torch_target_log_prob(h, target, weight, bias, tt: TreeTensors, sparse: bool = False) -> Tensor:
+def torch_target_log_prob(
+    h: Tensor, target: Tensor, weight: Tensor, bias: Tensor | None, tt: TreeTensors, sparse: bool = False
+) -> Tensor:
     """:func:`target_log_prob` on the torch path whatever the device (no backend choice, no
     fused SGD): the kernels' backward differentiates it for double backward."""
     if tt.is_binary:
@@ -429,27 +431,29 @@ class _SGDInBackward(torch.autograd.Function):
     contributed (they all depend on its output), so each of them saw the old value."""
 
     @staticmethod
-    def forward(ctx, param, lr):  # type: ignore[override]
+    def forward(ctx: Any, param: Tensor, lr: float) -> Tensor:
         ctx.param = param
         ctx.lr = lr
         return param.view_as(param)
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad):  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> tuple[None, None]:
         with torch.no_grad():
             ctx.param.add_(grad.to(ctx.param.dtype), alpha=-ctx.lr)
         return None, None
 
 
-def _binary_path_log_prob(h, target, weight, bias, tt: TreeTensors, sparse: bool) -> Tensor:
+def _binary_path_log_prob(
+    h: Tensor, target: Tensor, weight: Tensor, bias: Tensor | None, tt: TreeTensors, sparse: bool
+) -> Tensor:
     rows = tt.path_rows[target].long()  # (B, D)
     sign = tt.path_signs[target].to(h.dtype)  # (B, D); 0 marks padding
     s = _scores(h, weight, bias, rows, sparse)
     return (decision_log_probs(sign * s, signed=True) * sign.abs()).sum(-1)
 
 
-def _root_log_probs(h: Tensor, weight, bias, tt: TreeTensors, sparse: bool) -> Tensor:
+def _root_log_probs(h: Tensor, weight: Tensor, bias: Tensor | None, tt: TreeTensors, sparse: bool) -> Tensor:
     """Children log-probs of the root for every row of ``h``: one matmul, ``(B, arity)``. The
     root is node 0 with parameter rows from 0, and its arity is static (``depth_arity[0]``)."""
     k = tt.depth_arity[0]
@@ -463,7 +467,7 @@ def _root_log_probs(h: Tensor, weight, bias, tt: TreeTensors, sparse: bool) -> T
     return _children_from_rows(s)
 
 
-def _node_log_probs(h: Tensor, node: int, weight, bias, tt: TreeTensors, sparse: bool) -> Tensor:
+def _node_log_probs(h: Tensor, node: int, weight: Tensor, bias: Tensor | None, tt: TreeTensors, sparse: bool) -> Tensor:
     """Children log-probs of one node for every row of ``h``: one matmul, ``(M, arity)``."""
     k = int(tt.arity[node])
     o = int(tt.param_offset[node])
@@ -477,7 +481,9 @@ def _node_log_probs(h: Tensor, node: int, weight, bias, tt: TreeTensors, sparse:
     return _children_from_rows(s)
 
 
-def _two_level_log_prob(h, target, weight, bias, tt: TreeTensors, sparse: bool) -> Tensor:
+def _two_level_log_prob(
+    h: Tensor, target: Tensor, weight: Tensor, bias: Tensor | None, tt: TreeTensors, sparse: bool
+) -> Tensor:
     """Eager CPU torch path of a two-level tree: the batch grouped by cluster, one matmul per
     cluster present. Data-dependent shapes (and ``.tolist()`` syncs), but no padding: a
     frequency-binned tree's clusters range from a few classes to thousands (3,742 for V = 100k),
@@ -519,7 +525,9 @@ def _two_level_log_prob(h, target, weight, bias, tt: TreeTensors, sparse: bool) 
     return out + second[torch.argsort(order)]
 
 
-def _depth_scores(h, nodes, weight, bias, tt: TreeTensors, sparse: bool, step: int) -> Tensor:
+def _depth_scores(
+    h: Tensor, nodes: Tensor, weight: Tensor, bias: Tensor | None, tt: TreeTensors, sparse: bool, step: int
+) -> Tensor:
     """Children scores ``(B, depth_arity[step])`` of each example's node at depth ``step``
     (``-inf`` past its arity): narrow nodes by a padded row gather, wide ones (``depth_plan``)
     read from one dense ``(B, R)`` matmul over their rows."""
@@ -528,6 +536,8 @@ def _depth_scores(h, nodes, weight, bias, tt: TreeTensors, sparse: bool, step: i
     s = child_log_probs(h, nodes, weight, bias, tt, sparse, width=width, scores_only=True)
     if hi == lo:
         return s
+    # tree_tensors always sets the wide-node tensors; only a depth with wide nodes reaches here.
+    assert tt.wide_rows is not None and tt.wide_col is not None
     rows = tt.wide_rows[lo:hi]
     dense = h @ _rows(weight, rows, sparse).to(h.dtype).T
     b = _bias(bias, rows, sparse)
@@ -540,7 +550,9 @@ def _depth_scores(h, nodes, weight, bias, tt: TreeTensors, sparse: bool, step: i
     return torch.where((col >= 0).unsqueeze(1), wide_s, s)
 
 
-def _stepwise_log_prob(h, target, weight, bias, tt: TreeTensors, sparse: bool) -> Tensor:
+def _stepwise_log_prob(
+    h: Tensor, target: Tensor, weight: Tensor, bias: Tensor | None, tt: TreeTensors, sparse: bool
+) -> Tensor:
     """Any tree, one decision step (depth) at a time, with static shapes: the root is one
     ``(B, k)`` matmul (every example visits it); at depth ``t >= 1`` each example gathers its
     node's rows padded to a static width, a ``(B, A_t, d)`` batched product, except that the
@@ -552,7 +564,7 @@ def _stepwise_log_prob(h, target, weight, bias, tt: TreeTensors, sparse: bool) -
     dc = tt.decision_choices[target].long()
     L = tt.decision_lengths[target]
     out = h.new_zeros(h.shape[0])
-    for step, width in enumerate(tt.depth_arity):
+    for step in range(len(tt.depth_arity)):
         if step == 0:
             lp = _root_log_probs(h, weight, bias, tt, sparse)
         else:

@@ -44,13 +44,23 @@ class NodeTable(nn.Embedding):
     expects sparse gradients only from parameters owned by an Embedding with ``sparse=True``.
     """
 
-    def __init__(self, num_params: int, in_features: int, bias: bool, sparse: bool, device=None, dtype=None) -> None:
-        factory = {"device": device, "dtype": dtype}
+    def __init__(
+        self,
+        num_params: int,
+        in_features: int,
+        bias: bool,
+        sparse: bool,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
         # _weight skips Embedding's N(0, 1) init; reset_parameters sets the layer's own.
         super().__init__(
-            num_params, in_features, sparse=sparse, _weight=torch.empty(num_params, in_features, **factory)
+            num_params,
+            in_features,
+            sparse=sparse,
+            _weight=torch.empty(num_params, in_features, device=device, dtype=dtype),
         )
-        self.bias = nn.Parameter(torch.empty(num_params, **factory)) if bias else None
+        self.bias = nn.Parameter(torch.empty(num_params, device=device, dtype=dtype)) if bias else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -238,7 +248,7 @@ class HierarchicalSoftmax(nn.Module):
         cached = self.__dict__.get("_tt_cache")
         if cached is not None and cached[0] == key:
             return cached[1]
-        fields = {k: getattr(self, f"_tree_{k}", None) for k in HF.TreeTensors._fields}
+        fields: dict[str, Any] = {k: getattr(self, f"_tree_{k}", None) for k in HF.TreeTensors._fields}
         fields.update(self._tt_static)
         tt = HF.TreeTensors(**fields)
         self.__dict__["_tt_cache"] = (key, tt, tuple(self._buffers.values()))
@@ -374,8 +384,8 @@ class HierarchicalSoftmax(nn.Module):
 
     def _check_range(self, target: Tensor) -> None:
         if target.numel():
-            lo, hi = torch.aminmax(target)
-            lo, hi = int(lo), int(hi)
+            lo_t, hi_t = torch.aminmax(target)
+            lo, hi = int(lo_t), int(hi_t)
             if lo < 0 or hi >= self.num_classes:
                 bad = lo if lo < 0 else hi
                 raise ValueError(f"target {bad} is out of range [0, {self.num_classes})")
@@ -520,7 +530,7 @@ class HierarchicalSoftmax(nn.Module):
         return draws.view(*input.shape[:-1], num_samples)
 
 
-def _no_autocast(h: Tensor):
+def _no_autocast(h: Tensor) -> contextlib.AbstractContextManager:
     """Autocast off for the path math (it picks its own dtype); a no-op context when autocast
     is not on, so exported graphs carry no autocast region."""
     if torch.is_autocast_enabled(h.device.type):

@@ -97,7 +97,9 @@ class SparseSGD(torch.optim.Optimizer):
         super().__init__(params, {"lr": lr, "weight_decay": weight_decay})
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
+    # torch types the closure as returning float; a training closure returns the loss tensor,
+    # which step passes through unchanged (as torch's own optimizers do at run time).
+    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:  # type: ignore[override]
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -179,7 +181,9 @@ class SparseAdamW(torch.optim.Optimizer):
         super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay})
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
+    # torch types the closure as returning float; a training closure returns the loss tensor,
+    # which step passes through unchanged (as torch's own optimizers do at run time).
+    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:  # type: ignore[override]
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -225,7 +229,7 @@ class MultiOptimizer:
     ``load_state_dict``, ``param_groups``), e.g. a dense one for the model body and a sparse
     one for the node tables. Learning-rate schedulers take the individual ``optimizers``."""
 
-    def __init__(self, *optimizers: torch.optim.Optimizer) -> None:
+    def __init__(self, *optimizers: torch.optim.Optimizer | None) -> None:  # None entries are skipped
         self.optimizers = [o for o in optimizers if o is not None]
 
     @property

@@ -37,7 +37,8 @@ def encode_tree(tree: Tree) -> dict[str, str]:
     """The tree as a JSON-safe dict: its :meth:`~hsoftmax.Tree.state` arrays in a compressed
     ``.npz`` (no pickle), base64-encoded. About 1 MB for 100k Huffman classes."""
     buf = io.BytesIO()
-    np.savez_compressed(buf, **tree.state())
+    # The keys are the tree's array names, never savez's allow_pickle keyword.
+    np.savez_compressed(buf, **tree.state())  # type: ignore[arg-type]
     return {"npz_base64": base64.b64encode(buf.getvalue()).decode("ascii")}
 
 
@@ -142,7 +143,7 @@ class HierarchicalSoftmax(keras.layers.Layer):
         self.bias_initializer = keras.initializers.get(bias_initializer)
         self._plan = _plan.plan(self.tree)
         self._consts: dict[str, Any] | None = None
-        self.in_features = None
+        self.in_features: int | None = None
         if in_features is not None:
             if isinstance(in_features, bool) or not isinstance(in_features, (int, np.integer)) or in_features < 1:
                 raise ValueError(f"in_features must be a positive int, got {in_features!r}")
@@ -153,7 +154,7 @@ class HierarchicalSoftmax(keras.layers.Layer):
     def num_classes(self) -> int:
         return self.tree.num_classes
 
-    def build(self, input_shape) -> None:
+    def build(self, input_shape: Any) -> None:
         shape = input_shape
         if isinstance(shape, (list, tuple)) and shape and isinstance(shape[0], (list, tuple)):
             shape = shape[0]  # [hidden_shape, target_shape]
@@ -178,7 +179,7 @@ class HierarchicalSoftmax(keras.layers.Layer):
         )
         self.built = True
 
-    def _c(self, like=None) -> dict[str, Any]:
+    def _c(self, like: Any = None) -> dict[str, Any]:
         """The plans' index tables (int32), by name.
 
         They are constants, not variables (``get_weights()`` stays ``[kernel, bias]``). Traced
@@ -272,7 +273,7 @@ class HierarchicalSoftmax(keras.layers.Layer):
             s = s + ops.take(s, c[f"jump{i}"], axis=1)
         return s[:, : self.num_classes]
 
-    def _beam(self, h, k: int, width: int):
+    def _beam(self, h: Any, k: int, width: int) -> tuple[Any, Any, Any]:
         """Beam search over the tree by depth -> ``(values, indices, exact)``, each ``(B, k)`` /
         ``(B,)``. Every candidate dropped from the beam bounds all the classes below it (a path's
         log-probability only falls going down), so when the k-th value found is at least the best
@@ -350,11 +351,11 @@ class HierarchicalSoftmax(keras.layers.Layer):
 
     def compute_output_spec(self, inputs, mask=None, training=None, top_k=None, beam_width=None, part="indices"):
         if top_k is not None:
-            shape = tuple(inputs.shape[:-1]) + (int(top_k),)
+            shape = (*inputs.shape[:-1], int(top_k))
             return keras.KerasTensor(shape, dtype=self.path_dtype if part == "values" else "int32")
         if isinstance(inputs, (list, tuple)):
             return keras.KerasTensor(inputs[1].shape, dtype=self.path_dtype)
-        return keras.KerasTensor(tuple(inputs.shape[:-1]) + (self.num_classes,), dtype=self.path_dtype)
+        return keras.KerasTensor((*inputs.shape[:-1], self.num_classes), dtype=self.path_dtype)
 
     def compute_mask(self, inputs, mask=None):
         if isinstance(mask, (list, tuple)):
@@ -367,7 +368,7 @@ class HierarchicalSoftmax(keras.layers.Layer):
             return self(hidden)
         h = self._flat_hidden(hidden)
         lp = self._full_lp(h)
-        return ops.reshape(lp, tuple(ops.shape(hidden)[:-1]) + (self.num_classes,))
+        return ops.reshape(lp, (*ops.shape(hidden)[:-1], self.num_classes))
 
     def _check_k(self, k: int) -> int:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
@@ -381,16 +382,16 @@ class HierarchicalSoftmax(keras.layers.Layer):
         w = max(2 * k, 8) if w is None else int(w)
         return min(max(w, k), self.num_classes)
 
-    def beam_topk(self, hidden, k: int, beam_width: int | None = None) -> BeamTopK:
+    def beam_topk(self, hidden: Any, k: int, beam_width: int | None = None) -> BeamTopK:
         """The beam search alone: ``(values, indices, exact)``; rows with ``exact`` False may be
         wrong (the beam lost a class it cannot rule out)."""
         k = self._check_k(k)
         h = self._flat_hidden(hidden)
         vals, idx, ok = self._beam(h, k, self._width(k, beam_width))
         lead = tuple(ops.shape(hidden)[:-1])
-        return BeamTopK(ops.reshape(vals, lead + (k,)), ops.reshape(idx, lead + (k,)), ops.reshape(ok, lead))
+        return BeamTopK(ops.reshape(vals, (*lead, k)), ops.reshape(idx, (*lead, k)), ops.reshape(ok, lead))
 
-    def topk(self, hidden, k: int, beam_width: int | None = None) -> TopK:
+    def topk(self, hidden: Any, k: int, beam_width: int | None = None) -> TopK:
         """The ``k`` most probable classes, exactly: ``(values, indices)``, each ``(*, k)``, sorted
         descending, equal to ``top_k(log_prob(hidden), k)``.
 
@@ -407,7 +408,7 @@ class HierarchicalSoftmax(keras.layers.Layer):
             )
         return self._topk(hidden, k, beam_width)
 
-    def _topk(self, hidden, k: int, beam_width: int | None) -> TopK:
+    def _topk(self, hidden: Any, k: int, beam_width: int | None) -> TopK:
         k = self._check_k(k)
         h = self._flat_hidden(hidden)
         vals, idx, ok = self._beam(h, k, self._width(k, beam_width))
@@ -423,7 +424,7 @@ class HierarchicalSoftmax(keras.layers.Layer):
         elif not proven:
             vals, idx = full()
         lead = tuple(ops.shape(hidden)[:-1])
-        return TopK(ops.reshape(vals, lead + (k,)), ops.reshape(idx, lead + (k,)))
+        return TopK(ops.reshape(vals, (*lead, k)), ops.reshape(idx, (*lead, k)))
 
     def predict(self, hidden):
         """The most probable class of each hidden vector, ``(*)`` int32, exactly (by :meth:`topk`)."""
@@ -448,11 +449,11 @@ class HierarchicalSoftmax(keras.layers.Layer):
         return config
 
 
-def _symbolic(x) -> bool:
+def _symbolic(x: Any) -> bool:
     return isinstance(x, keras.KerasTensor)
 
 
-def _concrete_bool(x) -> bool | None:
+def _concrete_bool(x: Any) -> bool | None:
     """``bool(x)`` for an eager tensor, ``None`` while tracing (jax.jit, tf.function), where the
     value is not known yet."""
     try:
@@ -461,7 +462,7 @@ def _concrete_bool(x) -> bool | None:
         return None
 
 
-def _prune(lp, refs, bound, width: int):
+def _prune(lp: Any, refs: Any, bound: Any, width: int) -> tuple[Any, Any, Any]:
     """Keep the ``width`` best of ``(B, n)`` candidates; raise ``bound`` to the best one dropped."""
     n = lp.shape[1]
     if n <= width:

@@ -17,6 +17,8 @@ the beam search) scores slots with :func:`shared_slot_scores` or :func:`slot_sco
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from keras import ops
 
@@ -55,7 +57,7 @@ def _row_scores(h, kernel, bias, rows):
     return ops.where(rows >= 0, s, ops.zeros_like(s))
 
 
-def slot_scores(h, kernel, bias, rows, lead_fixed: bool):
+def slot_scores(h: Any, kernel: Any, bias: Any, rows: Any, lead_fixed: bool) -> tuple[Any, Any]:
     """Per-example slot scores: ``rows`` ``(B, ..., K)`` slot rows (FIXED/NONE allowed) ->
     ``(scores, valid)``, both ``(B, ..., K)``. With ``lead_fixed`` (binary runs) slot 0 is the
     fixed 0 everywhere and only slots ``1..`` are gathered."""

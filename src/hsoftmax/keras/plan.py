@@ -187,11 +187,10 @@ def full_plan(tree: Tree) -> FullPlan:
 
 
 def beam_plan(tree: Tree) -> BeamPlan:
-    V, N = tree.num_classes, tree.num_nodes
+    N = tree.num_nodes
     arity = np.asarray(tree.arity)
     off = np.asarray(tree.child_offset)
     children = np.asarray(tree.children)
-    depth = np.asarray(tree.node_depth)
 
     def child_refs(nodes: np.ndarray, w: int) -> np.ndarray:
         j = np.arange(w)[None, :]

@@ -31,8 +31,13 @@ import os
 import sys
 import threading
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
+import numpy.typing as npt
+
+if TYPE_CHECKING:  # torch is imported where it is used: the word2vec kernels do not need it
+    import torch
 
 _enabled = os.environ.get("HSOFTMAX_NO_KERNELS", "") in ("", "0")
 _cpu = None
@@ -113,7 +118,7 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def bump_version(t) -> None:
+def bump_version(t: torch.Tensor) -> None:
     """Tell autograd that ``t`` was modified in place: the kernels write through numpy, which
     autograd does not see. A graph that saved the old ``t`` then raises on use instead of
     silently reading the new values, as it would after an in-place torch op."""
@@ -169,7 +174,7 @@ class borrow_marks:
             return a
         return np.full(self.n, -1, dtype=np.int32)
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self.owned:
             if exc[0] is not None:  # a kernel may have died mid-way: don't trust the array
                 _scratch.pop(self.n, None)
@@ -187,7 +192,7 @@ _POOL_PER_KEY = 3
 _POOL_MIN_BYTES = 1 << 20
 
 
-def buffer(shape: tuple[int, ...], dtype) -> np.ndarray:
+def buffer(shape: tuple[int, ...], dtype: npt.DTypeLike) -> np.ndarray:
     """An uninitialized C-contiguous array of ``shape`` (like ``np.empty``), recycled when possible."""
     dtype = np.dtype(dtype)
     n = int(np.prod(shape))

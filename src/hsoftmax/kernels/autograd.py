@@ -18,7 +18,7 @@ Public entry points (called by ``functional`` only): :func:`target_log_prob`, :f
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -99,7 +99,7 @@ def _np(t: Tensor) -> np.ndarray:
     return t.detach().contiguous().numpy()
 
 
-def _table(weight: Tensor, bias: Tensor | None, dtype) -> nb.Table:
+def _table(weight: Tensor, bias: Tensor | None, dtype: np.dtype) -> nb.Table:
     """The node table as numpy views (of the tensors themselves when they are contiguous, so
     fused SGD writes through them)."""
     return nb.Table(_np(weight), _np(bias) if bias is not None else np.empty(0, dtype))
@@ -140,7 +140,9 @@ def _fused_done(weight: Tensor, bias: Tensor | None, want_w: bool, want_b: bool)
         bump_version(bias)
 
 
-def _table_grads(uniq: np.ndarray, gw: np.ndarray, gb: np.ndarray | None, shape, sparse: bool):
+def _table_grads(
+    uniq: np.ndarray, gw: np.ndarray, gb: np.ndarray | None, shape: torch.Size, sparse: bool
+) -> tuple[Tensor, Tensor | None]:
     """Wrap coalesced row gradients as sparse COO tensors (flagged coalesced, so no optimizer
     re-sorts them) or scatter them into dense zeros."""
     idx = torch.from_numpy(uniq)
@@ -160,13 +162,13 @@ def _table_grads(uniq: np.ndarray, gw: np.ndarray, gb: np.ndarray | None, shape,
     return W, b
 
 
-def _set_ctx(ctx, tt: TreeTensors, bias: Tensor | None, sparse: bool, sgd_lr: float | None) -> None:
+def _set_ctx(ctx: Any, tt: TreeTensors, bias: Tensor | None, sparse: bool, sgd_lr: float | None) -> None:
     ctx.tt, ctx.sparse, ctx.has_bias = tt, sparse, bias is not None
     ctx.sgd_lr = None if sgd_lr is None else float(sgd_lr)
     ctx.bias = bias  # for double backward (saved_tensors holds it only with sgd_lr)
 
 
-def _differentiable_backward(ctx, go: Tensor):
+def _differentiable_backward(ctx: Any, go: Tensor) -> tuple[Tensor | None, ...]:
     """Backward under ``create_graph=True`` (grad mode is on inside backward exactly then): the
     kernels' gradients are not differentiable, so recompute the same log-probs on the torch path
     and differentiate that, building the graph a second derivative needs (a gradient penalty).
@@ -178,7 +180,7 @@ def _differentiable_backward(ctx, go: Tensor):
         )
     h, weight, _, target = ctx.saved_tensors[:4]
     wanted = [(i, t) for i, t in enumerate((h, weight, ctx.bias)) if t is not None and ctx.needs_input_grad[i]]
-    grads = [None] * 7
+    grads: list[Tensor | None] = [None] * 7
     if wanted:
         out = torch_target_log_prob(h, target, weight, ctx.bias, ctx.tt)
         got = torch.autograd.grad(out, [t for _, t in wanted], go.to(out.dtype), create_graph=True, allow_unused=True)
@@ -195,7 +197,16 @@ class _BinaryPathFn(torch.autograd.Function):
     binary path of :func:`hsoftmax.functional.target_log_prob`."""
 
     @staticmethod
-    def forward(ctx, h, weight, bias, target, tt, sparse, sgd_lr=None):  # type: ignore[override]
+    def forward(
+        ctx: Any,
+        h: Tensor,
+        weight: Tensor,
+        bias: Tensor | None,
+        target: Tensor,
+        tt: TreeTensors,
+        sparse: bool,
+        sgd_lr: float | None = None,
+    ) -> Tensor:
         hn = _np(h)
         out = np.empty(hn.shape[0], hn.dtype)
         coef = np.empty((hn.shape[0], tt.path_rows.shape[1]), hn.dtype)
@@ -206,7 +217,7 @@ class _BinaryPathFn(torch.autograd.Function):
         return torch.from_numpy(out)
 
     @staticmethod
-    def backward(ctx, go):  # type: ignore[override]
+    def backward(ctx: Any, go: Tensor) -> tuple[Tensor | None, ...]:
         if torch.is_grad_enabled():  # create_graph=True
             return _differentiable_backward(ctx, go)
         h, weight, bias, target, coef_t = _saved_tensors(ctx)
@@ -274,7 +285,16 @@ class _GroupedFn(torch.autograd.Function):
     :func:`hsoftmax.functional.target_log_prob`."""
 
     @staticmethod
-    def forward(ctx, h, weight, bias, target, tt, sparse, sgd_lr=None):  # type: ignore[override]
+    def forward(
+        ctx: Any,
+        h: Tensor,
+        weight: Tensor,
+        bias: Tensor | None,
+        target: Tensor,
+        tt: TreeTensors,
+        sparse: bool,
+        sgd_lr: float | None = None,
+    ) -> Tensor:
         hn, tn = _np(h), _np(target)
         table = _table(weight, bias, hn.dtype)
         nodes, decisions = _nodes(tt), _decisions(tt)
@@ -307,7 +327,7 @@ class _GroupedFn(torch.autograd.Function):
         return torch.from_numpy(out)
 
     @staticmethod
-    def backward(ctx, go):  # type: ignore[override]
+    def backward(ctx: Any, go: Tensor) -> tuple[Tensor | None, ...]:
         if torch.is_grad_enabled():  # create_graph=True
             return _differentiable_backward(ctx, go)
         h, weight, bias, target = _saved_tensors(ctx)
@@ -334,7 +354,8 @@ class _GroupedFn(torch.autograd.Function):
             grad = nb.Table(hn[:0], np.empty(1 if want_b else 0, hn.dtype))  # non-empty b: update the bias too
         else:
             grad = nb.Table(buffer((nrows, d), hn.dtype), np.empty(nrows if want_b else 0, hn.dtype))
-        g_root = gw_root = None
+        g_root: Tensor | None = None
+        gw_root: Tensor | None = None  # set together with g_root
         if p_root is not None:
             # Root: G = go * (onehot(choice) - softmax); input grad G @ W_root, row grads G^T h.
             B = hn.shape[0]
@@ -356,13 +377,13 @@ class _GroupedFn(torch.autograd.Function):
             nb.sum_rows_by_example(ghd, ent.position, decisions, tn, ghn)
             gh = torch.from_numpy(ghn)
         if fused:
-            if gw_root is not None:
+            if g_root is not None and gw_root is not None:
                 torch.from_numpy(wn)[:kr].sub_(gw_root, alpha=lr)
                 if want_b:
                     torch.from_numpy(bn)[:kr].sub_(g_root.sum(0), alpha=lr)
         elif want_w or want_b:
             gwn, gbn = grad
-            if gw_root is not None:
+            if g_root is not None and gw_root is not None:
                 gwn[:kr] = gw_root.numpy()
                 if want_b:
                     gbn[:kr] = g_root.sum(0).numpy()

@@ -25,8 +25,13 @@ Entry points mirror :mod:`.autograd`: :func:`target_log_prob`, :func:`can_fuse`,
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:  # a runtime import would be a cycle: functional imports this package
+    from ..functional import TreeTensors
 
 __all__ = ["target_log_prob", "can_fuse", "log_prob", "topk"]
 
@@ -44,15 +49,15 @@ _TREE_FIELDS = (
 )
 
 
-def _tree_list(tt) -> list[Tensor]:
+def _tree_list(tt: TreeTensors) -> list[Tensor]:
     return [getattr(tt, f) for f in _TREE_FIELDS]
 
 
-def _tree(tree: list[Tensor], num_params: int):
+def _tree(tree: list[Tensor], num_params: int) -> TreeTensors:
     """A TreeTensors with the fields the kernels read (the others empty), from the op's list."""
     from ..functional import TreeTensors
 
-    f = dict(zip(_TREE_FIELDS, tree))
+    f: dict[str, Any] = dict(zip(_TREE_FIELDS, tree))
     empty = f["arity"][:0]
     arity = f["arity"]
     return TreeTensors(
@@ -140,7 +145,7 @@ def target_log_prob(
     target: Tensor,
     weight: Tensor,
     bias: Tensor | None,
-    tt,
+    tt: TreeTensors,
     sparse: bool,
     sgd_lr: float | None,
 ) -> Tensor:
@@ -176,11 +181,11 @@ def _(h, k, weight, bias, tree):
     return h.new_empty(h.shape[0], k), h.new_empty(h.shape[0], k, dtype=torch.long)
 
 
-def log_prob(h: Tensor, weight: Tensor, bias: Tensor | None, tt) -> Tensor:
+def log_prob(h: Tensor, weight: Tensor, bias: Tensor | None, tt: TreeTensors) -> Tensor:
     """:func:`hsoftmax.kernels.autograd.log_prob` as one op (inference only)."""
     return _log_prob_op(h, weight, bias, _tree_list(tt))
 
 
-def topk(h: Tensor, k: int, weight: Tensor, bias: Tensor | None, tt) -> tuple[Tensor, Tensor]:
+def topk(h: Tensor, k: int, weight: Tensor, bias: Tensor | None, tt: TreeTensors) -> tuple[Tensor, Tensor]:
     """:func:`hsoftmax.kernels.autograd.topk` as one op."""
     return _topk_op(h, k, weight, bias, _tree_list(tt))
