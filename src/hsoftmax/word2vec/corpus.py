@@ -359,7 +359,11 @@ def _encoded(
     max_sentence_length: int,
 ) -> EncodedCorpus:
     """Provisional ids on disk + the provisional -> final id table -> an :class:`EncodedCorpus`."""
-    _release_memory()
+    # A full collection walks every live object (a second or more in a process holding torch and
+    # a test suite); below a million words the temporaries are too small to lower the peak.
+    release = raw_words >= _RELEASE_MIN_WORDS
+    if release:
+        _release_memory()
     raw_off = np.zeros(sum(a.size for a in lengths) + 1, dtype=np.int64)
     np.cumsum(np.concatenate(lengths), out=raw_off[1:])
     lengths.clear()
@@ -367,8 +371,12 @@ def _encoded(
     off = _remap(prov_path, lut, raw_off, dst)
     os.remove(prov_path)
     off = _split_long(off, max_sentence_length)
-    _release_memory()
+    if release:
+        _release_memory()
     return EncodedCorpus(vocab, dst, off, raw_words, replaced, tmpdir)
+
+
+_RELEASE_MIN_WORDS = 1_000_000  # corpora this big hand their build temporaries back to the OS
 
 
 def _release_memory() -> None:

@@ -88,6 +88,11 @@ def _check_float(name: str, value: Any, lo: float) -> float:
     return float(value)
 
 
+# Below this many words the tree's temporaries are too small to matter, and a full garbage
+# collection (which walks every live object) would cost more than the whole build.
+_RELEASE_MIN_VOCAB = 20_000
+
+
 class Word2Vec:
     """word2vec with hierarchical softmax.
 
@@ -313,7 +318,8 @@ class Word2Vec:
         self.tree = self._make_tree(vocab)
         self.word_classes = _word_classes(self.tree, vocab)
         self._check_memory(len(vocab), self.tree.num_params)
-        _release_memory()  # the tree's build temporaries, before the tables take their place
+        if len(vocab) >= _RELEASE_MIN_VOCAB:
+            _release_memory()  # the tree's build temporaries, before the tables take their place
         rng = np.random.default_rng(self.seed)
         # word2vec's initialisation: small uniform input vectors, zero node rows.
         self.syn0 = rng.random((len(vocab), self.dim), dtype=np.float32)
@@ -370,7 +376,8 @@ class Word2Vec:
     def _train(self, enc: EncodedCorpus, checkpoint: str | None) -> None:
         trained = self._require_trained()
         paths = kernels.flat_paths(trained.tree, self.word_classes, packed=True)
-        _release_memory()
+        if len(trained.vocab) >= _RELEASE_MIN_VOCAB:
+            _release_memory()
         keep = _keep_thresholds(keep_probabilities(trained.vocab.counts, self.sample))
         tables = kernels.Tables(*sigmoid_tables(), keep)
         chunks = _chunk_bounds(enc.offsets, _CHUNK_WORDS)
