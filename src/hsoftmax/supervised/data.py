@@ -140,13 +140,11 @@ def _tokenize(raw: bytes, source: str) -> Lines:
     _check_text(raw, source)
     table = WordTable()
     ids, lengths = table.add_block(_MARK + b" " + raw.replace(b"\n", b"\n" + _MARK + b" ") + b"\n")
-    mark = table.find(_MARK)
-    keep = ids != mark
+    # the mark is the buffer's first token: provisional id 0; drop it and shift the others down
+    codes = ids[ids != 0] - 1
     offsets = np.zeros(lengths.size + 1, dtype=np.int64)
     np.cumsum(lengths - 1, out=offsets[1:])
-    counts = table.counts.copy()
-    counts[mark] = 0
-    return Lines(table.words(np.arange(len(table))), counts, ids[keep], offsets, raw, source)
+    return Lines(table.words(np.arange(1, len(table))), table.counts[1:].copy(), codes, offsets, raw, source)
 
 
 def _check_text(raw: bytes, source: str) -> None:

@@ -200,6 +200,10 @@ class Classifier:
             ValueError: a tree that misses some training labels, or tables too big for memory.
             TrainingError: training diverged (lower ``lr``) or a worker thread failed.
         """
+        if self.multilabel:
+            raise NotImplementedError(
+                "multilabel=True needs the probabilistic label tree kernels, which this build does not have yet"
+            )
         lines = read_lines(data)
         vocab = count(lines, self.label_prefix, self.min_count, self.min_count_label)
         if not vocab.labels:
