@@ -17,12 +17,24 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
-from ..kernels.node import JIT
+from ..kernels.node import JIT, PARALLEL
 from ..word2vec.kernels import _hs_step, _next, _private
 
-__all__ = ["Model", "Schedule", "Scratch", "new_scratch", "train_lines", "hidden"]
+__all__ = [
+    "Model",
+    "Schedule",
+    "Scratch",
+    "new_scratch",
+    "train_lines",
+    "hidden",
+    "uniform_fill",
+    "all_finite",
+    "fasttext_huffman",
+]
+
+_BLOCK_ROWS = 4096  # rows per random stream of uniform_fill
 
 
 class Model(NamedTuple):
@@ -165,3 +177,33 @@ def fasttext_huffman(counts):
         for q, c in enumerate((left[i], right[i])):
             children[2 * n + q] = c if c < V else V + (M - 1 - c)
     return child_offset, children
+
+
+@njit(**PARALLEL)
+def uniform_fill(out, scale, seed):
+    """Fill the 2-d float32 ``out`` with uniform values in ``[-scale, scale)``, in parallel:
+    fastText's initialisation of its input rows, without numpy's temporaries (a 2M-bucket table
+    is 800 MB). Each block of rows has its own stream seeded from ``(seed, block)``, so the
+    result does not depend on the number of threads."""
+    rows, dim = out.shape
+    blocks = (rows + _BLOCK_ROWS - 1) // _BLOCK_ROWS
+    for blk in prange(blocks):
+        state = _next(np.uint64(seed) ^ (np.uint64(blk) * np.uint64(0x9E3779B97F4A7C15)))
+        state = _next(state)
+        for r in range(blk * _BLOCK_ROWS, min(rows, (blk + 1) * _BLOCK_ROWS)):
+            for k in range(dim):
+                state = _next(state)
+                u = np.float32((state >> np.uint64(40)) * (1.0 / 16777216.0))  # 24 bits: [0, 1)
+                out[r, k] = np.float32(scale * (2.0 * u - 1.0))
+
+
+@njit(**PARALLEL)
+def all_finite(a):
+    """Whether every value of the 2-d ``a`` is finite (no temporary boolean array)."""
+    bad = 0
+    for r in prange(a.shape[0]):
+        for k in range(a.shape[1]):
+            if not np.isfinite(a[r, k]):
+                bad += 1
+                break
+    return bad == 0

@@ -45,6 +45,7 @@ _LIMITS = {
     "min_count_label": 2**62,
     "bucket": 2**31 - 2**26,  # rows are int32 (words + buckets)
     "seed": 2**64 - 1,
+    "arity": 1 << 16,
 }
 
 
@@ -97,6 +98,11 @@ class Classifier:
             hidden vector, train again over it: about twice the cost), or a labelled
             :class:`~hsoftmax.Tree` (a taxonomy): labels are matched by name, every training
             label must be in it, and tree labels without examples stay predictable.
+        arity: children per node of the trees built here (``"huffman"``, ``"balanced"``,
+            ``"learned"``; a given Tree keeps its own). 2 is fastText's tree; a node with ``k > 2``
+            children is a softmax over ``k`` rows. Measured on WordNet glosses -> hypernym
+            (7,319 labels, 5 epochs, same training time): P@1 0.106 / 0.132 / 0.127 with
+            Huffman arity 2 (ties broken by index) / 4 / 8, and 0.113 with fastText's binary tree.
         seed: seeds the initial vectors and every random draw (one thread: deterministic).
         multilabel: train a probabilistic label tree on lines with several labels (marginals).
         label_prefix: what starts a label token.
@@ -114,6 +120,7 @@ class Classifier:
         bucket: int | None = None,
         threads: int | None = None,
         tree: str | Tree = "huffman",
+        arity: int = 2,
         seed: int = 1,
         multilabel: bool = False,
         label_prefix: str = "__label__",
@@ -143,6 +150,7 @@ class Classifier:
         else:
             raise TypeError(f"tree must be a string or a Tree, got {type(tree).__name__}")
         self.tree_spec = tree
+        self.arity = _check_int("arity", arity, 2)
         self.seed = _check_int("seed", seed, 0)
         self.multilabel = bool(multilabel)
         if not isinstance(label_prefix, str) or not label_prefix or label_prefix != label_prefix.strip():
@@ -186,6 +194,7 @@ class Classifier:
             "min_count_label": self.min_count_label,
             "bucket": self.bucket,
             "tree": self.tree_spec if isinstance(self.tree_spec, str) else "custom",
+            "arity": self.arity,
             "seed": self.seed,
             "multilabel": self.multilabel,
             "label_prefix": self.label_prefix,
@@ -237,8 +246,10 @@ class Classifier:
                 )
             return spec
         if spec == "balanced":
-            return Tree.balanced(len(vocab.labels), labels=vocab.labels)
-        return _huffman(vocab)  # huffman, and learned's first pass
+            return Tree.balanced(len(vocab.labels), arity=self.arity, labels=vocab.labels)
+        if self.arity > 2:  # huffman, and learned's first pass
+            return Tree.huffman(vocab.label_counts, arity=self.arity, labels=vocab.labels)
+        return _huffman(vocab)
 
     def _set_tree(self, tree: Tree, vocab: Vocabulary) -> None:
         self._tree = tree
@@ -262,12 +273,9 @@ class Classifier:
                 f"dim={self.dim} over {len(self.words)} words + {self.bucket} buckets needs "
                 f"{need / 2**30:.1f} GiB, more than this machine's {available / 2**30:.1f} GiB (lower bucket or dim)"
             )
-        rng = np.random.default_rng(self.seed)
         # fastText's initialisation: input rows uniform in +-1/dim, node rows zero
-        syn0 = rng.random((rows, self.dim), dtype=np.float32)
-        syn0 -= 0.5
-        syn0 *= 2.0 / self.dim
-        self.syn0 = syn0
+        self.syn0 = np.empty((rows, self.dim), dtype=np.float32)
+        kernels.uniform_fill(self.syn0, 1.0 / self.dim, np.uint64(self.seed))
         self.syn1 = np.zeros((params, self.dim), dtype=np.float32)
         self._search = None
 
@@ -281,7 +289,9 @@ class Classifier:
         vectors = np.zeros((self.tree.num_classes, self.dim))
         np.add.at(vectors, examples.labels, np.repeat(H, per_line, axis=0))
         vectors /= np.maximum(self.label_counts, 1)[:, None]
-        learned = Tree.from_embeddings(vectors, counts=self.label_counts, seed=self.seed, labels=self.labels)
+        learned = Tree.from_embeddings(
+            vectors, arity=self.arity, counts=self.label_counts, seed=self.seed, labels=self.labels
+        )
         self._set_tree(learned, vocab)
         # class i of the learned tree is label i (labels=self.labels), so the examples still hold
         self.syn1 = np.zeros((learned.num_params, self.dim), dtype=np.float32)
@@ -302,8 +312,11 @@ class Classifier:
                 t0 = time.perf_counter()
                 ll, trained = self._run_epoch(examples, bounds, epoch, N, total, model, paths, tables, max_arity, bar)
                 seconds = time.perf_counter() - t0
-                for name, table in (("input vectors", self.syn0), ("node rows", self.syn1)):
-                    if not np.isfinite(table).all():
+                # every epoch the node rows (small; a diverged input row spoils them at once),
+                # at the end the input rows too
+                last = epoch + 1 == self.epochs
+                for name, table in (("input vectors", self.syn0), ("node rows", self.syn1))[0 if last else 1 :]:
+                    if not kernels.all_finite(table):
                         raise TrainingError(
                             f"training diverged: the {name} hold NaN or infinite values after epoch "
                             f"{epoch + 1} (lr={self.lr} is too high; try a smaller one)"
