@@ -19,6 +19,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit, prange
 
+from ..kernels import plt
 from ..kernels.node import JIT, PARALLEL
 from ..word2vec.kernels import _hs_step, _next, _private
 
@@ -28,6 +29,7 @@ __all__ = [
     "Scratch",
     "new_scratch",
     "train_lines",
+    "train_lines_plt",
     "hidden",
     "uniform_fill",
     "all_finite",
@@ -117,6 +119,48 @@ def train_lines(examples, lo, hi, model, paths, tables, schedule, scratch):
             for k in range(dim):
                 v[k] += e[k]
     return ll, trained
+
+
+@njit(**JIT)
+def train_lines_plt(examples, labels, lo, hi, model, layout, plt_scratch, schedule, scratch):
+    """The multi-label twin of :func:`train_lines`: the mean of a line's rows is the input of a
+    probabilistic label tree over *all* its labels (``labels``: ``examples.labels`` as int64),
+    one step of :func:`hsoftmax.kernels.plt.example_step` (its node targets and fastText's
+    binary logistic at each; no bias), the input gradient normalised as fastText does. Lines
+    without a label are skipped, as fastText skips them. Returns ``(summed loss, lines)``."""
+    rows, roff, loff = examples.rows, examples.row_offsets, examples.label_offsets
+    tokens = examples.tokens
+    syn0, W = model.syn0, model.syn1
+    no_bias = np.zeros(0, dtype=np.float32)
+    h, e = scratch.h, scratch.e
+    dim = syn0.shape[1]
+    lr0 = schedule.lr
+    before, total = schedule.tokens_before, schedule.total_tokens
+    loss = 0.0
+    trained = 0
+    for i in range(lo, hi):
+        a, b = roff[i], roff[i + 1]
+        if b == a or loff[i + 1] == loff[i]:
+            continue
+        lr = np.float32(lr0 * (1.0 - (before + tokens[i]) / total))
+        h[:] = 0.0
+        for r in range(a, b):
+            v = syn0[rows[r]]
+            for k in range(dim):
+                h[k] += v[k]
+        inv = np.float32(1.0 / (b - a))
+        for k in range(dim):
+            h[k] *= inv
+        e[:] = 0.0
+        loss += plt.example_step(W, no_bias, h, labels[loff[i] : loff[i + 1]], layout, plt_scratch, lr, e)
+        trained += 1
+        for k in range(dim):
+            e[k] *= inv
+        for r in range(a, b):
+            v = syn0[rows[r]]
+            for k in range(dim):
+                v[k] += e[k]
+    return loss, trained
 
 
 @njit(**JIT)
