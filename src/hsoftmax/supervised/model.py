@@ -265,6 +265,8 @@ class Classifier:
 
     def _init_tables(self) -> None:
         rows = len(self.words) + self.bucket
+        if rows >= 2**31:
+            raise ValueError(f"{len(self.words)} words + {self.bucket} buckets is too many input rows (ids are int32)")
         params = self._node_rows(self.tree)
         need = 4 * (rows + params) * self.dim
         available = _memory_bytes()
