@@ -231,3 +231,25 @@ def test_graft_point_minimises_the_added_code_length():
         c = np.array(counts, dtype=float)
         assert g.code_length >= g.rebuilt_code_length - 1e-12
         assert g.code_length == pytest.approx(g.tree.expected_code_length(c))
+
+
+def test_continued_run_resumes_from_its_checkpoint_bit_for_bit(tmp_path, corpus_a, corpus_b):
+    base = Word2Vec(**KW).fit(corpus_a)
+    base.save(tmp_path / "a.model")
+    whole = Word2Vec.load(tmp_path / "a.model", threads=1, progress=False).fit(corpus_b, update=True)
+
+    class StopAfterFirst(Word2Vec):
+        def _save_checkpoint(self, directory):
+            super()._save_checkpoint(directory)
+            raise KeyboardInterrupt
+
+    stopped = StopAfterFirst.load(tmp_path / "a.model", threads=1, progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        stopped.fit(corpus_b, checkpoint=tmp_path / "ck", update=True)
+    resumed = Word2Vec.load(tmp_path / "a.model", threads=1, progress=False)
+    resumed.fit(corpus_b, checkpoint=tmp_path / "ck", resume=True, update=True)
+    assert resumed.tree == whole.tree and resumed.epochs_done == whole.epochs_done == KW["epochs"]
+    assert np.array_equal(resumed.syn0, whole.syn0) and np.array_equal(resumed.syn1, whole.syn1)
+    # a checkpoint of the continued run does not resume a run from scratch (another tree)
+    with pytest.raises(ValueError, match="cannot be resumed"):
+        Word2Vec(**KW).fit(corpus_b, checkpoint=tmp_path / "ck", resume=True)
