@@ -20,7 +20,7 @@ vocabulary pass (it has no separate one); "wall" is the whole run for everyone.
 only, one thread; ``--corpus``, ``--modes`` and ``--threads`` given as well override its parts.
 Results go to ``benchmarks/results/word2vec_vs_peers.json`` (and ``.md``), or to ``--json``.
 
-``--experiments`` picks what runs (default: all four):
+``--experiments`` picks what runs (default: all four; with ``--quick``, ``peers`` only):
 
 * ``peers``: the speed and quality grid above (every system, mode and thread count).
 * ``continue``: continued training with a growing vocabulary on the first ``--slice-tokens``
@@ -577,9 +577,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=1, help="random seed given to every system")
     p.add_argument("--json", default=os.path.join(RESULTS, "word2vec_vs_peers.json"))
     p.add_argument("--no-probe", action="store_true", help="skip the parallelism probe before and after (seconds)")
-    p.add_argument(
-        "--experiments", nargs="+", choices=EXPERIMENTS, default=EXPERIMENTS, help="what to run (default: all)"
-    )
+    p.add_argument("--experiments", nargs="+", choices=EXPERIMENTS, help="what to run (default: all; --quick: peers)")
     p.add_argument(
         "--slice-tokens",
         type=int,
@@ -588,6 +586,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3], help="seeds of the small-corpus rows")
     p.add_argument("--small-threads", type=int, default=2, help="threads of the continue/memory/small runs")
     args = p.parse_args(argv)
+    if args.experiments is None:
+        args.experiments = ["peers"] if args.quick else EXPERIMENTS
     for key, value in (QUICK if args.quick else FULL).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
