@@ -33,7 +33,8 @@ Results go to ``benchmarks/results/word2vec_vs_peers.json`` (and ``.md``), or to
 * ``memory``: peak memory (VmHWM) of a whole run, encoding, training and writing the vectors, in
   text and in binary, for hsoftmax and gensim corpus_file, on the slice, one process per run.
 * ``small``: CBOW on the slice with ``--seeds`` (default 1 2 3) at ``--small-threads`` (default 2)
-  threads, hsoftmax vs gensim corpus_file: mean and standard deviation of each score.
+  threads, hsoftmax vs gensim corpus_file: mean and standard deviation of each score; gensim also
+  at 1 thread, the only count at which its corpus_file learning rate decays as word2vec's does.
 """
 
 from __future__ import annotations
@@ -373,10 +374,17 @@ def run_memory(corpus: str, threads: int, systems: list[str], out_dir: str, time
 
 
 def run_small(corpus: str, threads: int, systems: list[str], seeds: list[int], timeout: float) -> list[dict]:
+    """Each system at ``threads``; gensim corpus_file also at 1 thread when ``threads > 1``: with
+    W workers each of its threads decays the learning rate only a 1/W share of each epoch (its own
+    sentences over the whole corpus's count), so its 1-thread row is the one with word2vec's
+    linear schedule, as ours."""
+    runs = [(system, threads) for system in systems]
+    if threads > 1 and "gensim-file" in systems:
+        runs.append(("gensim-file", 1))
     rows = []
-    for system in systems:
-        r = child(["--worker-small", system, corpus, str(threads), ",".join(map(str, seeds))], timeout * len(seeds))
-        rows.append(r if "error" not in r else {"system": system, "threads": threads, **r})
+    for system, t in runs:
+        r = child(["--worker-small", system, corpus, str(t), ",".join(map(str, seeds))], timeout * len(seeds))
+        rows.append(r if "error" not in r else {"system": system, "threads": t, **r})
     return rows
 
 
@@ -431,17 +439,17 @@ def memory_table(rows: list[dict]) -> str:
 
 
 def small_table(rows: list[dict]) -> str:
-    lines = ["| system | seeds | analogy % | WS353 | SimLex |", "|---|---|---|---|---|"]
+    lines = ["| system | threads | seeds | analogy % | WS353 | SimLex |", "|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['system']} | | n/a: {r['error']} | | |")
+            lines.append(f"| {r['system']} | {r['threads']} | | n/a: {r['error']} | | |")
             continue
         cells = []
         for key, scale, fmt in (("analogy", 100, ".2f"), ("wordsim353", 1, ".3f"), ("simlex999", 1, ".3f")):
             m, sd = mean_sd([scale * x[key] for x in r["runs"]])
             cells.append(f"{m:{fmt}} ± {sd:{fmt}}")
         seeds = ",".join(str(x["seed"]) for x in r["runs"])
-        lines.append(f"| {r['system']} | {seeds} | " + " | ".join(cells) + " |")
+        lines.append(f"| {r['system']} | {r['threads']} | {seeds} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
