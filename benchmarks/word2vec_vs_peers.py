@@ -19,6 +19,22 @@ vocabulary pass (it has no separate one); "wall" is the whole run for everyone.
 ``--quick`` is the smoke run: the corpus shipped with the package (1.5M tokens, no build), CBOW
 only, one thread; ``--corpus``, ``--modes`` and ``--threads`` given as well override its parts.
 Results go to ``benchmarks/results/word2vec_vs_peers.json`` (and ``.md``), or to ``--json``.
+
+``--experiments`` picks what runs (default: all four; with ``--quick``, ``peers`` only):
+
+* ``peers``: the speed and quality grid above (every system, mode and thread count).
+* ``continue``: continued training with a growing vocabulary on the first ``--slice-tokens``
+  tokens of the corpus: A is its first half (by lines), A+B all of it. hsoftmax trains on A, then
+  ``fit(A+B, update=True)``; gensim trains on A, then ``build_vocab(A+B, update=True)`` +
+  ``train(A+B)`` (its update path; an error it raises is reported as its row); both against a
+  run from scratch on A+B. For gensim the row also says how many old words' Huffman codes its
+  update changed (their trained node rows then decide for other words); for ours, the grafted
+  tree's mean code length against a rebuilt Huffman tree's.
+* ``memory``: peak memory (VmHWM) of a whole run, encoding, training and writing the vectors, in
+  text and in binary, for hsoftmax and gensim corpus_file, on the slice, one process per run.
+* ``small``: CBOW on the slice with ``--seeds`` (default 1 2 3) at ``--small-threads`` (default 2)
+  threads, hsoftmax vs gensim corpus_file: mean and standard deviation of each score; gensim also
+  at 1 thread, the only count at which its corpus_file learning rate decays as word2vec's does.
 """
 
 from __future__ import annotations
@@ -40,6 +56,8 @@ SYSTEMS = ["hsoftmax", "gensim-file", "gensim-iter", "fasttext"]
 SETTINGS = dict(dim=100, window=5, min_count=5, sample=1e-3, epochs=3, alpha=0.025, seed=1)
 FULL = dict(modes=["cbow", "sg"], threads=[1, 2])
 QUICK = dict(modes=["cbow"], threads=[1])
+EXPERIMENTS = ["peers", "continue", "memory", "small"]
+SLICE_PEERS = ["hsoftmax", "gensim-file"]  # the systems of the continue, memory and small experiments
 
 
 def gensim_data(name: str) -> str:
@@ -169,6 +187,272 @@ def worker(system: str, mode: str, threads: int, corpus: str) -> dict:
     }
 
 
+def scores(words, vectors) -> dict:
+    from hsoftmax.word2vec import evaluate_analogies, evaluate_similarity
+
+    analogy = evaluate_analogies(words, vectors, gensim_data("questions-words.txt"))
+    return {
+        "analogy": analogy.accuracy,
+        "analogy_total": analogy.total,
+        "wordsim353": evaluate_similarity(words, vectors, gensim_data("wordsim353.tsv")).spearman,
+        "simlex999": evaluate_similarity(words, vectors, gensim_data("simlex999.txt")).spearman,
+    }
+
+
+def hsoftmax_model(sg: bool, threads: int):
+    from hsoftmax.word2vec import Word2Vec
+
+    keys = ("dim", "window", "min_count", "sample", "epochs", "alpha", "seed")
+    return Word2Vec(**{k: SETTINGS[k] for k in keys}, sg=sg, threads=threads, progress=False)
+
+
+def gensim_model(sg: bool, threads: int):
+    from gensim.models import Word2Vec
+
+    return Word2Vec(
+        vector_size=SETTINGS["dim"],
+        window=SETTINGS["window"],
+        min_count=SETTINGS["min_count"],
+        sample=SETTINGS["sample"],
+        sg=int(sg),
+        hs=1,
+        negative=0,
+        alpha=SETTINGS["alpha"],
+        workers=threads,
+        seed=SETTINGS["seed"],
+    )
+
+
+def gensim_fit(model, corpus: str, update: bool = False) -> None:
+    model.build_vocab(corpus_file=corpus, update=update)
+    model.train(
+        corpus_file=corpus,
+        total_words=model.corpus_total_words,
+        total_examples=model.corpus_count,
+        epochs=SETTINGS["epochs"],
+    )
+
+
+def continue_worker(system: str, corpus_a: str, corpus_ab: str, threads: int) -> dict:
+    """Train on A then continue on A+B, and train on A+B from scratch: the scores of both."""
+    out: dict = {"system": system, "threads": threads}
+    if system == "hsoftmax":
+        scratch = hsoftmax_model(False, threads).fit(corpus_ab)
+        out["scratch"] = scores(list(scratch.vocab.words), scratch.syn0)
+        del scratch
+        model = hsoftmax_model(False, threads).fit(corpus_a)
+        old_words, old_tree = len(model.vocab), model.tree
+        t0 = time.perf_counter()
+        model.fit(corpus_ab, update=True)
+        out["update_seconds"] = time.perf_counter() - t0
+        from hsoftmax.word2vec.grow import graft
+
+        g = graft(old_tree, model.vocab.counts)
+        out.update(
+            old_words=old_words,
+            new_words=len(model.vocab) - old_words,
+            code_length=g.code_length,
+            rebuilt_code_length=g.rebuilt_code_length,
+            continued=scores(list(model.vocab.words), model.syn0),
+        )
+        return out
+    scratch = gensim_model(False, threads)
+    gensim_fit(scratch, corpus_ab)
+    out["scratch"] = scores(list(scratch.wv.index_to_key), scratch.wv.vectors)
+    del scratch
+    model = gensim_model(False, threads)
+    gensim_fit(model, corpus_a)
+    old = {
+        w: (tuple(model.wv.get_vecattr(w, "code")), tuple(model.wv.get_vecattr(w, "point")))
+        for w in model.wv.index_to_key
+    }
+    out["old_words"] = len(old)
+    try:
+        model.build_vocab(corpus_file=corpus_ab, update=True)
+        changed = sum(
+            (tuple(model.wv.get_vecattr(w, "code")), tuple(model.wv.get_vecattr(w, "point"))) != cp
+            for w, cp in old.items()
+        )
+        out.update(new_words=len(model.wv) - len(old), old_codes_changed=changed)
+        t0 = time.perf_counter()
+        model.train(
+            corpus_file=corpus_ab,
+            total_words=model.corpus_total_words,
+            total_examples=model.corpus_count,
+            epochs=SETTINGS["epochs"],
+        )
+        out["update_seconds"] = time.perf_counter() - t0
+        out["continued"] = scores(list(model.wv.index_to_key), model.wv.vectors)
+    except Exception as e:  # gensim's update path with hs=1 may fail: that is the result
+        out["continued"] = {"error": f"{type(e).__name__}: {e}"[:200]}
+    return out
+
+
+def memory_worker(system: str, fmt: str, corpus: str, threads: int, out_dir: str) -> dict:
+    """A whole run (encode, train, write the vectors as ``fmt``); peak memory at the end."""
+    t0 = time.perf_counter()
+    path = os.path.join(out_dir, f"{system}-{fmt}.{'bin' if fmt == 'binary' else 'txt'}")
+    if system == "hsoftmax":
+        model = hsoftmax_model(False, threads).fit(corpus)
+        model.wv.save_word2vec_format(path, binary=fmt == "binary")
+    else:
+        model = gensim_model(False, threads)
+        gensim_fit(model, corpus)
+        model.wv.save_word2vec_format(path, binary=fmt == "binary")
+    size = os.path.getsize(path)
+    os.remove(path)
+    return {
+        "system": system,
+        "format": fmt,
+        "threads": threads,
+        "peak_mb": peak_rss_bytes() / 2**20,
+        "wall_seconds": time.perf_counter() - t0,
+        "file_mb": size / 2**20,
+    }
+
+
+def small_worker(system: str, corpus: str, threads: int, seeds: list[int]) -> dict:
+    """CBOW on the slice once per seed (one process: quality only, no memory measured)."""
+    runs = []
+    for seed in seeds:
+        SETTINGS["seed"] = seed
+        if system == "hsoftmax":
+            model = hsoftmax_model(False, threads).fit(corpus)
+            runs.append({"seed": seed, **scores(list(model.vocab.words), model.syn0)})
+        else:
+            g = gensim_model(False, threads)
+            gensim_fit(g, corpus)
+            runs.append({"seed": seed, **scores(list(g.wv.index_to_key), g.wv.vectors)})
+    return {"system": system, "threads": threads, "runs": runs}
+
+
+def slice_corpus(src: str, tokens: int, dst_dir: str) -> tuple[str, str]:
+    """The first ``tokens`` tokens of ``src`` (whole lines) and the first half of those lines."""
+    os.makedirs(dst_dir, exist_ok=True)
+    ab = os.path.join(dst_dir, f"slice_{tokens}.txt")
+    a = os.path.join(dst_dir, f"slice_{tokens}_A.txt")
+    if not (os.path.isfile(ab) and os.path.isfile(a)):
+        lines, n = [], 0
+        with open(src, "rb") as f:
+            for line in f:
+                lines.append(line)
+                n += len(line.split())
+                if n >= tokens:
+                    break
+        with atomic_path(ab) as tmp, open(tmp, "wb") as out:
+            out.writelines(lines)
+        with atomic_path(a) as tmp, open(tmp, "wb") as out:
+            out.writelines(lines[: len(lines) // 2])
+    return a, ab
+
+
+def mean_sd(values: list[float]) -> tuple[float, float]:
+    import statistics
+
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def child(args: list[str], timeout: float) -> dict:
+    return run_json_child([sys.executable, os.path.abspath(__file__), *args], timeout)
+
+
+def run_continue(corpus_a: str, corpus_ab: str, threads: int, systems: list[str], timeout: float) -> list[dict]:
+    rows = []
+    for system in systems:
+        r = child(["--worker-continue", system, corpus_a, corpus_ab, str(threads), str(SETTINGS["seed"])], timeout)
+        rows.append(r if "error" not in r else {"system": system, "threads": threads, **r})
+    return rows
+
+
+def run_memory(corpus: str, threads: int, systems: list[str], out_dir: str, timeout: float) -> list[dict]:
+    rows = []
+    for system in systems:
+        for fmt in ("text", "binary"):
+            r = child(["--worker-memory", system, fmt, corpus, str(threads), out_dir, str(SETTINGS["seed"])], timeout)
+            rows.append(r if "error" not in r else {"system": system, "format": fmt, "threads": threads, **r})
+    return rows
+
+
+def run_small(corpus: str, threads: int, systems: list[str], seeds: list[int], timeout: float) -> list[dict]:
+    """Each system at ``threads``; gensim corpus_file also at 1 thread when ``threads > 1``: with
+    W workers each of its threads decays the learning rate only a 1/W share of each epoch (its own
+    sentences over the whole corpus's count), so its 1-thread row is the one with word2vec's
+    linear schedule, as ours."""
+    runs = [(system, threads) for system in systems]
+    if threads > 1 and "gensim-file" in systems:
+        runs.append(("gensim-file", 1))
+    rows = []
+    for system, t in runs:
+        r = child(["--worker-small", system, corpus, str(t), ",".join(map(str, seeds))], timeout * len(seeds))
+        rows.append(r if "error" not in r else {"system": system, "threads": t, **r})
+    return rows
+
+
+def _score_cells(r: dict | None) -> str:
+    """Three table cells: analogy, WordSim, SimLex (or why there are none)."""
+    if r is None:
+        return " | | "
+    if "error" in r:
+        return f"n/a: {r['error']} | | "
+    return f"{100 * r['analogy']:.2f} | {r['wordsim353']:.3f} | {r['simlex999']:.3f}"
+
+
+def continue_table(rows: list[dict]) -> str:
+    lines = [
+        "| system | run | analogy % | WS353 | SimLex | words (old + new) | note |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['system']} | | n/a: {r['error']} | | | | |")
+            continue
+        words = f"{r.get('old_words', '?')} + {r.get('new_words', '?')}"
+        if r["system"] == "hsoftmax":
+            note = (
+                f"grafted tree: mean code length {r['code_length']:.3f} vs {r['rebuilt_code_length']:.3f} "
+                "rebuilt; every old row kept"
+            )
+        else:
+            changed = r.get("old_codes_changed")
+            note = (
+                ""
+                if changed is None
+                else f"update rebuilt the tree: {changed} of {r['old_words']} old words' codes changed"
+            )
+        lines.append(f"| {r['system']} | A+B from scratch | {_score_cells(r.get('scratch'))} | | |")
+        lines.append(
+            f"| {r['system']} | A, then continued on A+B | {_score_cells(r.get('continued'))} | {words} | {note} |"
+        )
+    return "\n".join(lines)
+
+
+def memory_table(rows: list[dict]) -> str:
+    lines = ["| system | output | peak MB (whole run) | wall s | file MB |", "|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['system']} | {r['format']} | n/a: {r['error']} | | |")
+        else:
+            lines.append(
+                f"| {r['system']} | {r['format']} | {r['peak_mb']:.0f} | {r['wall_seconds']:.1f} | {r['file_mb']:.1f} |"
+            )
+    return "\n".join(lines)
+
+
+def small_table(rows: list[dict]) -> str:
+    lines = ["| system | threads | seeds | analogy % | WS353 | SimLex |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['system']} | {r['threads']} | | n/a: {r['error']} | | |")
+            continue
+        cells = []
+        for key, scale, fmt in (("analogy", 100, ".2f"), ("wordsim353", 1, ".3f"), ("simlex999", 1, ".3f")):
+            m, sd = mean_sd([scale * x[key] for x in r["runs"]])
+            cells.append(f"{m:{fmt}} ± {sd:{fmt}}")
+        seeds = ",".join(str(x["seed"]) for x in r["runs"])
+        lines.append(f"| {r['system']} | {r['threads']} | {seeds} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 # ------------------------------------------------------------------ the driver
 def cpu_probe() -> dict:
     """How much parallelism the machine gives right now: a 2-thread spin vs a 1-thread spin
@@ -275,6 +559,20 @@ def main(argv: list[str] | None = None) -> int:
         SETTINGS["seed"] = int(seed)
         print(json.dumps(worker(system, mode, int(threads), corpus)))  # the last line: run_json_child's result
         return 0
+    if argv[:1] == ["--worker-continue"]:
+        system, corpus_a, corpus_ab, threads, seed = argv[1:6]
+        SETTINGS["seed"] = int(seed)
+        print(json.dumps(continue_worker(system, corpus_a, corpus_ab, int(threads))))
+        return 0
+    if argv[:1] == ["--worker-memory"]:
+        system, fmt, corpus, threads, out_dir, seed = argv[1:7]
+        SETTINGS["seed"] = int(seed)
+        print(json.dumps(memory_worker(system, fmt, corpus, int(threads), out_dir)))
+        return 0
+    if argv[:1] == ["--worker-small"]:
+        system, corpus, threads, seeds = argv[1:5]
+        print(json.dumps(small_worker(system, corpus, int(threads), [int(x) for x in seeds.split(",")])))
+        return 0
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument(
         "--quick", action="store_true", help="smoke run: the embedded corpus, CBOW, 1 thread (flags below override)"
@@ -287,7 +585,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=1, help="random seed given to every system")
     p.add_argument("--json", default=os.path.join(RESULTS, "word2vec_vs_peers.json"))
     p.add_argument("--no-probe", action="store_true", help="skip the parallelism probe before and after (seconds)")
+    p.add_argument("--experiments", nargs="+", choices=EXPERIMENTS, help="what to run (default: all; --quick: peers)")
+    p.add_argument(
+        "--slice-tokens",
+        type=int,
+        help="tokens of the corpus for continue/memory/small (default 5,000,000; --quick: the whole corpus)",
+    )
+    p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3], help="seeds of the small-corpus rows")
+    p.add_argument("--small-threads", type=int, default=2, help="threads of the continue/memory/small runs")
     args = p.parse_args(argv)
+    if args.experiments is None:
+        args.experiments = ["peers"] if args.quick else EXPERIMENTS
     for key, value in (QUICK if args.quick else FULL).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -297,22 +605,41 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_info()
     probe = None if args.no_probe else cpu_probe()
     print(f"corpus {corpus}: {tokens:,} tokens; {machine_summary(machine)}; probe {probe}", flush=True)
-    results = []
-    for mode in args.modes:
-        for threads in args.threads:
-            for system in args.systems:
-                r = run_one(system, mode, threads, corpus, args.timeout)
-                results.append(r)
-                if "error" in r:
-                    print(f"{mode} x{threads} {system}: ERROR {r['error']}", flush=True)
-                else:
-                    print(
-                        f"{mode} x{threads} {system}: {tokens * SETTINGS['epochs'] / r['train_seconds']:,.0f} words/s, "
-                        f"{r['train_seconds']:.1f}s train, {r['peak_mb']:.0f} MB, analogy {100 * r['analogy']:.2f}%, "
-                        f"WS353 {r['wordsim353']:.3f}, SimLex {r['simlex999']:.3f}",
-                        flush=True,
-                    )
-    md = table(results, tokens)
+    results: list[dict] = []
+    grid = [(m, t) for m in args.modes for t in args.threads] if "peers" in args.experiments else []
+    for mode, threads in grid:
+        for system in args.systems:
+            r = run_one(system, mode, threads, corpus, args.timeout)
+            results.append(r)
+            if "error" in r:
+                print(f"{mode} x{threads} {system}: ERROR {r['error']}", flush=True)
+            else:
+                print(
+                    f"{mode} x{threads} {system}: {tokens * SETTINGS['epochs'] / r['train_seconds']:,.0f} words/s, "
+                    f"{r['train_seconds']:.1f}s train, {r['peak_mb']:.0f} MB, analogy {100 * r['analogy']:.2f}%, "
+                    f"WS353 {r['wordsim353']:.3f}, SimLex {r['simlex999']:.3f}",
+                    flush=True,
+                )
+    md = table(results, tokens) if grid else ""
+    extra: dict = {}
+    slice_systems = [x for x in SLICE_PEERS if x in args.systems]
+    if set(args.experiments) - {"peers"}:
+        slice_tokens = args.slice_tokens or (tokens if args.quick else 5_000_000)
+        work = os.path.join(os.path.dirname(os.path.abspath(args.json)), "word2vec_slices")
+        corpus_a, corpus_ab = slice_corpus(corpus, slice_tokens, work)
+        extra["slice"] = {"tokens": count_tokens(corpus_ab), "tokens_A": count_tokens(corpus_a), "path": corpus_ab}
+        head = f"Slice: the first {extra['slice']['tokens']:,} tokens of {os.path.basename(corpus)}"
+        md += f"\n\n{head}, A = its first {extra['slice']['tokens_A']:,} tokens; {args.small_threads} threads."
+        t = args.small_threads
+        if "continue" in args.experiments:
+            extra["continue"] = run_continue(corpus_a, corpus_ab, t, slice_systems, args.timeout)
+            md += "\n\nContinued training (CBOW):\n\n" + continue_table(extra["continue"])
+        if "memory" in args.experiments:
+            extra["memory"] = run_memory(corpus_ab, t, slice_systems, work, args.timeout)
+            md += "\n\nPeak memory of a whole run (CBOW):\n\n" + memory_table(extra["memory"])
+        if "small" in args.experiments:
+            extra["small"] = run_small(corpus_ab, t, slice_systems, args.seeds, args.timeout)
+            md += "\n\nCBOW on the slice, mean ± sd over seeds:\n\n" + small_table(extra["small"])
     print("\n" + md)
     write_json(
         args.json,
@@ -327,6 +654,7 @@ def main(argv: list[str] | None = None) -> int:
             "probe_after": None if args.no_probe else cpu_probe(),
             "argv": argv,
             "results": results,
+            **extra,
         },
     )
     write_text(

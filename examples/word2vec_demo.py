@@ -70,7 +70,7 @@ def main() -> None:
     else:
         print("\n(install gensim for the analogy and similarity test files)")
     if args.save:
-        model.save(args.save)
+        model.wv.save(args.save)  # word2vec format (Word2Vec.save writes the whole model)
         print(f"saved {args.save}")
 
 

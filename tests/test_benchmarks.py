@@ -206,3 +206,49 @@ def test_word2vec_quick_smoke_run(tmp_path):
     else:
         assert "error" not in rows["fasttext"]
     assert "| cbow | 1 | hsoftmax |" in out.with_suffix(".md").read_text()
+
+
+def test_word2vec_continue_memory_and_small_corpus_quick_run(tmp_path):
+    """The issue-14 experiments at smoke size: continued training (ours and gensim's update path),
+    whole-run peak memory in both output formats, seeds on the slice; every row is filled in."""
+    pytest.importorskip("gensim")
+    corpus = tiny_corpus(tmp_path / "tiny.txt", 20_000)
+    out = tmp_path / "w2v.json"
+    run_script(
+        "word2vec_vs_peers.py",
+        "--quick",
+        "--corpus",
+        str(corpus),
+        "--systems",
+        "hsoftmax",
+        "gensim-file",
+        "--experiments",
+        "continue",
+        "memory",
+        "small",
+        "--seeds",
+        "1",
+        "2",
+        "--small-threads",
+        "1",
+        "--json",
+        str(out),
+        "--no-probe",
+    )
+    res = json.loads(out.read_text())
+    assert res["results"] == [] and res["slice"]["tokens"] == res["tokens"] > 2 * res["slice"]["tokens_A"] > 0
+    cont = {r["system"]: r for r in res["continue"]}
+    ours = cont["hsoftmax"]
+    assert ours["new_words"] > 0 and ours["code_length"] >= ours["rebuilt_code_length"] > 0
+    for key in ("scratch", "continued"):
+        assert 0 <= ours[key]["analogy"] <= 1 and ours[key]["analogy_total"] > 0
+    peer = cont["gensim-file"]
+    assert "scratch" in peer and ("error" in peer["continued"] or peer["old_codes_changed"] >= 0)
+    mem = {(r["system"], r["format"]): r for r in res["memory"]}
+    assert sorted(mem) == sorted((s, f) for s in ("hsoftmax", "gensim-file") for f in ("text", "binary"))
+    assert all(r["peak_mb"] > 50 and r["file_mb"] > 0 for r in mem.values())
+    assert mem["hsoftmax", "text"]["file_mb"] > mem["hsoftmax", "binary"]["file_mb"]
+    small = {r["system"]: r for r in res["small"]}
+    assert [x["seed"] for x in small["hsoftmax"]["runs"]] == [1, 2] and len(small["gensim-file"]["runs"]) == 2
+    md = out.with_suffix(".md").read_text()
+    assert "A, then continued on A+B" in md and "± " in md and "| hsoftmax | binary |" in md

@@ -61,7 +61,8 @@ def test_word2vec_writes_format_by_extension(tmp_path, corpus, capsys, name, bin
         assert lines[0] == "24 8" and all(len(ln.split()) == 9 for ln in lines[1:])
 
 
-@pytest.mark.parametrize("flag,sg", [(None, False), ("--cbow", False), ("--skipgram", True)])
+# None: not given, so CBOW for a new model and the model's own mode with --continue
+@pytest.mark.parametrize("flag,sg", [(None, None), ("--cbow", False), ("--skipgram", True)])
 def test_mode_flags(flag, sg):
     from hsoftmax.cli import build_parser
 
@@ -132,7 +133,7 @@ def test_invalid_utf8_is_replaced_and_reported(tmp_path, capsys):
 @pytest.mark.parametrize(
     "argv,pattern",
     [
-        (["word2vec", "c.txt"], "required"),
+        (["word2vec", "c.txt"], "nothing to write"),
         (["word2vec", "c.txt", "-o", "v.txt", "--dim", "0"], "--dim"),
         (["word2vec", "c.txt", "-o", "v.txt", "--cbow", "--skipgram"], "not allowed"),
         (["word2vec", "c.txt", "-o", "v.txt", "--resume"], "--checkpoint"),
@@ -280,7 +281,7 @@ def test_output_that_is_the_corpus_is_refused(tmp_path, capsys, monkeypatch):
         (["-o", "v.txt", "-minCount", "5"], "did you mean --min-count?"),
         (["-o", "v.txt", "-cbow", "0"], "--skipgram"),
         (["-o", "v.txt", "-negative", "5"], "no negative sampling"),
-        (["--out", "v.txt"], "required"),  # no abbreviations
+        (["--out", "v.txt"], "unrecognized arguments: --out"),  # no abbreviations
         (["-o", "v.txt", "--alpha", "1e30"], "diverged"),
     ],
 )
@@ -350,3 +351,31 @@ def test_status_goes_to_stderr_one_line_per_epoch_when_not_a_terminal(tmp_path, 
     )
     assert code == 0 and out == ""
     assert [ln.split(":")[0] for ln in err.splitlines() if ln.startswith("epoch")] == ["epoch 1", "epoch 2"]
+
+
+def test_save_model_and_continue_with_new_words(tmp_path, corpus, capsys):
+    from hsoftmax.word2vec import Word2Vec
+
+    model = tmp_path / "w2v.model"
+    assert run(["word2vec", corpus, "--save-model", str(model), *FAST], capsys)[0] == 0  # no -o needed
+    first = Word2Vec.load(model)
+    more = tmp_path / "more.txt"
+    with open(more, "w") as f:  # the old words and a new topic
+        rng = random.Random(1)
+        for _ in range(300):
+            t = rng.randrange(4)
+            f.write(" ".join(f"t{t}w{rng.randrange(8)}" for _ in range(8)) + "\n")
+    out, grown = tmp_path / "v.txt", tmp_path / "grown.model"
+    argv = ["word2vec", str(more), "--continue", str(model), "-o", str(out), "--save-model", str(grown)]
+    code, _, err = run([*argv, "--epochs", "2", "--threads", "1", "--no-progress"], capsys)
+    assert code == 0, err
+    assert "8 new" in err and f"continuing {model}" in err
+    m = Word2Vec.load(grown)
+    assert m.vocab.words[:24] == first.vocab.words and len(m.vocab) == 32 and m.dim == 8 and m.epochs == 2
+    assert np.array_equal(m.vocab.counts[:24] > first.vocab.counts, np.ones(24, bool))  # counts added up
+    assert load_vectors(out).vectors.shape == (32, 8)
+    # the model's settings stay: a flag that contradicts one is an error, not silently ignored
+    code, _, err = run([*argv, "--dim", "16", "--no-progress"], capsys)
+    assert_one_line_error(code, err, "--dim 16 differs from the model's dim=8")
+    code, _, err = run(["word2vec", str(more), "--continue", str(out), "-o", str(out)], capsys)
+    assert_one_line_error(code, err, "load_vectors")  # vectors are not a model

@@ -3,6 +3,7 @@
     hsoftmax word2vec CORPUS -o VECTORS [--cbow|--skipgram] [--dim 100] [--window 5]
                      [--min-count 5] [--sample 1e-3] [--epochs 5] [--threads N]
                      [--tree huffman|balanced|FILE] [--binary] [--checkpoint DIR [--resume]]
+                     [--save-model MODEL] [--continue MODEL]
     hsoftmax evaluate VECTORS [--analogies FILE] [--similarity FILE ...]
     hsoftmax supervised train FILE -o MODEL [--dim 100] [--epochs 5] [--lr 0.1] [--word-ngrams 1]
                      [--min-count 1] [--bucket N] [--threads N] [--tree huffman|balanced|learned|FILE]
@@ -26,7 +27,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 if TYPE_CHECKING:  # the commands import these lazily, so `hsoftmax --help` stays fast
     from typing import TypeAlias
@@ -86,6 +87,8 @@ _FOREIGN_FLAGS = {
     "-checkpoint": "--checkpoint",
     "-resume": "--resume",
     "-tree": "--tree",
+    "-save-model": "--save-model",
+    "-continue": "--continue",
 }
 
 
@@ -165,37 +168,51 @@ def _add_word2vec(sub: _Subcommands) -> None:
         "text corpus (one sentence per line, whitespace-separated tokens).",
     )
     p.add_argument("corpus", help="UTF-8 text file, one sentence per line")
-    p.add_argument("-o", "--output", required=True, help="vectors file (word2vec format; .bin = binary)")
+    p.add_argument("-o", "--output", help="vectors file (word2vec format; .bin = binary)")
+    p.add_argument(
+        "--save-model",
+        metavar="MODEL",
+        help="also write the whole model (vocabulary, counts, both tables, tree, settings; .npz, no pickle), "
+        "which --continue and Word2Vec.load read",
+    )
+    p.add_argument(
+        "--continue",
+        dest="continue_from",
+        metavar="MODEL",
+        help="continue training MODEL (from --save-model) on CORPUS: new words join the vocabulary, the old "
+        "ones keep their tree paths and rows, a fresh learning-rate schedule; the model's settings apply "
+        "(--epochs, --alpha and --threads may be given)",
+    )
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--cbow", dest="sg", action="store_false", help="CBOW, mean of the context (default)")
     mode.add_argument("--skipgram", dest="sg", action="store_true", help="skip-gram")
     p.add_argument(
         "--dim",
         type=_limited("dim"),
-        default=100,
+        default=None,
         help="vector size (default 100; at most 2**20, and the tables must fit in memory)",
     )
     p.add_argument(
         "--window",
         type=_limited("window"),
-        default=5,
+        default=None,
         help="max context distance (default 5; at most 10000, the longest sentence)",
     )
-    p.add_argument("--min-count", type=_limited("min_count"), default=5, help="drop rarer words (default 5)")
+    p.add_argument("--min-count", type=_limited("min_count"), default=None, help="drop rarer words (default 5)")
     p.add_argument(
         "--max-vocab", type=_limited("max_vocab"), default=None, help="keep at most this many words (< 2**31)"
     )
-    p.add_argument("--sample", type=_nonneg_float, default=1e-3, help="subsampling threshold (default 1e-3, 0 = off)")
+    p.add_argument("--sample", type=_nonneg_float, default=None, help="subsampling threshold (default 1e-3, 0 = off)")
     p.add_argument(
         "--epochs",
         type=_limited("epochs"),
-        default=5,
+        default=None,
         help="passes over the corpus (default 5; at most 10**6: the schedule counts words in 64 bits)",
     )
     p.add_argument(
         "--alpha",
         type=_nonneg_float,
-        default=0.025,
+        default=None,
         help="initial learning rate (default 0.025; a run that diverges to NaN fails, with no output)",
     )
     p.add_argument(
@@ -204,10 +221,10 @@ def _add_word2vec(sub: _Subcommands) -> None:
         default=os.cpu_count() or 1,
         help="worker threads (default: all cores; at most 4 per core)",
     )
-    p.add_argument("--seed", type=_limited("seed"), default=1, help="random seed in [0, 2**64) (default 1)")
+    p.add_argument("--seed", type=_limited("seed"), default=None, help="random seed in [0, 2**64) (default 1)")
     p.add_argument(
         "--tree",
-        default="huffman",
+        default=None,
         help="huffman (default), balanced, or a tree file saved with Tree.save over the vocabulary",
     )
     p.add_argument("--binary", action="store_true", default=None, help="write binary format whatever the name")
@@ -221,8 +238,24 @@ def _add_word2vec(sub: _Subcommands) -> None:
         help="where the encoded corpus (4 bytes per token, deleted at the end) is kept "
         "(default: the system's temporary directory)",
     )
-    # set explicitly: otherwise the default would come from --cbow's store_false (True = skip-gram)
-    p.set_defaults(func=_run_word2vec, sg=False)
+    # None: not given (the defaults below apply, or the --continue model's settings); set
+    # explicitly for sg, whose default would otherwise come from --cbow's store_false
+    p.set_defaults(func=_run_word2vec, sg=None)
+
+
+#: The word2vec settings a model carries, with the CLI's defaults for a new model.
+_MODEL_SETTINGS = {
+    "dim": 100,
+    "window": 5,
+    "min_count": 5,
+    "max_vocab": None,
+    "sample": 1e-3,
+    "sg": False,
+    "seed": 1,
+    "tree": "huffman",
+}
+#: Settings of a run that --continue may change.
+_RUN_SETTINGS = {"epochs": 5, "alpha": 0.025}
 
 
 def _load_tree(spec: str) -> str | Tree:
@@ -241,9 +274,20 @@ def _load_tree(spec: str) -> str | Tree:
 def _run_word2vec(args: argparse.Namespace) -> int:
     if args.resume and not args.checkpoint:
         raise UsageError("--resume needs --checkpoint DIR")
+    if args.output is None and args.save_model is None:
+        raise UsageError("nothing to write: give -o/--output VECTORS and/or --save-model MODEL")
     if not os.path.isfile(args.corpus):
         raise UsageError(f"corpus file not found: {args.corpus}")
-    _check_output(args.output, args.corpus)
+    for out in (args.output, args.save_model):
+        if out is not None:
+            _check_output(out, args.corpus)
+    if args.output is not None and args.save_model is not None and _same_file(args.output, args.save_model):
+        raise UsageError("-o/--output and --save-model name the same file")
+    if args.continue_from is not None:
+        if not os.path.isfile(args.continue_from):
+            raise UsageError(f"model file not found: {args.continue_from}")
+        if _same_file(args.continue_from, args.corpus):
+            raise UsageError("--continue is the corpus")
     if args.tmp_dir is not None and not os.path.isdir(args.tmp_dir):
         raise UsageError(f"--tmp-dir is not a directory: {args.tmp_dir}")
     if args.checkpoint is not None:
@@ -251,33 +295,17 @@ def _run_word2vec(args: argparse.Namespace) -> int:
             raise UsageError(f"--checkpoint must be a directory, {args.checkpoint} is a file")
         if _same_file(args.checkpoint, args.corpus):
             raise UsageError("--checkpoint is the corpus")
-    tree = _load_tree(args.tree)
-
-    from .word2vec import CorpusError, Word2Vec, encode_file
+    from .word2vec import CorpusError, encode_file
     from .word2vec.train import CheckpointBusy, TrainingError
 
-    try:
-        model = Word2Vec(
-            dim=args.dim,
-            window=args.window,
-            min_count=args.min_count,
-            max_vocab=args.max_vocab,
-            sample=args.sample,
-            sg=args.sg,
-            epochs=args.epochs,
-            alpha=args.alpha,
-            threads=args.threads,
-            seed=args.seed,
-            tree=tree,
-            # a bar only on a terminal; in a log or a pipe one line per epoch instead
-            progress=(True if sys.stderr.isatty() else "log") if args.progress else False,
-        )
-    except (ValueError, TypeError) as e:
-        raise UsageError(_one_line(e)) from None
+    model = _word2vec_model(args)
+    update = args.continue_from is not None
     try:  # before the corpus is read: a busy or unwritable directory is known at once
         if args.checkpoint is not None:
             model.lock_checkpoint(args.checkpoint)
-        corpus = encode_file(args.corpus, args.min_count, args.max_vocab, workdir=args.tmp_dir)
+        corpus = encode_file(
+            args.corpus, model.min_count, model.max_vocab, workdir=args.tmp_dir, vocab=model.vocab if update else None
+        )
     except BaseException as e:
         model.unlock_checkpoint()
         if isinstance(e, (CorpusError, CheckpointBusy, ValueError)):  # ValueError: cannot create the directory
@@ -287,11 +315,18 @@ def _run_word2vec(args: argparse.Namespace) -> int:
         raise
     try:
         try:
-            model.build(corpus, checkpoint=args.checkpoint, resume=args.resume)
+            old_words = len(model.vocab) if update and model.vocab is not None else 0
+            model.build(corpus, checkpoint=args.checkpoint, resume=args.resume, update=update)
         except (ValueError, TypeError, CheckpointBusy) as e:  # tree/vocabulary or checkpoint mismatch
             raise UsageError(_one_line(e)) from None
-        _check_space(args.output, len(corpus.vocab), args.dim, args.binary)
+        if args.output is not None:
+            _check_space(args.output, len(corpus.vocab), model.dim, args.binary)
         _report_corpus(corpus, model)
+        if update:
+            print(
+                f"continuing {args.continue_from}: {old_words:,} words, {len(corpus.vocab) - old_words:,} new",
+                file=sys.stderr,
+            )
         try:
             model.train(corpus, checkpoint=args.checkpoint)
         except (TrainingError, ValueError) as e:
@@ -301,12 +336,54 @@ def _run_word2vec(args: argparse.Namespace) -> int:
     finally:
         model.unlock_checkpoint()
         corpus.close()
-    try:
-        model.save(args.output, binary=args.binary)
-    except OSError as e:
-        raise UsageError(f"cannot write {args.output}: {_os_error(e)}") from None
-    print(f"wrote {len(corpus.vocab)} vectors of dim {args.dim} to {args.output}", file=sys.stderr)
+    for out in (args.output, args.save_model):
+        if out is None:
+            continue
+        try:
+            if out == args.output:
+                model.wv.save(out, binary=args.binary)
+            else:
+                model.save(out)
+        except OSError as e:
+            raise UsageError(f"cannot write {out}: {_os_error(e)}") from None
+        what = f"{len(corpus.vocab)} vectors of dim {model.dim}" if out == args.output else "the model"
+        print(f"wrote {what} to {out}", file=sys.stderr)
     return 0
+
+
+def _word2vec_model(args: argparse.Namespace) -> Word2Vec:
+    """A new model from the flags, or the --continue model with the flags that may change."""
+    from .word2vec import Word2Vec
+
+    # a bar only on a terminal; in a log or a pipe one line per epoch instead
+    progress = (True if sys.stderr.isatty() else "log") if args.progress else False
+    if args.continue_from is None:
+        settings: dict[str, Any] = {
+            k: d if getattr(args, k) is None else getattr(args, k) for k, d in _MODEL_SETTINGS.items()
+        }
+        settings["tree"] = _load_tree(settings["tree"])
+        run: dict[str, Any] = {k: d if getattr(args, k) is None else getattr(args, k) for k, d in _RUN_SETTINGS.items()}
+        try:
+            return Word2Vec(**settings, **run, threads=args.threads, progress=progress)
+        except (ValueError, TypeError) as e:
+            raise UsageError(_one_line(e)) from None
+    try:
+        model = Word2Vec.load(args.continue_from, threads=args.threads, progress=progress)
+    except ValueError as e:
+        raise UsageError(_one_line(e)) from None
+    config = model.config()
+    for key in _MODEL_SETTINGS:
+        given = getattr(args, key)
+        if given is not None and given != config[key]:
+            flag = "--skipgram/--cbow" if key == "sg" else "--" + key.replace("_", "-")
+            raise UsageError(
+                f"{flag} {given} differs from the model's {key}={config[key]!r}: a continued model keeps its "
+                f"settings (drop the flag)"
+            )
+    for key in _RUN_SETTINGS:
+        if getattr(args, key) is not None:
+            setattr(model, key, getattr(args, key))
+    return model
 
 
 def _os_error(e: OSError) -> str:

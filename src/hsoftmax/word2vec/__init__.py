@@ -3,13 +3,16 @@
 >>> import os, tempfile
 >>> from hsoftmax.word2vec import Word2Vec, embedded_corpus_path
 >>> model = Word2Vec(dim=32, window=5, min_count=5, epochs=1, threads=1, progress=False)
->>> model.fit(embedded_corpus_path()).save(os.path.join(tempfile.mkdtemp(), "vectors.bin"))
+>>> folder = tempfile.mkdtemp()
+>>> model.fit(embedded_corpus_path()).wv.save_word2vec_format(os.path.join(folder, "vectors.bin"), binary=True)
+>>> model.save(os.path.join(folder, "w2v.model"))   # the whole model: Word2Vec.load, fit(update=True)
 >>> [word for word, _ in model.wv.most_similar("king", topn=3)]  # doctest: +SKIP
 ['beor', 'messenger', 'governor']
 >>> len(model.wv.most_similar("king", topn=3)), model.wv.vectors.shape[1]
 (3, 32)
 
-Public names: :class:`Word2Vec` (the trainer), :class:`KeyedVectors` / :func:`load_vectors`
+Public names: :class:`Word2Vec` (the trainer; ``save``/``load`` of whole models, continued
+training with ``fit(corpus, update=True)``), :class:`KeyedVectors` / :func:`load_vectors`
 (vectors, ``most_similar``, the word2vec text/binary formats), :func:`encode_file` /
 :func:`encode_sentences` (a corpus as token ids on disk: an :class:`EncodedCorpus`, or a
 :class:`CorpusError`), :func:`embedded_corpus_path` (the corpus shipped with the package), and the

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import codecs
 import errno
+import functools
 import gc
 import gzip
 import io
@@ -264,17 +265,28 @@ class _Encoder:
         self.add_tokens(toks)
 
     def finish(
-        self, min_count: int, max_vocab: int | None, tmpdir: tempfile.TemporaryDirectory[str], max_sentence_length: int
+        self,
+        min_count: int,
+        max_vocab: int | None,
+        tmpdir: tempfile.TemporaryDirectory[str],
+        max_sentence_length: int,
+        base: Vocab | None = None,
     ) -> EncodedCorpus:
         self.file.close()
         if self.raw_words == 0:
             raise CorpusError("the corpus contains no words")
         words = list(self.index)  # insertion order == provisional id order
-        counts = dict(zip(words[1:], self.counts[1:].tolist()))
-        vocab = Vocab.from_counts(counts, min_count, max_vocab)
+        if base is None:
+            counts = dict(zip(words[1:], self.counts[1:].tolist()))
+            vocab = Vocab.from_counts(counts, min_count, max_vocab)
+            prov = np.array([self.index[w] for w in vocab.words], dtype=np.int64)
+            del counts
+        else:
+            found = np.array([self.index.get(w, -1) if w != _EOL else -1 for w in base.words], dtype=np.int64)
+            vocab, prov = _extended(base, found, self.counts, min_count, max_vocab, functools.partial(_pick, words))
         lut = np.full(len(words), -1, dtype=np.int32)
-        lut[[self.index[w] for w in vocab.words]] = np.arange(len(vocab), dtype=np.int32)
-        del words, counts  # the full word table is no longer needed: free it before _remap
+        lut[prov[prov >= 0]] = np.flatnonzero(prov >= 0).astype(np.int32)
+        del words  # the full word table is no longer needed: free it before _remap
         self.index = {}
         lengths, self.lengths = self.lengths, []
         return _encoded(self.path, lut, lengths, vocab, self.raw_words, 0, tmpdir, max_sentence_length)
@@ -298,7 +310,12 @@ class _ByteEncoder:
         self.lengths.append(lines)
 
     def finish(
-        self, min_count: int, max_vocab: int | None, tmpdir: tempfile.TemporaryDirectory[str], max_sentence_length: int
+        self,
+        min_count: int,
+        max_vocab: int | None,
+        tmpdir: tempfile.TemporaryDirectory[str],
+        max_sentence_length: int,
+        base: Vocab | None = None,
     ) -> EncodedCorpus:
         self.file.close()
         if self.raw_words == 0:
@@ -306,12 +323,23 @@ class _ByteEncoder:
         t = self.table
         counts = t.counts.copy()
         canon, names, replaced = self._merge_invalid(counts)
+        if base is not None:
+            by_text = {text: w for w, text in names.items()}
+            found = np.array(
+                [by_text.get(w, t.find(w.encode("utf-8", "surrogatepass"))) for w in base.words], dtype=np.int64
+            )
+            vocab, prov = _extended(
+                base, found, counts, min_count, max_vocab, functools.partial(_decoded, t, names=names)
+            )
+            lut = np.full(len(t), -1, dtype=np.int32)
+            lut[prov[prov >= 0]] = np.flatnonzero(prov >= 0).astype(np.int32)
+            lut = lut[canon]
+            del t, canon, self.table
+            return _encoded(self.path, lut, self.lengths, vocab, self.raw_words, replaced, tmpdir, max_sentence_length)
         kept = np.flatnonzero(counts >= min_count)
         if kept.size == 0:
             raise no_word_reaches(min_count, int(np.count_nonzero(counts)), int(counts.max()))
-        # Well-formed words are decoded in one go; the merged invalid ones already have a text.
-        plain = iter(t.words(np.array([w for w in kept.tolist() if w not in names], dtype=np.int64)))
-        kept_words = [names[w] if w in names else next(plain) for w in kept.tolist()]
+        kept_words = _decoded(t, kept, names)
         kept_counts = counts[kept]
         order = rank(kept_words, kept_counts.tolist(), max_vocab)
         vocab = Vocab([kept_words[i] for i in order], kept_counts[order])
@@ -346,6 +374,51 @@ class _ByteEncoder:
                 counts[c] += counts[w]
                 counts[w] = 0
         return canon, names, replaced
+
+
+def _pick(words: list[str], ids: np.ndarray) -> list[str]:
+    return [words[i] for i in ids.tolist()]
+
+
+def _decoded(table: WordTable, ids: np.ndarray, names: dict[int, str]) -> list[str]:
+    """The texts of words ``ids`` of a table: well-formed words are decoded in one go; the merged
+    invalid ones already have a text in ``names``."""
+    plain = iter(table.words(np.array([w for w in ids.tolist() if w not in names], dtype=np.int64)))
+    return [names[w] if w in names else next(plain) for w in ids.tolist()]
+
+
+def _extended(
+    base: Vocab,
+    found: np.ndarray,
+    counts: np.ndarray,
+    min_count: int,
+    max_vocab: int | None,
+    texts: Callable[[np.ndarray], list[str]],
+) -> tuple[Vocab, np.ndarray]:
+    """``base`` extended by a new corpus (continued training): its words keep their ids, counted
+    in this corpus (0 where absent); the other words reaching ``min_count`` follow, most frequent
+    first, up to ``max_vocab`` words in all.
+
+    Args:
+        found: provisional id of each ``base`` word in this corpus, or -1.
+        counts: occurrences of each provisional id (the sentence encoder's end-of-line marker
+            has count 0, so it is never kept).
+        texts: decodes provisional ids.
+
+    Returns:
+        the vocabulary and the provisional id of each of its words (-1: absent from this corpus).
+    """
+    fresh = counts.copy()
+    fresh[found[found >= 0]] = 0  # already in the vocabulary
+    cand = np.flatnonzero(fresh >= min_count)
+    cand_words = texts(cand)
+    room = None if max_vocab is None else max(0, max_vocab - len(base))
+    order = rank(cand_words, counts[cand].tolist(), room)
+    old_counts = np.where(found >= 0, counts[np.maximum(found, 0)], 0)
+    vocab = Vocab(base.words + tuple(cand_words[i] for i in order), np.concatenate([old_counts, counts[cand[order]]]))
+    if vocab.total == 0:
+        raise CorpusError("no word of the corpus is in the vocabulary or reaches min_count")
+    return vocab, np.concatenate([found, cand[order]])
 
 
 def _encoded(
@@ -469,11 +542,17 @@ def encode_file(
     max_vocab: int | None = None,
     workdir: str | None = None,
     max_sentence_length: int = MAX_SENTENCE_LENGTH,
+    vocab: Vocab | None = None,
 ) -> EncodedCorpus:
     """Read a text corpus (one sentence per line; ``.xz``/``.gz`` are decompressed on the fly)
     and encode it to token ids.
 
     Invalid UTF-8 is replaced by U+FFFD and counted in ``.replaced``.
+
+    With ``vocab`` (a trained model's, for continued training) its words keep their ids and are
+    kept whatever their count here (0 where absent; ``.vocab.counts`` are this corpus's counts);
+    the words not in it that reach ``min_count`` follow, most frequent first, up to ``max_vocab``
+    words in all.
 
     Raises:
         CorpusError: the file is missing or unreadable, contains no words, or no word reaches
@@ -495,7 +574,7 @@ def encode_file(
             if isinstance(e, OSError) and e.errno in _WRITE_ERRNOS:
                 raise  # writing the provisional ids failed (a full disk), not reading the corpus
             raise CorpusError(f"cannot read corpus {path}: {getattr(e, 'strerror', None) or e}") from None
-        return _finish(lambda: enc.finish(min_count, max_vocab, tmp, max_sentence_length), path)
+        return _finish(lambda: enc.finish(min_count, max_vocab, tmp, max_sentence_length, vocab), path)
     except BaseException:
         tmp.cleanup()
         raise
@@ -507,8 +586,10 @@ def encode_sentences(
     max_vocab: int | None = None,
     workdir: str | None = None,
     max_sentence_length: int = MAX_SENTENCE_LENGTH,
+    vocab: Vocab | None = None,
 ) -> EncodedCorpus:
-    """Encode an iterable of token lists (streamed in blocks of 10,000 sentences).
+    """Encode an iterable of token lists (streamed in blocks of 10,000 sentences); ``vocab`` as
+    in :func:`encode_file`.
 
     >>> c = encode_sentences([["a", "b", "a"], ["b", "c"]], min_count=2)
     >>> c.vocab.words, np.asarray(c.ids).tolist(), c.offsets.tolist()
@@ -529,7 +610,7 @@ def encode_sentences(
                 enc.add(block)
                 block = []
         enc.add(block)
-        return _finish(lambda: enc.finish(min_count, max_vocab, tmp, max_sentence_length), "the corpus")
+        return _finish(lambda: enc.finish(min_count, max_vocab, tmp, max_sentence_length, vocab), "the corpus")
     except BaseException:
         tmp.cleanup()
         raise

@@ -15,6 +15,7 @@ import os
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -27,6 +28,7 @@ from ..kernels.node import sigmoid_tables
 from ..tree import Tree
 from . import kernels
 from .corpus import EncodedCorpus, _release_memory, encode_file, encode_sentences
+from .grow import graft
 from .keyed_vectors import KeyedVectors
 from .vocab import Vocab, keep_probabilities
 
@@ -210,15 +212,38 @@ class Word2Vec:
         corpus: str | os.PathLike | Iterable[Sequence[str]] | EncodedCorpus,
         checkpoint: str | os.PathLike | None = None,
         resume: bool = False,
+        update: bool = False,
     ) -> Word2Vec:
         """Build the vocabulary and tree, then train for the remaining epochs.
 
+        With ``update=True`` a trained (or :meth:`load`-ed) model goes on training on ``corpus``,
+        gensim's ``build_vocab(update=True)`` + ``train()`` in one call: the corpus's words that
+        are new and reach ``min_count`` join the vocabulary (after the old words, which keep their
+        ids and vectors), the counts add up, the tree grows so that the old words keep their
+        paths and their inner-node rows (see :mod:`hsoftmax.word2vec.grow`), and ``epochs``
+        passes run with a fresh learning-rate schedule (``alpha`` down to ``min_alpha``). The
+        settings are the model's; change ``epochs``, ``alpha``, ``min_alpha`` or ``threads`` on
+        it first if wanted. Only the built-in trees (``"huffman"``, ``"balanced"``, or a tree
+        whose class ``i`` is word ``i``) can grow.
+
+        >>> import random
+        >>> rng = random.Random(0)
+        >>> a = [[rng.choice("ab") + str(rng.randrange(5)) for _ in range(8)] for _ in range(200)]
+        >>> m = Word2Vec(dim=8, min_count=1, epochs=1, threads=1, progress=False).fit(a)
+        >>> old_words, old_vectors = m.vocab.words, m.wv.vectors.copy()
+        >>> b = [[rng.choice("abc") + str(rng.randrange(5)) for _ in range(8)] for _ in range(200)]
+        >>> len(m.fit(b, update=True).vocab)    # the c-words joined
+        15
+        >>> m.vocab.words[:10] == old_words, m.wv.vectors.shape  # the old words keep their ids
+        (True, (15, 8))
+
         Args:
             corpus: a path to a text file (one sentence per line), an iterable of token lists, or
-                an :class:`EncodedCorpus`.
+                an :class:`EncodedCorpus` (with ``update``, encoded with ``vocab=model.vocab``).
             checkpoint: a directory; the full state is saved there (atomically) after each epoch.
             resume: continue from the state in ``checkpoint`` (it must exist and match this
                 configuration and corpus).
+            update: continue training this model on ``corpus`` with a growing vocabulary.
 
         Raises:
             CorpusError: missing or empty corpus, or no word reaching ``min_count``.
@@ -228,12 +253,14 @@ class Word2Vec:
             CheckpointBusy: another run is using ``checkpoint``.
             TrainingError: training diverged or a worker thread failed.
         """
+        if update:
+            self._require_trained()  # before the corpus is read
         if isinstance(corpus, EncodedCorpus):
             enc, owned = corpus, False
         else:
-            enc, owned = self._encode(corpus), True
+            enc, owned = self._encode(corpus, self.vocab if update else None), True
         try:
-            self.build(enc, checkpoint, resume)
+            self.build(enc, checkpoint, resume, update=update)
             self.train(enc, checkpoint)
         finally:
             self._release_lock()
@@ -242,11 +269,17 @@ class Word2Vec:
         return self
 
     def build(
-        self, corpus: EncodedCorpus, checkpoint: str | os.PathLike | None = None, resume: bool = False
+        self,
+        corpus: EncodedCorpus,
+        checkpoint: str | os.PathLike | None = None,
+        resume: bool = False,
+        update: bool = False,
     ) -> Word2Vec:
         """First half of :meth:`fit`: take the corpus's vocabulary, build the tree and initialise
         the vectors, or restore them from ``checkpoint`` when ``resume``. Checks everything that
-        can be wrong before any training starts.
+        can be wrong before any training starts. With ``update``, grow the trained model for the
+        corpus instead (see :meth:`fit`; the corpus must be encoded with ``vocab=model.vocab``);
+        ``resume`` then restores a checkpoint of that continued run.
 
         With a ``checkpoint`` directory, its lock is taken here (a second run sharing the directory
         fails at once with :class:`CheckpointBusy`) and held until :meth:`train` ends."""
@@ -257,7 +290,11 @@ class Word2Vec:
         try:
             if checkpoint is not None:
                 self._take_lock(os.fspath(checkpoint))
-            if resume and checkpoint is not None:  # (resume without one was refused above)
+            if update:
+                self._grow(corpus.vocab)
+                if resume and checkpoint is not None:
+                    self._load_checkpoint(os.fspath(checkpoint), self._require_trained().vocab, self.tree)
+            elif resume and checkpoint is not None:  # (resume without one was refused above)
                 self._load_checkpoint(os.fspath(checkpoint), corpus.vocab)
             else:
                 self._setup(corpus.vocab)
@@ -279,8 +316,94 @@ class Word2Vec:
         return self
 
     def save(self, path: str | os.PathLike, binary: bool | None = None) -> None:
-        """Write the vectors in word2vec format (binary if ``binary`` or the name ends in ``.bin``)."""
-        self.wv.save(path, binary=binary)
+        """Write the whole model (gensim's ``model.save``): the vocabulary with its counts, both
+        tables, the tree, the settings and the training record, in one ``.npz`` file (no pickle;
+        the format of the ``--checkpoint`` files), written atomically. :meth:`load` reads it back
+        for more training (:meth:`fit` with ``update=True``) or for scoring.
+
+        For word2vec vectors, use ``model.wv.save_word2vec_format(path, binary=...)``. A name
+        ending in ``.bin``, ``.txt`` or ``.vec``, or an explicit ``binary=``, still writes vectors
+        as this method did before it saved models (with a ``FutureWarning``).
+        """
+        if binary is not None or os.fspath(path).lower().endswith(_VECTOR_SUFFIXES):
+            warnings.warn(
+                "Word2Vec.save() of a vector file name writes word2vec vectors; it will write the "
+                "whole model for every name: call model.wv.save_word2vec_format(path, binary=...) "
+                "for vectors",
+                FutureWarning,
+                stacklevel=2,
+            )
+            self.wv.save(path, binary=binary)
+            return
+        self._write_state(os.fspath(path))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, threads: int | None = None, progress: bool | str = True) -> Word2Vec:
+        """Read a model written by :meth:`save` (or a ``--checkpoint`` directory's state), trusting
+        nothing in the file: every check of ``resume=True`` applies (array layouts before any data
+        is read, the vocabulary, the tree, finite tables), against the file's own settings.
+
+        >>> import os, random, tempfile
+        >>> rng = random.Random(0)
+        >>> sents = [[rng.choice("ab") + str(rng.randrange(5)) for _ in range(8)] for _ in range(200)]
+        >>> m = Word2Vec(dim=8, min_count=1, epochs=1, threads=1, progress=False).fit(sents)
+        >>> path = os.path.join(tempfile.mkdtemp(), "w2v.model")
+        >>> m.save(path)
+        >>> back = Word2Vec.load(path, threads=1, progress=False)
+        >>> bool((back.syn1 == m.syn1).all()), back.tree == m.tree, back.config() == m.config()
+        (True, True, True)
+
+        Args:
+            path: the model file, or a checkpoint directory (its ``checkpoint.npz``).
+            threads, progress: for further training (they are not part of the model).
+
+        Raises:
+            ValueError: a missing, damaged or foreign file (one line naming the file and the
+                problem; word2vec vector files are recognised and pointed to ``load_vectors``).
+        """
+        path = os.fspath(path)
+        if os.path.isdir(path):
+            path = os.path.join(path, _CHECKPOINT_NAME)
+        if not os.path.isfile(path):
+            raise ValueError(f"model file not found: {path}")
+        _check_model_file(path)
+        try:
+            with NpzReader(path) as z:
+                return cls._from_file(z, threads, progress)
+        except (*READ_ERRORS, TypeError) as e:
+            raise ValueError(f"model file {path} cannot be loaded: {_one_line(e)}") from None
+
+    @classmethod
+    def _from_file(cls, z: NpzReader, threads: int | None, progress: bool | str) -> Word2Vec:
+        _check_version(z)
+        settings = _read_config(z)
+        names = set(cls(progress=False, threads=1).config())
+        if set(settings) != names:
+            extra = sorted(set(settings) ^ names)[0]
+            raise ValueError(f"config has {'an unknown' if extra in settings else 'no'} setting {extra!r}")
+        for key in ("word_bytes", "word_offset", "counts"):
+            if key not in z.headers:
+                raise ValueError(f"array {key!r} is missing")
+        if not _layout_ok(z.headers["word_offset"], "i", None) or z.headers["word_offset"].shape[0] < 2:
+            raise ValueError(f"array 'word_offset' is {z.headers['word_offset'].dtype}, not word offsets")
+        V = z.headers["word_offset"].shape[0] - 1
+        for key, kind, shape in (("word_bytes", "u1", None), ("counts", "i", (V,))):
+            if not _layout_ok(z.headers[key], kind, shape):
+                h = z.headers[key]
+                raise ValueError(f"array {key!r} is {h.dtype} of shape {h.shape}, expected {kind} of shape {shape}")
+        words = decode_strings(z.read("word_bytes"), z.read("word_offset"), "word")
+        vocab = Vocab(words, z.read("counts"))
+        tree = Tree.from_state({k[5:]: z.read(k) for k in z.headers if k.startswith("tree_")})
+        spec = settings.pop("tree")
+        if spec not in ("huffman", "balanced", "custom"):
+            raise ValueError(f"config has tree={spec!r}, not 'huffman', 'balanced' or 'custom'")
+        model = cls(**settings, tree=tree if spec == "custom" else spec, threads=threads, progress=progress)
+        if tree.num_classes != V:
+            raise ValueError(f"the tree has {tree.num_classes} classes for {V} words")
+        state = model._read_checkpoint(z, vocab, tree, first_epoch=0)
+        model.vocab = vocab
+        model.tree, model.word_classes, model.syn0, model.syn1, model.epochs_done, model.history = state
+        return model
 
     def log_likelihood(self, corpus: EncodedCorpus, max_sentences: int | None = None) -> float:
         """Mean log-likelihood per prediction (full window, no subsampling) on an encoded corpus
@@ -293,10 +416,10 @@ class Word2Vec:
         return float(kernels.word_loglik(kernels.Chunk(corpus.ids, corpus.offsets[: S + 1]), self._model(), paths))
 
     # ------------------------------------------------------------------ setup
-    def _encode(self, corpus: str | os.PathLike | Iterable[Sequence[str]]) -> EncodedCorpus:
+    def _encode(self, corpus: str | os.PathLike | Iterable[Sequence[str]], vocab: Vocab | None = None) -> EncodedCorpus:
         if isinstance(corpus, (str, os.PathLike)):
-            return encode_file(corpus, self.min_count, self.max_vocab)
-        return encode_sentences(corpus, self.min_count, self.max_vocab)
+            return encode_file(corpus, self.min_count, self.max_vocab, vocab=vocab)
+        return encode_sentences(corpus, self.min_count, self.max_vocab, vocab=vocab)
 
     def _make_tree(self, vocab: Vocab) -> Tree:
         spec = self.tree_spec
@@ -326,6 +449,50 @@ class Word2Vec:
         self.syn0 -= 0.5  # in place: no full-size temporaries at peak memory
         self.syn0 /= self.dim
         self.syn1 = np.zeros((self.tree.num_params, self.dim), dtype=np.float32)
+        self.epochs_done = 0
+        self.history = []
+
+    def _grow(self, corpus_vocab: Vocab) -> None:
+        """Continued training's setup: the vocabulary extended and counted, the tree grafted (old
+        rows carried over), new vectors initialised as in :meth:`_setup`, a fresh schedule."""
+        old = self._require_trained()
+        V0 = len(old.vocab)
+        if corpus_vocab.words[:V0] != old.vocab.words:
+            raise ValueError(
+                "update=True needs a corpus encoded with this model's vocabulary first "
+                "(encode_file(..., vocab=model.vocab))"
+            )
+        if self.word_classes is not None or (old.tree.labels is not None and old.tree.labels != old.vocab.words):
+            raise ValueError(
+                "update=True grows trees whose class i is word i (tree='huffman' or 'balanced'); "
+                "this model's tree is matched to the words by label"
+            )
+        counts = corpus_vocab.counts.copy()
+        counts[:V0] += old.vocab.counts
+        vocab = Vocab(corpus_vocab.words, counts)
+        V = len(vocab)
+        tree, syn0, syn1 = old.tree, old.syn0, old.syn1
+        if V > V0:
+            subtree = Tree.balanced(V - V0) if self.tree_spec == "balanced" else None
+            grown = graft(old.tree, counts, subtree)
+            tree = (
+                grown.tree
+                if old.tree.labels is None
+                else Tree(V, grown.tree.child_offset, grown.tree.children, vocab.words)
+            )
+            self._check_memory(V, tree.num_params)
+            syn1 = np.zeros((tree.num_params, self.dim), dtype=np.float32)
+            syn1[grown.row_map] = old.syn1
+            # the new words' vectors as _setup draws them, from a stream of their own
+            rng = np.random.default_rng([self.seed, V0])
+            fresh = rng.random((V - V0, self.dim), dtype=np.float32)
+            fresh -= 0.5
+            fresh /= self.dim
+            syn0 = np.concatenate([old.syn0, fresh])
+            if not isinstance(self.tree_spec, str):
+                self.tree_spec = tree
+        self.vocab, self.tree, self.syn0, self.syn1 = vocab, tree, syn0, syn1
+        self.word_classes = None
         self.epochs_done = 0
         self.history = []
 
@@ -484,8 +651,12 @@ class Word2Vec:
 
     # ------------------------------------------------------------------ checkpoints
     def _save_checkpoint(self, directory: str) -> None:
-        trained = self._require_trained()
         os.makedirs(directory, exist_ok=True)
+        self._write_state(os.path.join(directory, _CHECKPOINT_NAME))
+
+    def _write_state(self, path: str) -> None:
+        """The model file: a checkpoint and a saved model are the same ``.npz``."""
+        trained = self._require_trained()
         word_bytes, word_offset = encode_strings(trained.vocab.words)  # lossless, unlike a 'U' array
         state = {
             "version": np.array(_CHECKPOINT_VERSION, dtype=np.int64),
@@ -499,12 +670,12 @@ class Word2Vec:
             "syn1": trained.syn1,
         }
         state.update({"tree_" + k: v for k, v in trained.tree.state().items()})
-        with atomic_path(os.path.join(directory, _CHECKPOINT_NAME)) as tmp, open(tmp, "wb") as f:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
             # numpy >= 2.1's stubs add allow_pickle=, which a **dict could in principle fill; passing
             # it explicitly would store an "allow_pickle" array on the numpy < 2.1 we support.
             np.savez(f, **state)  # type: ignore[arg-type]
 
-    def _load_checkpoint(self, directory: str, vocab: Vocab) -> None:
+    def _load_checkpoint(self, directory: str, vocab: Vocab, tree: Tree | None = None) -> None:
         """Restore the state saved in ``directory``, trusting nothing in the file.
 
         Every array's dtype and shape is checked against this run (vocabulary size, ``dim``, the
@@ -520,15 +691,21 @@ class Word2Vec:
             raise ValueError(f"no checkpoint to resume from in {directory}")
         try:
             with NpzReader(path) as z:
-                state = self._read_checkpoint(z, vocab)
+                state = self._read_checkpoint(z, vocab, tree)
         except (*READ_ERRORS, TypeError) as e:
             raise ValueError(f"checkpoint {path} cannot be resumed: {_one_line(e)}") from None
         self.vocab = vocab
         self.tree, self.word_classes, self.syn0, self.syn1, self.epochs_done, self.history = state
 
-    def _read_checkpoint(self, z: NpzReader, vocab: Vocab) -> tuple[Any, ...]:
+    def _read_checkpoint(
+        self, z: NpzReader, vocab: Vocab, tree: Tree | None = None, first_epoch: int = 1
+    ) -> tuple[Any, ...]:
+        """The checks shared by ``resume`` and :meth:`load`: ``vocab`` and ``tree`` are what the
+        file must hold (default: the tree this configuration builds); ``epochs_done`` must be in
+        ``first_epoch..epochs`` (a checkpoint is written after an epoch, a model may be untrained)."""
         V, dim = len(vocab), self.dim
-        tree = self._make_tree(vocab)  # what this run trains: the saved one must be equal
+        if tree is None:
+            tree = self._make_tree(vocab)  # what this run trains: the saved one must be equal
         word_classes = _word_classes(tree, vocab)
         self._check_memory(V, tree.num_params)
         tree_state = {"tree_" + k: v for k, v in tree.state().items()}
@@ -547,25 +724,14 @@ class Word2Vec:
             expected[k] = (v.dtype.str[1:] if v.dtype.kind == "u" else v.dtype.kind, v.shape)
         unknown = sorted(set(z.headers) - set(expected))
         missing = sorted(set(expected) - set(z.headers))
-        if "version" in z.headers and _layout_ok(z.headers["version"], "i", ()):
-            version = int(z.read("version"))
-            if version != _CHECKPOINT_VERSION:
-                raise ValueError(
-                    f"unsupported checkpoint version {version} (this hsoftmax writes {_CHECKPOINT_VERSION})"
-                )
+        _check_version(z)
         if unknown:
             raise ValueError(f"unexpected array {unknown[0]!r}")
         if missing:
             raise ValueError(f"array {missing[0]!r} is missing")
         # the settings first: a run with other settings is the likeliest mistake, and its message
         # names the setting rather than an array shape that follows from it
-        if not _layout_ok(z.headers["config"], "u1", None) or z.headers["config"].shape[0] > _MAX_JSON_BYTES:
-            raise ValueError(
-                f"array 'config' is {z.headers['config'].dtype} of shape {z.headers['config'].shape}, not JSON bytes"
-            )
-        saved = _json_value(z.read("config"), "config")
-        if not isinstance(saved, dict):
-            raise ValueError("config is not a JSON object")
+        saved = _read_config(z)
         mine = self.config()
         diff = sorted(k for k in set(mine) | set(saved) if saved.get(k) != mine.get(k))
         if diff:
@@ -585,8 +751,8 @@ class Word2Vec:
             if not np.array_equal(z.read(k), v):
                 raise ValueError(f"the checkpoint's tree ({k}) differs from the tree this run builds")
         epochs_done = int(z.read("epochs_done"))
-        if not 1 <= epochs_done <= self.epochs:
-            raise ValueError(f"epochs_done={epochs_done} is not in 1..{self.epochs} (epochs)")
+        if not first_epoch <= epochs_done <= self.epochs:
+            raise ValueError(f"epochs_done={epochs_done} is not in {first_epoch}..{self.epochs} (epochs)")
         history = _json_value(z.read("history"), "history")
         if not (
             isinstance(history, list) and len(history) == epochs_done and all(isinstance(h, dict) for h in history)
@@ -599,6 +765,48 @@ class Word2Vec:
             if bad.any():
                 raise ValueError(f"{name} row {int(np.argmax(bad))} is not finite (NaN or infinite)")
         return tree, word_classes, syn0, syn1, epochs_done, history
+
+
+_VECTOR_SUFFIXES = (".bin", ".txt", ".vec")
+
+
+def _check_version(z: NpzReader) -> None:
+    if "version" in z.headers and _layout_ok(z.headers["version"], "i", ()):
+        version = int(z.read("version"))
+        if version != _CHECKPOINT_VERSION:
+            raise ValueError(f"unsupported checkpoint version {version} (this hsoftmax writes {_CHECKPOINT_VERSION})")
+    elif "version" not in z.headers:
+        raise ValueError("array 'version' is missing: not an hsoftmax word2vec model or checkpoint")
+
+
+def _read_config(z: NpzReader) -> dict[str, Any]:
+    if "config" not in z.headers:
+        raise ValueError("array 'config' is missing")
+    h = z.headers["config"]
+    if not _layout_ok(h, "u1", None) or h.shape[0] > _MAX_JSON_BYTES:
+        raise ValueError(f"array 'config' is {h.dtype} of shape {h.shape}, not JSON bytes")
+    saved = _json_value(z.read("config"), "config")
+    if not isinstance(saved, dict):
+        raise ValueError("config is not a JSON object")
+    return saved
+
+
+def _check_model_file(path: str) -> None:
+    """A file that is not a zip archive: say what it is when it is word2vec vectors."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError as e:
+        raise ValueError(f"cannot read model file {path}: {e.strerror or e}") from None
+    if head.startswith(b"PK"):
+        return
+    first = head.split(b"\n", 1)[0].split()
+    if len(first) == 2 and all(x.isdigit() for x in first):
+        raise ValueError(
+            f"{path} is a word2vec vectors file, not a model: read it with load_vectors() "
+            f"(a model is written by Word2Vec.save or --save-model)"
+        )
+    raise ValueError(f"{path} is not an hsoftmax word2vec model (an .npz written by Word2Vec.save)")
 
 
 def _layout_ok(h: Any, kind: str, shape: tuple[int, ...] | None) -> bool:
