@@ -103,7 +103,15 @@ LEXNAMES = (
     "verb.weather",
     "adj.ppl",
 )
-SYSTEMS = ("napkinxc_plt", "fasttext_hs", "fasttext_ova", "torch_ova", "ours_learned", "ours_facets")
+SYSTEMS = (
+    "napkinxc_plt",
+    "fasttext_hs",
+    "fasttext_ova",
+    "torch_ova",
+    "ours_learned",
+    "ours_facets",
+    "supervised_plt",
+)
 
 
 class Dataset(NamedTuple):
@@ -293,6 +301,32 @@ def run_fasttext(split: Split, args: argparse.Namespace, loss: str) -> tuple[np.
     return _pad(pred), train_s, predict_s
 
 
+def run_supervised(split: Split, args: argparse.Namespace) -> tuple[np.ndarray, float, float]:
+    """hsoftmax.supervised.Classifier(multilabel=True): fastText's trainer (numba, Hogwild) with a
+    PLT over a learned tree, on the same tokens fastText gets."""
+    from hsoftmax.supervised import Classifier
+
+    lines = [" ".join(f"__label__{y}" for y in ys) + " " + text for ys, text in zip(split.Y_train, split.tokens_train)]
+    clf = Classifier(
+        dim=args.dim,
+        epochs=args.fasttext_epochs,
+        lr=args.fasttext_lr,
+        threads=args.threads,
+        tree="learned",
+        arity=args.arity,
+        multilabel=True,
+        seed=args.seed,
+        progress=False,
+    )
+    t0 = time.perf_counter()
+    clf.fit(lines)
+    train_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    labels, _ = clf.predict(split.tokens_test, k=min(5, len(clf.labels)))
+    predict_s = time.perf_counter() - t0
+    return _pad([[int(lab) for lab in row] for row in labels]), train_s, predict_s
+
+
 def _pad(pred: list[list[int]], k: int = 5) -> np.ndarray:
     out = np.full((len(pred), k), -1, dtype=np.int64)
     for i, ranked in enumerate(pred):
@@ -449,6 +483,11 @@ def run_dataset(ds: Dataset, args: argparse.Namespace) -> dict[str, Any]:
                 info["skipped"].append(f"{system}: fastText failed: {e}")
                 print(f"   skipped {system}: fastText failed: {e}", flush=True)
                 continue
+        elif system == "supervised_plt":
+            if not available("hsoftmax.supervised"):
+                info["skipped"].append(f"{system}: this checkout has no hsoftmax.supervised")
+                continue
+            pred, tr, pr = run_supervised(split, args)
         elif system == "torch_ova":
             pred, tr, pr = run_torch(split, args, "ova")
         elif system == "ours_learned":
@@ -478,7 +517,7 @@ def ratios(info: dict[str, Any]) -> None:
     rows = {r["system"]: r for r in info["rows"]}
     ref = rows.get("napkinxc_plt")
     hs = rows.get("fasttext_hs")
-    for name in ("ours_learned", "ours_facets"):
+    for name in ("ours_learned", "ours_facets", "supervised_plt"):
         ours = rows.get(name)
         if ours is None:
             continue
