@@ -252,3 +252,27 @@ def test_word2vec_continue_memory_and_small_corpus_quick_run(tmp_path):
     assert [x["seed"] for x in small["hsoftmax"]["runs"]] == [1, 2] and len(small["gensim-file"]["runs"]) == 2
     md = out.with_suffix(".md").read_text()
     assert "A, then continued on A+B" in md and "± " in md and "| hsoftmax | binary |" in md
+
+
+def test_multilabel_quick_smoke_run(tmp_path):
+    """benchmarks/multilabel.py --quick: generated data, every system (peers skipped with a note
+    when not installed), the metrics in range and the comparison to napkinXC when it ran."""
+    pytest.importorskip("sklearn")
+    out = tmp_path / "multilabel.json"
+    r = run_script("multilabel.py", "--quick", "--epochs", "2", "--fasttext-epochs", "2", "--out", str(out))
+    res = json.loads(out.read_text())
+    (ds,) = res["datasets"]
+    assert ds["dataset"] == "synthetic" and ds["labels"] == 36 and ds["test"] == 300
+    rows = {row["system"]: row for row in ds["rows"]}
+    assert {"torch_ova", "ours_learned", "ours_facets"} <= set(rows)
+    for row in rows.values():
+        assert 0 <= row["P@5"] <= row["P@3"] <= row["P@1"] <= 1 and 0 <= row["nDCG@5"] <= 1
+        assert row["train_s"] > 0 and row["predict_s"] > 0
+    assert rows["ours_facets"]["P@1"] > 0.3  # far above chance (1/36): the tree model learns
+    for peer, module in (("napkinxc_plt", "napkinxc"), ("fasttext_hs", "fasttext")):
+        if importlib.util.find_spec(module) is None:
+            assert any(s.startswith(peer) for s in ds["skipped"]) and "not installed" in r.stdout
+        else:
+            assert peer in rows or any(s.startswith(peer) for s in ds["skipped"])
+    if "napkinxc_plt" in rows:
+        assert "vs_napkinxc" in rows["ours_learned"]

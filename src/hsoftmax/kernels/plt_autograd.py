@@ -75,6 +75,7 @@ class _PLTLossFn(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph=True: differentiate the torch path instead
             return _differentiable_backward(ctx, h, weight, bias, go)
         start, rows, coef = ctx.plan
+        threads()  # backward may run on another thread than forward: numba's count is per thread
         hn = _np(h)
         gon = _np(go.to(h.dtype))
         gh = gw = gb = None
@@ -90,7 +91,6 @@ class _PLTLossFn(torch.autograd.Function):
             example = np.repeat(np.arange(hn.shape[0]), np.diff(start))
             gwn = buffer((uniq.shape[0], hn.shape[1]), hn.dtype)
             gbn = np.empty(uniq.shape[0] if want_b else 0, hn.dtype)
-            threads()
             P.batch_grad_rows(gon, hn, example, coef, gstart, entries, gwn, gbn)
             gw, gb = _table_grads(uniq, gwn, gbn if want_b else None, weight.shape, ctx.sparse)
             if not want_w:
