@@ -51,6 +51,7 @@ bench: $(STAMP)
 	$(PY) -m pip install -q -e '.[dev,bench]'
 	$(PY) benchmarks/layers.py
 	$(PY) benchmarks/word2vec_vs_peers.py
+	$(PY) benchmarks/multilabel.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
