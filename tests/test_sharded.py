@@ -200,13 +200,13 @@ def test_plan_covers_every_row_and_class_once():
 
 def test_plan_balances_rows():
     tree = Tree.huffman(1.0 / np.arange(1, 20_001))
-    plan = plan_shards(tree, 4)
+    plan = plan_shards(tree, 4, subtrees_per_rank=4)
     rows = [plan.rows_of(r).size for r in range(4)]
     assert max(rows) < 1.2 * tree.num_params / 4, rows
     assert plan.top_rows.size < 0.01 * tree.num_params
     # With counts, the balance is by expected node visits, so the rank holding the frequent
     # classes' short paths holds fewer rows.
-    counted = plan_shards(tree, 4, counts=1.0 / np.arange(1, 20_001))
+    counted = plan_shards(tree, 4, counts=1.0 / np.arange(1, 20_001), subtrees_per_rank=4)
     visits = [counted.weight[counted.owner == r].sum() for r in range(4)]
     assert max(visits) < 1.25 * sum(visits) / 4, visits
 

@@ -109,7 +109,7 @@ class ShardPlan:
         class_top: ``(V,)`` int32, the class's top-tree class (its subtree's pseudo-class).
     """
 
-    def __init__(self, tree: Tree, world_size: int, counts: Any = None, subtrees_per_rank: int = 4) -> None:
+    def __init__(self, tree: Tree, world_size: int, counts: Any = None, subtrees_per_rank: int = 2) -> None:
         world_size = _as_int("world_size", world_size, minimum=1)
         subtrees_per_rank = _as_int("subtrees_per_rank", subtrees_per_rank, minimum=1)
         V, N = tree.num_classes, tree.num_nodes
@@ -222,7 +222,7 @@ class _RefMap:
         return out
 
 
-def plan_shards(tree: Tree, world_size: int, counts: Any = None, subtrees_per_rank: int = 4) -> ShardPlan:
+def plan_shards(tree: Tree, world_size: int, counts: Any = None, subtrees_per_rank: int = 2) -> ShardPlan:
     """The :class:`ShardPlan` of ``tree`` over ``world_size`` ranks.
 
     The cut grows greedily from the root: the heaviest subtree is split (its root joins the
@@ -233,7 +233,7 @@ def plan_shards(tree: Tree, world_size: int, counts: Any = None, subtrees_per_ra
 
     >>> plan = plan_shards(Tree.balanced(64), 2)
     >>> plan.num_subtrees, plan.top_nodes.size, [plan.rows_of(r).size for r in range(2)]
-    (8, 7, [28, 28])
+    (4, 3, [30, 30])
     """
     return ShardPlan(tree, world_size, counts, subtrees_per_rank)
 
@@ -456,7 +456,7 @@ class ShardedHierarchicalSoftmax(nn.Module):
         device: Any = None,
         dtype: torch.dtype | None = None,
         counts: Any = None,
-        subtrees_per_rank: int = 4,
+        subtrees_per_rank: int = 2,
     ) -> None:
         super().__init__()
         if not (dist.is_available() and dist.is_initialized()):
@@ -640,10 +640,12 @@ class ShardedHierarchicalSoftmax(nn.Module):
             return out
         order = mine[torch.argsort(slot[mine], stable=True)]
         slots, sizes = torch.unique_consecutive(slot[order], return_counts=True)
-        parts = []
+        # One gather of the inputs and one scatter of the results for all subtrees: autograd
+        # then adds one (B, d) input gradient, not one per subtree.
+        split = sizes.tolist()
+        h_parts, y_parts = hs[order].split(split), local_class[order].split(split)
         held = self._held()
-        for j, idx in zip(slots.tolist(), order.split(sizes.tolist())):
-            parts.append(held[j][1](hs[idx], local_class[idx]).output)
+        parts = [held[j][1](hj, yj).output for j, hj, yj in zip(slots.tolist(), h_parts, y_parts)]
         return out.index_put((order,), torch.cat(parts), accumulate=True)
 
     def _reduce(self, out: Tensor, count: int) -> HierarchicalSoftmaxOutput:
