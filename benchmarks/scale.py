@@ -14,8 +14,10 @@ peak memory (``VmHWM``) is its own:
 
 Each row gives examples/s of a training step (forward, backward, sparse optimizer step; the
 median over steps), the node table's size (weights and biases, of the whole layer or of the
-rank), the process's peak RSS, the RSS growth during the training steps (the per-step working
-memory: ``O(batch * depth * d)``, never ``O(batch * V)``), and, sharded, the bytes each rank
+rank), the process's peak RSS (construction included), its RSS when training starts (table,
+tree and the layer's tree tensors), the peak RSS growth during the training steps (the per-step
+working memory: ``O(batch * depth * d)``, never ``O(batch * V)``; measured after resetting the
+peak with ``/proc/self/clear_refs``), and, sharded, the bytes each rank
 sent into collectives per step, counted by the layer (``comm_bytes``), next to Megatron's
 vocab-parallel cross-entropy formula for the same batch (``3 B`` floats forward plus the
 ``B d`` input-gradient all-reduce backward).
@@ -41,7 +43,7 @@ HERE = Path(__file__).resolve().parent
 FULL_SIZES = (1_000_000, 10_000_000)
 QUICK_SIZES = (20_000,)
 MODES = ("unsharded", "sharded")
-COLUMNS = ("V", "mode", "examples/s", "table GB", "peak RSS GB", "tree GB", "step growth GB")
+COLUMNS = ("V", "mode", "examples/s", "table GB", "peak RSS GB", "RSS training GB", "tree GB", "step growth GB")
 COLUMNS += ("bytes/step sent (per rank)", "Megatron formula")
 
 
@@ -52,6 +54,17 @@ def rss_bytes() -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     return 0
+
+
+def reset_peak() -> bool:
+    """Restart this process's peak RSS (``VmHWM``) from its current RSS (Linux: ``clear_refs``),
+    so that the peak measured afterwards is the training steps' own, not the construction's."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def _batches(V: int, d: int, batch: int, n: int, seed: int) -> list[tuple[Any, Any]]:
@@ -112,7 +125,9 @@ def child_unsharded(V: int, d: int, batch: int, steps: int, budget_s: float) -> 
     layer = HierarchicalSoftmax(d, tree, sparse=True)
     after_layer = rss_bytes()
     batches = _batches(V, d, batch, 4, seed=1)
+    build_peak = peak_rss_bytes()
     before_steps = rss_bytes()
+    reset_peak()
     step_s, timed = _train(layer, batches, steps, budget_s)
     return {
         "V": V,
@@ -128,7 +143,8 @@ def child_unsharded(V: int, d: int, batch: int, steps: int, budget_s: float) -> 
         "tree_gb": round((after_tree - base) / 2**30, 3),
         "layer_gb": round((after_layer - after_tree) / 2**30, 3),
         "step_growth_gb": round(max(0, peak_rss_bytes() - before_steps) / 2**30, 3),
-        "peak_rss_gb": round(peak_rss_bytes() / 2**30, 3),
+        "peak_rss_gb": round(max(build_peak, peak_rss_bytes()) / 2**30, 3),
+        "rss_before_steps_gb": round(before_steps / 2**30, 3),
     }
 
 
@@ -161,7 +177,9 @@ def _rank(rank: int, world: int, port: int, queue: Any, args: tuple) -> None:
         layer = ShardedHierarchicalSoftmax(d, tree, sparse=True)
         after_layer = rss_bytes()
         batches = _batches(V, d, batch, 4, seed=1)  # the same batches on both ranks
+        build_peak = peak_rss_bytes()
         before_steps = rss_bytes()
+        reset_peak()
         sent0 = sum(layer.comm_bytes.values())
         step_s, timed = _train(layer, batches, steps, budget_s)
         sent = (sum(layer.comm_bytes.values()) - sent0) / (timed + 1)
@@ -172,7 +190,8 @@ def _rank(rank: int, world: int, port: int, queue: Any, args: tuple) -> None:
             tree_gb=round((after_tree - base) / 2**30, 3),
             layer_gb=round((after_layer - after_tree) / 2**30, 3),
             step_growth_gb=round(max(0, peak_rss_bytes() - before_steps) / 2**30, 3),
-            peak_rss_gb=round(peak_rss_bytes() / 2**30, 3),
+            peak_rss_gb=round(max(build_peak, peak_rss_bytes()) / 2**30, 3),
+            rss_before_steps_gb=round(before_steps / 2**30, 3),
             bytes_per_step=int(sent),
             subtrees=len(layer.subtrees),
             replicated_rows=int(layer.plan.top_rows.size),
@@ -218,6 +237,7 @@ def child_sharded(V: int, d: int, batch: int, steps: int, budget_s: float, world
         "layer_gb": [r["layer_gb"] for r in rows],
         "step_growth_gb": [r["step_growth_gb"] for r in rows],
         "peak_rss_gb": [r["peak_rss_gb"] for r in rows],
+        "rss_before_steps_gb": [r["rss_before_steps_gb"] for r in rows],
         "bytes_per_step": [r["bytes_per_step"] for r in rows],
         "megatron_bytes_per_step": 3 * batch * f + batch * d * f,
         "formula_bytes_per_step": batch * f + batch * d * f,
@@ -262,14 +282,13 @@ def markdown(results: dict) -> str:
     ]
     for r in results["rows"]:
         if "error" in r:
-            out.append(f"| {r['V']:,} | {r['mode']} | {r['error']} | | | | | | |")
+            out.append(f"| {r['V']:,} | {r['mode']} | {r['error']} |" + " |" * (len(COLUMNS) - 3))
             continue
         sent = _fmt(r.get("bytes_per_step", "-"))
         mega = _fmt(r.get("megatron_bytes_per_step", "-"))
-        out.append(
-            f"| {r['V']:,} | {r['mode']} | {_fmt(r['examples_per_s'])} | {_fmt(r['table_gb'])} | "
-            f"{_fmt(r['peak_rss_gb'])} | {_fmt(r['tree_gb'])} | {_fmt(r['step_growth_gb'])} | {sent} | {mega} |"
-        )
+        keys = ("examples_per_s", "table_gb", "peak_rss_gb", "rss_before_steps_gb", "tree_gb", "step_growth_gb")
+        cells = [f"{r['V']:,}", r["mode"], *(_fmt(r[k]) for k in keys), sent, mega]
+        out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
 
 

@@ -2,7 +2,8 @@
 
 Public names: :class:`Tree` (every label hierarchy) and :class:`HierarchicalSoftmax` (the
 PyTorch output layer); the math lives in :mod:`hsoftmax.functional`, the sparse-aware optimizers
-in :mod:`hsoftmax.optim` and the word2vec trainer in :mod:`hsoftmax.word2vec`.
+in :mod:`hsoftmax.optim`, the word2vec trainer in :mod:`hsoftmax.word2vec` and the layer sharded over
+torch.distributed ranks in :mod:`hsoftmax.distributed` (imported only when used).
 """
 
 from typing import TYPE_CHECKING, Any
@@ -23,7 +24,7 @@ def __getattr__(name: str) -> Any:
         from . import layer
 
         return getattr(layer, name)
-    if name in ("functional", "optim", "word2vec", "metrics"):
+    if name in ("functional", "optim", "word2vec", "metrics", "distributed"):
         import importlib
 
         return importlib.import_module(f"{__name__}.{name}")
