@@ -118,7 +118,7 @@ class ShardPlan:
         node_parent = np.asarray(tree.parent)[V:]
         self._levels = _level_blocks(np.asarray(tree.node_depth))
         weight = _subtree_weights(tree, counts, node_parent, self._levels)
-        top, cut = _choose_cut(tree, weight, world_size * subtrees_per_rank)
+        top, cut = _choose_cut(tree, weight, world_size, subtrees_per_rank)
         self.top_nodes, self.cut_nodes = top, cut
         self.weight = weight[cut]
         self.owner = _assign(self.weight, world_size)
@@ -226,9 +226,11 @@ def plan_shards(tree: Tree, world_size: int, counts: Any = None, subtrees_per_ra
     """The :class:`ShardPlan` of ``tree`` over ``world_size`` ranks.
 
     The cut grows greedily from the root: the heaviest subtree is split (its root joins the
-    replicated top) until there are at least ``world_size * subtrees_per_rank`` subtrees and
-    none weighs more than ``1 / (world_size * subtrees_per_rank)`` of the whole; then subtrees go
-    to ranks heaviest first, each to the least loaded rank. The weight is parameter rows, or
+    replicated top) until there are at least ``world_size * subtrees_per_rank`` subtrees, none
+    weighs more than ``1 / (world_size * subtrees_per_rank)`` of the whole, and assigning them
+    (heaviest first, each to the least loaded rank) loads no rank more than 5% over its share
+    (or the top reaches ``64 * world_size * subtrees_per_rank`` nodes: a tree whose splits peel
+    off one class at a time cannot be balanced by subtrees). The weight is parameter rows, or
     with ``counts`` (one per class) the expected node visits ``sum(count * decisions)``.
 
     >>> plan = plan_shards(Tree.balanced(64), 2)
@@ -261,8 +263,9 @@ def _subtree_weights(tree: Tree, counts: Any, node_parent: np.ndarray, levels: l
     return w
 
 
-def _choose_cut(tree: Tree, weight: np.ndarray, target: int) -> tuple[np.ndarray, np.ndarray]:
+def _choose_cut(tree: Tree, weight: np.ndarray, world: int, per_rank: int) -> tuple[np.ndarray, np.ndarray]:
     """``(top nodes, cut nodes)``, each in id order (see :func:`plan_shards`)."""
+    target = world * per_rank
     V = tree.num_classes
     off, ch = np.asarray(tree.child_offset), np.asarray(tree.children)
     total = float(weight[0])
@@ -273,7 +276,7 @@ def _choose_cut(tree: Tree, weight: np.ndarray, target: int) -> tuple[np.ndarray
     max_top = 64 * target
     while heap and len(top) < max_top:
         negw, j = heap[0]
-        if top and len(heap) >= target and -negw <= total / target:
+        if top and len(heap) >= target and -negw <= total / target and _balanced(heap, total, world):
             break
         heapq.heappop(heap)
         top.append(j)
@@ -281,6 +284,18 @@ def _choose_cut(tree: Tree, weight: np.ndarray, target: int) -> tuple[np.ndarray
         for n in (kids[kids >= V] - V).tolist():
             heapq.heappush(heap, (-float(weight[n]), n))
     return np.sort(np.array(top, dtype=np.int64)), np.sort(np.array([j for _, j in heap], dtype=np.int64))
+
+
+_TOLERANCE = 0.05  # the cut is refined until the most loaded rank carries at most 5% over its share
+
+
+def _balanced(heap: list[tuple[float, int]], total: float, world: int) -> bool:
+    """Whether assigning the subtrees now would load no rank more than ``_TOLERANCE`` over its
+    share."""
+    weights = np.array([-w for w, _ in heap])
+    owner = _assign(weights, world)
+    load = np.bincount(owner, weights=weights, minlength=world)
+    return bool(load.max() <= (1 + _TOLERANCE) * total / world)
 
 
 def _assign(weight: np.ndarray, world_size: int) -> np.ndarray:
@@ -670,7 +685,9 @@ class ShardedHierarchicalSoftmax(nn.Module):
         """Exact log-probabilities: this rank's columns as a :class:`ShardedLogProb`
         ``(values (*, n_local), classes (n_local,))``, no communication; or with
         ``gather=True`` all ``(*, num_classes)`` on every rank (one ``all_gather`` of
-        ``B * max n_local`` floats per rank)."""
+        ``B * max n_local`` floats per rank). For evaluation: the gathered values carry no
+        gradient, and a local column's gradient reaches the input only on its own rank (train
+        with :meth:`forward`)."""
         h = self.top._prepare_input(input)
         top_lp = self.top.log_prob(h)
         vals = self._owned_log_probs(h, top_lp)
