@@ -240,3 +240,38 @@ def test_a_dead_rank_is_a_clear_error_not_a_hang():
     message, seconds = results[0]
     assert "ShardedHierarchicalSoftmax" in message and "died" in message, message
     assert seconds < 20, seconds
+
+
+def _tp_dp_worker(rank: int, world: int, port: int, queue) -> None:
+    """tp = 2 x dp = 2: the layer sharded over its tensor-parallel pair, DDP over the
+    data-parallel pair holding the same shard; each replica gets half the batch."""
+    from hsoftmax.distributed import ShardedHierarchicalSoftmax
+
+    _init(rank, world, port, 30)
+    tp_groups = [dist.new_group([0, 1]), dist.new_group([2, 3])]
+    dp_groups = [dist.new_group([0, 2]), dist.new_group([1, 3])]
+    tp, dp = rank % 2, rank // 2
+    tree = named_trees()["huffman"]
+    full = make_layer(tree, D, sparse=True)
+    x, y = make_batch(tree, 16, D)
+    sh = ShardedHierarchicalSoftmax.from_full(full, process_group=tp_groups[dp])
+    model = torch.nn.parallel.DistributedDataParallel(sh, process_group=dp_groups[tp])
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    model(x[dp::2], y[dp::2]).loss.backward()
+    opt.step()
+    back = sh.to_full()
+    if rank == 0:
+        queue.put((rank, {k: v.numpy().copy() for k, v in back.state_dict().items() if k.startswith("table")}))
+    _finish(queue)
+
+
+def test_tensor_parallel_times_data_parallel_under_ddp():
+    _warm_kernels()
+    tree = named_trees()["huffman"]
+    ref = make_layer(tree, D, sparse=True)
+    x, y = make_batch(tree, 16, D)
+    ref(x, y).loss.backward()  # DDP averages the replicas' mean losses: the full batch's mean
+    torch.optim.SGD(ref.parameters(), lr=0.5).step()
+    got = _run(_tp_dp_worker, 4, reports=1)[0]
+    torch.testing.assert_close(torch.from_numpy(got["table.weight"]), ref.weight.detach())
+    torch.testing.assert_close(torch.from_numpy(got["table.bias"]), ref.bias.detach())

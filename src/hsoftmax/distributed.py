@@ -40,8 +40,9 @@ that share one copy of the output layer). With data parallelism on top (``tp * d
 wrap the whole model in :class:`~torch.nn.parallel.DistributedDataParallel` with
 ``process_group=`` the **data-parallel** group (the ranks holding the same shard: tp-rank ``r``
 of every replica); DDP then averages the replicated top and each shard's rows over their
-replicas, dense or sparse (every table is an ``nn.Embedding``). Pass
-``find_unused_parameters=True``: a subtree that no example of a batch reaches gets no gradient.
+replicas, dense or sparse (every table is an ``nn.Embedding``; a held subtree that no example
+of a batch reaches is scored once with weight 0, so every parameter has a gradient every step,
+as DDP's sparse all-reduce requires).
 The model body may itself be tensor-parallel over the same group, as in Megatron: the layer
 expects the body's output already reduced (identical on every rank of the group).
 
@@ -651,17 +652,27 @@ class ShardedHierarchicalSoftmax(nn.Module):
         slot = self._slot[sub + 1]
         mine = torch.nonzero(slot >= 0).squeeze(1)
         out = hs.new_zeros(hs.shape[0]) + hs[:0].sum()
-        if mine.numel() == 0:
-            return out
-        order = mine[torch.argsort(slot[mine], stable=True)]
-        slots, sizes = torch.unique_consecutive(slot[order], return_counts=True)
-        # One gather of the inputs and one scatter of the results for all subtrees: autograd
-        # then adds one (B, d) input gradient, not one per subtree.
-        split = sizes.tolist()
-        h_parts, y_parts = hs[order].split(split), local_class[order].split(split)
         held = self._held()
-        parts = [held[j][1](hj, yj).output for j, hj, yj in zip(slots.tolist(), h_parts, y_parts)]
-        return out.index_put((order,), torch.cat(parts), accumulate=True)
+        present: list[int] = []
+        if mine.numel():
+            order = mine[torch.argsort(slot[mine], stable=True)]
+            slots, sizes = torch.unique_consecutive(slot[order], return_counts=True)
+            present = slots.tolist()
+            # One gather of the inputs and one scatter of the results for all subtrees:
+            # autograd then adds one (B, d) input gradient, not one per subtree.
+            split = sizes.tolist()
+            h_parts, y_parts = hs[order].split(split), local_class[order].split(split)
+            parts = [held[j][1](hj, yj).output for j, hj, yj in zip(present, h_parts, y_parts)]
+            out = out.index_put((order,), torch.cat(parts), accumulate=True)
+        if torch.is_grad_enabled() and hs.shape[0] and len(present) < len(held):
+            # A held subtree that no example reached is scored once with weight 0, so that every
+            # parameter gets a (zero) gradient every step: DistributedDataParallel's sparse
+            # all-reduce requires one from every rank.
+            missed = set(range(len(held))) - set(present)
+            zero = hs.new_zeros(1, dtype=torch.long)
+            extra = sum(held[j][1](hs[:1], zero).output.sum() for j in sorted(missed))
+            out = out + 0.0 * extra
+        return out
 
     def _reduce(self, out: Tensor, count: int) -> HierarchicalSoftmaxOutput:
         if self.reduction == "none":
