@@ -281,7 +281,7 @@ def markdown(results: dict) -> str:
         head,
         "",
         "| " + " | ".join(COLUMNS) + " |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+        "|---:|---|" + "---:|" * (len(COLUMNS) - 2),
     ]
     for r in results["rows"]:
         if "error" in r:
