@@ -278,3 +278,26 @@ def test_multilabel_quick_smoke_run(tmp_path):
             assert peer in rows or any(s.startswith(peer) for s in ds["skipped"])
     if "napkinxc_plt" in rows:
         assert "vs_napkinxc" in rows["ours_learned"]
+
+
+def test_scale_quick_smoke_run(tmp_path):
+    # Unsharded and sharded (2 gloo processes) at a tiny V; the sharded ranks' bytes per step
+    # are what the layer's docstring says travels: B floats forward, B * d backward.
+    out = tmp_path / "scale.json"
+    B, d = 64, 8
+    run_script("scale.py", "--quick", "--V", "3000", "--dim", str(d), "--batch", str(B), "--out", str(out))
+    res = json.loads(out.read_text())
+    rows = {r["mode"]: r for r in res["rows"]}
+    assert sorted(rows) == ["sharded", "unsharded"]
+    for row in rows.values():
+        assert "error" not in row, row
+        assert row["V"] == 3000 and row["examples_per_s"] > 0 and row["steps_timed"] >= 1
+    sharded = rows["sharded"]
+    assert sharded["ranks"] == 2 and sharded["bytes_per_step"] == [4 * (B + B * d)] * 2
+    assert sharded["megatron_bytes_per_step"] == 4 * (3 * B + B * d)
+    # Each rank holds its subtrees' rows and the replicated top's: together the whole table
+    # plus one more copy of the top, neither rank all of it.
+    top = sharded["replicated_rows"] * (d + 1) * 4
+    assert sum(sharded["table_bytes"]) == rows["unsharded"]["table_bytes"] + top
+    assert max(sharded["table_bytes"]) < rows["unsharded"]["table_bytes"]
+    assert "| 3,000 | sharded |" in out.with_suffix(".md").read_text()

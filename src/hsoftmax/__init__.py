@@ -2,8 +2,9 @@
 
 Public names: :class:`Tree` (every label hierarchy), :class:`HierarchicalSoftmax` (the
 PyTorch output layer) and :class:`LabelTree` (multi-label: a probabilistic label tree); the math
-lives in :mod:`hsoftmax.functional`, the sparse-aware optimizers in :mod:`hsoftmax.optim` and the
-word2vec trainer in :mod:`hsoftmax.word2vec`.
+lives in :mod:`hsoftmax.functional`, the sparse-aware optimizers in :mod:`hsoftmax.optim`, the
+word2vec trainer in :mod:`hsoftmax.word2vec` and the layer sharded over torch.distributed ranks
+in :mod:`hsoftmax.distributed` (imported only when used).
 """
 
 from typing import TYPE_CHECKING, Any
@@ -29,7 +30,7 @@ def __getattr__(name: str) -> Any:
         from . import label_tree
 
         return getattr(label_tree, name)
-    if name in ("functional", "optim", "word2vec", "metrics", "label_tree"):
+    if name in ("functional", "optim", "word2vec", "metrics", "label_tree", "distributed"):
         import importlib
 
         return importlib.import_module(f"{__name__}.{name}")
