@@ -52,6 +52,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/layers.py
 	$(PY) benchmarks/word2vec_vs_peers.py
 	$(PY) benchmarks/multilabel.py
+	$(PY) benchmarks/scale.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
