@@ -275,3 +275,23 @@ def test_tensor_parallel_times_data_parallel_under_ddp():
     got = _run(_tp_dp_worker, 4, reports=1)[0]
     torch.testing.assert_close(torch.from_numpy(got["table.weight"]), ref.weight.detach())
     torch.testing.assert_close(torch.from_numpy(got["table.bias"]), ref.bias.detach())
+
+
+def test_torchrun_example_trains_and_agrees_with_the_gathered_layer(tmp_path):
+    # The README's launch line, small: 2 gloo ranks under torchrun; the example itself asserts
+    # that the gathered layer equals the sharded one (loss and top-5) and saves its state dict.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "torchrun_sharded.py"
+    saved = tmp_path / "full.pt"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(_free_port())]
+    cmd += [str(example), "--classes", "2000", "--steps", "3", "--batch", "64", "--save", str(saved)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=240, check=False)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    assert "gathered layer == sharded layer" in r.stdout
+    state = torch.load(saved)  # the default weights_only load reads it
+    from hsoftmax import HierarchicalSoftmax
+
+    assert HierarchicalSoftmax.from_state_dict(state).num_classes == 2000
