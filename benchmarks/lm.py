@@ -601,7 +601,7 @@ def targets(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def plot(results: list[dict[str, Any]], path: str, title: str) -> None:
+def plot(results: list[dict[str, Any]], path: str, title: str, valid_tokens: int) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -616,7 +616,7 @@ def plot(results: list[dict[str, Any]], path: str, title: str) -> None:
         ax.plot(xs, ys, marker="o", markersize=3, label=f"{r['label']} ({r['tokens_per_s']:,.0f} tokens/s)")
     ax.set_yscale("log")
     ax.set_xlabel("training wall-clock seconds (tree building included, evaluation excluded)")
-    ax.set_ylabel("validation perplexity (exact)")
+    ax.set_ylabel(f"validation perplexity (exact; first {valid_tokens:,} valid tokens)")
     ax.set_title(title, fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
@@ -749,7 +749,12 @@ def main(argv: list[str] | None = None) -> int:
     base = os.path.splitext(args.json)[0]
     write_text(base + ".md", text)
     try:
-        plot(results, base + ".png", f"word-level LSTM LM, V={V:,}, {cfg['budget']:g} s per head; {machine['date']}")
+        plot(
+            results,
+            base + ".png",
+            f"word-level LSTM LM, V={V:,}, {cfg['budget']:g} s per head; {machine['date']}",
+            min(cfg["curve_valid_tokens"], sizes["valid"]),
+        )
         print(f"wrote {args.json}, {base}.md, {base}.png")
     except ImportError:
         print(f"wrote {args.json}, {base}.md (install matplotlib, in the bench extra, for the plot)")
