@@ -301,3 +301,73 @@ def test_scale_quick_smoke_run(tmp_path):
     assert sum(sharded["table_bytes"]) == rows["unsharded"]["table_bytes"] + top
     assert max(sharded["table_bytes"]) < rows["unsharded"]["table_bytes"]
     assert "| 3,000 | sharded |" in out.with_suffix(".md").read_text()
+
+
+# ---------------------------------------------------------------------------- lm.py
+LM_HEADS = ("full", "adaptive", "hs_huffman", "hs_two_level", "hs_learned")
+
+
+def test_lm_data_split_vocabulary_and_cutoffs(tmp_path):
+    import numpy as np
+
+    import lm
+
+    corpus = tiny_corpus(tmp_path / "tiny.txt", 30_000)
+    lines = [line.split() for line in corpus.read_text().splitlines()]
+    data = lm.load_data(lm.prepare_data(str(corpus), 3, None, str(tmp_path)))
+    words, counts = data["words"].tolist(), data["counts"]
+    assert (np.diff(counts) <= 0).all()  # by decreasing count
+    eos, unk = words.index(lm.EOS), words.index(lm.UNK)
+    # Every line lands in exactly one split, in order, each paragraph closed by </s>.
+    by_split = {"train": [], "valid": [], "test": []}
+    for i, ws in enumerate(lines):
+        if ws:
+            by_split[lm.split_of(i)].append(ws)
+    assert all(by_split.values())  # 30k tokens are enough for a few held-out lines
+    for name, docs in by_split.items():
+        stream = data[name]
+        assert stream[0] == eos and (stream == eos).sum() == len(docs) + 1
+        assert len(stream) == 1 + sum(len(ws) + 1 for ws in docs)
+    # Training counts >= min_count are kept; everything else is <unk>.
+    train_words = [w for ws in by_split["train"] for w in ws]
+    assert counts[words.index("the")] == train_words.count("the")
+    rare = next(w for w in train_words if train_words.count(w) < 3)
+    assert rare not in words and counts[unk] > 0
+    assert counts[eos] == len(by_split["train"])
+    # Adaptive cutoffs: increasing, inside (0, V), at the 80% / 95% coverage ranks.
+    cut = lm.adaptive_cutoffs(counts)
+    assert 0 < cut[0] < cut[-1] < len(words)
+    zipf = np.sort(np.random.default_rng(0).zipf(1.3, 200_000))[::-1]
+    c = lm.adaptive_cutoffs(zipf)
+    assert len(c) == 2 and zipf[: c[0]].sum() / zipf.sum() >= 0.78 and zipf[: c[1]].sum() / zipf.sum() >= 0.93
+
+
+def test_lm_quick_smoke_run(tmp_path):
+    out = tmp_path / "lm.json"
+    run_script("lm.py", "--quick", "--json", str(out), "--budget", "0.6", "--curve-points", "2")
+    res = json.loads(out.read_text())
+    rows = {r["head"]: r for r in res["results"]}
+    assert sorted(rows) == sorted(LM_HEADS)
+    assert res["settings"]["budget"] == 0.6 and res["machine"]["versions"]["torch"]
+    full = rows["full"]
+    for r in rows.values():
+        assert "error" not in r, r
+        assert r["tokens"] > 0 and r["tokens_per_s"] > 0 and r["peak_rss_gb"] >= r["base_rss_gb"] > 0.05
+        # Equal tokens: every head is scored at exactly the tokens the full softmax saw.
+        assert r["equal_tokens"]["tokens"] == full["tokens"]
+        for point in (r["budget"], r["equal_tokens"]):
+            assert 1 < point["valid_ppl"] < 1e6 and 1 < point["test_ppl"] < 1e6
+        # Exact, normalized probabilities: what makes the perplexities comparable.
+        assert r["normalization"]["max_abs_sum_minus_1"] < 1e-4
+        assert r["normalization"]["max_abs_target_gap"] < 1e-4
+        times = [c["train_s"] for c in r["curve"]]
+        assert len(times) >= 2 and times == sorted(times) and r["curve"][0]["tokens"] == 0
+    learned = rows["hs_learned"]["head_info"]
+    assert learned["word2vec_s"] > 0 and rows["hs_learned"]["build_s"] >= learned["word2vec_s"]
+    assert rows["hs_learned"]["curve"][0]["train_s"] == pytest.approx(rows["hs_learned"]["build_s"], abs=0.01)
+    cut = rows["adaptive"]["head_info"]["cutoffs"]
+    assert cut == sorted(cut) and cut[0] > 0 and cut[-1] < res["V"]
+    assert {t["target"].split()[0] for t in res["targets"]} >= {"HS"}  # the targets are scored
+    md = out.with_suffix(".md").read_text()
+    assert "**Equal wall-clock budget**" in md and "**Equal tokens seen (" in md and "| HS learned tree |" in md
+    assert out.with_suffix(".png").is_file() == (importlib.util.find_spec("matplotlib") is not None)
