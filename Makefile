@@ -53,6 +53,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/word2vec_vs_peers.py
 	$(PY) benchmarks/multilabel.py
 	$(PY) benchmarks/scale.py
+	$(PY) benchmarks/lm.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
