@@ -8,6 +8,7 @@ are subprocesses, as a user runs them (the scripts import ``common`` from their 
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 import lzma
 import subprocess
@@ -206,3 +207,59 @@ def test_word2vec_quick_smoke_run(tmp_path):
     else:
         assert "error" not in rows["fasttext"]
     assert "| cbow | 1 | hsoftmax |" in out.with_suffix(".md").read_text()
+
+
+# ---------------------------------------------------------------------------- taxonomy.py
+def test_taxonomy_task_and_wordnet_tree_from_the_committed_extract():
+    import taxonomy
+
+    synsets = taxonomy.read_wordnet(taxonomy.EXTRACT)
+    task = taxonomy.build_task(synsets, min_examples=2)
+    assert len(synsets) == 539 and task.info["labels"] == len(task.labels) > 50
+    assert len(task.test_y) == task.info["test"] > 0 and set(task.test_y) <= set(task.train_y)
+    from hsoftmax import Tree
+
+    tree = Tree.from_paths(task.paths, labels=task.labels)
+    names = tree.node_names
+    assert names[tree.children[tree.child_offset[0]] - tree.num_classes] == "entity.00001740"
+    dog = task.labels.index("02084071")  # dog.n.01: a label, and the parent of other labels
+    hound = task.labels.index("02087551")  # hound.n.01: a label whose parent is dog
+    assert names[tree.parent[dog]] == "dog.02084071"  # the label hangs from its own node...
+    assert names[tree.parent[hound]] == "hound.02087551" or names[tree.parent[hound]] == "dog.02084071"
+    chain = [names[n] for n in tree.path(hound)[0]]
+    assert "dog.02084071" in chain and chain.index("dog.02084071") < len(chain) - 1  # ...above its hyponyms
+    leaf = next(i for i, p in enumerate(task.paths) if synset_offset(p[-1]) != task.labels[i])
+    assert names[tree.parent[leaf]].endswith(synsets[task.labels[leaf]].hypernym)  # a plain leaf: under its hypernym
+
+
+def synset_offset(node_name: str) -> str:
+    return node_name.rpartition(".")[2]
+
+
+def test_taxonomy_quick_smoke_run(tmp_path):
+    out = tmp_path / "taxonomy.json"
+    systems = ["fasttext-hs", "supervised-huffman", "supervised-wordnet", "torch-softmax", "torch-hs-wordnet"]
+    run_script("taxonomy.py", "--quick", "--systems", *systems, "--out", str(out))
+    res = json.loads(out.read_text())
+    assert res["quick"] and res["machine"]["threads"] == 2 and res["settings"]["epochs"] == 2
+    assert res["task"]["labels"] > 50 and res["task"]["test"] > 0
+    assert set(res["trees"]) == {"huffman", "wordnet", "learned"}
+    rows = {r["system"]: r for r in res["results"]}
+    assert list(rows) == systems
+    expect_error = {
+        "fasttext-hs": "not installed" if importlib.util.find_spec("fasttext") is None else None,
+        "supervised-huffman": None if importlib.util.find_spec("hsoftmax.supervised") else "not available",
+    }
+    expect_error["supervised-wordnet"] = expect_error["supervised-huffman"]
+    depth = res["trees"]["wordnet"]["depth"]
+    for name, r in rows.items():
+        if expect_error.get(name):
+            assert expect_error[name] in r["error"], r
+            continue
+        assert "error" not in r, r
+        assert 0 <= r["p_at_5"] <= r["r_at_5"] <= 1 and 0 <= r["p_at_1"] <= 1 and r["train_s"] > 0
+        acc = r["accuracy_at_depth"]
+        assert len(acc) == depth and all(a >= b for a, b in itertools.pairwise(acc))  # never rises with depth
+        assert acc[-1] == pytest.approx(r["p_at_1"])  # the last depth is the class itself
+    md = out.with_suffix(".md").read_text()
+    assert "| torch-hs-wordnet |" in md and "Quick run" in md

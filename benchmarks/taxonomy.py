@@ -1,0 +1,693 @@
+"""Taxonomy classification: WordNet noun gloss -> parent synset, every system on the same split.
+
+The task (Debian ``wordnet-base``, WordNet 3.0, ``/usr/share/wordnet/data.noun``): each noun
+synset's text is its words and its gloss (``physical entity : an entity that has physical
+existence``), its label the synset's first hypernym (``@`` or ``@i``, whichever the file lists
+first). Tokenized as fastText users would (lowercase, ``[a-z]+('[a-z]+)*|[0-9]+``). Labels with
+fewer than 3 examples are dropped; a seeded 90/10 split of the examples (test examples whose label
+never occurs in training are dropped, so every test label is a class every system knows).
+
+Trees over the labels:
+
+* ``wordnet``: the real hypernym tree (:func:`wordnet_paths`): each label hangs below the path
+  from ``entity`` down through its first hypernyms, single-child chains and very wide nodes as
+  they are. A label that is also an ancestor of other labels (``dog`` is a label and the parent
+  of ``hound``'s ...) is an internal node of the tree *and* a class: its class becomes a leaf
+  child of its own node (the decision "stop here" among its hyponym subtrees), so it stays inside
+  its own subtree and its tree distance to its hyponyms is what WordNet says.
+* ``huffman``: fastText's tree, over the training label counts.
+* ``learned``: :meth:`Tree.from_embeddings` over each label's mean gloss vector (TF-IDF of its
+  training texts, reduced to 64 dimensions by truncated SVD), balancing label counts.
+
+Systems (all with 2 threads, 5 epochs; the split, the tokens and the test set are shared):
+
+* fastText ``-loss hs`` and ``-loss softmax`` (python ``fasttext``, defaults otherwise: dim 100,
+  lr 0.1, no subwords, no n-grams);
+* ``hsoftmax supervised`` (:class:`hsoftmax.supervised.Classifier`) over each tree;
+* a torch bag-of-words model (``EmbeddingBag`` mean, sparse gradients) with a flat softmax head
+  (``nn.Linear`` + cross-entropy) and with :class:`hsoftmax.HierarchicalSoftmax` heads (CPU
+  kernels, sparse node-table gradients), trained with torch optimizers.
+
+Every system is scored from its top-5 predictions by :mod:`hsoftmax.metrics`: P@1, P@5 (fastText's
+definition: hits / (5 x examples)), R@5, and against the WordNet tree the accuracy at each depth
+(the prediction is in the right subtree at depth d) and the mean tree distance of the errors.
+Train seconds are the fit alone (data already tokenized in a file; for the learned tree, building
+the tree is reported apart); predict seconds are the top-5 of the whole test set.
+
+    python benchmarks/taxonomy.py                   # the full task (needs wordnet-base)
+    python benchmarks/taxonomy.py --systems fasttext-hs supervised-huffman
+    python benchmarks/taxonomy.py --quick           # CI smoke run on the committed WordNet extract
+
+``--quick`` uses ``benchmarks/data/wordnet_extract.noun`` (a few hundred synsets of data.noun, in
+its own format, license beside it), 2 epochs, labels with >= 2 examples: it runs where WordNet is
+not installed. Peers that are not installed (fastText is in the ``bench`` extra only) get a row
+saying why. Results go to ``benchmarks/results/taxonomy.json`` (and ``.md``), or to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import re
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from common import machine_info, machine_summary, write_json, write_text
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+WORDNET_NOUNS = Path("/usr/share/wordnet/data.noun")
+EXTRACT = HERE / "data" / "wordnet_extract.noun"
+TOKEN = re.compile(r"[a-z]+(?:'[a-z]+)*|[0-9]+")
+LABEL_PREFIX = "__label__"
+
+
+# ---------------------------------------------------------------------------- WordNet data file
+class Synset(NamedTuple):
+    """One line of a WordNet ``data.noun`` file (the fields this benchmark reads)."""
+
+    offset: str  # 8 digits: the synset's byte offset, its id in every pointer
+    lex_filenum: int
+    words: tuple[str, ...]  # lemmas, '_' for spaces
+    hypernym: str | None  # the first '@' or '@i' pointer's target offset
+    gloss: str  # after '|': definition and quoted examples
+
+
+def parse_data_line(line: str) -> Synset:
+    """Parse one synset line of a WordNet 3.0 data file (see wndb(5WN)):
+    ``offset lex_filenum ss_type w_cnt [word lex_id]... p_cnt [ptr offset pos src/tgt]... | gloss``
+    (``w_cnt`` is hexadecimal, ``p_cnt`` decimal; verbs' frames are not in ``data.noun``).
+
+    >>> s = parse_data_line("00003993 03 n 01 congener 0 001 @ 00003553 n 0000 | a whole; \\"x\\"  ")
+    >>> s.offset, s.words, s.hypernym, s.gloss
+    ('00003993', ('congener',), '00003553', 'a whole; "x"')
+    """
+    data, bar, gloss = line.partition("|")
+    fields = data.split()
+    try:
+        offset, lex_filenum, ss_type = fields[0], int(fields[1]), fields[2]
+        w_cnt = int(fields[3], 16)
+        words = tuple(fields[4 + 2 * i] for i in range(w_cnt))
+        i = 4 + 2 * w_cnt
+        p_cnt = int(fields[i])
+        pointers = [fields[i + 1 + 4 * j : i + 5 + 4 * j] for j in range(p_cnt)]
+    except (IndexError, ValueError) as e:
+        raise ValueError(f"not a WordNet data line ({e}): {line[:80]!r}") from None
+    if not bar or len(offset) != 8 or not offset.isdigit() or ss_type != "n" or len(fields) < i + 1 + 4 * p_cnt:
+        raise ValueError(f"not a WordNet noun data line: {line[:80]!r}")
+    hypernym = next((p[1] for p in pointers if p[0] in ("@", "@i") and p[2] == "n"), None)
+    return Synset(offset, lex_filenum, words, hypernym, gloss.strip())
+
+
+def read_wordnet(path: str | os.PathLike[str]) -> dict[str, Synset]:
+    """Every synset of a WordNet noun data file, by offset (the license header, whose lines start
+    with two spaces, is skipped)."""
+    synsets: dict[str, Synset] = {}
+    with open(path, encoding="latin-1") as f:  # WordNet 3.0's files are ASCII with a few Latin-1 bytes
+        for line in f:
+            if line.startswith("  ") or not line.strip():
+                continue
+            s = parse_data_line(line)
+            synsets[s.offset] = s
+    if not synsets:
+        raise ValueError(f"{path}: no synsets (is it a WordNet data.noun file?)")
+    return synsets
+
+
+def tokenize(text: str) -> list[str]:
+    """Lowercase words (inner apostrophes kept) and digit runs, as the corpus builder does.
+
+    >>> tokenize("Dog's life: a (domestic) dog_breed, 1900s")
+    ["dog's", 'life', 'a', 'domestic', 'dog', 'breed', '1900s']
+    """
+    return TOKEN.findall(text.lower().replace("_", " ").replace("\u2019", "'"))
+
+
+def synset_text(s: Synset) -> list[str]:
+    """The tokens of a synset's words and gloss."""
+    return tokenize(" ".join(s.words) + " : " + s.gloss)
+
+
+def synset_name(s: Synset) -> str:
+    """``dog.02084071``: readable and unique (the offset is the id)."""
+    return f"{s.words[0].lower()}.{s.offset}"
+
+
+def ancestors(synsets: dict[str, Synset], offset: str) -> list[str]:
+    """The first-hypernym chain above ``offset``, from the root down (``offset`` not included).
+    A hypernym missing from the file (an extract) ends the chain there."""
+    chain: list[str] = []
+    seen = {offset}
+    h = synsets[offset].hypernym
+    while h is not None and h in synsets:
+        if h in seen:
+            raise ValueError(f"hypernym cycle through synset {h}")
+        seen.add(h)
+        chain.append(h)
+        h = synsets[h].hypernym
+    return chain[::-1]
+
+
+#: The subtrees of the committed extract (--quick): carnivore.n.01 and musical_instrument.n.01.
+EXTRACT_ROOTS = ("02075296", "03800933")
+
+
+def write_extract(
+    source: str | os.PathLike[str], dest: str | os.PathLike[str], roots: Sequence[str] = EXTRACT_ROOTS
+) -> int:
+    """Copy the license header and the lines of every synset below ``roots`` and above them
+    (their first-hypernym chains to ``entity``) verbatim from ``source`` to ``dest``; how
+    ``benchmarks/data/wordnet_extract.noun`` was made. Returns the number of synsets."""
+    synsets = read_wordnet(source)
+    children: dict[str, list[str]] = {}
+    for s in synsets.values():
+        if s.hypernym is not None:
+            children.setdefault(s.hypernym, []).append(s.offset)
+    keep = set()
+    for root in roots:
+        keep.update(ancestors(synsets, root))
+        stack = [root]
+        while stack:
+            keep.add(stack[-1])
+            stack.extend(children.get(stack.pop(), ()))
+    with open(source, encoding="latin-1") as f:
+        lines = [line for line in f if line.startswith("  ") or line[:8] in keep]
+    write_text(dest, "".join(lines))  # UTF-8: the kept lines are ASCII
+    return len(keep)
+
+
+# ---------------------------------------------------------------------------- the task
+class Task(NamedTuple):
+    """The split every system shares: token lists and label indices into ``labels``."""
+
+    labels: list[str]  # class names: synset offsets, as written after __label__
+    train_tokens: list[list[str]]
+    train_y: np.ndarray
+    test_tokens: list[list[str]]
+    test_y: np.ndarray
+    paths: list[list[str]]  # WordNet internal-node names above each class (Tree.from_paths)
+    info: dict[str, Any]
+
+
+def build_task(synsets: dict[str, Synset], min_examples: int = 3, test_fraction: float = 0.1, seed: int = 0) -> Task:
+    """The gloss -> parent task over ``synsets`` (see the module docstring)."""
+    examples = [(synset_text(s), s.hypernym) for s in synsets.values() if s.hypernym in synsets]
+    counts = Counter(h for _, h in examples)
+    kept = [(t, h) for t, h in examples if counts[h] >= min_examples and t]
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(kept))
+    n_test = round(test_fraction * len(kept))
+    test_idx, train_idx = order[:n_test], order[n_test:]
+    train_counts = Counter(kept[i][1] for i in train_idx)
+    labels = sorted(train_counts, key=lambda h: (-train_counts[h], h))  # fastText's order: by count
+    index = {h: i for i, h in enumerate(labels)}
+    test_known = [i for i in test_idx if kept[i][1] in index]
+    paths = wordnet_paths(synsets, labels)
+    info = {
+        "synsets": len(synsets),
+        "examples": len(kept),
+        "labels_min_examples": sum(1 for c in counts.values() if c >= min_examples),
+        "labels": len(labels),
+        "train": len(train_idx),
+        "test": len(test_known),
+        "test_dropped_unseen_label": len(test_idx) - len(test_known),
+        "train_tokens": sum(len(kept[i][0]) for i in train_idx),
+        "min_examples": min_examples,
+        "test_fraction": test_fraction,
+        "seed": seed,
+    }
+    return Task(
+        labels,
+        [kept[i][0] for i in train_idx],
+        np.array([index[kept[i][1]] for i in train_idx], dtype=np.int64),
+        [kept[i][0] for i in test_known],
+        np.array([index[kept[i][1]] for i in test_known], dtype=np.int64),
+        paths,
+        info,
+    )
+
+
+def wordnet_paths(synsets: dict[str, Synset], labels: Sequence[str]) -> list[list[str]]:
+    """For :meth:`Tree.from_paths`: the internal nodes above each label, named
+    ``lemma.offset``. A label that lies on another label's path is an internal node too; its
+    class then hangs from its own node (its path ends with itself), not beside it."""
+    chains = {h: ancestors(synsets, h) for h in labels}
+    inner = {a for chain in chains.values() for a in chain}
+    return [[synset_name(synsets[a]) for a in chains[h] + ([h] if h in inner else [])] for h in labels]
+
+
+def write_fasttext_file(
+    path: str | os.PathLike[str], labels: Sequence[str], tokens: list[list[str]], y: np.ndarray
+) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for toks, i in zip(tokens, y.tolist()):
+            f.write(f"{LABEL_PREFIX}{labels[i]} {' '.join(toks)}\n")
+
+
+# ---------------------------------------------------------------------------- trees
+def make_trees(task: Task, seed: int = 0) -> tuple[dict[str, Any], dict[str, float]]:
+    """The three label trees over ``task.labels`` and the seconds each took to build."""
+    from hsoftmax import Tree
+
+    counts = np.bincount(task.train_y, minlength=len(task.labels)).astype(np.float64)
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+    trees = {"huffman": Tree.huffman(counts, labels=task.labels)}
+    seconds["huffman"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    trees["wordnet"] = Tree.from_paths(task.paths, labels=task.labels)
+    seconds["wordnet"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    vectors = label_gloss_vectors(task, dim=64, seed=seed)
+    trees["learned"] = Tree.from_embeddings(vectors, counts=counts, seed=seed, labels=task.labels)
+    seconds["learned"] = time.perf_counter() - t0
+    return trees, seconds
+
+
+def label_gloss_vectors(task: Task, dim: int = 64, seed: int = 0) -> np.ndarray:
+    """``(num_labels, dim)``: each label's mean TF-IDF gloss vector (training texts only),
+    reduced by truncated SVD and L2-normalized (cosine geometry for the k-means splits)."""
+    from scipy import sparse
+    from sklearn.decomposition import TruncatedSVD
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    tfidf = TfidfVectorizer(analyzer=lambda toks: toks, sublinear_tf=True).fit_transform(task.train_tokens)
+    V, n = len(task.labels), len(task.train_y)
+    member = sparse.csr_matrix((np.ones(n), (task.train_y, np.arange(n))), shape=(V, n))
+    means = sparse.diags(1.0 / np.maximum(member.sum(axis=1).A1, 1)) @ member @ tfidf
+    k = max(1, min(dim, min(means.shape) - 1))
+    reduced = TruncatedSVD(n_components=k, random_state=seed).fit_transform(means)
+    return (reduced / np.maximum(np.linalg.norm(reduced, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------- systems
+class Run(NamedTuple):
+    """What a system hands back: ``(n_test, 5)`` predicted class ids (``-1`` pads) and seconds."""
+
+    top5: np.ndarray
+    train_s: float
+    predict_s: float
+    extra: dict[str, Any]
+
+
+class Skip(Exception):
+    """A system that cannot run here (a peer not installed): its row says why."""
+
+
+class PeerFailed(Skip):
+    """A peer that failed on this data (fastText diverging): its row says how. Our own systems
+    never get here: their failures end the run with an error."""
+
+
+class Settings(NamedTuple):
+    epochs: int
+    threads: int
+    dim: int
+    seed: int
+    batch: int  # the torch models' mini-batch (fastText and the Classifier step per example)
+
+
+def label_ids(names: Sequence[Sequence[str]], index: dict[str, int], k: int = 5) -> np.ndarray:
+    """Rows of predicted label names (``__label__`` prefix or not) as ``(n, k)`` class ids."""
+    out = np.full((len(names), k), -1, dtype=np.int64)
+    for i, row in enumerate(names):
+        for j, name in enumerate(row[:k]):
+            out[i, j] = index.get(name.removeprefix(LABEL_PREFIX), -1)
+    return out
+
+
+def run_fasttext(task: Task, files: dict[str, str], s: Settings, loss: str, lr: float | None = None) -> Run:
+    if importlib.util.find_spec("fasttext") is None:
+        raise Skip("fasttext is not installed (pip install fasttext, or the bench extra)")
+    import fasttext
+
+    kw: dict[str, Any] = {} if lr is None else {"lr": lr}
+    t0 = time.perf_counter()
+    try:
+        model = fasttext.train_supervised(
+            input=files["train"], loss=loss, epoch=s.epochs, thread=s.threads, verbose=0, **kw
+        )
+    except RuntimeError as e:  # on tiny data fastText's threads overshoot its lr schedule and it may diverge
+        raise PeerFailed(f"fastText failed: {e}") from None
+    train_s = time.perf_counter() - t0
+    texts = [" ".join(t) for t in task.test_tokens]
+    t0 = time.perf_counter()
+    names, _ = model.predict(texts, k=5)
+    predict_s = time.perf_counter() - t0
+    index = {name: i for i, name in enumerate(task.labels)}
+    return Run(label_ids(names, index), train_s, predict_s, {"lr": model.lr if lr is None else lr, "dim": model.dim})
+
+
+def run_supervised(task: Task, files: dict[str, str], s: Settings, tree: Any, warmup_file: str) -> Run:
+    """:class:`hsoftmax.supervised.Classifier` at its (fastText's) defaults over ``tree``: a
+    :class:`Tree` over ``task.labels``, or one of its own names (``"huffman"``, ``"learned"``)."""
+    try:
+        from hsoftmax.supervised import Classifier
+    except ImportError as e:
+        raise Skip(f"hsoftmax.supervised is not available ({e})") from None
+
+    def make() -> Any:
+        return Classifier(dim=s.dim, epochs=s.epochs, threads=s.threads, tree=tree, seed=s.seed + 1, progress=False)
+
+    make().fit(warmup_file)  # compiles (or loads from numba's cache) the kernels outside the timing
+    model = make()
+    t0 = time.perf_counter()
+    model.fit(files["train"])
+    train_s = time.perf_counter() - t0
+    texts = [" ".join(t) for t in task.test_tokens]
+    t0 = time.perf_counter()
+    names, _ = model.predict(texts, k=5)
+    predict_s = time.perf_counter() - t0
+    index = {name: i for i, name in enumerate(task.labels)}
+    return Run(
+        label_ids(names, index),
+        train_s,
+        predict_s,
+        {"lr": model.lr, "tree": tree if isinstance(tree, str) else "given"},
+    )
+
+
+def encode_bags(tokens: list[list[str]], vocab: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
+    """EmbeddingBag input: flat word ids and each text's offset (unknown words dropped, as
+    fastText drops them; a text left empty is an empty bag, a zero vector)."""
+    ids = [[vocab[w] for w in t if w in vocab] for t in tokens]
+    offsets = np.zeros(len(ids), dtype=np.int64)
+    np.cumsum([len(x) for x in ids[:-1]], out=offsets[1:])
+    return np.fromiter((w for x in ids for w in x), dtype=np.int64), offsets
+
+
+def run_torch(task: Task, s: Settings, tree: Any, batch: int = 128, lr: float = 0.01) -> Run:
+    """A fastText-shaped torch model: mean of word embeddings (sparse gradients) -> a head.
+    ``tree=None``: ``nn.Linear`` + cross-entropy over all labels; else a sparse
+    :class:`HierarchicalSoftmax` over ``tree``. Lazy Adam for every sparse table
+    (``torch.optim.SparseAdam``), Adam for the dense head: the same optimizer family for both."""
+    import torch
+    from torch import nn
+
+    from hsoftmax import HierarchicalSoftmax
+
+    torch.set_num_threads(s.threads)
+    vocab: dict[str, int] = {}
+    for t in task.train_tokens:
+        for w in t:
+            vocab.setdefault(w, len(vocab))
+    V = len(task.labels)
+
+    class BagOfWords(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = nn.EmbeddingBag(len(vocab), s.dim, mode="mean", sparse=True)
+            nn.init.uniform_(self.emb.weight, -1.0 / s.dim, 1.0 / s.dim)  # fastText's input init
+            self.head = nn.Linear(s.dim, V) if tree is None else HierarchicalSoftmax(s.dim, tree, sparse=True)
+            head_opt = torch.optim.Adam if tree is None else torch.optim.SparseAdam
+            self.opts = [torch.optim.SparseAdam(self.emb.parameters(), lr=lr), head_opt(self.head.parameters(), lr=lr)]
+
+        def step(self, words: torch.Tensor, offsets: torch.Tensor, target: torch.Tensor) -> None:
+            h = self.emb(words, offsets)
+            loss = nn.functional.cross_entropy(self.head(h), target) if tree is None else self.head(h, target).loss
+            loss.backward()
+            for o in self.opts:
+                o.step()
+                o.zero_grad()
+
+        @torch.no_grad()
+        def top5(self, words: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+            h = self.emb(words, offsets)
+            return self.head(h).topk(5, dim=1).indices if tree is None else self.head.topk(h, 5).indices
+
+    words, offsets = encode_bags(task.train_tokens, vocab)
+    lengths = np.diff(np.append(offsets, words.size))
+    y = torch.from_numpy(task.train_y)
+
+    def bags(rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        lens = lengths[rows]
+        flat = np.concatenate([words[a : a + n] for a, n in zip(offsets[rows], lens)])
+        offs = np.zeros(rows.size, dtype=np.int64)
+        np.cumsum(lens[:-1], out=offs[1:])
+        return torch.from_numpy(flat), torch.from_numpy(offs)
+
+    # A throwaway model takes the first-call costs outside the timing: numba's kernels (compiled
+    # or loaded from its cache), torch's optimizer set-up, the top-k search.
+    warm, rows = BagOfWords(), np.arange(min(batch, len(y)))
+    warm.step(*bags(rows), y[rows])
+    warm.top5(*bags(rows))
+    torch.manual_seed(s.seed)
+    model = BagOfWords()
+    rng = np.random.default_rng(s.seed)
+    t0 = time.perf_counter()
+    for _ in range(s.epochs):
+        order = rng.permutation(len(y))
+        for a in range(0, len(order), batch):
+            rows = order[a : a + batch]
+            model.step(*bags(rows), y[rows])
+    train_s = time.perf_counter() - t0
+    test_words, test_offsets = (torch.from_numpy(x) for x in encode_bags(task.test_tokens, vocab))
+    t0 = time.perf_counter()
+    top = model.top5(test_words, test_offsets)
+    predict_s = time.perf_counter() - t0
+    return Run(
+        top.numpy().astype(np.int64), train_s, predict_s, {"batch": batch, "lr": lr, "optimizer": "Adam/SparseAdam"}
+    )
+
+
+# ---------------------------------------------------------------------------- scoring
+def score(top5: np.ndarray, target: np.ndarray, wordnet: Any) -> dict[str, Any]:
+    """P@1, P@5, R@5 and, against the WordNet tree, accuracy at each depth and the mean tree
+    distance of the top-1 errors (a missing prediction counts as wrong and is left out of the
+    distances)."""
+    from hsoftmax import metrics
+
+    out: dict[str, Any] = {
+        "p_at_1": metrics.precision_at_k(top5, target, k=1),
+        "p_at_5": metrics.precision_at_k(top5, target, k=5),
+        "r_at_5": metrics.recall_at_k(top5, target, k=5),
+    }
+    first = top5[:, 0]
+    ok = first >= 0
+    out["no_prediction"] = int((~ok).sum())
+    if ok.any():
+        depth_acc = metrics.accuracy_at_depth(wordnet, first[ok], target[ok]) * ok.mean()
+        out["accuracy_at_depth"] = [round(float(a), 5) for a in depth_acc]
+        out["mean_error_distance"] = metrics.mean_error_distance(wordnet, first[ok], target[ok])
+    return out
+
+
+# ---------------------------------------------------------------------------- the run
+SYSTEMS = (
+    "fasttext-hs",
+    "fasttext-softmax",
+    "supervised-huffman",
+    "supervised-wordnet",
+    "supervised-learned",
+    "supervised-own-learned",
+    "torch-softmax",
+    "torch-hs-huffman",
+    "torch-hs-wordnet",
+)
+#: The depths of the WordNet tree shown in the markdown table (all are in the JSON).
+SHOWN_DEPTHS = (2, 4, 6, 8)
+
+
+def run_system(name: str, task: Task, files: dict[str, str], s: Settings, trees: dict[str, Any]) -> Run:
+    kind, _, variant = name.partition("-")
+    if kind == "fasttext":
+        loss, _, lr = variant.partition("-lr")
+        return run_fasttext(task, files, s, loss, float(lr) if lr else None)
+    if kind == "supervised":
+        tree = trees[variant] if variant in ("wordnet", "learned") else variant.replace("own-", "")
+        return run_supervised(task, files, s, tree, files["warmup"])
+    if kind == "torch":
+        return run_torch(task, s, None if variant == "softmax" else trees[variant.removeprefix("hs-")], s.batch)
+    raise ValueError(f"unknown system {name!r}")
+
+
+def check_system(name: str) -> str:
+    kind, _, variant = name.partition("-")
+    ok = (
+        (kind == "fasttext" and re.fullmatch(r"(hs|softmax)(-lr[0-9.]+)?", variant))
+        or (kind == "supervised" and variant in ("huffman", "wordnet", "learned", "own-learned"))
+        or (kind == "torch" and variant in ("softmax", "hs-huffman", "hs-wordnet", "hs-learned"))
+    )
+    if not ok:
+        raise argparse.ArgumentTypeError(
+            f"unknown system {name!r}: one of {', '.join(SYSTEMS)} (fasttext-hs-lr0.5 sets lr)"
+        )
+    return name
+
+
+def benchmark(args: argparse.Namespace) -> dict[str, Any]:
+    data = Path(args.wordnet)
+    if not data.is_file():
+        raise SystemExit(
+            f"{data} not found: install WordNet (apt-get install wordnet-base), pass --wordnet PATH, "
+            "or run --quick (the committed extract)"
+        )
+    s = Settings(args.epochs, args.threads, args.dim, args.seed, args.torch_batch)
+    t0 = time.perf_counter()
+    task = build_task(read_wordnet(data), args.min_examples, 0.1, args.seed)
+    prep_s = time.perf_counter() - t0
+    print(
+        f"task: {task.info['labels']:,} labels, {task.info['train']:,} train / {task.info['test']:,} test "
+        f"examples ({task.info['test_dropped_unseen_label']} test examples dropped: label unseen in training), "
+        f"read and tokenized in {prep_s:.1f} s",
+        flush=True,
+    )
+    trees, tree_s = make_trees(task, args.seed)
+    counts = np.bincount(task.train_y, minlength=len(task.labels))
+    tree_info = {
+        k: {
+            "build_s": round(tree_s[k], 3),
+            "summary": str(t.describe(counts=counts)),
+            "depth": t.depth,
+            "expected_code_length": t.expected_code_length(counts),
+            "num_params": t.num_params,
+        }
+        for k, t in trees.items()
+    }
+    for k, t in trees.items():
+        print(f"tree {k}: built in {tree_s[k]:.2f} s; {str(t.describe(counts=counts)).splitlines()[0]}", flush=True)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="taxonomy-") as work:
+        files = {"train": os.path.join(work, "train.txt"), "warmup": os.path.join(work, "warmup.txt")}
+        write_fasttext_file(files["train"], task.labels, task.train_tokens, task.train_y)
+        if args.write_files:  # the same split in fastText's format, to try other settings by hand
+            Path(args.write_files).mkdir(parents=True, exist_ok=True)
+            write_fasttext_file(Path(args.write_files, "train.txt"), task.labels, task.train_tokens, task.train_y)
+            write_fasttext_file(Path(args.write_files, "test.txt"), task.labels, task.test_tokens, task.test_y)
+            for k in ("wordnet", "learned"):  # for `hsoftmax supervised train --tree DIR/wordnet_tree.npz`
+                trees[k].save(Path(args.write_files, f"{k}_tree.npz"))
+        n_warm = min(500, len(task.train_y))
+        write_fasttext_file(files["warmup"], task.labels, task.train_tokens[:n_warm], task.train_y[:n_warm])
+        for name in args.systems:
+            row: dict[str, Any] = {"system": name}
+            try:
+                r = run_system(name, task, files, s, trees)
+            except Skip as e:
+                row["error"] = str(e)
+                print(f"{name:22s} skipped: {e}", flush=True)
+            else:
+                row.update(
+                    train_s=r.train_s, predict_s=r.predict_s, **score(r.top5, task.test_y, trees["wordnet"]), **r.extra
+                )
+                print(
+                    f"{name:22s} P@1 {row['p_at_1']:.4f}  P@5 {row['p_at_5']:.4f}  R@5 {row['r_at_5']:.4f}  "
+                    f"train {r.train_s:7.2f} s  predict {r.predict_s:6.3f} s  "
+                    f"err dist {row.get('mean_error_distance', float('nan')):.2f}",
+                    flush=True,
+                )
+            rows.append(row)
+    info = machine_info(threads=args.threads)
+    return {
+        "date": info["date"],
+        "machine": info,
+        "quick": args.quick,
+        "data": str(data),
+        "task": task.info,
+        "settings": s._asdict(),
+        "trees": tree_info,
+        "results": rows,
+    }
+
+
+# ---------------------------------------------------------------------------- report
+def ratio_to(rows: list[dict[str, Any]], peer: str, key: str) -> dict[str, float]:
+    base = next((r for r in rows if r["system"] == peer and key in r), None)
+    return {r["system"]: r[key] / base[key] for r in rows if base and key in r and base[key] > 0}
+
+
+def markdown(res: dict[str, Any]) -> str:
+    m, t = res["machine"], res["task"]
+    load = ", ".join(f"{x:.2f}" for x in m["loadavg"] or [])
+    out = [
+        f"Measured {res['date']} on {machine_summary(m)}; load average at start {load}.",
+        "",
+        f"WordNet 3.0 noun gloss -> first hypernym: {t['labels']:,} labels (>= {t['min_examples']} examples), "
+        f"{t['train']:,} train / {t['test']:,} test examples (seeded {1 - t['test_fraction']:.0%}/"
+        f"{t['test_fraction']:.0%} split, {t['train_tokens']:,} training tokens); {res['settings']['epochs']} epochs, "
+        f"{res['settings']['threads']} threads, dim {res['settings']['dim']}."
+        + (" Quick run: the committed extract, not the whole of WordNet." if res["quick"] else ""),
+        "",
+    ]
+    depths = [d for d in SHOWN_DEPTHS if d <= res["trees"]["wordnet"]["depth"]]
+    rows = res["results"]
+    speed = ratio_to(rows, "fasttext-hs", "train_s")
+    head = ["system", "P@1", "P@5", "R@5", "train s", "x fastText hs time", "predict s"]
+    head += [f"acc@depth {d}" for d in depths] + ["error distance"]
+    out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        if "error" in r:
+            out.append(f"| {r['system']} | skipped: {r['error']} |" + " |" * (len(head) - 2))
+            continue
+        acc = r.get("accuracy_at_depth", [])
+        cells = [
+            r["system"],
+            f"{r['p_at_1']:.2%}",
+            f"{r['p_at_5']:.2%}",
+            f"{r['r_at_5']:.2%}",
+            f"{r['train_s']:.2f}",
+            f"{speed[r['system']]:.2f}" if r["system"] in speed else "",
+            f"{r['predict_s']:.3f}",
+        ]
+        cells += [f"{acc[d - 1]:.1%}" if d <= len(acc) else "" for d in depths]
+        cells.append(f"{r.get('mean_error_distance', float('nan')):.2f}")
+        out.append("| " + " | ".join(cells) + " |")
+    out += ["", "Trees (built from the training labels; the WordNet tree is the one the depths and distances use):", ""]
+    for k, tr in res["trees"].items():
+        first = tr["summary"].splitlines()[0]
+        out.append(f"- {k}: {first}; built in {tr['build_s']:.2f} s")
+    return "\n".join(out) + "\n"
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="CI smoke run: the committed WordNet extract, 2 epochs")
+    p.add_argument("--wordnet", default=None, help=f"a WordNet data.noun file (default {WORDNET_NOUNS})")
+    p.add_argument("--systems", nargs="+", type=check_system, default=None, help=" ".join(SYSTEMS))
+    p.add_argument("--epochs", type=int, default=None, help="default 5 (--quick: 2)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--dim", type=int, default=100)
+    p.add_argument("--min-examples", type=int, default=None, help="labels kept need this many examples (3; --quick: 2)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--torch-batch", type=int, default=128, help="mini-batch of the torch models")
+    p.add_argument("--out", default=None, help="result JSON (default benchmarks/results/taxonomy.json; .md beside it)")
+    p.add_argument(
+        "--write-extract", metavar="PATH", default=None, help="write the --quick extract from --wordnet, then exit"
+    )
+    args = p.parse_args(argv)
+    args.wordnet = args.wordnet or str(EXTRACT if args.quick else WORDNET_NOUNS)
+    args.systems = args.systems or list(SYSTEMS)
+    args.epochs = args.epochs or (2 if args.quick else 5)
+    args.min_examples = args.min_examples or (2 if args.quick else 3)
+    args.out = args.out or str(RESULTS / ("taxonomy_quick.json" if args.quick else "taxonomy.json"))
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    # torch's OpenMP threads spin at every barrier by default; on a shared machine a spinning
+    # thread that lost its core stalls the other one (5x slower steps at a load of 10 on 2 cores).
+    # Passive waiting costs nothing when the cores are free. (Set before torch is imported.)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if args.write_extract:
+        source = args.wordnet if args.wordnet != str(EXTRACT) else str(WORDNET_NOUNS)
+        print(f"{write_extract(source, args.write_extract)} synsets written to {args.write_extract}")
+        return 0
+    res = benchmark(args)
+    write_json(args.out, res)
+    md = markdown(res)
+    write_text(Path(args.out).with_suffix(".md"), md)
+    print()
+    print(md)
+    return 0  # a system that fails raises; only the peers not installed are skipped (their rows say so)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
