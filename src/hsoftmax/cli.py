@@ -4,6 +4,11 @@
                      [--min-count 5] [--sample 1e-3] [--epochs 5] [--threads N]
                      [--tree huffman|balanced|FILE] [--binary] [--checkpoint DIR [--resume]]
     hsoftmax evaluate VECTORS [--analogies FILE] [--similarity FILE ...]
+    hsoftmax supervised train FILE -o MODEL [--dim 100] [--epochs 5] [--lr 0.1] [--word-ngrams 1]
+                     [--min-count 1] [--bucket N] [--threads N] [--tree huffman|balanced|learned|FILE]
+                     [--multilabel]
+    hsoftmax supervised test MODEL FILE [-k 1]
+    hsoftmax supervised predict MODEL FILE|- [-k 1] [--no-prob]
 
 Bad input (a missing or empty corpus, no word reaching --min-count, an unreadable tree, vector
 or checkpoint file, a flag out of range, an output that would overwrite the corpus or cannot be
@@ -26,6 +31,7 @@ from typing import TYPE_CHECKING, NoReturn
 if TYPE_CHECKING:  # the commands import these lazily, so `hsoftmax --help` stays fast
     from typing import TypeAlias
 
+    from .supervised import Classifier
     from .tree import Tree
     from .word2vec import EncodedCorpus, Word2Vec
 
@@ -84,11 +90,12 @@ _FOREIGN_FLAGS = {
 
 
 def _check_foreign_flags(argv: Sequence[str]) -> None:
+    flags = _SUPERVISED_FOREIGN_FLAGS if argv[:1] == ["supervised"] else _FOREIGN_FLAGS
     for arg in argv:
         if arg == "--":
             return
-        if arg in _FOREIGN_FLAGS:
-            meant = _FOREIGN_FLAGS[arg]
+        if arg in flags:
+            meant = flags[arg]
             hint = f"did you mean {meant}?" if meant.startswith("--") else f"use {meant}"
             raise UsageError(f"unknown option {arg} (a word2vec.c/fastText flag): {hint}")
 
@@ -439,11 +446,215 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- supervised
+#: fastText's flags for ``hsoftmax supervised``, checked instead of word2vec's (see
+#: :func:`_check_foreign_flags`).
+_SUPERVISED_FOREIGN_FLAGS = {
+    "-input": "the training file as the first argument",
+    "-output": "--output",
+    "-dim": "--dim",
+    "-epoch": "--epochs",
+    "-lr": "--lr",
+    "-wordNgrams": "--word-ngrams",
+    "-minCount": "--min-count",
+    "-minCountLabel": "--min-count-label",
+    "-bucket": "--bucket",
+    "-thread": "--threads",
+    "-seed": "--seed",
+    "-label": "--label-prefix",
+    "-loss": "nothing: the loss is always hierarchical softmax (--multilabel for a label tree)",
+}
+
+
+def _add_supervised(sub: _Subcommands) -> None:
+    p = sub.add_parser(
+        "supervised",
+        help="fastText-style text classification with hierarchical softmax",
+        description="Train, test and apply a fastText-style classifier (bag of words and word "
+        "n-grams, exact hierarchical softmax over a label tree) on fastText-format files: one "
+        "example per line, labels as __label__NAME tokens anywhere on the line.",
+    )
+    cmds = p.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
+    cmds.required = True
+    t = cmds.add_parser("train", help="train a classifier", description="Train a classifier on a fastText-format file.")
+    t.add_argument("input", help="training file (UTF-8; .gz/.xz/.bz2 are decompressed)")
+    t.add_argument("-o", "--output", required=True, help="model file to write (.npz)")
+    t.add_argument("--dim", type=_int_in(1, 1 << 20), default=100, help="vector size (default 100)")
+    t.add_argument("--epochs", type=_int_in(1, 1_000_000), default=5, help="passes over the file (default 5)")
+    t.add_argument("--lr", type=_positive_float, default=0.1, help="initial learning rate, decays to 0 (default 0.1)")
+    t.add_argument("--word-ngrams", type=_int_in(1, 64), default=1, help="max length of word n-grams (default 1)")
+    t.add_argument("--min-count", type=_positive_int, default=1, help="drop rarer words (default 1)")
+    t.add_argument("--min-count-label", type=_positive_int, default=1, help="drop rarer labels (default 1)")
+    t.add_argument(
+        "--bucket",
+        type=_int_in(0, 2**31 - 2**26),
+        default=None,
+        help="hashed n-gram rows (default 2000000 with --word-ngrams > 1, else 0)",
+    )
+    t.add_argument(
+        "--threads",
+        type=_int_in(1, _max_threads, "more threads than 4 per core only contend for the cores"),
+        default=os.cpu_count() or 1,
+        help="worker threads (default: all cores)",
+    )
+    t.add_argument("--seed", type=_int_in(0, 2**64 - 1), default=1, help="random seed (default 1)")
+    t.add_argument(
+        "--tree",
+        default="huffman",
+        help="huffman (default, fastText's tree), balanced, learned (two passes: a tree "
+        "clustered from the labels' mean hidden vectors), or a labelled tree file (Tree.save)",
+    )
+    t.add_argument("--multilabel", action="store_true", help="a probabilistic label tree: calibrated marginals")
+    t.add_argument("--label-prefix", default="__label__", help="what starts a label token (default __label__)")
+    t.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    t.set_defaults(func=_run_supervised_train)
+    e = cmds.add_parser("test", help="N, P@k and R@k on a labelled file", description="Evaluate as fastText test does.")
+    e.add_argument("model", help="model file written by train")
+    e.add_argument("input", help="labelled fastText-format file")
+    e.add_argument("-k", type=_positive_int, default=1, help="labels predicted per line (default 1)")
+    e.set_defaults(func=_run_supervised_test)
+    r = cmds.add_parser(
+        "predict",
+        help="the k most probable labels of each line",
+        description="Print, per input line, its k most probable labels with their exact "
+        "probabilities, best first: __label__a 0.93 __label__b 0.04",
+    )
+    r.add_argument("model", help="model file written by train")
+    r.add_argument("input", help="text file, one example per line ('-': standard input)")
+    r.add_argument("-k", type=_positive_int, default=1, help="labels per line (default 1)")
+    r.add_argument("--no-prob", dest="prob", action="store_false", help="labels only (fastText predict)")
+    r.set_defaults(func=_run_supervised_predict)
+
+
+def _positive_float(text: str) -> float:
+    v = _nonneg_float(text)
+    if v == 0:
+        raise argparse.ArgumentTypeError("must be > 0")
+    return v
+
+
+def _run_supervised_train(args: argparse.Namespace) -> int:
+    if not os.path.isfile(args.input):
+        raise UsageError(f"training file not found: {args.input}")
+    _check_output(args.output, args.input)
+    tree: str | Tree = args.tree
+    if args.tree not in ("huffman", "balanced", "learned"):
+        if not os.path.isfile(args.tree):
+            raise UsageError(f"--tree must be huffman, balanced, learned or an existing tree file, got {args.tree!r}")
+        tree = _load_tree(args.tree)
+    from .supervised import Classifier, TrainingError
+
+    try:
+        clf = Classifier(
+            dim=args.dim,
+            epochs=args.epochs,
+            lr=args.lr,
+            word_ngrams=args.word_ngrams,
+            min_count=args.min_count,
+            min_count_label=args.min_count_label,
+            bucket=args.bucket,
+            threads=args.threads,
+            tree=tree,
+            seed=args.seed,
+            multilabel=args.multilabel,
+            label_prefix=args.label_prefix,
+            progress=(True if sys.stderr.isatty() else "log") if args.progress else False,
+        )
+        clf.fit(args.input)
+    except (ValueError, TypeError, TrainingError) as e:  # FormatError is a ValueError
+        raise UsageError(_one_line(e)) from None
+    except OSError as e:
+        raise UsageError(f"cannot read {args.input}: {_os_error(e)}") from None
+    try:
+        clf.save(args.output)
+    except OSError as e:
+        raise UsageError(f"cannot write {args.output}: {_os_error(e)}") from None
+    print(
+        f"wrote {args.output}: {len(clf.labels):,} labels, {len(clf.words):,} words, tree {clf.tree}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _load_classifier(path: str) -> Classifier:
+    if not os.path.isfile(path):
+        raise UsageError(f"model file not found: {path}")
+    from .supervised import Classifier
+
+    try:
+        return Classifier.load(path)
+    except ValueError as e:
+        raise UsageError(_one_line(e)) from None
+
+
+def _run_supervised_test(args: argparse.Namespace) -> int:
+    clf = _load_classifier(args.model)
+    if not os.path.isfile(args.input):
+        raise UsageError(f"test file not found: {args.input}")
+    try:
+        n, precision, recall = clf.test(args.input, k=args.k)
+    except ValueError as e:
+        raise UsageError(_one_line(e)) from None
+    except OSError as e:
+        raise UsageError(f"cannot read {args.input}: {_os_error(e)}") from None
+    # fastText's format: tab-separated, 3 significant digits (C++ setprecision(3))
+    print(f"N\t{n}\nP@{args.k}\t{precision:.3g}\nR@{args.k}\t{recall:.3g}")
+    return 0
+
+
+_PREDICT_BATCH = 8192  # lines per predict() call: bounded memory on any file
+
+
+def _run_supervised_predict(args: argparse.Namespace) -> int:
+    clf = _load_classifier(args.model)
+    if args.input != "-" and not os.path.isfile(args.input):
+        raise UsageError(f"input file not found: {args.input}")
+    name = "<stdin>" if args.input == "-" else args.input
+    prefix = clf.label_prefix
+    try:
+        stream = sys.stdin.buffer if args.input == "-" else open(args.input, "rb")  # noqa: SIM115
+    except OSError as e:
+        raise UsageError(f"cannot read {args.input}: {_os_error(e)}") from None
+    try:
+        batch: list[str] = []
+        for number, raw in enumerate(stream, 1):
+            line = raw.rstrip(b"\r\n")
+            if b"\x00" in line or b"\x01" in line:
+                raise UsageError(f"{name}, line {number}: a control byte (NUL or U+0001); this is not a text file")
+            try:
+                batch.append(line.decode("utf-8"))
+            except UnicodeDecodeError as e:
+                raise UsageError(f"{name}, line {number}: not valid UTF-8 ({e.reason})") from None
+            if len(batch) == _PREDICT_BATCH:
+                _print_predictions(clf, batch, args, prefix)
+                batch = []
+        if batch:
+            _print_predictions(clf, batch, args, prefix)
+    except OSError as e:
+        raise UsageError(f"cannot read {args.input}: {_os_error(e)}") from None
+    finally:
+        if stream is not sys.stdin.buffer:
+            stream.close()
+    return 0
+
+
+def _print_predictions(clf: Classifier, batch: list[str], args: argparse.Namespace, prefix: str) -> None:
+    labels, probs = clf.predict(batch, k=args.k)  # every line was checked: nothing left to fail
+    out = []
+    for names, p in zip(labels, probs.tolist()):
+        if args.prob:
+            out.append(" ".join(f"{prefix}{lab} {q:.6g}" for lab, q in zip(names, p)))
+        else:
+            out.append(" ".join(prefix + lab for lab in names))
+    sys.stdout.write("\n".join(out) + "\n")
+
+
 # ---------------------------------------------------------------------------- entry point
 #: name -> function adding the subcommand's parser (which sets ``func``).
 COMMANDS: dict[str, Callable[[_Subcommands], None]] = {
     "word2vec": _add_word2vec,
     "evaluate": _add_evaluate,
+    "supervised": _add_supervised,
 }
 
 
