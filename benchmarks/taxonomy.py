@@ -346,7 +346,9 @@ def run_fasttext(task: Task, files: dict[str, str], s: Settings, loss: str, lr: 
     return Run(label_ids(names, index), train_s, predict_s, {"lr": model.lr if lr is None else lr, "dim": model.dim})
 
 
-def run_supervised(task: Task, files: dict[str, str], s: Settings, tree: Any, warmup_file: str) -> Run:
+def run_supervised(
+    task: Task, files: dict[str, str], s: Settings, tree: Any, warmup_file: str, lr: float | None = None
+) -> Run:
     """:class:`hsoftmax.supervised.Classifier` at its (fastText's) defaults over ``tree``: a
     :class:`Tree` over ``task.labels``, or one of its own names (``"huffman"``, ``"learned"``)."""
     try:
@@ -355,9 +357,13 @@ def run_supervised(task: Task, files: dict[str, str], s: Settings, tree: Any, wa
         raise Skip(f"hsoftmax.supervised is not available ({e})") from None
 
     def make() -> Any:
-        return Classifier(dim=s.dim, epochs=s.epochs, threads=s.threads, tree=tree, seed=s.seed + 1, progress=False)
+        kw = {} if lr is None else {"lr": lr}
+        return Classifier(
+            dim=s.dim, epochs=s.epochs, threads=s.threads, tree=tree, seed=s.seed + 1, progress=False, **kw
+        )
 
-    make().fit(warmup_file)  # compiles (or loads from numba's cache) the kernels outside the timing
+    # Compiles (or loads from numba's cache) the kernels outside the timing, training's and the search's.
+    make().fit(warmup_file).predict([" ".join(t) for t in task.test_tokens[:8]], k=5)
     model = make()
     t0 = time.perf_counter()
     model.fit(files["train"])
@@ -475,7 +481,7 @@ def score(top5: np.ndarray, target: np.ndarray, wordnet: Any) -> dict[str, Any]:
     out["no_prediction"] = int((~ok).sum())
     if ok.any():
         depth_acc = metrics.accuracy_at_depth(wordnet, first[ok], target[ok]) * ok.mean()
-        out["accuracy_at_depth"] = [round(float(a), 5) for a in depth_acc]
+        out["accuracy_at_depth"] = [float(a) for a in depth_acc]
         out["mean_error_distance"] = metrics.mean_error_distance(wordnet, first[ok], target[ok])
     return out
 
@@ -496,29 +502,44 @@ SYSTEMS = (
 SHOWN_DEPTHS = (2, 4, 6, 8)
 
 
-def run_system(name: str, task: Task, files: dict[str, str], s: Settings, trees: dict[str, Any]) -> Run:
+def split_name(name: str) -> tuple[str, str, float | None]:
+    """``fasttext-hs-lr0.5`` -> ``("fasttext", "hs", 0.5)``; no ``-lrX``: the system's default lr.
+
+    >>> split_name("supervised-own-learned"), split_name("fasttext-softmax-lr1")
+    (('supervised', 'own-learned', None), ('fasttext', 'softmax', 1.0))
+    """
     kind, _, variant = name.partition("-")
+    m = re.fullmatch(r"(.+)-lr([0-9]*\.?[0-9]+)", variant)
+    return (kind, m[1], float(m[2])) if m else (kind, variant, None)
+
+
+VARIANTS = {
+    "fasttext": ("hs", "softmax"),
+    "supervised": ("huffman", "wordnet", "learned", "own-learned"),
+    "torch": ("softmax", "hs-huffman", "hs-wordnet", "hs-learned"),
+}
+
+
+def run_system(name: str, task: Task, files: dict[str, str], s: Settings, trees: dict[str, Any]) -> Run:
+    kind, variant, lr = split_name(name)
     if kind == "fasttext":
-        loss, _, lr = variant.partition("-lr")
-        return run_fasttext(task, files, s, loss, float(lr) if lr else None)
+        return run_fasttext(task, files, s, variant, lr)
     if kind == "supervised":
-        tree = trees[variant] if variant in ("wordnet", "learned") else variant.replace("own-", "")
-        return run_supervised(task, files, s, tree, files["warmup"])
+        tree = trees[variant] if variant in ("wordnet", "learned") else variant.removeprefix("own-")
+        return run_supervised(task, files, s, tree, files["warmup"], lr)
     if kind == "torch":
-        return run_torch(task, s, None if variant == "softmax" else trees[variant.removeprefix("hs-")], s.batch)
+        head = None if variant == "softmax" else trees[variant.removeprefix("hs-")]
+        return run_torch(task, s, head, s.batch, 0.01 if lr is None else lr)
     raise ValueError(f"unknown system {name!r}")
 
 
 def check_system(name: str) -> str:
-    kind, _, variant = name.partition("-")
-    ok = (
-        (kind == "fasttext" and re.fullmatch(r"(hs|softmax)(-lr[0-9.]+)?", variant))
-        or (kind == "supervised" and variant in ("huffman", "wordnet", "learned", "own-learned"))
-        or (kind == "torch" and variant in ("softmax", "hs-huffman", "hs-wordnet", "hs-learned"))
-    )
-    if not ok:
+    kind, variant, _ = split_name(name)
+    if variant not in VARIANTS.get(kind, ()):
         raise argparse.ArgumentTypeError(
-            f"unknown system {name!r}: one of {', '.join(SYSTEMS)} (fasttext-hs-lr0.5 sets lr)"
+            f"unknown system {name!r}: one of {', '.join(SYSTEMS)}, "
+            "or those of fasttext-hs/softmax, supervised-huffman/wordnet/learned/own-learned, "
+            "torch-softmax/hs-huffman/hs-wordnet/hs-learned; a suffix -lrX sets the learning rate"
         )
     return name
 
@@ -658,6 +679,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--torch-batch", type=int, default=128, help="mini-batch of the torch models")
     p.add_argument("--out", default=None, help="result JSON (default benchmarks/results/taxonomy.json; .md beside it)")
+    p.add_argument(
+        "--write-files", metavar="DIR", default=None, help="also keep the split as DIR/train.txt, DIR/test.txt"
+    )
     p.add_argument(
         "--write-extract", metavar="PATH", default=None, help="write the --quick extract from --wordnet, then exit"
     )

@@ -212,24 +212,28 @@ def test_word2vec_quick_smoke_run(tmp_path):
 # ---------------------------------------------------------------------------- taxonomy.py
 def test_taxonomy_task_and_wordnet_tree_from_the_committed_extract():
     import taxonomy
+    from hsoftmax import Tree, metrics
 
     synsets = taxonomy.read_wordnet(taxonomy.EXTRACT)
     task = taxonomy.build_task(synsets, min_examples=2)
     assert len(synsets) == 539 and task.info["labels"] == len(task.labels) > 50
     assert len(task.test_y) == task.info["test"] > 0 and set(task.test_y) <= set(task.train_y)
-    from hsoftmax import Tree
-
     tree = Tree.from_paths(task.paths, labels=task.labels)
     names = tree.node_names
     assert names[tree.children[tree.child_offset[0]] - tree.num_classes] == "entity.00001740"
-    dog = task.labels.index("02084071")  # dog.n.01: a label, and the parent of other labels
-    hound = task.labels.index("02087551")  # hound.n.01: a label whose parent is dog
-    assert names[tree.parent[dog]] == "dog.02084071"  # the label hangs from its own node...
-    assert names[tree.parent[hound]] == "hound.02087551" or names[tree.parent[hound]] == "dog.02084071"
-    chain = [names[n] for n in tree.path(hound)[0]]
-    assert "dog.02084071" in chain and chain.index("dog.02084071") < len(chain) - 1  # ...above its hyponyms
-    leaf = next(i for i, p in enumerate(task.paths) if synset_offset(p[-1]) != task.labels[i])
-    assert names[tree.parent[leaf]].endswith(synsets[task.labels[leaf]].hypernym)  # a plain leaf: under its hypernym
+    dog = task.labels.index("02084071")  # dog.n.01: a label, and an ancestor of other labels
+    hound = task.labels.index("02087551")  # hound.n.01: a label below dog, itself above other labels
+    assert names[tree.parent[dog]] == "dog.02084071"  # a label that is an inner node hangs from its own node,
+    assert names[tree.parent[hound]] == "hound.02087551"
+    chain = [names[n] for n in tree.path(hound)[0]]  # the internal nodes from the root down to hound's
+    hypernym = synsets[synsets["02087551"].hypernym]
+    assert chain[-2:] == [taxonomy.synset_name(hypernym), "hound.02087551"] and "dog.02084071" in chain
+    below_dog = len(chain) - 1 - chain.index("dog.02084071")
+    assert metrics.tree_distance(tree, [dog], [hound]).tolist() == [below_dog + 2]  # up to dog's node, down
+    plain = next(i for i, p in enumerate(task.paths) if synset_offset(p[-1]) != task.labels[i])
+    assert (
+        synset_offset(names[tree.parent[plain]]) == synsets[task.labels[plain]].hypernym
+    )  # a leaf label: under its hypernym
 
 
 def synset_offset(node_name: str) -> str:
