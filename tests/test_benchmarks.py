@@ -236,6 +236,23 @@ def test_taxonomy_task_and_wordnet_tree_from_the_committed_extract():
     )  # a leaf label: under its hypernym
 
 
+def test_taxonomy_split_files_are_what_each_system_process_reads(tmp_path):
+    import numpy as np
+
+    import taxonomy
+
+    task = taxonomy.build_task(taxonomy.read_wordnet(taxonomy.EXTRACT), min_examples=2)
+    trees, _ = taxonomy.make_trees(task)
+    taxonomy.write_split(tmp_path, task, trees)
+    back, back_trees = taxonomy.read_split(tmp_path)
+    assert (
+        back.labels == task.labels and back.train_tokens == task.train_tokens and back.test_tokens == task.test_tokens
+    )
+    assert np.array_equal(back.train_y, task.train_y) and np.array_equal(back.test_y, task.test_y)
+    assert back_trees == trees and all(t.labels == tuple(task.labels) for t in trees.values())
+    assert (tmp_path / "warmup.txt").read_text().splitlines() == (tmp_path / "train.txt").read_text().splitlines()[:500]
+
+
 def synset_offset(node_name: str) -> str:
     return node_name.rpartition(".")[2]
 
