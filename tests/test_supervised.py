@@ -281,3 +281,80 @@ def test_load_rejects_non_archives(tmp_path):
     path.write_bytes(b"not a zip at all")
     with pytest.raises(ValueError, match=r"junk\.npz is not a readable hsoftmax classifier"):
         Classifier.load(path)
+
+
+# ---------------------------------------------------------------------------- multilabel (PLT)
+MULTI_TREES = {"huffman": "huffman", "ternary": TREES["ternary"], "taxonomy": taxonomy()}
+
+
+@pytest.fixture(scope="module", params=list(MULTI_TREES))
+def multi(request) -> Classifier:
+    args = dict(dim=16, epochs=5, lr=0.5, threads=1, progress=False, tree=MULTI_TREES[request.param], multilabel=True)
+    return Classifier(**args).fit(topic_lines(multi=True))
+
+
+def _path_log_marginals(clf: Classifier, H: np.ndarray) -> np.ndarray:
+    """By the definition: a label's log marginal is the sum of log sigmoid(h . W[r]) over the
+    rows r of the edges on its path (edges without a row are certain)."""
+    from hsoftmax.kernels.plt import plt_layout
+
+    lay = plt_layout(clf.tree)
+    V = clf.tree.num_classes
+    S = H @ clf.syn1.astype(np.float64).T
+    logsig = -np.logaddexp(0.0, -S)
+    out = np.zeros((H.shape[0], V))
+    for label in range(V):
+        ref = label
+        while lay.parent[ref] >= 0:
+            if lay.ref_row[ref] >= 0:
+                out[:, label] += logsig[:, lay.ref_row[ref]]
+            ref = V + lay.parent[ref]
+    return out
+
+
+def test_multilabel_marginals_are_products_along_the_path(multi):
+    H = multi.hidden(TEXTS)
+    lp = multi.log_probs(TEXTS)
+    np.testing.assert_allclose(lp, _path_log_marginals(multi, H), rtol=1e-10, atol=1e-12)
+    assert np.all(lp <= 0.0)
+    torch = pytest.importorskip("torch")
+    from hsoftmax import LabelTree
+
+    layer = LabelTree(multi.dim, multi.tree, bias=False).double()
+    with torch.no_grad():
+        layer.weight.copy_(torch.from_numpy(multi.syn1.astype(np.float64)))
+        want = layer.log_marginals(torch.from_numpy(H)).numpy()
+    np.testing.assert_allclose(lp, want, rtol=1e-10, atol=1e-12)
+
+
+def test_multilabel_topk_is_the_sorted_marginals(multi):
+    V = multi.tree.num_classes
+    labels, probs = multi.predict(TEXTS, k=V)
+    lp = multi.log_probs(TEXTS)
+    for i in range(len(TEXTS)):
+        cols = [multi.labels.index(lab) for lab in labels[i]]
+        assert sorted(cols) == list(range(V))
+        np.testing.assert_allclose(probs[i], np.exp(lp[i, cols]), rtol=1e-12)
+        assert np.all(np.diff(probs[i]) <= 1e-15)
+
+
+def test_multilabel_learns_calibrated_marginals(multi):
+    # half the lines carry their topic's label and the next topic's too: each label's marginal is
+    # learned, so the topic comes first with P@1 near perfect, and the neighbour's marginal
+    # matches how often it is there (fastText's pick-one-label training would split the mass)
+    heldout = topic_lines(300, seed=1, multi=True)
+    n, p1, _ = multi.test(heldout, k=1)
+    assert n == 300 and p1 > 0.9
+    topic4 = [ln for ln in heldout if ln.startswith("__label__L4 ")]
+    labels, probs = multi.predict(topic4, k=2)
+    assert all(row == ["L4", "L5"] for row in labels)
+    rate = np.mean(["__label__L5" in ln for ln in topic4])
+    assert abs(probs[:, 1].mean() - rate) < 0.1 and probs[:, 0].mean() > 0.9
+    assert probs.sum(axis=1).mean() > 1.2  # marginals, not one distribution
+
+
+def test_multilabel_save_load_round_trip(multi, tmp_path):
+    multi.save(tmp_path / "m.npz")
+    back = Classifier.load(tmp_path / "m.npz")
+    assert back.multilabel and back.tree == multi.tree
+    np.testing.assert_array_equal(back.log_probs(TEXTS), multi.log_probs(TEXTS))

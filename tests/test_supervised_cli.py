@@ -138,3 +138,29 @@ def test_usage_errors(trained, capsys, tmp_path):
     assert_one_line_error(code, err, "bin.txt, line 2: a control byte")
     code, _, err = run(["supervised", "predict", model, str(texts), "-k", "0"], capsys)
     assert_one_line_error(code, err, "must be in [1,")
+
+
+def test_train_multilabel(tmp_path, capsys):
+    rng = random.Random(0)
+    train = tmp_path / "multi.txt"
+    with open(train, "w") as f:
+        for _ in range(300):
+            t = rng.randrange(4)
+            f.write(
+                f"__label__T{t} __label__T{(t + 1) % 4} "
+                + " ".join(f"t{t}w{rng.randrange(6)}" for _ in range(5))
+                + "\n"
+            )
+    model = str(tmp_path / "m.npz")
+    code, _, err = run(["supervised", "train", str(train), "-o", model, "--multilabel", *FAST], capsys)
+    assert code == 0, err
+    clf = Classifier.load(model)
+    assert clf.multilabel
+    texts = tmp_path / "t.txt"
+    texts.write_text("t2w1 t2w4\n")
+    code, out, _ = run(["supervised", "predict", model, str(texts), "-k", "2"], capsys)
+    fields = out.split()
+    assert code == 0 and fields[0::2] == ["__label__T2", "__label__T3"]
+    assert all(float(p) > 0.8 for p in fields[1::2])  # both labels: marginals, not a distribution
+    code, out, _ = run(["supervised", "test", model, str(train), "-k", "2"], capsys)
+    assert out == "N\t300\nP@2\t1\nR@2\t1\n"

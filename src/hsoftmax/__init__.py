@@ -1,8 +1,9 @@
 """hsoftmax: exact, fast hierarchical softmax for huge label spaces.
 
-Public names: :class:`Tree` (every label hierarchy) and :class:`HierarchicalSoftmax` (the
-PyTorch output layer); the math lives in :mod:`hsoftmax.functional`, the sparse-aware optimizers
-in :mod:`hsoftmax.optim` and the word2vec trainer in :mod:`hsoftmax.word2vec`.
+Public names: :class:`Tree` (every label hierarchy), :class:`HierarchicalSoftmax` (the
+PyTorch output layer) and :class:`LabelTree` (multi-label: a probabilistic label tree); the math
+lives in :mod:`hsoftmax.functional`, the sparse-aware optimizers in :mod:`hsoftmax.optim` and the
+word2vec trainer in :mod:`hsoftmax.word2vec`.
 """
 
 from typing import TYPE_CHECKING, Any
@@ -10,9 +11,10 @@ from typing import TYPE_CHECKING, Any
 from .tree import Tree
 
 if TYPE_CHECKING:  # the real types for type checkers; at run time __getattr__ imports them
+    from .label_tree import LabelTree, LabelTreeOutput
     from .layer import HierarchicalSoftmax, HierarchicalSoftmaxOutput
 
-__all__ = ["Tree", "HierarchicalSoftmax", "HierarchicalSoftmaxOutput"]
+__all__ = ["Tree", "HierarchicalSoftmax", "HierarchicalSoftmaxOutput", "LabelTree", "LabelTreeOutput"]
 __version__ = "0.1.0"
 
 
@@ -23,7 +25,11 @@ def __getattr__(name: str) -> Any:
         from . import layer
 
         return getattr(layer, name)
-    if name in ("functional", "optim", "word2vec", "metrics"):
+    if name in ("LabelTree", "LabelTreeOutput"):
+        from . import label_tree
+
+        return getattr(label_tree, name)
+    if name in ("functional", "optim", "word2vec", "metrics", "label_tree"):
         import importlib
 
         return importlib.import_module(f"{__name__}.{name}")

@@ -17,12 +17,26 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
-from ..kernels.node import JIT
+from ..kernels import plt
+from ..kernels.node import JIT, PARALLEL
 from ..word2vec.kernels import _hs_step, _next, _private
 
-__all__ = ["Model", "Schedule", "Scratch", "new_scratch", "train_lines", "hidden"]
+__all__ = [
+    "Model",
+    "Schedule",
+    "Scratch",
+    "new_scratch",
+    "train_lines",
+    "train_lines_plt",
+    "hidden",
+    "uniform_fill",
+    "all_finite",
+    "fasttext_huffman",
+]
+
+_BLOCK_ROWS = 4096  # rows per random stream of uniform_fill
 
 
 class Model(NamedTuple):
@@ -108,6 +122,48 @@ def train_lines(examples, lo, hi, model, paths, tables, schedule, scratch):
 
 
 @njit(**JIT)
+def train_lines_plt(examples, labels, lo, hi, model, layout, plt_scratch, schedule, scratch):
+    """The multi-label twin of :func:`train_lines`: the mean of a line's rows is the input of a
+    probabilistic label tree over *all* its labels (``labels``: ``examples.labels`` as int64),
+    one step of :func:`hsoftmax.kernels.plt.example_step` (its node targets and fastText's
+    binary logistic at each; no bias), the input gradient normalised as fastText does. Lines
+    without a label are skipped, as fastText skips them. Returns ``(summed loss, lines)``."""
+    rows, roff, loff = examples.rows, examples.row_offsets, examples.label_offsets
+    tokens = examples.tokens
+    syn0, W = model.syn0, model.syn1
+    no_bias = np.zeros(0, dtype=np.float32)
+    h, e = scratch.h, scratch.e
+    dim = syn0.shape[1]
+    lr0 = schedule.lr
+    before, total = schedule.tokens_before, schedule.total_tokens
+    loss = 0.0
+    trained = 0
+    for i in range(lo, hi):
+        a, b = roff[i], roff[i + 1]
+        if b == a or loff[i + 1] == loff[i]:
+            continue
+        lr = np.float32(lr0 * (1.0 - (before + tokens[i]) / total))
+        h[:] = 0.0
+        for r in range(a, b):
+            v = syn0[rows[r]]
+            for k in range(dim):
+                h[k] += v[k]
+        inv = np.float32(1.0 / (b - a))
+        for k in range(dim):
+            h[k] *= inv
+        e[:] = 0.0
+        loss += plt.example_step(W, no_bias, h, labels[loff[i] : loff[i + 1]], layout, plt_scratch, lr, e)
+        trained += 1
+        for k in range(dim):
+            e[k] *= inv
+        for r in range(a, b):
+            v = syn0[rows[r]]
+            for k in range(dim):
+                v[k] += e[k]
+    return loss, trained
+
+
+@njit(**JIT)
 def hidden(examples, syn0, out):
     """``out[i]``: line ``i``'s mean input row in float64 (zeros when it has none)."""
     rows, roff = examples.rows, examples.row_offsets
@@ -165,3 +221,33 @@ def fasttext_huffman(counts):
         for q, c in enumerate((left[i], right[i])):
             children[2 * n + q] = c if c < V else V + (M - 1 - c)
     return child_offset, children
+
+
+@njit(**PARALLEL)
+def uniform_fill(out, scale, seed):
+    """Fill the 2-d float32 ``out`` with uniform values in ``[-scale, scale)``, in parallel:
+    fastText's initialisation of its input rows, without numpy's temporaries (a 2M-bucket table
+    is 800 MB). Each block of rows has its own stream seeded from ``(seed, block)``, so the
+    result does not depend on the number of threads."""
+    rows, dim = out.shape
+    blocks = (rows + _BLOCK_ROWS - 1) // _BLOCK_ROWS
+    for blk in prange(blocks):
+        state = _next(np.uint64(seed) ^ (np.uint64(blk) * np.uint64(0x9E3779B97F4A7C15)))
+        state = _next(state)
+        for r in range(blk * _BLOCK_ROWS, min(rows, (blk + 1) * _BLOCK_ROWS)):
+            for k in range(dim):
+                state = _next(state)
+                u = np.float32((state >> np.uint64(40)) * (1.0 / 16777216.0))  # 24 bits: [0, 1)
+                out[r, k] = np.float32(scale * (2.0 * u - 1.0))
+
+
+@njit(**PARALLEL)
+def all_finite(a):
+    """Whether every value of the 2-d ``a`` is finite (no temporary boolean array)."""
+    bad = 0
+    for r in prange(a.shape[0]):
+        for k in range(a.shape[1]):
+            if not np.isfinite(a[r, k]):
+                bad += 1
+                break
+    return bad == 0

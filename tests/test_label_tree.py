@@ -1,0 +1,343 @@
+"""LabelTree (a probabilistic label tree) is exact: its loss is the sum of the node targets'
+binary cross-entropies, its marginals are products along the paths, top-k and thresholded
+prediction equal ranking and filtering every marginal, and the kernels equal the torch path."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import kernels_enabled, named_trees
+from hsoftmax import LabelTree, Tree
+from hsoftmax.kernels import plt as P
+from hsoftmax.label_tree import label_centroids
+
+TREES = named_trees()
+D = 5
+
+
+def make_plt(tree: Tree, *, seed: int = 0, bias: bool = True, **kw) -> LabelTree:
+    torch.manual_seed(seed)
+    m = LabelTree(D, tree, bias=bias, **kw).double()
+    with torch.no_grad():
+        m.weight.normal_(0, 1.0)
+        if m.bias is not None:
+            m.bias.normal_(0, 0.5)
+    return m
+
+
+def label_lists(tree: Tree, n: int, seed: int = 1) -> list[list[int]]:
+    rng = np.random.default_rng(seed)
+    V = tree.num_classes
+    out = [[], [0], list(range(V))]
+    while len(out) < n:
+        out.append(rng.choice(V, size=int(rng.integers(1, min(V, 5) + 1)), replace=False).tolist())
+    return out[:n]
+
+
+def naive_loss(m: LabelTree, x: torch.Tensor, sets: list[list[int]]) -> torch.Tensor:
+    """Sum of binary cross-entropies over every child of every positive node, from the definition."""
+    tree = m.tree
+    V = tree.num_classes
+    lay = m.layout
+    out = []
+    for i, labels in enumerate(sets):
+        positive = set()
+        for y in labels:
+            ref = y
+            while tree.parent[ref] >= 0:
+                positive.add(ref)
+                ref = V + int(tree.parent[ref])
+        total = torch.zeros((), dtype=torch.float64)
+        for j in {0} | {r - V for r in positive if r >= V}:
+            if lay.row_offset[j + 1] == lay.row_offset[j]:
+                continue
+            kids = tree.children[tree.child_offset[j] : tree.child_offset[j + 1]]
+            for c, ch in enumerate(kids):
+                r = int(lay.row_offset[j] + c)
+                s = m.weight[r] @ x[i] + (m.bias[r] if m.bias is not None else 0.0)
+                t = torch.tensor(float(int(ch) in positive), dtype=torch.float64)
+                total = total + torch.nn.functional.binary_cross_entropy_with_logits(s, t)
+        out.append(total)
+    return torch.stack(out)
+
+
+def path_log_marginal(m: LabelTree, x: torch.Tensor, y: int) -> torch.Tensor:
+    """log of the product of the edge probabilities on label y's path (1 on single-child edges)."""
+    tree, lay = m.tree, m.layout
+    V = tree.num_classes
+    total = torch.zeros(x.shape[0], dtype=torch.float64)
+    ref = y
+    while tree.parent[ref] >= 0:
+        r = int(lay.ref_row[ref])
+        if r >= 0:
+            s = x @ m.weight[r] + (m.bias[r] if m.bias is not None else 0.0)
+            total = total + torch.nn.functional.logsigmoid(s)
+        ref = V + int(tree.parent[ref])
+    return total
+
+
+@pytest.mark.parametrize("kernels", [True, False], ids=["kernels", "torch"])
+@pytest.mark.parametrize("name", list(TREES))
+def test_loss_is_the_sum_of_node_cross_entropies(name, kernels):
+    tree = TREES[name]
+    m = make_plt(tree)
+    sets = label_lists(tree, 9)
+    x = torch.randn(len(sets), D, dtype=torch.float64)
+    with kernels_enabled(kernels), torch.no_grad():
+        out = m(x, sets)
+        want = naive_loss(m, x, sets)
+    assert torch.allclose(out.losses, want, rtol=1e-10, atol=1e-12)
+    assert torch.allclose(out.loss, want.mean())
+
+
+@pytest.mark.parametrize("name", list(TREES))
+def test_kernels_and_torch_path_agree_on_loss_and_gradients(name):
+    tree = TREES[name]
+    sets = label_lists(tree, 12, seed=2)
+    x0 = torch.randn(len(sets), D, dtype=torch.float64)
+    results = []
+    for kernels in (True, False):
+        m = make_plt(tree)
+        x = x0.clone().requires_grad_()
+        with kernels_enabled(kernels):
+            out = m(x, sets)
+            (out.losses * torch.linspace(0.5, 2.0, len(sets), dtype=torch.float64)).sum().backward()
+        results.append((out.losses.detach(), x.grad, m.weight.grad, m.bias.grad))
+    for a, b in zip(*results):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("kernels", [True, False], ids=["kernels", "torch"])
+def test_sparse_gradients_equal_dense(kernels):
+    tree = TREES["huffman3"]
+    sets = label_lists(tree, 8)
+    x = torch.randn(len(sets), D, dtype=torch.float64)
+    grads = []
+    for sparse in (False, True):
+        m = make_plt(tree, sparse=sparse)
+        with kernels_enabled(kernels):
+            m(x, sets).loss.backward()
+        assert m.weight.grad.is_sparse == sparse and m.bias.grad.is_sparse == sparse
+        grads.append((m.weight.grad.to_dense(), m.bias.grad.to_dense()))
+    assert torch.allclose(grads[0][0], grads[1][0]) and torch.allclose(grads[0][1], grads[1][1])
+
+
+GRADCHECK_TREES = {
+    "chain": TREES["chain"],  # single-child chains, mixed depths
+    "ternary": Tree.balanced(7, arity=3),
+    "taxonomy": Tree.from_paths([["a"], ["a", "b"], ["a", "b"], [], ["c", "d"]]),
+}
+
+
+@pytest.mark.parametrize("kernels", [True, False], ids=["kernels", "torch"])
+@pytest.mark.parametrize("name", list(GRADCHECK_TREES))
+def test_gradcheck_float64(name, kernels):
+    tree = GRADCHECK_TREES[name]
+    m = make_plt(tree)
+    sets = label_lists(tree, 4, seed=3)
+    x = torch.randn(len(sets), D, dtype=torch.float64, requires_grad=True)
+    weight = m.weight.detach().clone().requires_grad_()
+    bias = m.bias.detach().clone().requires_grad_()
+
+    def loss(x, w, b):
+        # the parameters as plain tensors in the module, so that gradcheck perturbs them
+        saved = m.table.weight, m.table.bias
+        try:
+            del m.table.weight, m.table.bias
+            m.table.weight, m.table.bias = w, b
+            return m(x, sets).losses
+        finally:
+            del m.table.weight, m.table.bias
+            m.table.weight, m.table.bias = saved
+
+    with kernels_enabled(kernels):
+        assert torch.autograd.gradcheck(loss, (x, weight, bias), fast_mode=name != "chain")
+        if not kernels and name == "chain":
+            assert torch.autograd.gradgradcheck(loss, (x, weight, bias), fast_mode=True)
+
+
+def test_double_backward_on_the_kernels_differentiates_the_torch_path():
+    tree = TREES["two_level"]
+    sets = label_lists(tree, 6)
+    x0 = torch.randn(len(sets), D, dtype=torch.float64)
+    penalties = []
+    for kernels in (True, False):
+        m = make_plt(tree)
+        x = x0.clone().requires_grad_()
+        with kernels_enabled(kernels):
+            (gx,) = torch.autograd.grad(m(x, sets).loss, x, create_graph=True)
+            penalty = gx.pow(2).sum()
+            penalty.backward()
+        penalties.append((penalty.detach(), m.weight.grad.clone()))
+    assert torch.allclose(penalties[0][0], penalties[1][0]) and torch.allclose(penalties[0][1], penalties[1][1])
+
+
+@pytest.mark.parametrize("kernels", [True, False], ids=["kernels", "torch"])
+def test_padded_csr_and_list_targets_agree(kernels):
+    tree = TREES["balanced4"]
+    m = make_plt(tree)
+    sets = label_lists(tree, 7)
+    x = torch.randn(len(sets), D, dtype=torch.float64)
+    width = max(map(len, sets))
+    padded = torch.full((len(sets), width), -7)
+    for i, s in enumerate(sets):
+        padded[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+    offsets = torch.tensor(np.cumsum([0] + [len(s) for s in sets]))
+    labels = torch.tensor([y for s in sets for y in s], dtype=torch.long)
+    m7 = make_plt(tree, fill=-7)
+    with kernels_enabled(kernels), torch.no_grad():
+        a = m(x, sets).losses
+        b = m(x, (offsets, labels)).losses
+        c = m7(x, padded).losses
+        d = m(x, (offsets.numpy(), labels.numpy())).losses
+    assert torch.allclose(a, b) and torch.allclose(a, c) and torch.allclose(a, d)
+
+
+@pytest.mark.parametrize("kernels", [True, False], ids=["kernels", "torch"])
+@pytest.mark.parametrize("name", list(TREES))
+def test_marginals_are_products_along_the_paths(name, kernels):
+    tree = TREES[name]
+    m = make_plt(tree)
+    x = torch.randn(6, D, dtype=torch.float64)
+    with kernels_enabled(kernels), torch.no_grad():
+        lm = m.log_marginals(x)
+        want = torch.stack([path_log_marginal(m, x, y) for y in range(tree.num_classes)], dim=1)
+        assert torch.allclose(lm, want, rtol=1e-10, atol=1e-12)
+        assert torch.allclose(m.marginals(x), want.exp())
+
+
+@pytest.mark.parametrize("name", list(TREES))
+def test_topk_is_the_sort_of_the_exact_marginals(name):
+    tree = TREES[name]
+    m = make_plt(tree)
+    x = torch.randn(20, D, dtype=torch.float64)
+    V = tree.num_classes
+    for k in sorted({1, min(3, V), V}):
+        want = m.marginals(x).sort(dim=1, descending=True)
+        for kernels in (True, False):
+            with kernels_enabled(kernels):
+                top = m.topk(x, k)
+            assert torch.allclose(top.values, want.values[:, :k], rtol=1e-10)
+            assert torch.equal(top.indices, want.indices[:, :k])  # random weights: no ties
+
+
+@pytest.mark.parametrize("name", list(TREES))
+def test_threshold_prediction_filters_the_marginals(name):
+    tree = TREES[name]
+    m = make_plt(tree)
+    x = torch.randn(15, D, dtype=torch.float64)
+    marg = m.marginals(x)
+    for t in (0.0, 0.05, 0.3, 0.7, 1.0):
+        for kernels in (True, False):
+            with kernels_enabled(kernels):
+                pred = m.predict(x, threshold=t)
+            got = pred.to_lists()
+            for i in range(x.shape[0]):
+                row = marg[i]
+                want = [int(j) for j in torch.argsort(-row, stable=True) if row[j] >= t]
+                assert got[i] == want, (t, kernels, i)
+                assert torch.allclose(pred.scores[pred.offsets[i] : pred.offsets[i + 1]], row[want])
+
+
+def test_empty_label_set_trains_the_root_children_down():
+    tree = Tree.balanced(4)
+    m = make_plt(tree)
+    x = torch.randn(1, D, dtype=torch.float64)
+    for kernels in (True, False):
+        with kernels_enabled(kernels), torch.no_grad():
+            s = m.weight[:2] @ x[0] + m.bias[:2]
+            want = torch.nn.functional.softplus(s).sum()  # two negatives at the root
+            assert torch.allclose(m(x, [[]]).losses[0], want)
+
+
+def test_training_learns_label_sets():
+    """A few steps of Adam on a learnable problem: P@1 of the exact top-1 goes up."""
+    rng = np.random.default_rng(0)
+    X = torch.tensor(rng.normal(size=(300, 8)), dtype=torch.float32)
+    sets = [[j for j in range(12) if X[i, j % 8] > 0.3] for i in range(300)]
+    m = LabelTree(8, Tree.from_embeddings(label_centroids(X, sets, num_labels=12), arity=3))
+    opt = torch.optim.Adam(m.parameters(), lr=0.05)
+
+    def p_at_1():
+        top = m.topk(X, 1).indices[:, 0].tolist()
+        return np.mean([t in s for t, s in zip(top, sets)])
+
+    before = p_at_1()
+    for _ in range(60):
+        opt.zero_grad()
+        m(X, sets).loss.backward()
+        opt.step()
+    assert p_at_1() > max(0.9, before + 0.2)
+
+
+def test_state_dict_carries_the_tree():
+    tree = TREES["taxonomy"]
+    m = make_plt(tree)
+    buf = io.BytesIO()
+    torch.save(m.state_dict(), buf)
+    buf.seek(0)
+    sd = torch.load(buf)  # weights_only=True
+    m2 = LabelTree.from_state_dict(sd)
+    assert m2.tree == tree and torch.equal(m2.weight, m.weight)
+    other = LabelTree(D, TREES["huffman"]).double()
+    with pytest.raises(RuntimeError, match=r"LabelTree\.from_state_dict"):
+        other.load_state_dict(sd)
+
+
+def test_bad_inputs_get_clear_errors():
+    tree = Tree.balanced(6)
+    m = LabelTree(D, tree)
+    x = torch.randn(2, D)
+    with pytest.raises(ValueError, match=r"target 6 is out of range \[0, 6\)"):
+        m(x, torch.tensor([[0, 6], [1, -1]]))
+    with pytest.raises(ValueError, match="out of range"):
+        m(x, torch.tensor([[0, -2], [1, -1]]))
+    with pytest.raises(ValueError, match="out of range"):
+        m(x, [[0], [9]])
+    with pytest.raises(ValueError, match="non-decreasing"):
+        m(x, (torch.tensor([0, 2, 1]), torch.tensor([0, 1])))
+    with pytest.raises(ValueError, match="2 inputs"):
+        m(x, (torch.tensor([0, 1]), torch.tensor([0])))
+    with pytest.raises(TypeError, match="integer"):
+        m(x, torch.tensor([[0.0, 1.0], [1.0, 2.0]]))
+    with pytest.raises(ValueError, match="batch=2"):
+        m(x, torch.tensor([0, 1]))
+    with pytest.raises(TypeError, match="CSR tuple"):
+        m(x, "0 1")
+    with pytest.raises(ValueError, match="in_features=5"):
+        m(torch.randn(2, 4), [[0], [1]])
+    with pytest.raises(ValueError, match="NaN"):
+        m(torch.full((2, D), float("nan")), [[0], [1]])
+    with pytest.raises(ValueError, match="k must be"):
+        m.topk(x, 7)
+    with pytest.raises(ValueError, match="threshold"):
+        m.predict(x, threshold=1.5)
+    with pytest.raises(TypeError, match="Tree"):
+        LabelTree(D, [1, 2])
+
+
+def test_label_centroids_dense_and_sparse_agree():
+    scipy_sparse = pytest.importorskip("scipy.sparse")
+    rng = np.random.default_rng(0)
+    X = rng.random((30, 7)) * (rng.random((30, 7)) < 0.4)
+    sets = [rng.choice(5, size=int(rng.integers(0, 3)), replace=False).tolist() for _ in range(30)]
+    dense = label_centroids(X, sets, num_labels=6)
+    sparse = label_centroids(scipy_sparse.csr_matrix(X), sets, num_labels=6)
+    assert np.allclose(dense, sparse, atol=1e-6)
+    assert np.allclose(dense[5], 0)  # a label with no examples
+    mean = label_centroids(X, sets, num_labels=6, normalize=False)
+    y0 = [i for i, s in enumerate(sets) if 0 in s]
+    assert np.allclose(mean[0], X[y0].mean(0), atol=1e-6)
+    with pytest.raises(ValueError, match="n=30"):
+        label_centroids(X[:5], sets)
+
+
+def test_layout_rows_are_the_node_table():
+    tree = TREES["huffman3"]
+    m = LabelTree(D, tree)
+    assert m.weight.shape == (P.plt_layout(tree).num_rows, D)
+    assert m.weight.shape[0] == tree.num_classes + tree.num_nodes - 1  # no single-child nodes
