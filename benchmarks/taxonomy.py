@@ -524,16 +524,21 @@ def score(top5: np.ndarray, target: np.ndarray, wordnet: Any) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------- the run
-SYSTEMS = (
+SYSTEMS = (  # the slow flat softmaxes last: a run cut short by --timeout keeps the rest
     "fasttext-hs",
-    "fasttext-softmax",
+    "fasttext-hs-lr0.5",
     "supervised-huffman",
+    "supervised-huffman-lr0.5",
     "supervised-wordnet",
+    "supervised-wordnet-lr0.5",
     "supervised-learned",
+    "supervised-learned-lr0.5",
     "supervised-own-learned",
-    "torch-softmax",
     "torch-hs-huffman",
     "torch-hs-wordnet",
+    "torch-hs-learned",
+    "torch-softmax",
+    "fasttext-softmax",
 )
 #: The depths of the WordNet tree shown in the markdown table (all are in the JSON).
 SHOWN_DEPTHS = (2, 4, 6, 8)
@@ -613,7 +618,19 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     }
     for k, t in trees.items():
         print(f"tree {k}: built in {tree_s[k]:.2f} s; {str(t.describe(counts=counts)).splitlines()[0]}", flush=True)
-    rows = []
+    info = machine_info(threads=args.threads)  # the load average as the systems start
+    rows: list[dict[str, Any]] = []
+    res = {
+        "date": info["date"],
+        "machine": info,
+        "quick": args.quick,
+        "in_process": args.in_process,
+        "data": str(data),
+        "task": task.info,
+        "settings": s._asdict(),
+        "trees": tree_info,
+        "results": rows,
+    }
     with tempfile.TemporaryDirectory(prefix="taxonomy-") as work:
         write_split(work, task, trees)
         if args.write_files:  # the same split and trees, to try other settings by hand
@@ -633,18 +650,17 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
                     f"err dist {row.get('mean_error_distance', float('nan')):.2f}  peak {row['peak_mb']:.0f} MB",
                     flush=True,
                 )
-    info = machine_info(threads=args.threads)
-    return {
-        "date": info["date"],
-        "machine": info,
-        "quick": args.quick,
-        "in_process": args.in_process,
-        "data": str(data),
-        "task": task.info,
-        "settings": s._asdict(),
-        "trees": tree_info,
-        "results": rows,
-    }
+            res["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+            write_results(args.out, res)  # after every system: a long run cut short keeps its rows
+    return res
+
+
+def write_results(out: str, res: dict[str, Any]) -> str:
+    """The JSON and its markdown table beside it, atomically; returns the markdown."""
+    write_json(out, res)
+    md = markdown(res)
+    write_text(Path(out).with_suffix(".md"), md)
+    return md
 
 
 # ---------------------------------------------------------------------------- one process per system
@@ -733,8 +749,10 @@ def ratio_to(rows: list[dict[str, Any]], peer: str, key: str) -> dict[str, float
 def markdown(res: dict[str, Any]) -> str:
     m, t = res["machine"], res["task"]
     load = ", ".join(f"{x:.2f}" for x in m["loadavg"] or [])
+    if res.get("loadavg_end"):
+        load += f" (at the end {', '.join(f'{x:.2f}' for x in res['loadavg_end'])})"
     out = [
-        f"Measured {res['date']} on {machine_summary(m)}; load average at start {load}.",
+        f"Measured {res['date']} on {machine_summary(m)}; load average at the start {load}.",
         "",
         f"WordNet 3.0 noun gloss -> first hypernym: {t['labels']:,} labels (>= {t['min_examples']} examples), "
         f"{t['train']:,} train / {t['test']:,} test examples (seeded {1 - t['test_fraction']:.0%}/"
@@ -823,9 +841,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{write_extract(source, args.write_extract)} synsets written to {args.write_extract}")
         return 0
     res = benchmark(args)
-    write_json(args.out, res)
-    md = markdown(res)
-    write_text(Path(args.out).with_suffix(".md"), md)
+    md = write_results(args.out, res)
     print()
     print(md)
     # A peer's row may say it was not installed, diverged or ran out of time; ours must not fail.
