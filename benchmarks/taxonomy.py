@@ -1,47 +1,57 @@
 """Taxonomy classification: WordNet noun gloss -> parent synset, every system on the same split.
 
-The task (Debian ``wordnet-base``, WordNet 3.0, ``/usr/share/wordnet/data.noun``): each noun
-synset's text is its words and its gloss (``physical entity : an entity that has physical
-existence``), its label the synset's first hypernym (``@`` or ``@i``, whichever the file lists
-first). Tokenized as fastText users would (lowercase, ``[a-z]+('[a-z]+)*|[0-9]+``). Labels with
-fewer than 3 examples are dropped; a seeded 90/10 split of the examples (test examples whose label
-never occurs in training are dropped, so every test label is a class every system knows).
+The task (Debian ``wordnet-base``, WordNet 3.0, ``/usr/share/wordnet/data.noun``, read by
+:func:`read_wordnet`): each noun synset's text is its words and its gloss (``physical entity : an
+entity that has physical existence``), its label the synset's first hypernym (``@`` or ``@i``,
+whichever the file lists first). Tokenized as fastText users would (lowercase,
+``[a-z]+('[a-z]+)*|[0-9]+``). Labels with fewer than 3 examples are dropped; a seeded 90/10 split
+of the examples (the few test examples whose label never occurs in training are dropped, so every
+test label is a class every system knows). 7,319 labels, 62,212 train / 6,906 test examples.
 
-Trees over the labels:
+Trees over the labels (all built from the training split only):
 
-* ``wordnet``: the real hypernym tree (:func:`wordnet_paths`): each label hangs below the path
-  from ``entity`` down through its first hypernyms, single-child chains and very wide nodes as
-  they are. A label that is also an ancestor of other labels (``dog`` is a label and the parent
-  of ``hound``'s ...) is an internal node of the tree *and* a class: its class becomes a leaf
-  child of its own node (the decision "stop here" among its hyponym subtrees), so it stays inside
-  its own subtree and its tree distance to its hyponyms is what WordNet says.
+* ``wordnet``: the real hypernym tree (:func:`wordnet_paths`, then :meth:`Tree.from_paths`): each
+  label hangs below the path from ``entity`` down through first hypernyms; single-child chains
+  and wide nodes (up to 109 children) stay as WordNet has them. A label that is also an ancestor
+  of other labels (``dog`` is a label and an ancestor of the label ``hound``) is an internal node
+  *and* a class: its class is a leaf child of its own node (the decision "this node itself"
+  among its hyponym subtrees), so it stays inside its subtree (tree distances then count one
+  more edge at such a label: from its node to its leaf).
 * ``huffman``: fastText's tree, over the training label counts.
-* ``learned``: :meth:`Tree.from_embeddings` over each label's mean gloss vector (TF-IDF of its
-  training texts, reduced to 64 dimensions by truncated SVD), balancing label counts.
+* ``learned``: :meth:`Tree.from_embeddings` over each label's mean gloss vector (the mean TF-IDF
+  vector of its training texts, reduced to 64 dimensions by a randomized SVD), balancing counts.
 
-Systems (all with 2 threads, 5 epochs; the split, the tokens and the test set are shared):
+Systems (2 threads, 5 epochs, dim 100; the same split, tokens and test set; a system name takes
+``-lrX`` to set its learning rate, e.g. ``fasttext-hs-lr0.5``):
 
-* fastText ``-loss hs`` and ``-loss softmax`` (python ``fasttext``, defaults otherwise: dim 100,
-  lr 0.1, no subwords, no n-grams);
-* ``hsoftmax supervised`` (:class:`hsoftmax.supervised.Classifier`) over each tree;
-* a torch bag-of-words model (``EmbeddingBag`` mean, sparse gradients) with a flat softmax head
-  (``nn.Linear`` + cross-entropy) and with :class:`hsoftmax.HierarchicalSoftmax` heads (CPU
-  kernels, sparse node-table gradients), trained with torch optimizers.
+* ``fasttext-hs``, ``fasttext-softmax``: python ``fasttext``, defaults otherwise (lr 0.1, no
+  subwords, no n-grams);
+* ``supervised-huffman|wordnet|learned``: :class:`hsoftmax.supervised.Classifier` at its
+  (fastText's) defaults over that tree; ``supervised-own-learned``: its ``tree="learned"`` (a
+  Huffman pass, then a tree from its own hidden class means, then a second pass);
+* ``torch-softmax``, ``torch-hs-huffman|wordnet|learned``: the same torch bag-of-words model
+  (``EmbeddingBag`` mean, sparse gradients) with an ``nn.Linear`` + cross-entropy head or a
+  sparse :class:`hsoftmax.HierarchicalSoftmax` head (CPU kernels), mini-batches of 128,
+  ``SparseAdam`` for the sparse tables and ``Adam`` for the dense head, lr 0.01.
 
-Every system is scored from its top-5 predictions by :mod:`hsoftmax.metrics`: P@1, P@5 (fastText's
-definition: hits / (5 x examples)), R@5, and against the WordNet tree the accuracy at each depth
-(the prediction is in the right subtree at depth d) and the mean tree distance of the errors.
-Train seconds are the fit alone (data already tokenized in a file; for the learned tree, building
-the tree is reported apart); predict seconds are the top-5 of the whole test set.
+Every system runs in a fresh process (peak memory is its own; ``--quick`` runs in-process), after
+an untimed warm-up on 500 lines that compiles or loads the numba kernels. It is scored from its
+top-5 predictions by :mod:`hsoftmax.metrics`: P@1, P@5 (fastText's definition: hits /
+(5 x examples)), R@5, and against the WordNet tree the accuracy at each depth (the prediction is
+in the right subtree at depth d) and the mean tree distance of the wrong predictions. "train s"
+is the fit (fastText and the Classifier read the training file; the torch models get the token
+ids in memory); building a tree is reported apart; "predict s" is the top-5 of the whole test set.
 
-    python benchmarks/taxonomy.py                   # the full task (needs wordnet-base)
-    python benchmarks/taxonomy.py --systems fasttext-hs supervised-huffman
+    python benchmarks/taxonomy.py                   # the full task (needs wordnet-base), ~30 min on 2 cores
+    python benchmarks/taxonomy.py --systems fasttext-hs supervised-huffman supervised-wordnet-lr0.5
+    python benchmarks/taxonomy.py --write-files DIR # also keep the split and the trees (.npz) in DIR
     python benchmarks/taxonomy.py --quick           # CI smoke run on the committed WordNet extract
 
-``--quick`` uses ``benchmarks/data/wordnet_extract.noun`` (a few hundred synsets of data.noun, in
-its own format, license beside it), 2 epochs, labels with >= 2 examples: it runs where WordNet is
-not installed. Peers that are not installed (fastText is in the ``bench`` extra only) get a row
-saying why. Results go to ``benchmarks/results/taxonomy.json`` (and ``.md``), or to ``--out``.
+``--quick`` uses ``benchmarks/data/wordnet_extract.noun`` (539 synsets of data.noun in its own
+format, license beside it; ``--write-extract`` rebuilds it), 2 epochs, labels with >= 2 examples:
+it runs where WordNet is not installed. Peers that are not installed (fastText is in the
+``bench`` extra only) get a row saying so. Results go to ``benchmarks/results/taxonomy.json``
+(and ``.md``, rewritten after every system), or to ``--out``.
 """
 
 from __future__ import annotations
@@ -128,7 +138,7 @@ def tokenize(text: str) -> list[str]:
     """Lowercase words (inner apostrophes kept) and digit runs, as the corpus builder does.
 
     >>> tokenize("Dog's life: a (domestic) dog_breed, 1900s")
-    ["dog's", 'life', 'a', 'domestic', 'dog', 'breed', '1900s']
+    ["dog's", 'life', 'a', 'domestic', 'dog', 'breed', '1900', 's']
     """
     return TOKEN.findall(text.lower().replace("_", " ").replace("\u2019", "'"))
 
