@@ -544,6 +544,7 @@ SYSTEMS = (  # the slow flat softmaxes last: a run cut short by --timeout keeps 
     "supervised-learned",
     "supervised-learned-lr0.5",
     "supervised-own-learned",
+    "supervised-own-learned-lr0.5",
     "torch-hs-huffman",
     "torch-hs-wordnet",
     "torch-hs-learned",
