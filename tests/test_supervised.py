@@ -358,3 +358,16 @@ def test_multilabel_save_load_round_trip(multi, tmp_path):
     back = Classifier.load(tmp_path / "m.npz")
     assert back.multilabel and back.tree == multi.tree
     np.testing.assert_array_equal(back.log_probs(TEXTS), multi.log_probs(TEXTS))
+
+
+def test_label_vectors_are_means_of_unit_hidden_vectors():
+    clf = fit(epochs=2)
+    lines = ["__label__L0 t0_w1", "__label__L0 __label__L3 t0_w2 t3_w1", "__label__L3 t3_w4", "no label"]
+    vec = clf.label_vectors(lines)
+    H = clf.hidden(["t0_w1", "t0_w2 t3_w1", "t3_w4"])
+    H /= np.linalg.norm(H, axis=1, keepdims=True)
+    L0, L3 = clf.labels.index("L0"), clf.labels.index("L3")
+    np.testing.assert_allclose(vec[L0], (H[0] + H[1]) / 2)
+    np.testing.assert_allclose(vec[L3], (H[1] + H[2]) / 2)
+    others = [j for j in range(len(clf.labels)) if j not in (L0, L3)]
+    assert vec.shape == (len(clf.labels), clf.dim) and not vec[others].any()

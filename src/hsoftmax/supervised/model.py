@@ -265,6 +265,8 @@ class Classifier:
 
     def _init_tables(self) -> None:
         rows = len(self.words) + self.bucket
+        if rows >= 2**31:
+            raise ValueError(f"{len(self.words)} words + {self.bucket} buckets is too many input rows (ids are int32)")
         params = self._node_rows(self.tree)
         need = 4 * (rows + params) * self.dim
         available = _memory_bytes()
@@ -283,12 +285,7 @@ class Classifier:
         """``tree="learned"``: each label's mean (unit-length) hidden vector over its lines,
         clustered into a tree with counts (frequent labels keep short paths); then train over it
         from the first pass's input vectors and fresh node rows."""
-        H = self._hidden(examples)
-        H /= np.maximum(np.linalg.norm(H, axis=1, keepdims=True), 1e-12)
-        per_line = np.diff(examples.label_offsets)
-        vectors = np.zeros((self.tree.num_classes, self.dim))
-        np.add.at(vectors, examples.labels, np.repeat(H, per_line, axis=0))
-        vectors /= np.maximum(self.label_counts, 1)[:, None]
+        vectors = self._label_vectors(examples)
         learned = Tree.from_embeddings(
             vectors, arity=self.arity, counts=self.label_counts, seed=self.seed, labels=self.labels
         )
@@ -296,6 +293,25 @@ class Classifier:
         # class i of the learned tree is label i (labels=self.labels), so the examples still hold
         self.syn1 = np.zeros((self._node_rows(learned), self.dim), dtype=np.float32)
         self._train(examples)
+
+    def _label_vectors(self, examples: Examples) -> np.ndarray:
+        H = self._hidden(examples)
+        H /= np.maximum(np.linalg.norm(H, axis=1, keepdims=True), 1e-12)
+        per_line = np.diff(examples.label_offsets)
+        V = self.tree.num_classes
+        vectors = np.zeros((V, self.dim))
+        np.add.at(vectors, examples.labels, np.repeat(H, per_line, axis=0))
+        vectors /= np.maximum(np.bincount(examples.labels, minlength=V), 1)[:, None]
+        return vectors
+
+    def label_vectors(self, data: str | os.PathLike | Iterable[str]) -> np.ndarray:
+        """``(num_labels, dim)`` float64: for each label (in :attr:`labels` order), the mean of
+        the unit-length hidden vectors of the lines of ``data`` (a labelled file or lines) that
+        carry it; zeros for a label no line carries. What ``tree="learned"`` clusters, for
+        building a tree of your own, e.g.
+        ``Tree.from_embeddings(clf.label_vectors("train.txt"), counts=clf.label_counts, labels=clf.labels)``."""
+        self._require()
+        return self._label_vectors(self._encode(read_lines(data)))
 
     def _node_rows(self, tree: Tree) -> int:
         """Rows of the node table: one per binary node (hierarchical softmax), or one per
