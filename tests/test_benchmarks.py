@@ -8,6 +8,7 @@ are subprocesses, as a user runs them (the scripts import ``common`` from their 
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 import lzma
 import subprocess
@@ -371,3 +372,80 @@ def test_lm_quick_smoke_run(tmp_path):
     md = out.with_suffix(".md").read_text()
     assert "**Equal wall-clock budget**" in md and "**Equal tokens seen (" in md and "| HS learned tree |" in md
     assert out.with_suffix(".png").is_file() == (importlib.util.find_spec("matplotlib") is not None)
+
+
+# ---------------------------------------------------------------------------- taxonomy.py
+def test_taxonomy_task_and_wordnet_tree_from_the_committed_extract():
+    import taxonomy
+    from hsoftmax import Tree, metrics
+
+    synsets = taxonomy.read_wordnet(taxonomy.EXTRACT)
+    task = taxonomy.build_task(synsets, min_examples=2)
+    assert len(synsets) == 539 and task.info["labels"] == len(task.labels) > 50
+    assert len(task.test_y) == task.info["test"] > 0 and set(task.test_y) <= set(task.train_y)
+    tree = Tree.from_paths(task.paths, labels=task.labels)
+    names = tree.node_names
+    assert names[tree.children[tree.child_offset[0]] - tree.num_classes] == "entity.00001740"
+    dog = task.labels.index("02084071")  # dog.n.01: a label, and an ancestor of other labels
+    hound = task.labels.index("02087551")  # hound.n.01: a label below dog, itself above other labels
+    assert names[tree.parent[dog]] == "dog.02084071"  # a label that is an inner node hangs from its own node,
+    assert names[tree.parent[hound]] == "hound.02087551"
+    chain = [names[n] for n in tree.path(hound)[0]]  # the internal nodes from the root down to hound's
+    hypernym = synsets[synsets["02087551"].hypernym]
+    assert chain[-2:] == [taxonomy.synset_name(hypernym), "hound.02087551"] and "dog.02084071" in chain
+    below_dog = len(chain) - 1 - chain.index("dog.02084071")
+    assert metrics.tree_distance(tree, [dog], [hound]).tolist() == [below_dog + 2]  # up to dog's node, down
+    plain = next(i for i, p in enumerate(task.paths) if synset_offset(p[-1]) != task.labels[i])
+    assert (
+        synset_offset(names[tree.parent[plain]]) == synsets[task.labels[plain]].hypernym
+    )  # a leaf label: under its hypernym
+
+
+def test_taxonomy_split_files_are_what_each_system_process_reads(tmp_path):
+    import numpy as np
+
+    import taxonomy
+
+    task = taxonomy.build_task(taxonomy.read_wordnet(taxonomy.EXTRACT), min_examples=2)
+    trees, _ = taxonomy.make_trees(task)
+    taxonomy.write_split(tmp_path, task, trees)
+    back, back_trees = taxonomy.read_split(tmp_path)
+    assert (
+        back.labels == task.labels and back.train_tokens == task.train_tokens and back.test_tokens == task.test_tokens
+    )
+    assert np.array_equal(back.train_y, task.train_y) and np.array_equal(back.test_y, task.test_y)
+    assert back_trees == trees and all(t.labels == tuple(task.labels) for t in trees.values())
+    assert (tmp_path / "warmup.txt").read_text().splitlines() == (tmp_path / "train.txt").read_text().splitlines()[:500]
+
+
+def synset_offset(node_name: str) -> str:
+    return node_name.rpartition(".")[2]
+
+
+def test_taxonomy_quick_smoke_run(tmp_path):
+    out = tmp_path / "taxonomy.json"
+    systems = ["fasttext-hs", "supervised-huffman", "supervised-wordnet", "torch-softmax", "torch-hs-wordnet"]
+    run_script("taxonomy.py", "--quick", "--systems", *systems, "--out", str(out))
+    res = json.loads(out.read_text())
+    assert res["quick"] and res["machine"]["threads"] == 2 and res["settings"]["epochs"] == 2
+    assert res["task"]["labels"] > 50 and res["task"]["test"] > 0
+    assert set(res["trees"]) == {"huffman", "wordnet", "learned"}
+    rows = {r["system"]: r for r in res["results"]}
+    assert list(rows) == systems
+    expect_error = {
+        "fasttext-hs": "not installed" if importlib.util.find_spec("fasttext") is None else None,
+        "supervised-huffman": None if importlib.util.find_spec("hsoftmax.supervised") else "not available",
+    }
+    expect_error["supervised-wordnet"] = expect_error["supervised-huffman"]
+    depth = res["trees"]["wordnet"]["depth"]
+    for name, r in rows.items():
+        if expect_error.get(name):
+            assert expect_error[name] in r["error"], r
+            continue
+        assert "error" not in r, r
+        assert 0 <= r["p_at_5"] <= r["r_at_5"] <= 1 and 0 <= r["p_at_1"] <= 1 and r["train_s"] > 0
+        acc = r["accuracy_at_depth"]
+        assert len(acc) == depth and all(a >= b for a, b in itertools.pairwise(acc))  # never rises with depth
+        assert acc[-1] == pytest.approx(r["p_at_1"])  # the last depth is the class itself
+    md = out.with_suffix(".md").read_text()
+    assert "| torch-hs-wordnet |" in md and "Quick run" in md
