@@ -54,6 +54,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/multilabel.py
 	$(PY) benchmarks/scale.py
 	$(PY) benchmarks/lm.py
+	$(PY) benchmarks/taxonomy.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
