@@ -33,6 +33,7 @@ CHECKS = [
     "loss_way",
     "topk_exact",
     "topk_peaked_needs_no_fallback",
+    "topk_ladder",
     "topk_in_functional_model",
     "compiled_functions",
     "training_builds_no_batch_by_classes_tensor",
