@@ -367,10 +367,11 @@ def run_worker(kind: str, args) -> list[dict]:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     if kind != "torch_module":
         env["KERAS_BACKEND"] = kind
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)  # failure reported below
+    # The worker's stderr (each row as it is measured, warnings) streams through to ours.
+    proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True, check=False)  # failure reported below
     if proc.returncode != 0:
-        print(f"{kind} worker failed:\n{proc.stderr[-4000:]}", file=sys.stderr)
-        return [dict(backend=kind, method="skipped", V=0, why=proc.stderr[-300:])]
+        print(f"{kind} worker failed (rc={proc.returncode}), see its stderr above", file=sys.stderr)
+        return [dict(backend=kind, method="skipped", V=0, why=f"worker failed with rc={proc.returncode}")]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
