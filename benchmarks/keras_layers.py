@@ -100,7 +100,7 @@ def keras_worker(args) -> list[dict]:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(B, d)).astype("float32")
     rows = []
-    sizes = args.sizes + (args.big_sizes if backend in args.big_backends else [])
+    sizes = [] if args.only_topk else args.sizes + (args.big_sizes if backend in args.big_backends else [])
     for V in sizes:
         y = targets(V, B)
         for method in METHODS:
@@ -363,7 +363,7 @@ def run_worker(kind: str, args) -> list[dict]:
         str(args.train_seconds),
         "--trained-model",
         args.trained_model,
-    ]
+    ] + (["--only-topk"] if args.only_topk else [])
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     if kind != "torch_module":
         env["KERAS_BACKEND"] = kind
@@ -452,7 +452,10 @@ def main() -> None:
     p.add_argument("--big-sizes", default="1000000", help="sizes run only on --big-backends (and the torch module)")
     p.add_argument("--big-backends", default="jax")
     p.add_argument("--train-seconds", type=float, default=90.0, help="training budget of the topk model")
-    p.add_argument("--trained-model", default=None, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--trained-model", default=None, help="where to keep the trained topk model (default: a temporary file)"
+    )
+    p.add_argument("--only-topk", action="store_true", help="skip the train steps: only the topk measurements")
     p.add_argument("--no-torch-module", action="store_true")
     p.add_argument("--quick", action="store_true", help="tiny CI smoke run")
     p.add_argument("--json", default=None)
@@ -473,9 +476,11 @@ def main() -> None:
         return
     load_start = [round(x, 2) for x in os.getloadavg()]
     rows = []
+    if args.only_topk:
+        args.no_torch_module = True
     with tempfile.TemporaryDirectory() as tmp:
         # The first backend trains the topk model; the others load it (same weights everywhere).
-        args.trained_model = str(Path(tmp) / "topk_model.npz")
+        args.trained_model = args.trained_model or str(Path(tmp) / "topk_model.npz")
         for b in args.backends.split(","):
             rows += run_worker(b, args)
     if not args.no_torch_module:

@@ -432,10 +432,11 @@ class HierarchicalSoftmax(keras.layers.Layer):
 
     def _ladder(self, k: int, width: int) -> list[int]:
         """Wider beams for the unproven rows: 8x and 64x the first, each at least twice the one
-        before and at most ``V / (4 K)`` (``K`` the widest node: a beam step scores
-        ``width * K`` rows, which must stay well below the full distribution's V)."""
+        before, while a row's beam stays below the full distribution's cost: ``width * K`` rows
+        gathered per step for ``depth`` steps against V rows, so ``width <= V / (4 K depth)``
+        (at V = 100k on JAX a 640-wide beam cost about 0.4x the full distribution per row)."""
         K = int(self._plan.beam.slots.shape[1])
-        top = min(self.num_classes // (4 * K), self.num_classes)
+        top = self.num_classes // (4 * K * max(self.tree.depth, 1))
         ladder, last = [], width
         for factor in (8, 64):
             w = min(factor * width, top)
@@ -483,8 +484,8 @@ def _refine(h: Any, vals: Any, idx: Any, ok: Any, solve: Any) -> tuple[Any, Any,
 
     Eagerly the unproven rows are known and exactly they are re-solved. A traced call needs
     static shapes: the rows are sorted unproven-first and the first ``cap`` re-solved, ``cap``
-    the smaller of ``batch / 16`` and ``batch`` that holds them all, chosen at run time by a
-    ``switch`` (nothing runs when every row is proven). With an unknown batch size (a
+    the smallest of ``batch / 16``, ``batch / 4`` and ``batch`` that holds them all, chosen at
+    run time by a ``switch`` (nothing runs when every row is proven). With an unknown batch size (a
     ``tf.function`` traced for any batch) the whole batch is re-solved when a row is unproven."""
     bad = ops.sum(ops.cast(ops.logical_not(ok), "int32"))
     n_bad = _concrete_int(bad)
@@ -513,7 +514,7 @@ def _refine(h: Any, vals: Any, idx: Any, ok: Any, solve: Any) -> tuple[Any, Any,
 
     if n_bad is not None:
         return resolve(n_bad)
-    caps = sorted({max(1, -(-int(B) // 16)), int(B)})
+    caps = sorted({max(1, -(-int(B) // 16)), max(1, -(-int(B) // 4)), int(B)})
     branch = ops.cast(bad > 0, "int32")
     for c in caps[:-1]:
         branch = branch + ops.cast(bad > c, "int32")
