@@ -511,8 +511,11 @@ def main() -> None:
     if args.json:
         Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     if not args.no_plot:
-        plot(rows, args.plot)
-        print(f"plot: {args.plot}")
+        try:
+            plot(rows, args.plot)
+            print(f"plot: {args.plot}")
+        except ImportError as e:  # matplotlib is optional (not in the dev extra)
+            print(f"no plot: {e}", file=sys.stderr)
 
 
 if __name__ == "__main__":
