@@ -28,6 +28,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -54,6 +55,29 @@ def targets(V: int, n: int, seed: int = 1) -> np.ndarray:
     return np.random.default_rng(seed).choice(V, size=n, p=p).astype("int32")
 
 
+def mem_available_bytes() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def dense_too_big(V: int, d: int, B: int) -> str | None:
+    """Why a Dense(V) train step would not fit in memory here, or None. Its weights, their
+    gradient and the update (3 V d floats) plus the (B, V) logits, softmax and their gradients."""
+    need = 4 * (3 * V * d + 4 * B * V)
+    avail = mem_available_bytes()
+    if avail is not None and need > 0.4 * avail:
+        return (
+            f"Dense({V:,}) needs about {need / 2**30:.1f} GB (weights, gradient, (batch, V) logits and "
+            f"their gradients), more than 40% of the {avail / 2**30:.1f} GB available on this shared machine"
+        )
+    return None
+
+
 def timed_steps(step, min_time: float, max_steps: int, warmup: int) -> tuple[float, int]:
     """Seconds per step: ``warmup`` untimed calls (compilation), then steps until ``min_time``."""
     for _ in range(warmup):
@@ -76,9 +100,15 @@ def keras_worker(args) -> list[dict]:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(B, d)).astype("float32")
     rows = []
-    for V in args.sizes:
+    sizes = [] if args.only_topk else args.sizes + (args.big_sizes if backend in args.big_backends else [])
+    for V in sizes:
         y = targets(V, B)
         for method in METHODS:
+            if method == "dense" and dense_too_big(V, d, B):
+                why = dense_too_big(V, d, B)
+                print(f"skipping dense at V={V:,}: {why}", file=sys.stderr, flush=True)
+                rows.append(dict(backend=backend, method="skipped", V=V, why=f"dense: {why}"))
+                continue
             keras.utils.set_random_seed(0)
             hin = keras.Input((d,))
             if method == "dense":
@@ -123,9 +153,56 @@ def keras_worker(args) -> list[dict]:
     return rows
 
 
+def train_topk_model(args, path: Path) -> None:
+    """Train a Dense(64 -> d, relu) encoder + HS head (Huffman tree of the Zipf counts, V the
+    largest size) on a Zipf-labelled task whose inputs carry the class (a random 64-d code per
+    class plus noise, as in examples/keras_many_classes.py) for ``--train-seconds``; save the
+    head's weights and the encoder's hidden states of a held-out batch (every backend then
+    measures the same trained model)."""
+    import keras
+
+    from hsoftmax.keras import HierarchicalSoftmax
+
+    V, d, B = max(args.sizes), args.d, args.batch
+    freq = zipf_counts(V)
+    freq = freq / freq.sum()
+    codes = np.random.default_rng(3).normal(size=(V, 64)).astype("float32")
+
+    def batch(seed):
+        r = np.random.default_rng(seed)
+        y = r.choice(V, size=B, p=freq).astype("int32")
+        return codes[y] + 0.5 * r.normal(size=(B, 64)).astype("float32"), y
+
+    keras.utils.set_random_seed(0)
+    xin, yin = keras.Input((64,)), keras.Input((), dtype="int32")
+    h = keras.layers.Dense(d, activation="relu")(xin)
+    hs = HierarchicalSoftmax(make_tree("hs_huffman", V))
+    model = keras.Model([xin, yin], hs([h, yin]))
+    model.compile(optimizer=keras.optimizers.Adam(2e-3))
+    losses, step, t0 = [], 0, time.perf_counter()
+    while step < 2 or time.perf_counter() - t0 < args.train_seconds:
+        losses.append(float(model.train_on_batch(list(batch(1 + step)))))
+        step += 1
+    x_test, y_test = batch(10**6)
+    hidden = keras.Model(xin, h).predict(x_test, verbose=0, batch_size=B)
+    kernel, bias = hs.get_weights()
+    np.savez(
+        path,
+        kernel=kernel,
+        bias=bias,
+        hidden=hidden.astype("float32"),
+        y=y_test,
+        steps=step,
+        seconds=time.perf_counter() - t0,
+        loss_first=losses[0],
+        loss_last=float(np.mean(losses[-10:])),
+    )
+
+
 def keras_topk(args, backend: str) -> list[dict]:
-    """topk(5) vs log_prob + top_k at the largest V (Huffman tree), on a peaked model (weights
-    scaled up, as after training to confident predictions) and on the freshly initialized one."""
+    """topk(5) vs log_prob + top_k at the largest V (Huffman tree) on three models: one trained
+    for ``--train-seconds`` (see :func:`train_topk_model`), a peaked one (random weights scaled
+    up) and the freshly initialized one."""
     import keras
     from keras import ops
 
@@ -134,48 +211,67 @@ def keras_topk(args, backend: str) -> list[dict]:
     V, d, B = max(args.sizes), args.d, args.batch
     tree = make_tree("hs_huffman", V)
     rng = np.random.default_rng(2)
-    x = rng.normal(size=(B, d)).astype("float32")
+    x_random = rng.normal(size=(B, d)).astype("float32")
+    trained_path = Path(args.trained_model)
+    if not trained_path.exists():
+        train_topk_model(args, trained_path)
+    with np.load(trained_path, allow_pickle=False) as z:
+        trained = {k: z[k] for k in z.files}
     hs = HierarchicalSoftmax(tree, in_features=d)
     hin = keras.Input((d,))
     vals, idx = hs.topk(hin, 5)
     topk_model = keras.Model(hin, [vals, idx])
     full_model = keras.Model(hin, list(ops.top_k(hs(hin), 5)))
+    bound = 1 / np.sqrt(d)
+    models = {
+        "trained": ([trained["kernel"], trained["bias"]], trained["hidden"]),
+        "peaked": (
+            [
+                8.0 * rng.normal(size=(tree.num_params, d)).astype("float32") / np.sqrt(d),
+                np.zeros(tree.num_params, "float32"),
+            ],
+            x_random,
+        ),
+        "initial": (
+            [rng.uniform(-bound, bound, (tree.num_params, d)).astype("float32"), np.zeros(tree.num_params, "float32")],
+            x_random,
+        ),
+    }
     rows = []
-    for label, scale in (("peaked", 8.0), ("initial", None)):
-        if scale is not None:
-            hs.set_weights(
-                [
-                    scale * rng.normal(size=(tree.num_params, d)).astype("float32") / np.sqrt(d),
-                    np.zeros(tree.num_params, "float32"),
-                ]
-            )
-        else:
-            bound = 1 / np.sqrt(d)
-            hs.set_weights(
-                [
-                    rng.uniform(-bound, bound, (tree.num_params, d)).astype("float32"),
-                    np.zeros(tree.num_params, "float32"),
-                ]
-            )
-        proven = float(np.mean(ops.convert_to_numpy(hs.beam_topk(x, 5).exact)))
-        t_topk, _ = timed_steps(lambda: topk_model.predict_on_batch(x), args.min_time, args.max_steps, 1)
-        t_full, _ = timed_steps(lambda: full_model.predict_on_batch(x), args.min_time, args.max_steps, 1)
-        a = topk_model.predict_on_batch(x)[1]
-        b = full_model.predict_on_batch(x)[1]
-        rows.append(
-            dict(
-                backend=backend,
-                method=f"topk5_{label}",
-                V=V,
-                d=d,
-                batch=B,
-                topk_ms=1e3 * t_topk,
-                full_ms=1e3 * t_full,
-                speedup=t_full / t_topk,
-                proven=proven,
-                same_indices=float(np.mean(np.asarray(a) == np.asarray(b))),
-            )
+    for label, (weights, x) in models.items():
+        hs.set_weights(weights)
+        width = hs._width(5, None)
+        proven = {
+            w: float(np.mean(ops.convert_to_numpy(hs.beam_topk(x, 5, beam_width=w).exact)))
+            for w in [width, *hs._ladder(5, width)]
+        }
+        t_topk, _ = timed_steps(functools.partial(topk_model.predict_on_batch, x), args.min_time, args.max_steps, 1)
+        t_full, _ = timed_steps(functools.partial(full_model.predict_on_batch, x), args.min_time, args.max_steps, 1)
+        a = topk_model.predict_on_batch(x)
+        b = full_model.predict_on_batch(x)
+        row = dict(
+            backend=backend,
+            method=f"topk5_{label}",
+            V=V,
+            d=d,
+            batch=B,
+            topk_ms=1e3 * t_topk,
+            full_ms=1e3 * t_full,
+            speedup=t_full / t_topk,
+            proven=proven[width],
+            proven_by_width=proven,
+            same_indices=float(np.mean(np.asarray(a[1]) == np.asarray(b[1]))),
+            max_value_error=float(np.max(np.abs(np.asarray(a[0]) - np.asarray(b[0])))),
         )
+        if label == "trained":
+            row.update(
+                train_steps=int(trained["steps"]),
+                train_seconds=float(trained["seconds"]),
+                train_loss_first=float(trained["loss_first"]),
+                train_loss_last=float(trained["loss_last"]),
+                top1_accuracy=float(np.mean(np.asarray(a[1])[:, 0] == trained["y"])),
+            )
+        rows.append(row)
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     return rows
 
@@ -189,7 +285,7 @@ def torch_module_worker(args) -> list[dict]:
     d, B = args.d, args.batch
     x = torch.from_numpy(np.random.default_rng(0).normal(size=(B, d)).astype("float32"))
     rows = []
-    for V in args.sizes:
+    for V in args.sizes + args.big_sizes:
         y = torch.from_numpy(targets(V, B)).long()
         for method in ("hs_huffman", "hs_two_level"):
             torch.manual_seed(0)
@@ -259,14 +355,23 @@ def run_worker(kind: str, args) -> list[dict]:
         str(args.min_time),
         "--max-steps",
         str(args.max_steps),
-    ]
+        "--big-sizes",
+        ",".join(map(str, args.big_sizes)),
+        "--big-backends",
+        ",".join(args.big_backends),
+        "--train-seconds",
+        str(args.train_seconds),
+        "--trained-model",
+        args.trained_model,
+    ] + (["--only-topk"] if args.only_topk else [])
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     if kind != "torch_module":
         env["KERAS_BACKEND"] = kind
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)  # failure reported below
+    # The worker's stderr (each row as it is measured, warnings) streams through to ours.
+    proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True, check=False)  # failure reported below
     if proc.returncode != 0:
-        print(f"{kind} worker failed:\n{proc.stderr[-4000:]}", file=sys.stderr)
-        return [dict(backend=kind, method="skipped", V=0, why=proc.stderr[-300:])]
+        print(f"{kind} worker failed (rc={proc.returncode}), see its stderr above", file=sys.stderr)
+        return [dict(backend=kind, method="skipped", V=0, why=f"worker failed with rc={proc.returncode}")]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -285,14 +390,23 @@ def table(rows: list[dict]) -> str:
     if tk:
         lines += [
             "",
-            "| backend | V | model | topk(5) (ms) | log_prob + top_k (ms) | speedup | rows proven by the beam |",
+            "| backend | V | model | topk(5) (ms) | log_prob + top_k (ms) | speedup | rows proven, by beam width |",
             "|---|---|---|---|---|---|---|",
         ]
         for r in tk:
+            by_width = ", ".join(f"{w}: {100 * v:.0f}%" for w, v in r.get("proven_by_width", {}).items())
             lines.append(
                 f"| {r['backend']} | {r['V']:,} | {r['method'][6:]} | {r['topk_ms']:.1f} | {r['full_ms']:.1f} | "
-                f"{r['speedup']:.1f}x | {100 * r['proven']:.0f}% |"
+                f"{r['speedup']:.1f}x | {by_width} |"
             )
+        for r in tk:
+            if "train_steps" in r:
+                lines.append(
+                    f"\ntrained model ({r['backend']}): {r['train_steps']} Adam steps of batch {r['batch']} in "
+                    f"{r['train_seconds']:.0f} s, loss {r['train_loss_first']:.2f} -> {r['train_loss_last']:.2f}, "
+                    f"held-out top-1 accuracy {r['top1_accuracy']:.3f}"
+                )
+                break
     skipped = [r for r in rows if r["method"] == "skipped"]
     for r in skipped:
         lines.append(f"\nskipped on {r['backend']}: {r.get('why', '')}")
@@ -335,6 +449,13 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=512)
     p.add_argument("--min-time", type=float, default=2.0, help="seconds of timed steps per measurement")
     p.add_argument("--max-steps", type=int, default=50)
+    p.add_argument("--big-sizes", default="1000000", help="sizes run only on --big-backends (and the torch module)")
+    p.add_argument("--big-backends", default="jax")
+    p.add_argument("--train-seconds", type=float, default=90.0, help="training budget of the topk model")
+    p.add_argument(
+        "--trained-model", default=None, help="where to keep the trained topk model (default: a temporary file)"
+    )
+    p.add_argument("--only-topk", action="store_true", help="skip the train steps: only the topk measurements")
     p.add_argument("--no-torch-module", action="store_true")
     p.add_argument("--quick", action="store_true", help="tiny CI smoke run")
     p.add_argument("--json", default=None)
@@ -344,15 +465,24 @@ def main() -> None:
     args = p.parse_args()
     if args.quick:
         args.sizes, args.d, args.batch, args.min_time, args.max_steps = "300,2000", 16, 32, 0.0, 2
+        args.big_sizes, args.train_seconds = "", 1.0
         args.no_torch_module = True
     args.sizes = [int(v) for v in str(args.sizes).split(",")]
+    args.big_sizes = [int(v) for v in str(args.big_sizes).split(",") if v]
+    args.big_backends = [b for b in str(args.big_backends).split(",") if b]
     if args.worker:
         rows = torch_module_worker(args) if args.worker == "torch_module" else keras_worker(args)
         print(json.dumps(rows))
         return
+    load_start = [round(x, 2) for x in os.getloadavg()]
     rows = []
-    for b in args.backends.split(","):
-        rows += run_worker(b, args)
+    if args.only_topk:
+        args.no_torch_module = True
+    with tempfile.TemporaryDirectory() as tmp:
+        # The first backend trains the topk model; the others load it (same weights everywhere).
+        args.trained_model = args.trained_model or str(Path(tmp) / "topk_model.npz")
+        for b in args.backends.split(","):
+            rows += run_worker(b, args)
     if not args.no_torch_module:
         rows += run_worker("torch_module", args)
     meta = {
@@ -361,6 +491,11 @@ def main() -> None:
         "d": args.d,
         "batch": args.batch,
         "sizes": args.sizes,
+        "big_sizes": args.big_sizes,
+        "big_backends": args.big_backends,
+        "train_seconds": args.train_seconds,
+        "loadavg_start": load_start,
+        "loadavg_end": [round(x, 2) for x in os.getloadavg()],
     }
     print(json.dumps(meta))
     print(table(rows))
@@ -376,8 +511,11 @@ def main() -> None:
     if args.json:
         Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     if not args.no_plot:
-        plot(rows, args.plot)
-        print(f"plot: {args.plot}")
+        try:
+            plot(rows, args.plot)
+            print(f"plot: {args.plot}")
+        except ImportError as e:  # matplotlib is optional (not in the dev extra)
+            print(f"no plot: {e}", file=sys.stderr)
 
 
 if __name__ == "__main__":

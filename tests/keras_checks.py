@@ -309,6 +309,44 @@ def topk_peaked_needs_no_fallback(ref):
 
 
 @check
+def topk_ladder(ref):
+    """Rows the first beam cannot prove climb the ladder (beams 8x and 64x wider, then the full
+    distribution) alone, and every tier's answer equals sorting log_prob: eagerly, compiled,
+    and with the unproven rows fitting the small (batch / 16) and the whole-batch capacity."""
+    rng = np.random.default_rng(3)
+    tree = Tree.balanced(5000)
+    hs = HierarchicalSoftmax(tree, in_features=16, kernel_initializer="zeros")
+    hs.set_weights(
+        [0.3 * rng.normal(size=(tree.num_params, 16)).astype("float32"), np.zeros(tree.num_params, "float32")]
+    )
+    # At V = 5000 the layer's own ladder stops at width 48 (wider beams would cost about the
+    # full distribution); the mechanism is tested with a longer one.
+    assert hs._ladder(5, 10) == [48]
+    hs._ladder = lambda k, width: [80, 625]
+    # The hidden norm sets how peaked a row is: groups proven at width 10, 80, 625, and never.
+    x = (rng.normal(size=(64, 16)) * np.repeat([0.05, 0.5, 1.0, 3.0], 16)[:, None]).astype("float32")
+    widths = (10, 80, 625)
+    exact = compiled(lambda x: [hs.beam_topk(x, 5, beam_width=w).exact for w in widths])(x)
+    proven = {w: np_(e).reshape(4, 16).mean(1) for w, e in zip(widths, exact)}
+    assert proven[625][0] == 0 and proven[80][1] < 0.5 < proven[625][1], proven
+    assert proven[10][2] < 0.5 < proven[80][2] and proven[10][3] > 0.5, proven
+    few = np.concatenate([x[48:], x[:2]])  # 18 rows, 2 of them flat: they fit the cap of 2
+    run, log_prob = compiled(lambda x: hs.topk(x, 5)), compiled(hs.log_prob)
+    for what, batch in (("mixed", x), ("few unproven", few)):
+        full = np_(log_prob(batch)).astype(np.float64)
+        # jax runs eager ops one compile each: its eager path is left to torch and tensorflow
+        answers = [("compiled", run(batch))] + ([("eager", hs.topk(batch, 5))] if BACKEND != "jax" else [])
+        for how, (v, i) in answers:
+            assert_topk_matches(np_(v), np_(i), full, 5, f"ladder {what} {how}")
+    if BACKEND == "tensorflow":  # traced for any batch size: the whole-batch fallback per tier
+        import tensorflow as tf
+
+        any_batch = tf.function(lambda x: hs.topk(x, 5), input_signature=[tf.TensorSpec((None, 16))], autograph=False)
+        v, i = any_batch(x)
+        assert_topk_matches(np_(v), np_(i), np_(log_prob(x)).astype(np.float64), 5, "ladder, unknown batch")
+
+
+@check
 def topk_in_functional_model(ref):
     """topk / predict / log_prob inside a functional model and model.predict."""
     r = ref["two_level"]
@@ -338,9 +376,11 @@ def compiled_functions(ref):
     elif BACKEND == "tensorflow":
         import tensorflow as tf
 
-        lp = tf.function(hs.log_prob, jit_compile=True)(x)
-        t = tf.function(hs.target_log_prob)(x, y)
-        v, i = tf.function(lambda h: hs.topk(h, 3))(x)
+        # autograph=False: the layer needs no conversion (its loops and branches are keras.ops),
+        # and autograph once mixed up two converted methods of the layer in a long run.
+        lp = tf.function(hs.log_prob, jit_compile=True, autograph=False)(x)
+        t = tf.function(hs.target_log_prob, autograph=False)(x, y)
+        v, i = tf.function(lambda h: hs.topk(h, 3), autograph=False)(x)
     else:
         return "skip: torch runs eagerly"
     close(np_(lp), r["log_prob"], what="compiled log_prob")

@@ -33,6 +33,7 @@ CHECKS = [
     "loss_way",
     "topk_exact",
     "topk_peaked_needs_no_fallback",
+    "topk_ladder",
     "topk_in_functional_model",
     "compiled_functions",
     "training_builds_no_batch_by_classes_tensor",
@@ -183,4 +184,8 @@ def test_benchmark_quick(tmp_path):
     assert {"dense", "hs_huffman", "hs_two_level"} <= methods, methods
     assert all(r["examples_per_s"] > 0 for r in rows if "examples_per_s" in r)
     topk = [r for r in rows if r["method"].startswith("topk5")]
-    assert topk and all(r["same_indices"] == 1.0 for r in topk if r["method"] == "topk5_peaked"), topk
+    assert {"topk5_trained", "topk5_peaked", "topk5_initial"} <= {r["method"] for r in topk}, topk
+    assert all(r["same_indices"] == 1.0 for r in topk if r["method"] == "topk5_peaked"), topk
+    assert all(r["max_value_error"] < 1e-4 for r in topk), topk  # exact on every model
+    trained = next(r for r in topk if r["method"] == "topk5_trained")
+    assert trained["train_steps"] >= 2 and set(trained["proven_by_width"]), trained

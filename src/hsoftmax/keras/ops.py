@@ -44,14 +44,19 @@ def child_log_probs(scores, valid):
 
 def _row_scores(h, kernel, bias, rows):
     """``h`` ``(B, d)``, ``rows`` ``(B, ..., K)`` int -> ``(B, ..., K)`` scores ``W_r . h + b_r``,
-    0 where ``rows`` is negative. Gathered rows times ``h`` summed over ``d`` (not einsum), so
-    XLA can fuse the gather into the reduction instead of materializing the rows."""
+    0 where ``rows`` is negative. Narrow nodes: gathered rows times ``h`` summed over ``d`` (not
+    einsum), so XLA can fuse the gather into the reduction instead of materializing the rows."""
     safe = ops.maximum(rows, 0)
     w = ops.take(kernel, safe, axis=0)  # (B, ..., K, d)
-    hb = h
-    for _ in range(len(rows.shape) - 1):
-        hb = ops.expand_dims(hb, 1)  # (B, 1, ..., 1, d)
-    s = ops.sum(w * hb, axis=-1)
+    if len(rows.shape) == 3 and rows.shape[-1] >= 16:
+        # Wide k-ary nodes (two-level clusters): a batched matmul beats the fused multiply-sum
+        # (measured on JAX at V = 100k: about 20% off the two-level train step).
+        s = ops.einsum("bd,brkd->brk", h, w)
+    else:
+        hb = h
+        for _ in range(len(rows.shape) - 1):
+            hb = ops.expand_dims(hb, 1)  # (B, 1, ..., 1, d)
+        s = ops.sum(w * hb, axis=-1)
     if bias is not None:
         s = s + ops.take(bias, safe, axis=0)
     return ops.where(rows >= 0, s, ops.zeros_like(s))
