@@ -55,6 +55,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/scale.py
 	$(PY) benchmarks/lm.py
 	$(PY) benchmarks/taxonomy.py
+	$(PY) benchmarks/keras_layers.py
+	$(PY) benchmarks/tree_scale.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
