@@ -53,7 +53,15 @@ from torch import Tensor
 
 from . import functional as HF
 from .kernels import plt as P
-from .layer import NodeTable, TreeInStateDict, _as_int, _as_real, _check_finite, _no_autocast
+from .layer import (
+    NodeTable,
+    TreeInStateDict,
+    _as_int,
+    _as_real,
+    _check_finite,
+    _check_in_features_and_tree,
+    _no_autocast,
+)
 from .tree import Tree
 
 __all__ = ["LabelTree", "LabelTreeOutput", "LabelSets", "label_centroids"]
@@ -179,9 +187,7 @@ class LabelTree(TreeInStateDict):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        in_features = _as_int("in_features", in_features, minimum=1)
-        if not isinstance(tree, Tree):
-            raise TypeError(f"tree must be an hsoftmax.Tree, got {type(tree).__name__}")
+        in_features = _check_in_features_and_tree(in_features, tree)
         self.in_features = in_features
         self.fill = _as_int("fill", fill)
         self.tree = tree

@@ -300,11 +300,8 @@ class HierarchicalSoftmax(TreeInStateDict):
         fused_sgd_lr: float | None = None,
     ) -> None:
         super().__init__()
-        in_features = _as_int("in_features", in_features, minimum=1)
-        if not isinstance(tree, Tree):
-            raise TypeError(f"tree must be an hsoftmax.Tree, got {type(tree).__name__}")
-        if reduction not in _REDUCTIONS:
-            raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+        in_features = _check_in_features_and_tree(in_features, tree)
+        _check_reduction(reduction)
         ignore_index = _as_int("ignore_index", ignore_index)
         factory = {"device": device, "dtype": dtype}
         self.in_features = in_features
@@ -578,6 +575,20 @@ def _all_finite(x: Tensor) -> bool:
 
 def _detach(t: Tensor | None) -> Tensor | None:
     return None if t is None else t.detach()
+
+
+def _check_in_features_and_tree(in_features: Any, tree: Any) -> int:
+    """The arguments every tree module's constructor starts with: ``in_features`` as an int
+    >= 1 (returned), and ``tree`` an :class:`~hsoftmax.Tree`."""
+    in_features = _as_int("in_features", in_features, minimum=1)
+    if not isinstance(tree, Tree):
+        raise TypeError(f"tree must be an hsoftmax.Tree, got {type(tree).__name__}")
+    return in_features
+
+
+def _check_reduction(reduction: Any) -> None:
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
 
 
 def _as_int(name: str, value: Any, minimum: int | None = None) -> int:
