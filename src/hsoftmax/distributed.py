@@ -82,7 +82,13 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from .builders import check_counts, concat_ranges
-from .layer import HierarchicalSoftmax, HierarchicalSoftmaxOutput, _as_int
+from .layer import (
+    HierarchicalSoftmax,
+    HierarchicalSoftmaxOutput,
+    _as_int,
+    _check_in_features_and_tree,
+    _check_reduction,
+)
 from .tree import Tree
 
 __all__ = ["ShardedHierarchicalSoftmax", "ShardPlan", "ShardedLogProb", "plan_shards"]
@@ -480,9 +486,8 @@ class ShardedHierarchicalSoftmax(nn.Module):
                 "ShardedHierarchicalSoftmax needs torch.distributed: call "
                 "torch.distributed.init_process_group first (e.g. under torchrun)"
             )
-        if not isinstance(tree, Tree):
-            raise TypeError(f"tree must be an hsoftmax.Tree, got {type(tree).__name__}")
-        in_features = _as_int("in_features", in_features, minimum=1)
+        in_features = _check_in_features_and_tree(in_features, tree)
+        _check_reduction(reduction)
         self._comm = _Comm(process_group)
         self.rank, self.world_size = self._comm.rank, self._comm.world_size
         self.tree = tree
@@ -493,8 +498,6 @@ class ShardedHierarchicalSoftmax(nn.Module):
         kw: dict[str, Any] = {"bias": bias, "sparse": sparse, "device": device, "dtype": dtype}
         # reduction="none": the per-example log-probs are combined here, then reduced.
         self.top = HierarchicalSoftmax(in_features, self.plan.top_tree, reduction="none", **kw)
-        if reduction not in ("mean", "sum", "none"):
-            raise ValueError(f"reduction must be one of ('mean', 'sum', 'none'), got {reduction!r}")
         self._owned = self.plan.subtrees_of(self.rank)
         self.subtrees = nn.ModuleList(
             HierarchicalSoftmax(in_features, self.plan.subtree_tree(int(s)), reduction="none", **kw)

@@ -44,17 +44,24 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from . import functional as HF
 from .kernels import plt as P
-from .layer import NodeTable, _as_int, _as_real, _check_finite, _no_autocast, _pop_saved_tree, _tree_mismatch
+from .layer import (
+    NodeTable,
+    TreeInStateDict,
+    _as_int,
+    _as_real,
+    _check_finite,
+    _check_in_features_and_tree,
+    _no_autocast,
+)
 from .tree import Tree
 
 __all__ = ["LabelTree", "LabelTreeOutput", "LabelSets", "label_centroids"]
@@ -118,7 +125,7 @@ def _plt_arrays(tree: Tree, layout: P.PLTLayout) -> dict[str, np.ndarray]:
     }
 
 
-class LabelTree(nn.Module):
+class LabelTree(TreeInStateDict):
     r"""A probabilistic label tree over the classes of a :class:`~hsoftmax.Tree`: multi-label
     training at a cost that grows with the labels' paths, exact top-k and thresholded prediction.
 
@@ -180,9 +187,7 @@ class LabelTree(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        in_features = _as_int("in_features", in_features, minimum=1)
-        if not isinstance(tree, Tree):
-            raise TypeError(f"tree must be an hsoftmax.Tree, got {type(tree).__name__}")
+        in_features = _check_in_features_and_tree(in_features, tree)
         self.in_features = in_features
         self.fill = _as_int("fill", fill)
         self.tree = tree
@@ -217,72 +222,6 @@ class LabelTree(nn.Module):
 
     def _tensors(self) -> _PLTTensors:
         return _PLTTensors(**{k: getattr(self, f"_plt_{k}") for k in _PLTTensors._fields})
-
-    # ------------------------------------------------------------------ checkpoints
-    def _tree_state(self) -> dict[str, np.ndarray]:
-        cached = self.__dict__.get("_tree_state_cache")
-        if cached is None or cached[0] is not self.tree:
-            cached = self.__dict__["_tree_state_cache"] = (self.tree, self.tree.state())
-        return cached[1]
-
-    def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
-        super()._save_to_state_dict(destination, prefix, keep_vars)
-        for field, array in self._tree_state().items():
-            destination[prefix + "tree." + field] = torch.from_numpy(array.copy())
-
-    def _load_from_state_dict(
-        self,
-        state_dict: dict[str, Any],
-        prefix: str,
-        local_metadata: dict[str, Any],
-        strict: bool,
-        missing_keys: list[str],
-        unexpected_keys: list[str],
-        error_msgs: list[str],
-    ) -> None:
-        # The multi-class layer's format and rules: the tree is checked, never replaced.
-        saved = _pop_saved_tree(state_dict, prefix, unexpected_keys)
-        if saved is None:
-            missing_keys.extend(prefix + "tree." + field for field in self._tree_state())
-        else:
-            problem: str | None = None
-            try:
-                tree = Tree.from_state(saved)
-            except (ValueError, TypeError, RuntimeError) as e:
-                problem = f"the tree saved under {prefix + 'tree.'!r} is not a valid tree: {e}"
-            else:
-                if tree != self.tree:
-                    problem = _tree_mismatch(tree, self.tree, prefix).replace("HierarchicalSoftmax", "LabelTree")
-            if problem is not None:
-                error_msgs.append(problem)
-                for name, param in self.table.named_parameters(recurse=False):
-                    if prefix + "table." + name in state_dict:
-                        state_dict[prefix + "table." + name] = param
-        super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-        )
-
-    @staticmethod
-    def tree_from_state_dict(state_dict: Mapping[str, Any], prefix: str = "") -> Tree:
-        """The tree saved in a state dict by the module at ``prefix``, validated."""
-        saved = _pop_saved_tree(dict(state_dict), prefix, [])
-        if saved is None:
-            raise KeyError(f"the state dict has no tree under {prefix + 'tree.'!r}")
-        return Tree.from_state(saved)
-
-    @classmethod
-    def from_state_dict(cls, state_dict: Mapping[str, Any], prefix: str = "", **kwargs: Any) -> LabelTree:
-        """A module built from a state dict saved by one: tree, ``in_features``, ``bias`` and
-        dtype from the state dict, weights loaded; ``kwargs`` (``sparse``, ``fill``, ``device``,
-        another ``dtype``) for the rest."""
-        sub = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
-        if "table.weight" not in sub:
-            raise KeyError(f"the state dict has no {prefix + 'table.weight'!r}")
-        weight = sub["table.weight"]
-        kwargs.setdefault("dtype", weight.dtype)
-        module = cls(weight.shape[1], cls.tree_from_state_dict(sub), bias="table.bias" in sub, **kwargs)
-        module.load_state_dict(sub)
-        return module
 
     # ------------------------------------------------------------------ checks
     def _prepare_input(self, input: Tensor) -> Tensor:

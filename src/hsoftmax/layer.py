@@ -6,7 +6,7 @@ import contextlib
 import math
 import numbers
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 import torch
@@ -16,7 +16,7 @@ from . import functional as HF
 from .tree import _STATE_ARRAYS as _TREE_FIELDS
 from .tree import Tree
 
-__all__ = ["HierarchicalSoftmax", "HierarchicalSoftmaxOutput", "NodeTable"]
+__all__ = ["HierarchicalSoftmax", "HierarchicalSoftmaxOutput", "NodeTable", "TreeInStateDict"]
 
 _REDUCTIONS = ("mean", "sum", "none")
 _OVERFLOW = (
@@ -75,11 +75,110 @@ class NodeTable(nn.Embedding):
         return f"{self.num_embeddings}, {self.embedding_dim}, bias={self.bias is not None}, sparse={self.sparse}"
 
 
+class TreeInStateDict(nn.Module):
+    """The checkpoint format shared by the modules that own a :class:`~hsoftmax.Tree` (``tree``)
+    and a :class:`NodeTable` (``table``): :class:`HierarchicalSoftmax` and
+    :class:`~hsoftmax.LabelTree`.
+
+    The tree travels in the state dict as the plain integer, ``uint8`` and ``bool`` tensors of
+    :meth:`Tree.state` under ``tree.<field>``, so that ``torch.load(weights_only=True)`` and
+    safetensors carry it. They are not buffers: a buffer would follow ``.to()`` onto the GPU and
+    be broadcast by DDP every step, and nothing but a checkpoint needs them. ``load_state_dict``
+    checks the saved tree and never replaces the module's: one that differs is an error naming
+    the subclass's :meth:`from_state_dict`, and the module is left as it was.
+    """
+
+    tree: Tree
+    table: NodeTable
+
+    def _tree_state(self) -> dict[str, Any]:
+        """``self.tree.state()``, computed once per tree (a tree is immutable)."""
+        cached = self.__dict__.get("_tree_state_cache")
+        if cached is None or cached[0] is not self.tree:
+            cached = self.__dict__["_tree_state_cache"] = (self.tree, self.tree.state())
+        return cached[1]
+
+    def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        # Fresh copies: whatever a caller does to them (an EMA helper copying into every entry)
+        # must not reach this module's tree.
+        for field, array in self._tree_state().items():
+            destination[prefix + "tree." + field] = torch.from_numpy(array.copy())
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        saved = _pop_saved_tree(state_dict, prefix, unexpected_keys)
+        if saved is None:
+            missing_keys.extend(prefix + "tree." + field for field in self._tree_state())
+        else:
+            problem: str | None = None
+            try:
+                tree = Tree.from_state(saved)
+            except (ValueError, TypeError, RuntimeError) as e:
+                problem = f"the tree saved under {prefix + 'tree.'!r} is not a valid tree: {e}"
+            else:
+                if tree != self.tree:
+                    problem = _tree_mismatch(tree, self.tree, prefix, type(self).__name__)
+            if problem is not None:
+                error_msgs.append(problem)
+                # Leave this module as it is: its rows would mean nothing on the other tree.
+                for name, param in self.table.named_parameters(recurse=False):
+                    if prefix + "table." + name in state_dict:
+                        state_dict[prefix + "table." + name] = param
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
+    @staticmethod
+    def tree_from_state_dict(state_dict: Mapping[str, Any], prefix: str = "") -> Tree:
+        """The tree saved in a state dict by the module at ``prefix`` (e.g. ``"head."`` for
+        ``model.head``), validated like any loaded tree (a checkpoint is not trusted).
+
+        Build the model with it to load a checkpoint whose tree you do not have::
+
+            tree = HierarchicalSoftmax.tree_from_state_dict(sd, prefix="head.")
+            model = MyModel(tree=tree)  # whatever builds the model around the layer
+            model.load_state_dict(sd)
+        """
+        saved = _pop_saved_tree(dict(state_dict), prefix, [])
+        if saved is None:
+            raise KeyError(f"the state dict has no tree under {prefix + 'tree.'!r}")
+        return Tree.from_state(saved)
+
+    @classmethod
+    def from_state_dict(cls: type[_M], state_dict: Mapping[str, Any], prefix: str = "", **kwargs: Any) -> _M:
+        """A module built from a state dict saved by one (the module at ``prefix`` of a model's):
+        its tree, ``in_features``, ``bias`` and dtype come from the state dict, the weights are
+        loaded, and ``kwargs`` give the constructor settings a state dict does not hold
+        (``sparse``, ``device``, another ``dtype``, and the class's own: ``reduction``,
+        ``ignore_index``, ``fused_sgd_lr`` for :class:`HierarchicalSoftmax`, ``fill`` for
+        :class:`~hsoftmax.LabelTree`)."""
+        sub = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+        if "table.weight" not in sub:
+            raise KeyError(f"the state dict has no {prefix + 'table.weight'!r}")
+        weight = sub["table.weight"]
+        kwargs.setdefault("dtype", weight.dtype)
+        module = cls(weight.shape[1], cls.tree_from_state_dict(sub), bias="table.bias" in sub, **kwargs)
+        module.load_state_dict(sub)
+        return module
+
+
+_M = TypeVar("_M", bound=TreeInStateDict)
+
+
 # Attributes of HierarchicalSoftmax that live on its NodeTable.
 _TABLE_ATTRS = ("weight", "bias", "sparse")
 
 
-class HierarchicalSoftmax(nn.Module):
+class HierarchicalSoftmax(TreeInStateDict):
     r"""Hierarchical softmax over the classes of a :class:`~hsoftmax.Tree`.
 
     The probability of class :math:`y` is the product of the decisions on its root-to-leaf
@@ -201,11 +300,8 @@ class HierarchicalSoftmax(nn.Module):
         fused_sgd_lr: float | None = None,
     ) -> None:
         super().__init__()
-        in_features = _as_int("in_features", in_features, minimum=1)
-        if not isinstance(tree, Tree):
-            raise TypeError(f"tree must be an hsoftmax.Tree, got {type(tree).__name__}")
-        if reduction not in _REDUCTIONS:
-            raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+        in_features = _check_in_features_and_tree(in_features, tree)
+        _check_reduction(reduction)
         ignore_index = _as_int("ignore_index", ignore_index)
         factory = {"device": device, "dtype": dtype}
         self.in_features = in_features
@@ -253,88 +349,6 @@ class HierarchicalSoftmax(nn.Module):
         tt = HF.TreeTensors(**fields)
         self.__dict__["_tt_cache"] = (key, tt, tuple(self._buffers.values()))
         return tt
-
-    # ------------------------------------------------------------------ checkpoints
-    # The tree travels in the state dict as plain integer/uint8/bool tensors under
-    # ``tree.<field>`` (the arrays of Tree.state()), so that torch.load(weights_only=True) and
-    # safetensors carry it. They are not buffers: a buffer would follow .to() onto the GPU and be
-    # broadcast by DDP every step, and nothing but a checkpoint needs them.
-    def _tree_state(self) -> dict[str, Any]:
-        """``self.tree.state()``, computed once per tree (a tree is immutable)."""
-        cached = self.__dict__.get("_tree_state_cache")
-        if cached is None or cached[0] is not self.tree:
-            cached = self.__dict__["_tree_state_cache"] = (self.tree, self.tree.state())
-        return cached[1]
-
-    def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
-        super()._save_to_state_dict(destination, prefix, keep_vars)
-        # Fresh copies: whatever a caller does to them (an EMA helper copying into every entry)
-        # must not reach this module's tree.
-        for field, array in self._tree_state().items():
-            destination[prefix + "tree." + field] = torch.from_numpy(array.copy())
-
-    def _load_from_state_dict(
-        self,
-        state_dict: dict[str, Any],
-        prefix: str,
-        local_metadata: dict[str, Any],
-        strict: bool,
-        missing_keys: list[str],
-        unexpected_keys: list[str],
-        error_msgs: list[str],
-    ) -> None:
-        saved = _pop_saved_tree(state_dict, prefix, unexpected_keys)
-        if saved is None:
-            missing_keys.extend(prefix + "tree." + field for field in self._tree_state())
-        else:
-            problem: str | None = None
-            try:
-                tree = Tree.from_state(saved)
-            except (ValueError, TypeError, RuntimeError) as e:
-                problem = f"the tree saved under {prefix + 'tree.'!r} is not a valid tree: {e}"
-            else:
-                if tree != self.tree:
-                    problem = _tree_mismatch(tree, self.tree, prefix)
-            if problem is not None:
-                error_msgs.append(problem)
-                # Leave this module as it is: its rows would mean nothing on the other tree.
-                for name, param in self.table.named_parameters(recurse=False):
-                    if prefix + "table." + name in state_dict:
-                        state_dict[prefix + "table." + name] = param
-        super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-        )
-
-    @staticmethod
-    def tree_from_state_dict(state_dict: Mapping[str, Any], prefix: str = "") -> Tree:
-        """The tree saved in a state dict by the layer at ``prefix`` (e.g. ``"head."`` for
-        ``model.head``), validated like any loaded tree (a checkpoint is not trusted).
-
-        Build the model with it to load a checkpoint whose tree you do not have::
-
-            tree = HierarchicalSoftmax.tree_from_state_dict(sd, prefix="head.")
-            model = MyModel(tree=tree)  # whatever builds the model around the layer
-            model.load_state_dict(sd)
-        """
-        saved = _pop_saved_tree(dict(state_dict), prefix, [])
-        if saved is None:
-            raise KeyError(f"the state dict has no tree under {prefix + 'tree.'!r}")
-        return Tree.from_state(saved)
-
-    @classmethod
-    def from_state_dict(cls, state_dict: Mapping[str, Any], prefix: str = "", **kwargs: Any) -> HierarchicalSoftmax:
-        """A layer built from a state dict saved by one (the layer at ``prefix`` of a model's):
-        its tree, ``in_features``, ``bias`` and dtype come from the state dict, the weights are
-        loaded, and ``kwargs`` give the settings a state dict does not hold (``sparse``,
-        ``reduction``, ``ignore_index``, ``device``, ``fused_sgd_lr``, or another ``dtype``)."""
-        sub = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
-        if "table.weight" not in sub:
-            raise KeyError(f"the state dict has no {prefix + 'table.weight'!r}")
-        weight = sub["table.weight"]
-        kwargs.setdefault("dtype", weight.dtype)
-        module = cls(weight.shape[1], cls.tree_from_state_dict(sub), bias="table.bias" in sub, **kwargs)
-        module.load_state_dict(sub)
-        return module
 
     @property
     def num_classes(self) -> int:
@@ -563,6 +577,20 @@ def _detach(t: Tensor | None) -> Tensor | None:
     return None if t is None else t.detach()
 
 
+def _check_in_features_and_tree(in_features: Any, tree: Any) -> int:
+    """The arguments every tree module's constructor starts with: ``in_features`` as an int
+    >= 1 (returned), and ``tree`` an :class:`~hsoftmax.Tree`."""
+    in_features = _as_int("in_features", in_features, minimum=1)
+    if not isinstance(tree, Tree):
+        raise TypeError(f"tree must be an hsoftmax.Tree, got {type(tree).__name__}")
+    return in_features
+
+
+def _check_reduction(reduction: Any) -> None:
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+
+
 def _as_int(name: str, value: Any, minimum: int | None = None) -> int:
     """``value`` as an ``int``: any integer type (``np.int64`` too, as ``nn.Linear`` and
     ``torch.topk`` take), not ``bool``, a float or a string."""
@@ -606,9 +634,9 @@ def _pop_saved_tree(state_dict: dict[str, Any], prefix: str, unexpected_keys: li
     return saved or None
 
 
-def _tree_mismatch(saved: Tree, own: Tree, prefix: str) -> str:
+def _tree_mismatch(saved: Tree, own: Tree, prefix: str, owner: str) -> str:
     """The error for a state dict whose tree is not this module's: what differs, and the
-    explicit way to take the saved one."""
+    explicit way to take the saved one (``owner``: the module's class name)."""
     if (saved.num_classes, saved.num_params) != (own.num_classes, own.num_params):
         what = (
             f"it has {saved.num_classes} classes and {saved.num_params} parameter rows, this module "
@@ -625,6 +653,6 @@ def _tree_mismatch(saved: Tree, own: Tree, prefix: str) -> str:
         f"the tree in the state dict (under {prefix + 'tree.'!r}) is not this module's: {what}. "
         "load_state_dict never replaces a module's tree, whatever `strict` says (the rows and "
         "class indices belong to the saved tree). To use the saved tree, build the layer from it: "
-        f"HierarchicalSoftmax.from_state_dict({args}), or build your model with "
-        f"tree=HierarchicalSoftmax.tree_from_state_dict({args})."
+        f"{owner}.from_state_dict({args}), or build your model with "
+        f"tree={owner}.tree_from_state_dict({args})."
     )

@@ -18,6 +18,7 @@ Public entry points (called by ``functional`` only): :func:`target_log_prob`, :f
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -99,10 +100,15 @@ def _np(t: Tensor) -> np.ndarray:
     return t.detach().contiguous().numpy()
 
 
+def _bias_np(bias: Tensor | None, dtype: np.dtype) -> np.ndarray:
+    """The bias as a numpy view, or an empty array for none (the kernels' convention)."""
+    return _np(bias) if bias is not None else np.empty(0, dtype)
+
+
 def _table(weight: Tensor, bias: Tensor | None, dtype: np.dtype) -> nb.Table:
     """The node table as numpy views (of the tensors themselves when they are contiguous, so
     fused SGD writes through them)."""
-    return nb.Table(_np(weight), _np(bias) if bias is not None else np.empty(0, dtype))
+    return nb.Table(_np(weight), _bias_np(bias, dtype))
 
 
 def _nodes(tt: TreeTensors) -> nb.Nodes:
@@ -179,10 +185,25 @@ def _differentiable_backward(ctx: Any, go: Tensor) -> tuple[Tensor | None, ...]:
             "and use an optimizer"
         )
     h, weight, _, target = ctx.saved_tensors[:4]
-    wanted = [(i, t) for i, t in enumerate((h, weight, ctx.bias)) if t is not None and ctx.needs_input_grad[i]]
-    grads: list[Tensor | None] = [None] * 7
+    return _torch_path_grads(
+        ctx, (h, weight, ctx.bias), go, lambda h, w, b: torch_target_log_prob(h, target, w, b, ctx.tt)
+    )
+
+
+def _torch_path_grads(
+    ctx: Any,
+    inputs: tuple[Tensor, Tensor, Tensor | None],
+    go: Tensor,
+    recompute: Callable[[Tensor, Tensor, Tensor | None], Tensor],
+) -> tuple[Tensor | None, ...]:
+    """The differentiable gradients of a kernel Function whose first inputs are ``(h, weight,
+    bias)``: ``recompute(h, weight, bias)`` (the same output on the torch path) differentiated
+    with ``create_graph=True``, for the inputs that want a gradient; ``None`` for the rest of
+    the Function's inputs."""
+    wanted = [(i, t) for i, t in enumerate(inputs) if t is not None and ctx.needs_input_grad[i]]
+    grads: list[Tensor | None] = [None] * len(ctx.needs_input_grad)
     if wanted:
-        out = torch_target_log_prob(h, target, weight, ctx.bias, ctx.tt)
+        out = recompute(*inputs)
         got = torch.autograd.grad(out, [t for _, t in wanted], go.to(out.dtype), create_graph=True, allow_unused=True)
         for (i, t), g in zip(wanted, got):
             grads[i] = torch.zeros_like(t) if g is None else g

@@ -19,13 +19,9 @@ from torch import Tensor
 
 from . import borrow_marks, buffer, threads
 from . import plt as P
-from .autograd import _np, _table_grads
+from .autograd import _bias_np, _np, _table_grads, _torch_path_grads
 
 __all__ = ["node_targets", "batch_loss", "topk", "threshold", "log_marginals"]
-
-
-def _bias_np(bias: Tensor | None, dtype: np.dtype) -> np.ndarray:
-    return _np(bias) if bias is not None else np.empty(0, dtype)
 
 
 def node_targets(layout: P.PLTLayout, offsets: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -73,7 +69,7 @@ class _PLTLossFn(torch.autograd.Function):
         h, weight = ctx.saved_tensors
         bias = ctx.bias
         if torch.is_grad_enabled():  # create_graph=True: differentiate the torch path instead
-            return _differentiable_backward(ctx, h, weight, bias, go)
+            return _torch_path_grads(ctx, (h, weight, bias), go, ctx.torch_loss)
         start, rows, coef = ctx.plan
         threads()  # backward may run on another thread than forward: numba's count is per thread
         hn = _np(h)
@@ -96,17 +92,6 @@ class _PLTLossFn(torch.autograd.Function):
             if not want_w:
                 gw = None
         return gh, gw, gb, None, None, None, None, None
-
-
-def _differentiable_backward(ctx: Any, h: Tensor, weight: Tensor, bias: Tensor | None, go: Tensor) -> tuple:
-    wanted = [(i, t) for i, t in enumerate((h, weight, bias)) if t is not None and ctx.needs_input_grad[i]]
-    grads: list[Tensor | None] = [None] * 8
-    if wanted:
-        out = ctx.torch_loss(h, weight, bias)
-        got = torch.autograd.grad(out, [t for _, t in wanted], go.to(out.dtype), create_graph=True, allow_unused=True)
-        for (i, t), g in zip(wanted, got):
-            grads[i] = torch.zeros_like(t) if g is None else g
-    return tuple(grads)
 
 
 def batch_loss(

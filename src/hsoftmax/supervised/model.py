@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -24,6 +23,7 @@ from ..files import READ_ERRORS, NpzReader, atomic_path, decode_strings, encode_
 from ..kernels import numba_cpu as nb
 from ..kernels import plt
 from ..kernels.node import sigmoid_tables
+from ..progress import ProgressBar
 from ..tree import Tree
 from ..word2vec import kernels as w2v
 from . import kernels
@@ -327,7 +327,7 @@ class Classifier:
         total = max(N * self.epochs, 1)
         bounds = _chunk_bounds(examples.tokens, _CHUNK_TOKENS)
         max_arity = int(self.tree.arity.max())
-        bar = _Bar(total, self.progress, "supervised")
+        bar = ProgressBar(total, self.progress, desc="supervised", unit="tok", per="example", count="tokens")
         try:
             for epoch in range(self.epochs):
                 t0 = time.perf_counter()
@@ -366,7 +366,7 @@ class Classifier:
         paths: w2v.Paths | plt.PLTLayout,
         tables: w2v.Tables,
         max_arity: int,
-        bar: _Bar,
+        bar: ProgressBar,
     ) -> tuple[float, int]:
         # the PLT kernels take int64 label ids and scratch sized for the longest label set
         labels64 = examples.labels.astype(np.int64) if self.multilabel else examples.labels
@@ -705,37 +705,3 @@ def _json_value(z: NpzReader, key: str) -> Any:
 
 def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split()) or type(e).__name__
-
-
-class _Bar:
-    """Progress over all epochs' tokens on stderr: a tqdm bar (``True``), one line per epoch
-    (``"log"``), or nothing (``False``)."""
-
-    def __init__(self, total: int, enabled: bool | str, desc: str) -> None:
-        self.bar = None
-        self.log = enabled == "log"
-        if enabled is True:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(
-                total=total, unit="tok", unit_scale=True, dynamic_ncols=True, smoothing=0.1, desc=desc, file=sys.stderr
-            )
-
-    def update_to(self, done: int, lr: float) -> None:
-        if self.bar is not None and done > self.bar.n:
-            self.bar.set_postfix_str(f"lr={lr:.5f}", refresh=False)
-            self.bar.update(done - self.bar.n)
-
-    def epoch_done(self, stats: dict[str, float]) -> None:
-        line = (
-            f"epoch {stats['epoch']}: loss {stats['loss']:.4f} per example, "
-            f"{stats['tokens'] / max(stats['seconds'], 1e-9):,.0f} tokens/s"
-        )
-        if self.bar is not None:
-            self.bar.write(line, file=sys.stderr)
-        elif self.log:
-            print(line, file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import sys
 import threading
 import time
 import warnings
@@ -25,6 +24,7 @@ import numpy as np
 from ..builders import _memory_bytes
 from ..files import READ_ERRORS, NpzReader, atomic_path, decode_strings, encode_strings, remove_stale_temporaries
 from ..kernels.node import sigmoid_tables
+from ..progress import ProgressBar
 from ..tree import Tree
 from . import kernels
 from .corpus import EncodedCorpus, _release_memory, encode_file, encode_sentences
@@ -551,7 +551,15 @@ class Word2Vec:
         N = enc.num_tokens
         if N * self.epochs >= 2**62:  # the schedule's words-done counter is int64
             raise ValueError(f"{self.epochs} epochs of {N} words overflow the learning-rate schedule's counter")
-        bar = _Bar(N * self.epochs, self.progress, initial=N * self.epochs_done)
+        bar = ProgressBar(
+            N * self.epochs,
+            self.progress,
+            desc="word2vec",
+            unit="w",
+            per="prediction",
+            count="words",
+            initial=N * self.epochs_done,
+        )
         try:
             for epoch in range(self.epochs_done, self.epochs):
                 t0 = time.perf_counter()
@@ -576,7 +584,7 @@ class Word2Vec:
         epoch: int,
         paths: kernels.Paths,
         tables: kernels.Tables,
-        bar: _Bar,
+        bar: ProgressBar,
     ) -> dict[str, float]:
         lock = threading.Lock()
         next_chunk = [0]
@@ -936,45 +944,3 @@ def _chunk_bounds(offsets: np.ndarray, words: int) -> np.ndarray:
 
 def _chunk_seed(seed: int, epoch: int, chunk: int) -> np.uint64:
     return np.random.SeedSequence([seed, epoch, chunk]).generate_state(1, dtype=np.uint64)[0]
-
-
-class _Bar:
-    """Progress over all epochs' words on stderr: a tqdm bar with the learning rate (``True``),
-    one line per epoch (``"log"``, for logs and pipes), or nothing (``False``)."""
-
-    def __init__(self, total: int, enabled: bool | str, initial: int = 0) -> None:
-        self.bar = None
-        self.log = enabled == "log"
-        if enabled is True:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(
-                total=total,
-                initial=initial,
-                unit="w",
-                unit_scale=True,
-                dynamic_ncols=True,
-                smoothing=0.1,
-                desc="word2vec",
-                file=sys.stderr,
-            )
-
-    def update_to(self, words_done: int, lr: float) -> None:
-        """Called from the main thread only (tqdm is not thread-safe)."""
-        if self.bar is not None and words_done > self.bar.n:
-            self.bar.set_postfix_str(f"lr={lr:.5f}", refresh=False)
-            self.bar.update(words_done - self.bar.n)
-
-    def epoch_done(self, stats: dict[str, float]) -> None:
-        line = (
-            f"epoch {stats['epoch']}: loss {stats['loss']:.4f} per prediction, "
-            f"{stats['words'] / max(stats['seconds'], 1e-9):,.0f} words/s"
-        )
-        if self.bar is not None:
-            self.bar.write(line, file=sys.stderr)
-        elif self.log:
-            print(line, file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
