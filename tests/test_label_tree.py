@@ -504,3 +504,39 @@ def test_linear_plt_rejects_bad_input_before_a_kernel_sees_it():
         LinearLabelTree(F, "tree")
     with pytest.raises(TypeError, match="float32 or float64"):
         LinearLabelTree(F, tree, dtype=np.int32)
+
+
+def _ancestors(tree: Tree, y: int) -> list[int]:
+    """y's ancestors below the root, top-down (node ids)."""
+    out, j = [], int(tree.parent[y])
+    while j > 0:
+        out.append(j)
+        j = int(tree.parent[tree.num_classes + j])
+    return out[::-1]
+
+
+@pytest.mark.parametrize("max_leaves", [1, 3, 10, 100])
+@pytest.mark.parametrize("name", list(TREES))
+def test_with_leaf_clusters_collapses_the_highest_small_subtrees(name, max_leaves):
+    from hsoftmax.label_tree import with_leaf_clusters
+
+    tree = TREES[name]
+    V = tree.num_classes
+    out = with_leaf_clusters(tree, max_leaves)
+    assert out.num_classes == V and out.labels == tree.labels and out.depth <= tree.depth
+    under: dict[int, set[int]] = {}
+    for y in range(V):
+        for j in _ancestors(tree, y):
+            under.setdefault(j, set()).add(y)
+    for y in range(V):
+        # the cluster of y: its highest ancestor with <= max_leaves labels (none: hangs as before)
+        anc = _ancestors(tree, y)
+        top = next((j for j in anc if len(under[j]) <= max_leaves), None)
+        siblings = {int(c) for c in out.children[out.child_offset[out.parent[y]] : out.child_offset[out.parent[y] + 1]]}
+        if max_leaves >= V:
+            assert out.depth == 1
+        elif top is not None:
+            assert siblings == under[top]  # the cluster's labels are exactly the node's children
+            assert len(_ancestors(out, y)) == anc.index(top) + 1  # the path above it is kept
+        else:
+            assert len(_ancestors(out, y)) == len(anc)
