@@ -551,8 +551,9 @@ class LinearLabelTree:
     use :class:`LabelTree` over an encoder.
 
     Inputs ``X``: a ``scipy.sparse`` matrix (CSR preferred) or a dense ``(n, num_features)``
-    array. Targets ``Y``: any label-set form of :mod:`hsoftmax.metrics` (list of lists, padded
-    with ``-1``, CSR pair, sparse indicator matrix).
+    array (its nonzeros are read; scipy is not needed for it). Targets ``Y``: any label-set form
+    of :mod:`hsoftmax.metrics` (list of lists, padded with ``-1``, CSR pair, sparse indicator
+    matrix).
 
     >>> import numpy as np
     >>> from hsoftmax import Tree
@@ -594,25 +595,28 @@ class LinearLabelTree:
     def _csr(self, X: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``X`` as validated CSR arrays ``(indptr, indices, data)`` (int64, int64, the weights'
         dtype), every index in range and every value finite, before a kernel sees them."""
-        import scipy.sparse as sp
-
         if isinstance(X, Tensor):
             X = X.detach().cpu().numpy()
-        if hasattr(X, "tocsr") and hasattr(X, "nnz"):
+        if hasattr(X, "tocsr") and hasattr(X, "nnz"):  # scipy.sparse (no scipy needed otherwise)
             m = X.tocsr(copy=True)
+            shape, dtype, indptr, indices, data = m.shape, m.dtype, m.indptr, m.indices, m.data
         else:
             a = np.asarray(X)
             if a.ndim != 2:
                 raise ValueError(f"X must be 2-D (n, num_features), got shape {a.shape}")
-            m = sp.csr_matrix(a)
-        if m.ndim != 2 or m.shape[1] != self.num_features:
-            raise ValueError(f"X must be (n, num_features={self.num_features}), got shape {tuple(m.shape)}")
-        if not (np.issubdtype(m.dtype, np.floating) or np.issubdtype(m.dtype, np.integer)) or m.dtype == np.bool_:
-            raise TypeError(f"X must hold real feature values, got {m.dtype}")
-        indptr = np.ascontiguousarray(m.indptr, dtype=np.int64)
-        indices = np.ascontiguousarray(m.indices, dtype=np.int64)
-        data = np.ascontiguousarray(m.data, dtype=self.weight_t.dtype)
-        if indptr.size != m.shape[0] + 1 or indptr[0] != 0 or indptr[-1] != indices.size or np.any(np.diff(indptr) < 0):
+            shape, dtype = a.shape, a.dtype
+            rows, indices = np.nonzero(a)
+            data = a[rows, indices]
+            indptr = np.zeros(a.shape[0] + 1, np.int64)
+            np.cumsum(np.bincount(rows, minlength=a.shape[0]), out=indptr[1:])
+        if len(shape) != 2 or shape[1] != self.num_features:
+            raise ValueError(f"X must be (n, num_features={self.num_features}), got shape {tuple(shape)}")
+        if not (np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer)) or dtype == np.bool_:
+            raise TypeError(f"X must hold real feature values, got {dtype}")
+        indptr = np.ascontiguousarray(indptr, dtype=np.int64)
+        indices = np.ascontiguousarray(indices, dtype=np.int64)
+        data = np.ascontiguousarray(data, dtype=self.weight_t.dtype)
+        if indptr.size != shape[0] + 1 or indptr[0] != 0 or indptr[-1] != indices.size or np.any(np.diff(indptr) < 0):
             raise ValueError("X is a malformed CSR matrix (indptr): rebuild it with scipy.sparse.csr_matrix")
         if indices.size and (indices.min() < 0 or indices.max() >= self.num_features):
             raise ValueError(f"X has a feature index out of range [0, {self.num_features})")
@@ -737,18 +741,18 @@ class LinearLabelTree:
     def log_marginals(self, X: Any) -> Tensor:
         """``(n, num_classes)``: every label's log marginal (scores every row: ask for it only
         when you need every label)."""
-        import scipy.sparse as sp
-
         indptr, indices, data = self._csr(X)
         n = indptr.size - 1
-        m = sp.csr_matrix((data, indices, indptr), shape=(n, self.num_features))
-        s = np.asarray(m @ self.weight_t, dtype=np.float64)
-        if self.bias is not None:
-            s += self.bias
-        ls = -np.logaddexp(0.0, -s)
         out = np.empty((n, self.num_classes), np.float64)
-        if n:
-            P.log_marginals_all(ls, self.layout, out)
+        for a in range(0, n, 1024):  # every row's score, a block of rows at a time
+            z = min(n, a + 1024)
+            s = np.zeros((z - a, self.layout.num_rows), np.float64)
+            lo, hi = indptr[a], indptr[z]
+            row_of = np.repeat(np.arange(z - a), np.diff(indptr[a : z + 1]))
+            np.add.at(s, row_of, data[lo:hi, None].astype(np.float64) * self.weight_t[indices[lo:hi]])
+            if self.bias is not None:
+                s += self.bias
+            P.log_marginals_all(-np.logaddexp(0.0, -s), self.layout, out[a:z])
         return torch.from_numpy(out).to(_torch_dtype(self.weight_t.dtype))
 
     def marginals(self, X: Any) -> Tensor:
