@@ -500,6 +500,15 @@ def test_linear_plt_rejects_bad_input_before_a_kernel_sees_it():
         m.fit(X, [[0], [1], [2]], optimizer="adam")
     with pytest.raises(ValueError, match="lr"):
         m.fit(X, [[0], [1], [2]], lr=0.0)
+    m.weight_t = np.zeros((F, 2))  # a replaced parameter of the wrong shape never reaches a kernel
+    with pytest.raises(ValueError, match="weight_t must be"):
+        m.topk(X, 1)
+    with pytest.raises(ValueError, match="weight_t must be"):
+        m.fit(X, [[0], [1], [2]])
+    m = LinearLabelTree(F, tree)
+    m.bias = np.zeros(3, np.float32)
+    with pytest.raises(ValueError, match="bias must be"):
+        m.predict(X)
     with pytest.raises(TypeError, match="Tree"):
         LinearLabelTree(F, "tree")
     with pytest.raises(TypeError, match="float32 or float64"):

@@ -631,7 +631,22 @@ class LinearLabelTree:
         return P.check_label_sets(sets.offsets, sets.labels, self.num_classes, n)
 
     def _b(self) -> np.ndarray:
-        return self.bias if self.bias is not None else np.zeros(0, self.weight_t.dtype)
+        """The bias for the kernels (length 0: none), after checking that the (assignable)
+        parameters still have the shapes and dtype the kernels index with."""
+        W, R = self.weight_t, self.layout.num_rows
+        if (
+            not isinstance(W, np.ndarray)
+            or W.shape != (self.num_features, R)
+            or W.dtype not in (np.float32, np.float64)
+        ):
+            raise ValueError(f"weight_t must be a float32/float64 array of shape ({self.num_features}, {R})")
+        if not W.flags.c_contiguous:
+            self.weight_t = W = np.ascontiguousarray(W)
+        if self.bias is None:
+            return np.zeros(0, W.dtype)
+        if not isinstance(self.bias, np.ndarray) or self.bias.shape != (R,) or self.bias.dtype != W.dtype:
+            raise ValueError(f"bias must be a {W.dtype} array of shape ({R},) (or None)")
+        return self.bias
 
     # ------------------------------------------------------------------ training
     def fit(
@@ -669,13 +684,17 @@ class LinearLabelTree:
         threads = numba.get_num_threads() if threads is None else _as_int("threads", threads)
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
+        eps = _as_real("eps", eps)
+        if not 0 <= eps < math.inf:
+            raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+        b = self._b()
         indptr, indices, data = self._csr(X)
         n = indptr.size - 1
         off, lab = self._labels(Y, n)
         dtype = self.weight_t.dtype
         if optimizer == "adagrad":
-            if self._adagrad is None:
-                self._adagrad = (np.zeros_like(self.weight_t), np.zeros(self._b().size, dtype))
+            if self._adagrad is None or self._adagrad[0].shape != self.weight_t.shape:
+                self._adagrad = (np.zeros_like(self.weight_t), np.zeros(b.size, dtype))
             G, Gb = self._adagrad
         else:
             G, Gb = np.zeros((0, 0), dtype), np.zeros(0, dtype)
@@ -684,7 +703,6 @@ class LinearLabelTree:
         most = int(np.diff(off).max()) if n else 0
         pcap, tcap = P.positive_capacity(self.layout, most), P.target_capacity(self.layout, most)
         rng = np.random.default_rng(seed)
-        b = self._b()
         self.epoch_losses: list[float] = []
         for e in range(epochs):
             order = rng.permutation(n).astype(np.int64)
@@ -709,8 +727,9 @@ class LinearLabelTree:
         n = indptr.size - 1
         vals = np.empty((n, k), np.float64)
         idx = np.empty((n, k), np.int64)
+        b = self._b()
         if n:
-            S.topk_search(indptr, indices, data, self.weight_t, self._b(), self.layout, k, vals, idx)
+            S.topk_search(indptr, indices, data, self.weight_t, b, self.layout, k, vals, idx)
         lp = torch.from_numpy(vals).to(_torch_dtype(self.weight_t.dtype))
         return torch.return_types.topk((lp.exp(), torch.from_numpy(idx)))
 
@@ -725,7 +744,8 @@ class LinearLabelTree:
         log_t = math.log(t) if t > 0 else -math.inf
         indptr, indices, data = self._csr(X)
         n = indptr.size - 1
-        W, b = self.weight_t, self._b()
+        b = self._b()
+        W = self.weight_t
         counts = np.zeros(n, np.int64)
         if n:
             S.threshold_count(indptr, indices, data, W, b, self.layout, log_t, counts)
@@ -743,6 +763,7 @@ class LinearLabelTree:
         when you need every label)."""
         indptr, indices, data = self._csr(X)
         n = indptr.size - 1
+        self._b()
         out = np.empty((n, self.num_classes), np.float64)
         for a in range(0, n, 1024):  # every row's score, a block of rows at a time
             z = min(n, a + 1024)
