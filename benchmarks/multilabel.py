@@ -110,6 +110,8 @@ SYSTEMS = (
     "torch_ova",
     "ours_learned",
     "ours_facets",
+    "ours_linear",
+    "ours_linear_facets",
     "supervised_plt",
 )
 
@@ -406,6 +408,65 @@ def run_torch(
     return _pad(pred.tolist()), train_s, predict_s
 
 
+def _warm_linear_kernels() -> None:
+    """Compile (or load from numba's disk cache) the sparse PLT kernels outside the timings:
+    a one-off per machine, as napkinXC's C++ was compiled before its run."""
+    import scipy.sparse as sp
+
+    from hsoftmax import Tree
+    from hsoftmax.label_tree import LinearLabelTree
+
+    m = LinearLabelTree(3, Tree.balanced(4)).fit(sp.identity(3, format="csr"), [[0], [1], [2]], epochs=1)
+    m.topk(sp.identity(3, format="csr"), 2)
+
+
+def _linear_fit(split: Split, rows: np.ndarray, tree: Any, epochs: int, args: argparse.Namespace):
+    from hsoftmax.label_tree import LinearLabelTree
+
+    m = LinearLabelTree(split.X_train.shape[1], tree)
+    X = split.X_train[rows]
+    return m.fit(X, [split.Y_train[i] for i in rows], epochs=epochs, lr=args.linear_lr, optimizer="sgd",
+                 threads=args.threads, seed=args.seed)  # fmt: skip
+
+
+def run_linear(split: Split, args: argparse.Namespace, trees: dict[str, Any]) -> tuple[np.ndarray, float, float, dict]:
+    """``LinearLabelTree`` (linear node models over the TF-IDF, napkinXC's model, on our sparse
+    kernels), SGD with fastText's linearly decaying lr. The candidate trees (``trees``: name ->
+    a function building it from the training split) and the number of epochs (``--linear-epochs``)
+    are chosen on a held-out 10% of the training split by P@1, then the chosen one is trained
+    on the whole training split; every fit of the selection counts as training time."""
+    from hsoftmax import metrics as M
+
+    t0 = time.perf_counter()
+    n = split.X_train.shape[0]
+    perm = np.random.default_rng(args.seed + 1).permutation(n)
+    cut = n - max(1, n // 10)
+    fit_rows, val_rows = np.sort(perm[:cut]), np.sort(perm[cut:])
+    X_val = split.X_train[val_rows]
+    Y_val = [split.Y_train[i] for i in val_rows]
+    built = {name: make() for name, make in trees.items()}
+    scores: dict[str, float] = {}
+
+    def val_p1(name: str, epochs: int) -> float:
+        m = _linear_fit(split, fit_rows, built[name], epochs, args)
+        p1 = M.precision_at_k(m.topk(X_val, 1).indices.numpy(), Y_val, 1)
+        scores[f"{name}, {epochs} epochs"] = round(p1, 4)
+        return p1
+
+    e0, *more = args.linear_epochs
+    best_tree = max(built, key=lambda name: val_p1(name, e0))  # the tree, at the first epoch count
+    best_epochs = max(
+        [e0, *more], key=lambda e: scores[f"{best_tree}, {e} epochs"] if e == e0 else val_p1(best_tree, e)
+    )
+    model = _linear_fit(split, np.arange(n), built[best_tree], best_epochs, args)
+    train_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    pred = model.topk(split.X_test, min(5, split.num_labels)).indices.numpy()
+    predict_s = time.perf_counter() - t0
+    extra = {"tree": f"{best_tree}: {model.tree!r}", "epochs": best_epochs, "validation_P@1": scores}
+    return _pad(pred.tolist()), train_s, predict_s, extra
+
+
 def learned_tree(split: Split, args: argparse.Namespace):
     from hsoftmax import Tree
     from hsoftmax.label_tree import label_centroids
@@ -414,6 +475,18 @@ def learned_tree(split: Split, args: argparse.Namespace):
     cent = label_centroids(split.X_train, split.Y_train, num_labels=split.num_labels)
     tree = Tree.from_embeddings(cent, arity=args.arity, seed=args.seed)
     return tree, time.perf_counter() - t0
+
+
+def linear_tree(split: Split, args: argparse.Namespace, arity: int, max_leaves: int | None):
+    """The learned tree of ``ours_linear``: balanced k-means on the TF-IDF label centroids, with
+    the small subtrees collapsed into one-vs-all leaf clusters when ``max_leaves`` is set
+    (napkinXC's and Parabel's habit: its default is arity 2, leaf clusters of up to 100)."""
+    from hsoftmax import Tree
+    from hsoftmax.label_tree import label_centroids, with_leaf_clusters
+
+    cent = label_centroids(split.X_train, split.Y_train, num_labels=split.num_labels)
+    tree = Tree.from_embeddings(cent, arity=arity, seed=args.seed)
+    return tree if max_leaves is None else with_leaf_clusters(tree, max_leaves)
 
 
 def facet_tree(ds: Dataset):
@@ -499,6 +572,14 @@ def run_dataset(ds: Dataset, args: argparse.Namespace) -> dict[str, Any]:
             tree = facet_tree(ds)
             pred, tr, pr = run_torch(split, args, "plt", tree)
             extra = {"tree": repr(tree)}
+        elif system.startswith("ours_linear"):
+            _warm_linear_kernels()
+            trees = {"facets": lambda: facet_tree(ds)}
+            if system == "ours_linear":
+                trees = {f"k-means arity {a}" + (f", leaves <= {args.max_leaves}" if c else ""): (
+                    lambda a=a, c=c: linear_tree(split, args, a, args.max_leaves if c else None)
+                ) for a, c in ((args.linear_arity, False), (args.linear_arity, True))}  # fmt: skip
+            pred, tr, pr, extra = run_linear(split, args, trees)
         else:
             raise ValueError(f"unknown system {system!r}")
         row = {"system": system, **evaluate(pred, split), "train_s": round(tr, 3), "predict_s": round(pr, 3), **extra}
@@ -517,7 +598,7 @@ def ratios(info: dict[str, Any]) -> None:
     rows = {r["system"]: r for r in info["rows"]}
     ref = rows.get("napkinxc_plt")
     hs = rows.get("fasttext_hs")
-    for name in ("ours_learned", "ours_facets", "supervised_plt"):
+    for name in ("ours_learned", "ours_facets", "ours_linear", "ours_linear_facets", "supervised_plt"):
         ours = rows.get(name)
         if ours is None:
             continue
@@ -550,6 +631,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--init-std", type=float, default=0.1)
     ap.add_argument("--word-dropout", type=float, default=0.0, help="drop this share of input words per step")
     ap.add_argument("--arity", type=int, default=16, help="arity of the learned tree")
+    ap.add_argument(
+        "--linear-epochs", type=int, nargs="+", help="epoch counts ours_linear* choose from (default 10 20)"
+    )
+    ap.add_argument("--linear-lr", type=float, default=1.0, help="SGD lr of ours_linear* (decays linearly to 0)")
+    ap.add_argument("--linear-arity", type=int, default=4, help="arity of ours_linear's k-means trees")
+    ap.add_argument("--max-leaves", type=int, default=100, help="leaf-cluster size of ours_linear's second tree")
     ap.add_argument("--fasttext-epochs", type=int, help="default 25")
     ap.add_argument("--fasttext-lr", type=float, default=0.2)
     ap.add_argument("--max-features", type=int, default=100_000)
@@ -563,6 +650,7 @@ def main(argv: list[str] | None = None) -> int:
     args.epochs = args.epochs or (5 if quick else 3)
     args.batch = args.batch or (32 if quick else 128)
     args.fasttext_epochs = args.fasttext_epochs or (5 if quick else 25)
+    args.linear_epochs = args.linear_epochs or ([5, 10] if quick else [10, 20])
     names = args.datasets or (["synthetic"] if quick else ["debtags", "wordnet"])
 
     import torch

@@ -341,3 +341,211 @@ def test_layout_rows_are_the_node_table():
     m = LabelTree(D, tree)
     assert m.weight.shape == (P.plt_layout(tree).num_rows, D)
     assert m.weight.shape[0] == tree.num_classes + tree.num_nodes - 1  # no single-child nodes
+
+
+# ---------------------------------------------------------------------------- LinearLabelTree
+# The linear PLT over sparse inputs (kernels/plt_sparse.py) against the dense LabelTree with
+# weight = weight_t.T on the dense input: the same loss, gradient step, marginals and top-k.
+F = 11
+
+
+def make_linear(tree: Tree, *, bias: bool = True, seed: int = 0):
+    from hsoftmax.label_tree import LinearLabelTree
+
+    rng = np.random.default_rng(seed)
+    m = LinearLabelTree(F, tree, bias=bias, dtype=np.float64)
+    m.weight_t[...] = rng.normal(0, 1.0, size=m.weight_t.shape)
+    if m.bias is not None:
+        m.bias[...] = rng.normal(0, 0.5, size=m.bias.shape)
+    return m
+
+
+def sparse_rows(n: int, seed: int = 0):
+    import scipy.sparse as sp
+
+    X = sp.random(n, F, density=0.3, random_state=seed, format="csr", dtype=np.float64)
+    keep = np.ones(n)
+    keep[0] = 0.0  # an empty row: only the biases score
+    X = (sp.diags(keep) @ X).tocsr()
+    X.eliminate_zeros()
+    return X
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("name", list(TREES))
+def test_linear_plt_predicts_as_the_dense_label_tree(name, bias):
+    tree = TREES[name]
+    m = make_linear(tree, bias=bias)
+    X = sparse_rows(13)
+    dense = m.to_label_tree()
+    Xd = torch.from_numpy(X.toarray())
+    lm = m.log_marginals(X)
+    assert torch.allclose(lm, dense.log_marginals(Xd), rtol=1e-10, atol=1e-12)
+    for y in (0, tree.num_classes - 1):  # a marginal is the product along its path
+        assert torch.allclose(lm[:, y], path_log_marginal(dense, Xd, y), rtol=1e-10, atol=1e-12)
+    k = min(4, tree.num_classes)
+    top = m.topk(X, k)
+    want = lm.exp().sort(dim=1, descending=True).values[:, :k]
+    assert torch.allclose(top.values, want, rtol=1e-10, atol=1e-12)  # top-k == sorting the marginals
+    assert torch.equal(top.indices, dense.topk(Xd, k).indices)
+    assert torch.allclose(lm.gather(1, top.indices), top.values.log(), rtol=1e-10, atol=1e-12)
+    for t in (0.0, 0.05, 0.5):
+        got, ref = m.predict(X, t), dense.predict(Xd, t)
+        assert got.to_lists() == ref.to_lists()
+        assert torch.allclose(got.scores, ref.scores, rtol=1e-10, atol=1e-12)
+
+
+def test_linear_plt_sums_duplicate_features_as_the_dense_row_does():
+    import scipy.sparse as sp
+
+    m = make_linear(TREES["taxonomy"])
+    dup = sp.csr_matrix((np.array([0.5, 0.25, 1.0]), np.array([3, 3, 7]), np.array([0, 3])), shape=(1, F))
+    summed = np.zeros((1, F))
+    summed[0, 3], summed[0, 7] = 0.75, 1.0
+    assert torch.allclose(m.log_marginals(dup), m.log_marginals(summed), rtol=1e-12)
+    assert torch.equal(m.topk(dup, 3).indices, m.topk(summed, 3).indices)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adagrad"])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("name", ["taxonomy", "chain", "flat"])
+def test_linear_plt_step_is_a_gradient_step_on_the_label_tree_loss(name, bias, optimizer):
+    tree = TREES[name]
+    m = make_linear(tree, bias=bias)
+    X = sparse_rows(6, seed=2)
+    sets = label_lists(tree, 6, seed=4)
+    lr = 0.3
+    for i in range(X.shape[0]):
+        dense = m.to_label_tree()
+        x = torch.from_numpy(X[i].toarray())
+        loss = dense(x, [sets[i]]).loss
+        loss.backward()
+        gw = dense.weight.grad.numpy().T
+        W0 = m.weight_t.copy()
+        m.fit(X[i], [sets[i]], epochs=1, lr=lr, optimizer=optimizer, threads=1)
+        assert m.epoch_losses == [pytest.approx(float(loss.detach()), rel=1e-12)]
+        if optimizer == "sgd":
+            want = W0 - lr * gw
+        else:  # the first AdaGrad step of a weight: lr * g / sqrt(g^2 + eps)
+            want = W0 - lr * gw / np.sqrt(gw * gw + 1e-8) * (gw != 0)
+            m._adagrad = None  # the next example starts its own sums, to compare one step each
+        assert np.allclose(m.weight_t, want, rtol=1e-10, atol=1e-12)
+        if bias:
+            gb = dense.bias.grad.numpy()
+            step = gb if optimizer == "sgd" else gb / np.sqrt(gb * gb + 1e-8) * (gb != 0)
+            # the bias was updated from the same starting values as the dense module's
+            assert np.allclose(m.bias, dense.bias.detach().numpy() - lr * step, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adagrad"])
+def test_linear_plt_learns_and_is_deterministic_on_one_thread(optimizer):
+    from hsoftmax import metrics
+    from hsoftmax.label_tree import LinearLabelTree
+
+    rng = np.random.default_rng(0)
+    import scipy.sparse as sp
+
+    # label j is relevant when feature j is present: several labels per example, learnable
+    X = sp.random(300, 12, density=0.25, random_state=1, format="csr", dtype=np.float32)
+    sets = [sorted(set(X[i].indices.tolist()) & set(range(8))) for i in range(300)]
+    tree = Tree.balanced(8, arity=2)
+    a = LinearLabelTree(12, tree).fit(X, sets, epochs=30, lr=0.5, optimizer=optimizer, threads=1, seed=3)
+    b = LinearLabelTree(12, tree).fit(X, sets, epochs=30, lr=0.5, optimizer=optimizer, threads=1, seed=3)
+    assert np.array_equal(a.weight_t, b.weight_t)
+    assert a.epoch_losses[-1] < 0.5 * a.epoch_losses[0]
+    top = a.topk(X, 1).indices.numpy()
+    assert metrics.precision_at_k(top, sets, 1) > 0.9
+    c = LinearLabelTree(12, tree).fit(X, sets, epochs=5, lr=0.5, optimizer=optimizer, threads=2, seed=rng.integers(9))
+    assert c.epoch_losses[-1] < c.epoch_losses[0]  # Hogwild on 2 threads trains too
+
+
+def test_linear_plt_round_trips_through_the_label_tree():
+    from hsoftmax.label_tree import LinearLabelTree
+
+    m = make_linear(TREES["huffman"])
+    back = LinearLabelTree.from_label_tree(m.to_label_tree())
+    assert np.array_equal(back.weight_t, m.weight_t) and np.array_equal(back.bias, m.bias)
+    buf = io.BytesIO()
+    torch.save(m.to_label_tree().state_dict(), buf)
+    buf.seek(0)
+    loaded = LabelTree.from_state_dict(torch.load(buf))
+    assert np.array_equal(LinearLabelTree.from_label_tree(loaded).weight_t, m.weight_t)
+
+
+def test_linear_plt_rejects_bad_input_before_a_kernel_sees_it():
+    import scipy.sparse as sp
+
+    from hsoftmax.label_tree import LinearLabelTree
+
+    tree = TREES["balanced4"]
+    m = LinearLabelTree(F, tree)
+    X = sparse_rows(3)
+    with pytest.raises(ValueError, match="num_features=11"):
+        m.topk(np.zeros((2, F + 1)), 1)
+    bad = sp.csr_matrix((np.ones(1), np.array([F + 3]), np.array([0, 1])), shape=(1, F), copy=False)
+    bad.indices[0] = F + 3  # scipy does not check indices at construction
+    with pytest.raises(ValueError, match="out of range"):
+        m.topk(bad, 1)
+    with pytest.raises(ValueError, match="NaN"):
+        m.predict(np.full((1, F), np.nan))
+    with pytest.raises(ValueError, match="out of range"):
+        m.fit(X, [[0], [1], [tree.num_classes]])
+    with pytest.raises(ValueError, match="2 examples"):
+        m.fit(X, [[0], [1]])
+    with pytest.raises(ValueError, match="k must be"):
+        m.topk(X, tree.num_classes + 1)
+    with pytest.raises(ValueError, match="threshold"):
+        m.predict(X, 1.5)
+    with pytest.raises(ValueError, match="optimizer"):
+        m.fit(X, [[0], [1], [2]], optimizer="adam")
+    with pytest.raises(ValueError, match="lr"):
+        m.fit(X, [[0], [1], [2]], lr=0.0)
+    m.weight_t = np.zeros((F, 2))  # a replaced parameter of the wrong shape never reaches a kernel
+    with pytest.raises(ValueError, match="weight_t must be"):
+        m.topk(X, 1)
+    with pytest.raises(ValueError, match="weight_t must be"):
+        m.fit(X, [[0], [1], [2]])
+    m = LinearLabelTree(F, tree)
+    m.bias = np.zeros(3, np.float32)
+    with pytest.raises(ValueError, match="bias must be"):
+        m.predict(X)
+    with pytest.raises(TypeError, match="Tree"):
+        LinearLabelTree(F, "tree")
+    with pytest.raises(TypeError, match="float32 or float64"):
+        LinearLabelTree(F, tree, dtype=np.int32)
+
+
+def _ancestors(tree: Tree, y: int) -> list[int]:
+    """y's ancestors below the root, top-down (node ids)."""
+    out, j = [], int(tree.parent[y])
+    while j > 0:
+        out.append(j)
+        j = int(tree.parent[tree.num_classes + j])
+    return out[::-1]
+
+
+@pytest.mark.parametrize("max_leaves", [1, 3, 10, 100])
+@pytest.mark.parametrize("name", list(TREES))
+def test_with_leaf_clusters_collapses_the_highest_small_subtrees(name, max_leaves):
+    from hsoftmax.label_tree import with_leaf_clusters
+
+    tree = TREES[name]
+    V = tree.num_classes
+    out = with_leaf_clusters(tree, max_leaves)
+    assert out.num_classes == V and out.labels == tree.labels and out.depth <= tree.depth
+    under: dict[int, set[int]] = {}
+    for y in range(V):
+        for j in _ancestors(tree, y):
+            under.setdefault(j, set()).add(y)
+    for y in range(V):
+        # the cluster of y: its highest ancestor with <= max_leaves labels (none: hangs as before)
+        anc = _ancestors(tree, y)
+        top = next((j for j in anc if len(under[j]) <= max_leaves), None)
+        siblings = {int(c) for c in out.children[out.child_offset[out.parent[y]] : out.child_offset[out.parent[y] + 1]]}
+        if max_leaves >= V:
+            assert out.depth == 1
+        elif top is not None:
+            assert siblings == under[top]  # the cluster's labels are exactly the node's children
+            assert len(_ancestors(out, y)) == anc.index(top) + 1  # the path above it is kept
+        else:
+            assert len(_ancestors(out, y)) == len(anc)

@@ -64,7 +64,7 @@ from .layer import (
 )
 from .tree import Tree
 
-__all__ = ["LabelTree", "LabelTreeOutput", "LabelSets", "label_centroids"]
+__all__ = ["LabelTree", "LabelTreeOutput", "LabelSets", "LinearLabelTree", "label_centroids", "with_leaf_clusters"]
 
 
 class LabelTreeOutput(NamedTuple):
@@ -492,3 +492,318 @@ def label_centroids(features: Any, targets: Any, num_labels: int | None = None, 
     else:
         norm = np.bincount(sets.labels, minlength=V).astype(np.float64)[:, None]
     return (sums / np.where(norm > 0, norm, 1.0)).astype(np.float32)
+
+
+def with_leaf_clusters(tree: Tree, max_leaves: int) -> Tree:
+    """``tree`` with every subtree of at most ``max_leaves`` labels collapsed into one node whose
+    children are those labels: napkinXC's and Parabel's ``max_leaves`` habit (k-means splits
+    stop at clusters of up to ``max_leaves`` labels, each then a one-vs-all node), which gives a
+    PLT fewer decisions to chain. The collapsed nodes are the highest ones (nearest the root)
+    with at most ``max_leaves`` labels below them; if the whole tree has no more than
+    ``max_leaves`` labels the result is flat. Class order and labels are kept.
+
+    >>> from hsoftmax import Tree
+    >>> t = with_leaf_clusters(Tree.balanced(16, arity=2), max_leaves=4)   # depth 4 -> 3
+    >>> t.depth, t.num_nodes, with_leaf_clusters(t, 16).depth
+    (3, 7, 1)
+    """
+    max_leaves = _as_int("max_leaves", max_leaves, minimum=1)
+    if not isinstance(tree, Tree):
+        raise TypeError(f"tree must be an hsoftmax.Tree, got {type(tree).__name__}")
+    V, N = tree.num_classes, tree.num_nodes
+    parent = np.asarray(tree.parent)
+    below = np.zeros(N, np.int64)  # labels under each node: children come after parents
+    np.add.at(below, parent[:V], 1)
+    for j in range(N - 1, 0, -1):
+        below[parent[V + j]] += below[j]
+    paths: list[list[str]] = []
+    for y in range(V):
+        chain = []  # y's ancestors below the root, bottom-up
+        j = int(parent[y])
+        while j > 0:
+            chain.append(j)
+            j = int(parent[V + j])
+        chain.reverse()
+        keep: list[int] = []
+        for j in chain if below[0] > max_leaves else ():
+            keep.append(j)
+            if below[j] <= max_leaves:
+                break
+        paths.append([f"n{j}" for j in keep])
+    return Tree.from_paths(paths, labels=list(tree.labels) if tree.labels is not None else None)
+
+
+class LinearLabelTree:
+    r"""A PLT of *linear* node models over sparse features (napkinXC's model), trained and
+    searched by the numba kernels of :mod:`hsoftmax.kernels.plt_sparse`.
+
+    Each edge that carries a decision (the rows of :func:`hsoftmax.kernels.plt.plt_layout`) has a
+    full-rank logistic model over the ``num_features`` input features, so an edge's score costs
+    ``O(nnz(x))`` for a sparse row ``x`` (TF-IDF, bag of words), and training an example or
+    finding its top-k labels costs ``O(nnz(x) * visited edges)``: no encoder, no ``d``. The
+    weights are :attr:`weight_t` ``(num_features, num_rows)`` (feature-major: a node's children
+    are contiguous) and :attr:`bias` ``(num_rows,)``; :meth:`to_label_tree` gives the equal
+    dense :class:`LabelTree` (``weight = weight_t.T``), which computes the same losses, marginals
+    and top-k on the dense input (tested), and is the way to a torch checkpoint.
+
+    Memory: ``num_features * num_rows`` weights (two such arrays with AdaGrad), dense: fine for
+    thousands of labels over tens of thousands of features; beyond that reduce the features or
+    use :class:`LabelTree` over an encoder.
+
+    Inputs ``X``: a ``scipy.sparse`` matrix (CSR preferred) or a dense ``(n, num_features)``
+    array (its nonzeros are read; scipy is not needed for it). Targets ``Y``: any label-set form
+    of :mod:`hsoftmax.metrics` (list of lists, padded with ``-1``, CSR pair, sparse indicator
+    matrix).
+
+    >>> import numpy as np
+    >>> from hsoftmax import Tree
+    >>> X = np.array([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0], [1.0, 1.0, 0]])
+    >>> Y = [[0], [1], [2, 3], [0, 1]]
+    >>> plt = LinearLabelTree(3, Tree.balanced(4)).fit(X, Y, epochs=50, lr=0.5, threads=1)
+    >>> plt.topk(X[:1], 1).indices.tolist()
+    [[0]]
+    >>> plt.predict(X[2:3], threshold=0.5).to_lists()
+    [[2, 3]]
+    """
+
+    def __init__(self, num_features: int, tree: Tree, bias: bool = True, dtype: Any = np.float32) -> None:
+        num_features = _as_int("num_features", num_features, minimum=1)
+        if not isinstance(tree, Tree):
+            raise TypeError(f"tree must be an hsoftmax.Tree, got {type(tree).__name__}")
+        dtype = np.dtype(dtype)
+        if dtype not in (np.float32, np.float64):
+            raise TypeError(f"dtype must be float32 or float64, got {dtype}")
+        self.num_features = num_features
+        self.tree = tree
+        self.layout = P.plt_layout(tree)
+        R = self.layout.num_rows
+        self.weight_t = np.zeros((num_features, R), dtype)
+        self.bias: np.ndarray | None = np.zeros(R, dtype) if bias else None
+        self._adagrad: tuple[np.ndarray, np.ndarray] | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return self.tree.num_classes
+
+    def __repr__(self) -> str:
+        return (
+            f"LinearLabelTree(num_features={self.num_features}, num_classes={self.num_classes}, "
+            f"rows={self.layout.num_rows}, tree={self.tree!r}, bias={self.bias is not None})"
+        )
+
+    # ------------------------------------------------------------------ checks
+    def _csr(self, X: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``X`` as validated CSR arrays ``(indptr, indices, data)`` (int64, int64, the weights'
+        dtype), every index in range and every value finite, before a kernel sees them."""
+        if isinstance(X, Tensor):
+            X = X.detach().cpu().numpy()
+        if hasattr(X, "tocsr") and hasattr(X, "nnz"):  # scipy.sparse (no scipy needed otherwise)
+            m = X.tocsr(copy=True)
+            shape, dtype, indptr, indices, data = m.shape, m.dtype, m.indptr, m.indices, m.data
+        else:
+            a = np.asarray(X)
+            if a.ndim != 2:
+                raise ValueError(f"X must be 2-D (n, num_features), got shape {a.shape}")
+            shape, dtype = a.shape, a.dtype
+            rows, indices = np.nonzero(a)
+            data = a[rows, indices]
+            indptr = np.zeros(a.shape[0] + 1, np.int64)
+            np.cumsum(np.bincount(rows, minlength=a.shape[0]), out=indptr[1:])
+        if len(shape) != 2 or shape[1] != self.num_features:
+            raise ValueError(f"X must be (n, num_features={self.num_features}), got shape {tuple(shape)}")
+        if not (np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer)) or dtype == np.bool_:
+            raise TypeError(f"X must hold real feature values, got {dtype}")
+        indptr = np.ascontiguousarray(indptr, dtype=np.int64)
+        indices = np.ascontiguousarray(indices, dtype=np.int64)
+        data = np.ascontiguousarray(data, dtype=self.weight_t.dtype)
+        if indptr.size != shape[0] + 1 or indptr[0] != 0 or indptr[-1] != indices.size or np.any(np.diff(indptr) < 0):
+            raise ValueError("X is a malformed CSR matrix (indptr): rebuild it with scipy.sparse.csr_matrix")
+        if indices.size and (indices.min() < 0 or indices.max() >= self.num_features):
+            raise ValueError(f"X has a feature index out of range [0, {self.num_features})")
+        if data.size and not np.isfinite(data).all():
+            raise ValueError("X has NaN or infinite values")
+        return indptr, indices, data
+
+    def _labels(self, Y: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
+        from .metrics import _as_label_sets
+
+        sets = _as_label_sets(Y, n)
+        return P.check_label_sets(sets.offsets, sets.labels, self.num_classes, n)
+
+    def _b(self) -> np.ndarray:
+        """The bias for the kernels (length 0: none), after checking that the (assignable)
+        parameters still have the shapes and dtype the kernels index with."""
+        W, R = self.weight_t, self.layout.num_rows
+        if (
+            not isinstance(W, np.ndarray)
+            or W.shape != (self.num_features, R)
+            or W.dtype not in (np.float32, np.float64)
+        ):
+            raise ValueError(f"weight_t must be a float32/float64 array of shape ({self.num_features}, {R})")
+        if not W.flags.c_contiguous:
+            self.weight_t = W = np.ascontiguousarray(W)
+        if self.bias is None:
+            return np.zeros(0, W.dtype)
+        if not isinstance(self.bias, np.ndarray) or self.bias.shape != (R,) or self.bias.dtype != W.dtype:
+            raise ValueError(f"bias must be a {W.dtype} array of shape ({R},) (or None)")
+        return self.bias
+
+    # ------------------------------------------------------------------ training
+    def fit(
+        self,
+        X: Any,
+        Y: Any,
+        epochs: int = 10,
+        lr: float = 1.0,
+        optimizer: str = "sgd",
+        threads: int | None = None,
+        seed: int = 0,
+        eps: float = 1e-8,
+    ) -> LinearLabelTree:
+        """Train on ``X`` (``n`` sparse rows) and their label sets ``Y`` for ``epochs`` passes
+        of per-example steps in a fresh random order each (``seed``), continuing from the current
+        weights (and AdaGrad sums, so calling it again trains on). The loss is the sum of each
+        example's node-target cross-entropies (as :class:`LabelTree`'s). ``optimizer``:
+        ``"sgd"`` (``lr`` decaying linearly to 0 over the run, fastText's schedule; the default,
+        and the better of the two on TF-IDF rows of unit norm in ``benchmarks/multilabel.py``)
+        or ``"adagrad"`` (per-weight steps ``lr / sqrt(sum of squared gradients + eps)``, with
+        the same decay). Early stopping is the regularizer: too many epochs overfit small data
+        (choose ``epochs`` on held-out examples). ``threads``: Hogwild threads (default numba's;
+        ``1`` is deterministic). Returns ``self``; the mean loss per example of each epoch is in
+        :attr:`epoch_losses`."""
+        epochs = _as_int("epochs", epochs)
+        if epochs < 0:
+            raise ValueError(f"epochs must be >= 0, got {epochs}")
+        lr = _as_real("lr", lr)
+        if not lr > 0 or not math.isfinite(lr):
+            raise ValueError(f"lr must be a positive finite number, got {lr!r}")
+        if optimizer not in ("adagrad", "sgd"):
+            raise ValueError(f"optimizer must be 'adagrad' or 'sgd', got {optimizer!r}")
+        import numba
+
+        threads = numba.get_num_threads() if threads is None else _as_int("threads", threads)
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        eps = _as_real("eps", eps)
+        if not 0 <= eps < math.inf:
+            raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+        b = self._b()
+        indptr, indices, data = self._csr(X)
+        n = indptr.size - 1
+        off, lab = self._labels(Y, n)
+        dtype = self.weight_t.dtype
+        if optimizer == "adagrad":
+            if self._adagrad is None or self._adagrad[0].shape != self.weight_t.shape:
+                self._adagrad = (np.zeros_like(self.weight_t), np.zeros(b.size, dtype))
+            G, Gb = self._adagrad
+        else:
+            G, Gb = np.zeros((0, 0), dtype), np.zeros(0, dtype)
+        from .kernels import plt_sparse as S
+
+        most = int(np.diff(off).max()) if n else 0
+        pcap, tcap = P.positive_capacity(self.layout, most), P.target_capacity(self.layout, most)
+        rng = np.random.default_rng(seed)
+        self.epoch_losses: list[float] = []
+        for e in range(epochs):
+            order = rng.permutation(n).astype(np.int64)
+            lr0, lr1 = lr * (1 - e / epochs), lr * (1 - (e + 1) / epochs)
+            total = S.train_epoch(
+                indptr, indices, data, order, off, lab, self.layout, self.weight_t, b, G, Gb,
+                lr0, lr1, eps, threads, pcap, tcap,
+            )  # fmt: skip
+            self.epoch_losses.append(float(total) / max(n, 1))
+        return self
+
+    # ------------------------------------------------------------------ prediction
+    def topk(self, X: Any, k: int) -> torch.return_types.topk:
+        """The ``k`` labels of highest marginal of each row, exactly (best-first search):
+        ``(values, indices)`` tensors ``(n, k)``, ``values`` the marginals, descending."""
+        from .kernels import plt_sparse as S
+
+        k = _as_int("k", k)
+        if not 1 <= k <= self.num_classes:
+            raise ValueError(f"k must be in [1, num_classes={self.num_classes}], got {k}")
+        indptr, indices, data = self._csr(X)
+        n = indptr.size - 1
+        vals = np.empty((n, k), np.float64)
+        idx = np.empty((n, k), np.int64)
+        b = self._b()
+        if n:
+            S.topk_search(indptr, indices, data, self.weight_t, b, self.layout, k, vals, idx)
+        lp = torch.from_numpy(vals).to(_torch_dtype(self.weight_t.dtype))
+        return torch.return_types.topk((lp.exp(), torch.from_numpy(idx)))
+
+    def predict(self, X: Any, threshold: float = 0.5) -> LabelSets:
+        """Every label whose marginal is ``>= threshold``, as CSR :class:`LabelSets` (each row's
+        by descending marginal), never opening a subtree whose root is below the threshold."""
+        from .kernels import plt_sparse as S
+
+        t = _as_real("threshold", threshold)
+        if not 0.0 <= t <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1], got {threshold!r}")
+        log_t = math.log(t) if t > 0 else -math.inf
+        indptr, indices, data = self._csr(X)
+        n = indptr.size - 1
+        b = self._b()
+        W = self.weight_t
+        counts = np.zeros(n, np.int64)
+        if n:
+            S.threshold_count(indptr, indices, data, W, b, self.layout, log_t, counts)
+        off = np.zeros(n + 1, np.int64)
+        np.cumsum(counts, out=off[1:])
+        lp = np.empty(int(off[-1]), np.float64)
+        labels = np.empty(int(off[-1]), np.int64)
+        if n:
+            S.threshold_fill(indptr, indices, data, W, b, self.layout, log_t, off, lp, labels)
+        dt = _torch_dtype(W.dtype)
+        return LabelSets(torch.from_numpy(off), torch.from_numpy(labels), torch.from_numpy(lp).to(dt).exp())
+
+    def log_marginals(self, X: Any) -> Tensor:
+        """``(n, num_classes)``: every label's log marginal (scores every row: ask for it only
+        when you need every label)."""
+        indptr, indices, data = self._csr(X)
+        n = indptr.size - 1
+        self._b()
+        out = np.empty((n, self.num_classes), np.float64)
+        for a in range(0, n, 1024):  # every row's score, a block of rows at a time
+            z = min(n, a + 1024)
+            s = np.zeros((z - a, self.layout.num_rows), np.float64)
+            lo, hi = indptr[a], indptr[z]
+            row_of = np.repeat(np.arange(z - a), np.diff(indptr[a : z + 1]))
+            np.add.at(s, row_of, data[lo:hi, None].astype(np.float64) * self.weight_t[indices[lo:hi]])
+            if self.bias is not None:
+                s += self.bias
+            P.log_marginals_all(-np.logaddexp(0.0, -s), self.layout, out[a:z])
+        return torch.from_numpy(out).to(_torch_dtype(self.weight_t.dtype))
+
+    def marginals(self, X: Any) -> Tensor:
+        """``(n, num_classes)``: every label's marginal (they do not sum to 1)."""
+        return self.log_marginals(X).exp()
+
+    def to_label_tree(self) -> LabelTree:
+        """The equal dense :class:`LabelTree` over ``num_features`` inputs (``weight =
+        weight_t.T``, the same bias): fine-tune it in torch, or save its ``state_dict``."""
+        dt = _torch_dtype(self.weight_t.dtype)
+        lt = LabelTree(self.num_features, self.tree, bias=self.bias is not None, dtype=dt)
+        with torch.no_grad():
+            lt.weight.copy_(torch.from_numpy(np.ascontiguousarray(self.weight_t.T)))
+            if self.bias is not None:
+                lt.bias.copy_(torch.from_numpy(self.bias))
+        return lt
+
+    @classmethod
+    def from_label_tree(cls, module: LabelTree) -> LinearLabelTree:
+        """The linear PLT of a :class:`LabelTree` whose inputs are the features themselves
+        (``in_features == num_features``): the inverse of :meth:`to_label_tree`."""
+        if not isinstance(module, LabelTree):
+            raise TypeError(f"module must be a LabelTree, got {type(module).__name__}")
+        W = module.weight.detach().cpu().numpy()
+        out = cls(module.in_features, module.tree, bias=module.bias is not None, dtype=W.dtype)
+        out.weight_t[...] = W.T
+        if out.bias is not None:
+            out.bias[...] = module.bias.detach().cpu().numpy()
+        return out
+
+
+def _torch_dtype(dtype: np.dtype) -> torch.dtype:
+    return torch.float64 if dtype == np.float64 else torch.float32

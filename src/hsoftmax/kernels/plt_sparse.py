@@ -1,0 +1,285 @@
+r"""numba kernels of a *linear* PLT over sparse inputs: napkinXC's model, on hsoftmax's PLT layout.
+
+The node models of :mod:`hsoftmax.kernels.plt` score a dense input ``h`` (an encoder's output).
+Here the input is a sparse row ``x`` (TF-IDF, bag of words: ``indices``, ``values``) and each
+edge has a full-rank linear model over the features, so an edge's score is
+:math:`s_r = b_r + \sum_{f \in nz(x)} x_f W^\top[f, r]`: ``O(nnz(x))`` per scored edge, however
+many features there are. The weights are stored *feature-major*, ``Wt (F, R)``, so that the
+children of a node (contiguous rows ``row_offset[j] + c``) are contiguous in ``Wt[f]``. A dense
+:class:`~hsoftmax.LabelTree` with ``weight = Wt.T`` computes exactly the same numbers on the dense
+``x`` (tested): the node targets, the edge logistic and the marginals are those of
+:mod:`hsoftmax.kernels.plt`, reused, never rewritten.
+
+Kernels:
+
+* :func:`example_scores` / :func:`example_update`: one example's scores on its node targets and
+  its SGD or AdaGrad step (the gradient of its loss at the current weights);
+* :func:`train_epoch`: one pass over the examples in a given order, Hogwild over ``threads``
+  contiguous chunks of that order (each thread its own scratch), the learning rate decaying
+  linearly from ``lr0`` to ``lr1`` over the pass; returns the summed loss;
+* :func:`topk_search`: exact top-``K`` labels by best-first search (as
+  :func:`hsoftmax.kernels.plt.topk_search`, scoring a node's children from the sparse row);
+* :func:`threshold_count` / :func:`threshold_fill`: every label with marginal ``>= t``.
+
+Every index the kernels read comes from a validated CSR matrix
+(:func:`hsoftmax.label_tree.LinearLabelTree` checks ``indptr``, ``indices < F`` and finite values,
+and the label sets with :func:`hsoftmax.kernels.plt.check_label_sets`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from .node import JIT, PARALLEL, log_sigmoid_and_grad
+from .numba_cpu import _heap_pop, _heap_push
+from .plt import edge_loss, node_targets
+
+__all__ = [
+    "example_scores",
+    "example_update",
+    "train_epoch",
+    "topk_search",
+    "threshold_count",
+    "threshold_fill",
+]
+
+
+@njit(inline="always", **JIT)
+def _child_scores(idx, val, Wt, b, ro, k, out):
+    """Scores of the ``k`` contiguous rows ``ro..ro+k-1`` for the sparse row ``(idx, val)``."""
+    for c in range(k):
+        out[c] = b[ro + c] if b.shape[0] > 0 else 0.0
+    for j in range(idx.shape[0]):
+        v = val[j]
+        w = Wt[idx[j]]
+        for c in range(k):
+            out[c] += v * w[ro + c]
+
+
+@njit(**JIT)
+def example_scores(idx, val, Wt, b, rows, n, scores):
+    """``scores[e] = b[rows[e]] + sum_j val[j] * Wt[idx[j], rows[e]]`` for ``e < n``."""
+    for e in range(n):
+        scores[e] = b[rows[e]] if b.shape[0] > 0 else 0.0
+    for j in range(idx.shape[0]):
+        v = val[j]
+        w = Wt[idx[j]]
+        for e in range(n):
+            scores[e] += v * w[rows[e]]
+
+
+@njit(**JIT)
+def example_update(idx, val, Wt, b, G, Gb, rows, targets, n, scores, lr, eps):
+    """One example's step on its node targets ``rows[:n]``/``targets[:n]`` at the scores
+    ``scores[:n]`` (from :func:`example_scores`, i.e. at the current weights): the gradient of
+    the example's loss (the sum of its edges' cross-entropies) is ``coef[e] * x`` on column
+    ``rows[e]`` of ``Wt`` and ``coef[e]`` on ``b[rows[e]]``. With ``G``/``Gb`` of length 0 a plain
+    SGD step ``-lr * grad``; else AdaGrad: ``G += grad**2``, ``step = -lr * grad / sqrt(G + eps)``
+    (``G`` shaped as ``Wt``, ``Gb`` as ``b``). Overwrites ``scores[:n]`` with the coefficients
+    and returns the loss."""
+    loss = 0.0
+    for e in range(n):
+        l, c = edge_loss(scores[e], targets[e])
+        loss += l
+        scores[e] = c
+    ada = G.shape[0] > 0
+    for j in range(idx.shape[0]):
+        v = val[j]
+        f = idx[j]
+        w = Wt[f]
+        for e in range(n):
+            g = scores[e] * v
+            if g != 0.0:
+                r = rows[e]
+                if ada:
+                    G[f, r] += g * g
+                    w[r] -= lr * g / np.sqrt(G[f, r] + eps)
+                else:
+                    w[r] -= lr * g
+    if b.shape[0] > 0:
+        for e in range(n):
+            g = scores[e]
+            r = rows[e]
+            if ada:
+                Gb[r] += g * g
+                b[r] -= lr * g / np.sqrt(Gb[r] + eps)
+            else:
+                b[r] -= lr * g
+    return loss
+
+
+@njit(**JIT)
+def _train_chunk(
+    indptr, indices, data, order, q0, q1, offsets, labels, layout, Wt, b, G, Gb, lr0, lr1, eps, pcap, tcap
+):
+    positive = np.empty(pcap, np.int64)
+    rows = np.empty(tcap, np.int64)
+    targets = np.empty(tcap, np.int8)
+    scores = np.empty(tcap, np.float64)
+    span = max(q1 - q0, 1)
+    loss = 0.0
+    for q in range(q0, q1):
+        i = order[q]
+        lr = lr0 + (lr1 - lr0) * ((q - q0) / span)
+        n = node_targets(labels[offsets[i] : offsets[i + 1]], layout, positive, rows, targets)
+        a, z = indptr[i], indptr[i + 1]
+        idx = indices[a:z]
+        val = data[a:z]
+        example_scores(idx, val, Wt, b, rows, n, scores)
+        loss += example_update(idx, val, Wt, b, G, Gb, rows, targets, n, scores, lr, eps)
+    return loss
+
+
+@njit(**PARALLEL)
+def train_epoch(
+    indptr, indices, data, order, offsets, labels, layout, Wt, b, G, Gb, lr0, lr1, eps, threads, pcap, tcap
+):
+    """One pass of per-example steps over the examples ``order`` (CSR input ``indptr, indices,
+    data``; CSR label sets ``offsets, labels``), split into ``threads`` contiguous chunks run
+    Hogwild (``threads=1``: sequential and deterministic). ``pcap``/``tcap``: the scratch sizes
+    of the largest label set (:func:`hsoftmax.kernels.plt.positive_capacity`,
+    :func:`~hsoftmax.kernels.plt.target_capacity`). Returns the summed loss."""
+    m = order.shape[0]
+    T = max(1, min(threads, m))
+    losses = np.zeros(T, np.float64)
+    for t in prange(T):
+        q0 = (m * t) // T
+        q1 = (m * (t + 1)) // T
+        losses[t] = _train_chunk(
+            indptr, indices, data, order, q0, q1, offsets, labels, layout, Wt, b, G, Gb, lr0, lr1, eps, pcap, tcap
+        )
+    return losses.sum()
+
+
+@njit(**JIT)
+def _topk_one(idx, val, Wt, b, layout, K, vals, out_idx):
+    """Best-first search for one sparse row (see :func:`hsoftmax.kernels.plt._topk_one`)."""
+    V = layout.num_classes
+    child_offset, children, row_offset = layout.child_offset, layout.children, layout.row_offset
+    cap = 64 + 2 * layout.max_arity
+    hv = np.empty(cap, np.float64)
+    hr = np.empty(cap, np.int64)
+    s = np.empty(max(layout.max_arity, 1), np.float64)
+    hv[0] = 0.0
+    hr[0] = V
+    n = 1
+    found = 0
+    while found < K and n > 0:
+        lp, ref = _heap_pop(hv, hr, n)
+        n -= 1
+        if ref < V:
+            vals[found] = lp
+            out_idx[found] = ref
+            found += 1
+            continue
+        node = ref - V
+        c0 = child_offset[node]
+        k = child_offset[node + 1] - c0
+        if n + k > cap:
+            cap = 2 * (n + k)
+            hv2 = np.empty(cap, np.float64)
+            hr2 = np.empty(cap, np.int64)
+            hv2[:n] = hv[:n]
+            hr2[:n] = hr[:n]
+            hv = hv2
+            hr = hr2
+        ro = row_offset[node]
+        deterministic = row_offset[node + 1] == ro
+        if not deterministic:
+            _child_scores(idx, val, Wt, b, ro, k, s)
+        for c in range(k):
+            if deterministic:
+                lc = lp
+            else:
+                ls, _ = log_sigmoid_and_grad(s[c])
+                lc = lp + ls
+            _heap_push(hv, hr, n, lc, children[c0 + c])
+            n += 1
+
+
+@njit(**PARALLEL)
+def topk_search(indptr, indices, data, Wt, b, layout, K, vals, idx):
+    """Exact top-``K`` labels of each CSR row by marginal: ``vals (B, K)`` log marginals
+    (float64), ``idx (B, K)`` int64, descending. ``K <= num_classes``."""
+    for i in prange(indptr.shape[0] - 1):
+        a, z = indptr[i], indptr[i + 1]
+        _topk_one(indices[a:z], data[a:z], Wt, b, layout, K, vals[i], idx[i])
+
+
+@njit(**JIT)
+def _threshold_one(idx, val, Wt, b, layout, log_t, out_lp, out_ref):
+    """Depth-first search keeping every subtree whose root's log marginal is ``>= log_t``
+    (see :func:`hsoftmax.kernels.plt._threshold_one`); returns the number of labels found."""
+    V = layout.num_classes
+    child_offset, children, row_offset = layout.child_offset, layout.children, layout.row_offset
+    cap = 64 + 2 * layout.max_arity
+    sv = np.empty(cap, np.float64)
+    sr = np.empty(cap, np.int64)
+    s = np.empty(max(layout.max_arity, 1), np.float64)
+    sv[0] = 0.0
+    sr[0] = 0
+    n = 1
+    found = 0
+    room = out_ref.shape[0]
+    while n > 0:
+        n -= 1
+        lp, node = sv[n], sr[n]
+        c0 = child_offset[node]
+        k = child_offset[node + 1] - c0
+        if n + k > cap:
+            cap = 2 * (n + k)
+            sv2 = np.empty(cap, np.float64)
+            sr2 = np.empty(cap, np.int64)
+            sv2[:n] = sv[:n]
+            sr2[:n] = sr[:n]
+            sv = sv2
+            sr = sr2
+        ro = row_offset[node]
+        deterministic = row_offset[node + 1] == ro
+        if not deterministic:
+            _child_scores(idx, val, Wt, b, ro, k, s)
+        for c in range(k):
+            if deterministic:
+                lc = lp
+            else:
+                ls, _ = log_sigmoid_and_grad(s[c])
+                lc = lp + ls
+            if lc >= log_t:
+                ref = children[c0 + c]
+                if ref < V:
+                    if found < room:
+                        out_lp[found] = lc
+                        out_ref[found] = ref
+                    found += 1
+                else:
+                    sv[n] = lc
+                    sr[n] = ref - V
+                    n += 1
+    return found
+
+
+@njit(**PARALLEL)
+def threshold_count(indptr, indices, data, Wt, b, layout, log_t, counts):
+    """``counts[i]``: how many labels of CSR row ``i`` have log marginal ``>= log_t``."""
+    empty_lp = np.empty(0, np.float64)
+    empty_ref = np.empty(0, np.int64)
+    for i in prange(indptr.shape[0] - 1):
+        a, z = indptr[i], indptr[i + 1]
+        counts[i] = _threshold_one(indices[a:z], data[a:z], Wt, b, layout, log_t, empty_lp, empty_ref)
+
+
+@njit(**PARALLEL)
+def threshold_fill(indptr, indices, data, Wt, b, layout, log_t, start, lp, labels):
+    """The labels :func:`threshold_count` counted, into ``labels[start[i]:start[i + 1]]`` with
+    their log marginals in ``lp``, each row's by descending marginal (ties: label id)."""
+    for i in prange(indptr.shape[0] - 1):
+        a, z = indptr[i], indptr[i + 1]
+        s0, s1 = start[i], start[i + 1]
+        _threshold_one(indices[a:z], data[a:z], Wt, b, layout, log_t, lp[s0:s1], labels[s0:s1])
+        order = np.argsort(labels[s0:s1])
+        ids = labels[s0:s1][order]
+        vs = lp[s0:s1][order]
+        o2 = np.argsort(-vs, kind="mergesort")
+        lp[s0:s1] = vs[o2]
+        labels[s0:s1] = ids[o2]
