@@ -20,7 +20,7 @@ vocabulary pass (it has no separate one); "wall" is the whole run for everyone.
 only, one thread; ``--corpus``, ``--modes`` and ``--threads`` given as well override its parts.
 Results go to ``benchmarks/results/word2vec_vs_peers.json`` (and ``.md``), or to ``--json``.
 
-``--experiments`` picks what runs (default: all four; with ``--quick``, ``peers`` only):
+``--experiments`` picks what runs (default: all five; with ``--quick``, ``peers`` only):
 
 * ``peers``: the speed and quality grid above (every system, mode and thread count).
 * ``continue``: continued training with a growing vocabulary on the first ``--slice-tokens``
@@ -30,8 +30,16 @@ Results go to ``benchmarks/results/word2vec_vs_peers.json`` (and ``.md``), or to
   run from scratch on A+B. For gensim the row also says how many old words' Huffman codes its
   update changed (their trained node rows then decide for other words); for ours, the grafted
   tree's mean code length against a rebuilt Huffman tree's.
+* ``continue-b``: the common case of continued training: train on A (every 100th line held out),
+  then continue for one epoch on the new text B only (the slice's second half). The exact
+  log-likelihood per CBOW prediction of the held-out A lines (old words only, full window; one
+  evaluator, :func:`hsoftmax.word2vec.kernels.word_loglik`, reads gensim's codes and points too)
+  after A, right after the vocabulary update and after the epoch on B, and the scores after A and
+  after B. gensim's own ``Word2Vec.score`` of the same lines is reported beside it (it skips
+  decisions beyond its sigmoid table, right or wrong, so it is not a log-likelihood).
 * ``memory``: peak memory (VmHWM) of a whole run, encoding, training and writing the vectors, in
-  text and in binary, for hsoftmax and gensim corpus_file, on the slice, one process per run.
+  text and in binary, for hsoftmax (the Python API, and the ``hsoftmax word2vec`` command, which
+  starts numba without scipy's BLAS) and gensim corpus_file, on the slice, one process per run.
 * ``small``: CBOW on the slice with ``--seeds`` (default 1 2 3) at ``--small-threads`` (default 2)
   threads, hsoftmax vs gensim corpus_file: mean and standard deviation of each score; gensim also
   at 1 thread, the only count at which its corpus_file learning rate decays as word2vec's does.
@@ -56,7 +64,7 @@ SYSTEMS = ["hsoftmax", "gensim-file", "gensim-iter", "fasttext"]
 SETTINGS = dict(dim=100, window=5, min_count=5, sample=1e-3, epochs=3, alpha=0.025, seed=1)
 FULL = dict(modes=["cbow", "sg"], threads=[1, 2])
 QUICK = dict(modes=["cbow"], threads=[1])
-EXPERIMENTS = ["peers", "continue", "memory", "small"]
+EXPERIMENTS = ["peers", "continue", "continue-b", "memory", "small"]
 SLICE_PEERS = ["hsoftmax", "gensim-file"]  # the systems of the continue, memory and small experiments
 
 
@@ -288,6 +296,105 @@ def continue_worker(system: str, corpus_a: str, corpus_ab: str, threads: int) ->
     return out
 
 
+def _exact_loglik(words: list[str], syn0, syn1, codes_choices, sentences: list[list[str]], keep: set[str]) -> float:
+    """Mean exact log-likelihood per CBOW prediction (full window) of ``sentences``, counting only
+    the words in ``keep``, for any binary HS model given each word's path as
+    ``codes_choices[w] = (rows, choices)`` (``p(choice 1) = sigmoid(syn1[row] . h)``)."""
+    import numpy as np
+
+    from hsoftmax.word2vec import kernels
+
+    index = {w: i for i, w in enumerate(words)}
+    ids, offsets = [], [0]
+    for sent in sentences:
+        ids.extend(index[t] for t in sent if t in keep)
+        offsets.append(len(ids))
+    lengths = np.array([len(codes_choices[w][0]) for w in range(len(words))], dtype=np.int64)
+    start = np.zeros(len(words) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=start[1:])
+    rows = np.concatenate([np.asarray(codes_choices[w][0], dtype=np.int32) for w in range(len(words))])
+    choices = np.concatenate([np.asarray(codes_choices[w][1], dtype=np.int32) for w in range(len(words))])
+    paths = kernels.Paths(start, rows, choices, np.full(rows.size, 2, dtype=np.int32))
+    chunk = kernels.Chunk(np.array(ids, dtype=np.int32), np.array(offsets, dtype=np.int64))
+    model = kernels.Model(np.ascontiguousarray(syn0), np.ascontiguousarray(syn1), False, SETTINGS["window"])
+    return float(kernels.word_loglik(chunk, model, paths))
+
+
+def _hsoftmax_paths(model) -> list:
+    from hsoftmax.word2vec import kernels
+
+    p = kernels.flat_paths(model.tree, model.word_classes)
+    return [
+        (p.row[p.start[w] : p.start[w + 1]], p.choice[p.start[w] : p.start[w + 1]]) for w in range(len(model.vocab))
+    ]
+
+
+def _gensim_paths(model) -> list:
+    # gensim trains sigmoid(h . syn1[point]) towards 1 - code: its "child 1" is code 0.
+    return [
+        (model.wv.get_vecattr(w, "point"), 1 - model.wv.get_vecattr(w, "code").astype("int32"))
+        for w in model.wv.index_to_key
+    ]
+
+
+def continue_b_worker(system: str, corpus_a: str, corpus_b: str, heldout: str, threads: int) -> dict:
+    """Train on A, then one epoch on B only: held-out A log-likelihood at each stage, and scores."""
+    with open(heldout, encoding="utf-8") as f:
+        sentences = [line.split() for line in f]
+    out: dict = {"system": system, "threads": threads, "heldout_sentences": len(sentences)}
+    if system == "hsoftmax":
+        from hsoftmax.word2vec import encode_file
+
+        model = hsoftmax_model(False, threads).fit(corpus_a)
+        old = set(model.vocab.words)
+
+        def stage() -> float:
+            return _exact_loglik(
+                list(model.vocab.words), model.syn0, model.syn1, _hsoftmax_paths(model), sentences, old
+            )
+
+        out.update(old_words=len(old), after_a=stage(), scores_a=scores(list(model.vocab.words), model.syn0))
+        enc = encode_file(corpus_b, model.min_count, vocab=model.vocab)
+        try:
+            model.epochs = 1
+            model.build(enc, update=True)  # the vocabulary update alone: the grown tree, no training yet
+            out.update(new_words=len(model.vocab) - len(old), after_update=stage())
+            model.train(enc)
+        finally:
+            enc.close()
+        out.update(after_b=stage(), scores_b=scores(list(model.vocab.words), model.syn0))
+        return out
+    model = gensim_model(False, threads)
+    gensim_fit(model, corpus_a)
+    old = set(model.wv.index_to_key)
+
+    def gstage() -> dict:
+        own = model.score(sentences, total_sentences=len(sentences))
+        predictions = sum(sum(t in model.wv.key_to_index for t in s) for s in sentences)
+        words = list(model.wv.index_to_key)
+        return {
+            "exact": _exact_loglik(words, model.wv.vectors, model.syn1, _gensim_paths(model), sentences, old),
+            "gensim_score": float(own.sum()) / max(predictions, 1),
+        }
+
+    a = gstage()
+    out.update(old_words=len(old), after_a=a["exact"], gensim_score_a=a["gensim_score"])
+    out["scores_a"] = scores(list(model.wv.index_to_key), model.wv.vectors)
+    try:
+        model.build_vocab(corpus_file=corpus_b, update=True)
+        u = gstage()
+        out.update(new_words=len(model.wv) - len(old), after_update=u["exact"], gensim_score_update=u["gensim_score"])
+        model.train(
+            corpus_file=corpus_b, total_words=model.corpus_total_words, total_examples=model.corpus_count, epochs=1
+        )
+        b = gstage()
+        out.update(after_b=b["exact"], gensim_score_b=b["gensim_score"])
+        out["scores_b"] = scores(list(model.wv.index_to_key), model.wv.vectors)
+    except Exception as e:  # an error of gensim's update path is its result
+        out["error_update"] = f"{type(e).__name__}: {e}"[:200]
+    return out
+
+
 def memory_worker(system: str, fmt: str, corpus: str, threads: int, out_dir: str) -> dict:
     """A whole run (encode, train, write the vectors as ``fmt``); peak memory at the end."""
     t0 = time.perf_counter()
@@ -295,6 +402,14 @@ def memory_worker(system: str, fmt: str, corpus: str, threads: int, out_dir: str
     if system == "hsoftmax":
         model = hsoftmax_model(False, threads).fit(corpus)
         model.wv.save_word2vec_format(path, binary=fmt == "binary")
+    elif system == "hsoftmax-cli":  # the command, in this process (its VmHWM is the run's)
+        from hsoftmax.cli import main as cli_main
+
+        flags = [f"--{k.replace('_', '-')}={SETTINGS[k]}" for k in ("dim", "window", "min_count", "sample", "epochs")]
+        flags += [f"--alpha={SETTINGS['alpha']}", f"--seed={SETTINGS['seed']}", f"--threads={threads}", "--no-progress"]
+        rc = cli_main(["word2vec", corpus, "-o", path, *flags] + (["--binary"] if fmt == "binary" else []))
+        if rc != 0:
+            raise SystemExit(f"hsoftmax word2vec exited {rc}")
     else:
         model = gensim_model(False, threads)
         gensim_fit(model, corpus)
@@ -346,6 +461,26 @@ def slice_corpus(src: str, tokens: int, dst_dir: str) -> tuple[str, str]:
     return a, ab
 
 
+def slice_continue_b(corpus_a: str, corpus_ab: str) -> tuple[str, str, str]:
+    """For ``continue-b``: A without every 100th line, those lines (held out), and B (A+B's lines
+    after A's)."""
+    base = os.path.splitext(corpus_a)[0]
+    train, heldout, b = base + "_train.txt", base + "_heldout.txt", base.removesuffix("_A") + "_B.txt"
+    if not all(os.path.isfile(x) for x in (train, heldout, b)):
+        with open(corpus_a, "rb") as f:
+            a_lines = f.readlines()
+        with open(corpus_ab, "rb") as f:
+            b_lines = f.readlines()[len(a_lines) :]
+        for path, lines in (
+            (train, [x for i, x in enumerate(a_lines) if i % 100 != 99]),
+            (heldout, a_lines[99::100]),
+            (b, b_lines),
+        ):
+            with atomic_path(path) as tmp, open(tmp, "wb") as out:
+                out.writelines(lines)
+    return train, heldout, b
+
+
 def mean_sd(values: list[float]) -> tuple[float, float]:
     import statistics
 
@@ -364,8 +499,18 @@ def run_continue(corpus_a: str, corpus_ab: str, threads: int, systems: list[str]
     return rows
 
 
+def run_continue_b(corpus_a: str, corpus_ab: str, threads: int, systems: list[str], timeout: float) -> list[dict]:
+    train, heldout, b = slice_continue_b(corpus_a, corpus_ab)
+    rows = []
+    for system in systems:
+        r = child(["--worker-continue-b", system, train, b, heldout, str(threads), str(SETTINGS["seed"])], timeout)
+        rows.append(r if "error" not in r else {"system": system, "threads": threads, **r})
+    return rows
+
+
 def run_memory(corpus: str, threads: int, systems: list[str], out_dir: str, timeout: float) -> list[dict]:
     rows = []
+    systems = [y for x in systems for y in ([x, "hsoftmax-cli"] if x == "hsoftmax" else [x])]
     for system in systems:
         for fmt in ("text", "binary"):
             r = child(["--worker-memory", system, fmt, corpus, str(threads), out_dir, str(SETTINGS["seed"])], timeout)
@@ -423,6 +568,37 @@ def continue_table(rows: list[dict]) -> str:
         lines.append(
             f"| {r['system']} | A, then continued on A+B | {_score_cells(r.get('continued'))} | {words} | {note} |"
         )
+    return "\n".join(lines)
+
+
+def continue_b_table(rows: list[dict]) -> str:
+    lines = [
+        (
+            "| system | held-out A log-lik: after A | right after the update | after 1 epoch on B "
+            "| analogy % / WS353 / SimLex after A | after B | words (old + new) |"
+        ),
+        "|---|---|---|---|---|---|---|",
+    ]
+
+    def cell(x: dict | None) -> str:
+        if not x:
+            return ""
+        return f"{100 * x['analogy']:.2f} / {x['wordsim353']:.3f} / {x['simlex999']:.3f}"
+
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['system']} | n/a: {r['error']} | | | | | |")
+            continue
+        ll = []
+        for key in ("after_a", "after_update", "after_b"):
+            v = r.get(key)
+            own = r.get("gensim_score_" + key.removeprefix("after_"))
+            ll.append("" if v is None else f"{v:.3f}" + ("" if own is None else f" (gensim score {own:.3f})"))
+        if "error_update" in r:
+            ll[1] = f"n/a: {r['error_update']}"
+        words = f"{r.get('old_words', '?')} + {r.get('new_words', '?')}"
+        after = f"{cell(r.get('scores_a'))} | {cell(r.get('scores_b'))}"
+        lines.append(f"| {r['system']} | {ll[0]} | {ll[1]} | {ll[2]} | {after} | {words} |")
     return "\n".join(lines)
 
 
@@ -564,6 +740,11 @@ def main(argv: list[str] | None = None) -> int:
         SETTINGS["seed"] = int(seed)
         print(json.dumps(continue_worker(system, corpus_a, corpus_ab, int(threads))))
         return 0
+    if argv[:1] == ["--worker-continue-b"]:
+        system, corpus_a, corpus_b, heldout, threads, seed = argv[1:7]
+        SETTINGS["seed"] = int(seed)
+        print(json.dumps(continue_b_worker(system, corpus_a, corpus_b, heldout, int(threads))))
+        return 0
     if argv[:1] == ["--worker-memory"]:
         system, fmt, corpus, threads, out_dir, seed = argv[1:7]
         SETTINGS["seed"] = int(seed)
@@ -634,6 +815,9 @@ def main(argv: list[str] | None = None) -> int:
         if "continue" in args.experiments:
             extra["continue"] = run_continue(corpus_a, corpus_ab, t, slice_systems, args.timeout)
             md += "\n\nContinued training (CBOW):\n\n" + continue_table(extra["continue"])
+        if "continue-b" in args.experiments:
+            extra["continue_b"] = run_continue_b(corpus_a, corpus_ab, t, slice_systems, args.timeout)
+            md += "\n\nContinued training on B only, 1 epoch (CBOW):\n\n" + continue_b_table(extra["continue_b"])
         if "memory" in args.experiments:
             extra["memory"] = run_memory(corpus_ab, t, slice_systems, work, args.timeout)
             md += "\n\nPeak memory of a whole run (CBOW):\n\n" + memory_table(extra["memory"])

