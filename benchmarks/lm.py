@@ -23,18 +23,26 @@ Every head trains with Adam on the dense parameters and ``torch.optim.SparseAdam
 ones (the embedding, ``sparse=True``, and the HS node tables, ``sparse=True``: what
 :func:`hsoftmax.optim.paired` gives Adam), the same learning rate, truncated BPTT with the state
 carried over, and the LSTM's gradient norm clipped. On the CPU the HS layers run their numba
-kernels. Each head runs in its own fresh process (its peak RSS is its own), one after another,
-for the same wall-clock budget of training (forward + backward + optimizer steps, and building
-the head's tree; evaluation pauses the clock; one untimed forward + backward first warms up the
-kernels). ``full`` runs first: the tokens it saw in the budget set the equal-tokens point, at
-which every other head is evaluated on the way (and trained on to it if it is slower).
+kernels. With ``unigram_init`` (the default) every head's output biases start at the training
+unigram distribution (full softmax ``log p(v)``; HS nodes the log-odds of their subtrees'
+masses; adaptive softmax ``log p`` of its head words and tail masses, and each tail's own
+``log p(v | tail)``), so no head spends its first updates learning word frequencies.
+
+Each head runs in its own fresh process (its peak RSS is its own), one after another. Two
+comparisons: **equal time**, each head scored when it has spent the wall-clock budget of
+training (forward + backward + optimizer steps, and building the head's tree; evaluation
+pauses the clock; one untimed forward + backward first warms up the kernels); and **equal
+tokens**, each head scored when it has seen ``equal_tokens`` training tokens (a list; the
+largest is the targets' point). A token count, so the point does not depend on the machine's
+load: a head too slow to get there in its budget (the full softmax) trains on past its budget
+until it does, its equal-time row still taken at the budget.
 
 Perplexities are exact: every head's probabilities are normalized, so the test perplexity is
 ``exp`` of the mean negative log-probability of every token of the split (the layer's forward
 over all of them, no sampling). Validation during training (the curve) uses the first
 ``curve_valid_tokens`` tokens of the valid split; the tables use all of it.
 
-    python benchmarks/lm.py                      # builds the corpus if missing; about 25 min
+    python benchmarks/lm.py                      # builds the corpus if missing; about 45 min on 2 cores
     python benchmarks/lm.py --corpus corpus_en.txt --budget 120 --heads full hs_learned
     python benchmarks/lm.py --quick              # the package's embedded corpus, tiny model, seconds
 
@@ -79,7 +87,8 @@ LABELS = {
 }
 UNK, EOS = "<unk>", "</s>"
 
-# The defaults fit 2 CPU cores: about 4 minutes of training per head.
+# The defaults fit 2 CPU cores: 4 minutes of training per head for the equal-time rows, and the
+# slow heads (full softmax, two-level) train on to the 256,000-token point: ~45-55 min in all.
 FULL: dict[str, Any] = dict(
     max_tokens=None,  # the whole corpus
     min_count=5,
@@ -88,14 +97,22 @@ FULL: dict[str, Any] = dict(
     batch=16,  # small steps: the full softmax gets ~100 updates in its budget on 2 cores
     bptt=16,
     lr=1e-2,
-    head_lr={"full": 3e-2},  # per-head learning rates that override lr (see the README's sweep)
+    # Per-head learning rates that override lr: none. The README's sweep found 3e-2 best for the
+    # full softmax at its ~100 budget steps (zero biases); at the 1,000-step equal-tokens horizon
+    # with unigram biases every head gets 1e-2, the best of every sweep at >= 1,000 steps.
+    head_lr={},
     clip=1.0,
     budget=240.0,  # seconds of training per head
     curve_points=6,
     curve_valid_tokens=3_000,
-    # A second equal-tokens point, for the heads fast enough to reach it in their budget (all
-    # but the full softmax): trees are compared there too, well past the first few hundred steps.
-    late_tokens=256_000,
+    # The equal-tokens points: every head, the full softmax included, is scored when it has seen
+    # each of these many training tokens, and trains past its budget until it has (its
+    # equal-time row is still taken at the budget). A token count, not "what the full softmax
+    # saw in its budget", so that the comparison does not depend on how loaded the machine is.
+    # The largest one is the targets' point.
+    equal_tokens=[256_000],
+    # Every head's output biases start at the training unigram distribution (see unigram_init).
+    unigram_init=True,
     eval_streams=16,
     w2v_dim=64,
     w2v_epochs=1,
@@ -115,11 +132,11 @@ QUICK: dict[str, Any] = dict(
     budget=1.5,
     curve_points=3,
     curve_valid_tokens=200,
-    late_tokens=4_096,
+    equal_tokens=[2_048],
     eval_streams=4,
     w2v_dim=16,
 )
-TUNABLE = [k for k in FULL if k not in ("max_tokens", "head_lr")]
+TUNABLE = [k for k in FULL if k not in ("max_tokens", "head_lr", "equal_tokens", "unigram_init")]
 
 
 # ---------------------------------------------------------------------------- data
@@ -278,6 +295,63 @@ def learned_tree(data: dict[str, np.ndarray], cfg: dict[str, Any]) -> tuple[Any,
     return tree, info
 
 
+# ---------------------------------------------------------------------------- unigram initialization
+# With ``unigram_init`` every head's output biases start where a model that ignores its input is
+# best: at the training unigram distribution, so that the first updates go to context, not to
+# learning word frequencies (which a tree shaped by frequency, such as Huffman's, would otherwise
+# get for free while a learned tree's longer paths and the full softmax's flat start must learn
+# them). The weights keep their usual small random initialization, so each head starts near,
+# not at, the unigram model.
+def log_unigram(counts: np.ndarray) -> np.ndarray:
+    """``log p(v)`` of the training counts (a count of 0 is taken as 1: no ``-inf`` bias)."""
+    c = np.maximum(np.asarray(counts, dtype=np.float64), 1.0)
+    return np.log(c / c.sum())
+
+
+def unigram_node_bias(tree: Any, counts: np.ndarray) -> np.ndarray:
+    """The HS bias row per node parameter that makes the tree's distribution the unigram one when
+    the weights are zero: a binary node's one row scores child 1 against child 0 (``p(child 1) =
+    sigmoid(s)``), so its bias is the log-odds ``log m1 - log m0`` of the two subtrees' masses; a
+    k-ary node's k rows are a softmax over its children, so their biases are ``log m_i``."""
+    V, N = tree.num_classes, tree.num_nodes
+    off, ch, arity, po = tree.child_offset, tree.children, tree.arity, tree.param_offset
+    mass = np.zeros(V + N)
+    mass[:V] = np.exp(log_unigram(counts))
+    # Nodes are numbered breadth-first (a parent before its children): sum the masses bottom-up.
+    for j in range(N - 1, -1, -1):
+        mass[V + j] = mass[ch[off[j] : off[j + 1]]].sum()
+    log_mass = np.log(mass)
+    bias = np.zeros(tree.num_params)
+    binary = np.flatnonzero(arity == 2)
+    bias[po[binary]] = log_mass[ch[off[binary] + 1]] - log_mass[ch[off[binary]]]
+    wide = np.flatnonzero(arity > 2)
+    owner = np.repeat(wide, arity[wide])
+    edge = np.concatenate([np.arange(off[j], off[j + 1]) for j in wide]) if wide.size else np.zeros(0, np.int64)
+    bias[po[owner] + (edge - off[owner])] = log_mass[ch[edge]]
+    return bias
+
+
+def unigram_adaptive(head: Any, counts: np.ndarray) -> None:
+    """``AdaptiveLogSoftmaxWithLoss`` has biases only in its head (``head_bias=True``) and none
+    in its tails; for the comparison each tail's output layer gets one too (same weights), and
+    the biases are ``log p`` of the head's words and of each tail's total mass, and ``log p(v |
+    tail)`` inside each tail: the unigram distribution at zero weights."""
+    import torch
+    from torch import nn
+
+    lp = log_unigram(counts)
+    cut = [0, *head.cutoffs]
+    tail_mass = [np.logaddexp.reduce(lp[cut[i] : cut[i + 1]]) for i in range(1, len(cut) - 1)]
+    with torch.no_grad():
+        head.head.bias.copy_(torch.from_numpy(np.concatenate([lp[: cut[1]], tail_mass])))
+        for i, proj in enumerate(head.tail):
+            old = proj[1]
+            new = nn.Linear(old.in_features, old.out_features, bias=True)
+            new.weight.copy_(old.weight)
+            new.bias.copy_(torch.from_numpy(lp[cut[i + 1] : cut[i + 2]] - tail_mass[i]))
+            proj[1] = new
+
+
 def make_head(kind: str, data: dict[str, np.ndarray], cfg: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     import torch
     from torch import nn
@@ -286,12 +360,20 @@ def make_head(kind: str, data: dict[str, np.ndarray], cfg: dict[str, Any]) -> tu
 
     counts = data["counts"]
     V, H = len(counts), cfg["hidden"]
+    unigram = bool(cfg["unigram_init"])
     if kind == "full":
-        return nn.Linear(H, V), {}
+        linear = nn.Linear(H, V)
+        if unigram:
+            with torch.no_grad():
+                linear.bias.copy_(torch.from_numpy(log_unigram(counts)))
+        return linear, {}
     if kind == "adaptive":
         cutoffs = adaptive_cutoffs(counts)
         cover = [round(float(counts[:c].sum() / counts.sum()), 3) for c in cutoffs]
-        return nn.AdaptiveLogSoftmaxWithLoss(H, V, cutoffs, div_value=4.0), {"cutoffs": cutoffs, "coverage": cover}
+        asm = nn.AdaptiveLogSoftmaxWithLoss(H, V, cutoffs, div_value=4.0, head_bias=unigram)
+        if unigram:
+            unigram_adaptive(asm, counts)
+        return asm, {"cutoffs": cutoffs, "coverage": cover}
     info: dict[str, Any] = {}
     if kind == "hs_huffman":
         tree = Tree.huffman(counts)
@@ -308,14 +390,18 @@ def make_head(kind: str, data: dict[str, np.ndarray], cfg: dict[str, Any]) -> tu
         num_params=tree.num_params,
     )
     torch.manual_seed(cfg["seed"] + 2)
-    return HierarchicalSoftmax(H, tree, sparse=True), info
+    hs = HierarchicalSoftmax(H, tree, sparse=True)
+    if unigram:
+        with torch.no_grad():
+            hs.bias.copy_(torch.from_numpy(unigram_node_bias(tree, counts)))
+    return hs, info
 
 
 def learning_rate(cfg: dict[str, Any], kind: str) -> float:
     return float(cfg["head_lr"].get(kind, cfg["lr"]))
 
 
-def worker(kind: str, data_path: str, cfg: dict[str, Any], equal_tokens: int | None) -> dict[str, Any]:
+def worker(kind: str, data_path: str, cfg: dict[str, Any]) -> dict[str, Any]:
     import torch
     import torch.nn.functional as F
     from torch import nn
@@ -419,18 +505,17 @@ def worker(kind: str, data_path: str, cfg: dict[str, Any], equal_tokens: int | N
 
     tokens_per_step = B * T
     budget = cfg["budget"]
+    points = sorted({int(n) for n in cfg["equal_tokens"]})
     next_curve = budget / cfg["curve_points"]
     clock = build_s
     steps, state, loss = 0, None, float("nan")
     curve = [{"train_s": round(clock, 3), "tokens": 0, **evaluate(curve_only=True)}]
-    at_equal: dict[str, Any] | None = None
-    at_late: dict[str, Any] | None = None
+    at_points: dict[int, dict[str, Any]] = {}
+    at_budget: dict[str, Any] | None = None
     train_losses = []
-    while (
-        steps == 0
-        or clock < budget
-        or (equal_tokens is not None and at_equal is None and steps * tokens_per_step < equal_tokens)
-    ):
+    # Train until both the budget is spent (the equal-time row) and every equal-tokens point is
+    # reached (a slow head trains on past its budget; its equal-time row stays at the budget).
+    while at_budget is None or len(at_points) < len(points):
         t = time.perf_counter()
         state, loss = step(steps, state)
         clock += time.perf_counter() - t
@@ -439,22 +524,28 @@ def worker(kind: str, data_path: str, cfg: dict[str, Any], equal_tokens: int | N
         seen = steps * tokens_per_step
         if not math.isfinite(loss):
             raise SystemExit(f"{kind}: the training loss is {loss} at step {steps}: lower the learning rate")
-        if equal_tokens is not None and at_equal is None and seen >= equal_tokens:
-            at_equal = {"tokens": seen, "train_s": round(clock, 2), **evaluate()}
-            print(f"{kind}: at {seen:,} tokens ({clock:.0f} s) {at_equal}", file=sys.stderr, flush=True)
-        if at_late is None and seen >= cfg["late_tokens"]:
-            at_late = {"tokens": seen, "train_s": round(clock, 2), **evaluate()}
-        if clock >= next_curve:
+        reached = [n for n in points if n not in at_points and seen >= n]
+        for n in reached:
+            at_points[n] = {"point": n, "tokens": seen, "train_s": round(clock, 2), **evaluate()}
+            print(f"{kind}: at the {n:,}-token point ({clock:.0f} s) {at_points[n]}", file=sys.stderr, flush=True)
+        budget_now = at_budget is None and clock >= budget
+        if budget_now:
+            at_budget = {
+                "tokens": seen,
+                "train_s": round(clock, 2),
+                "tokens_per_s": round(seen / max(clock - build_s, 1e-9), 1),
+                "peak_rss_train_gb": round(peak_rss_bytes() / 2**30, 3),
+                **evaluate(),
+            }
+        if clock >= next_curve or reached or budget_now:
             curve.append({"train_s": round(clock, 3), "tokens": seen, **evaluate(curve_only=True)})
-            next_curve += budget / cfg["curve_points"]
+            # Past the budget (a slow head on its way to an equal-tokens point) points are sparser.
+            while next_curve <= clock:
+                next_curve += budget / cfg["curve_points"] if next_curve < budget else budget
             print(f"{kind}: {curve[-1]}", file=sys.stderr, flush=True)
+    assert at_budget is not None
     peak_train = peak_rss_bytes()
     seen = steps * tokens_per_step
-    if curve[-1]["tokens"] != seen:
-        curve.append({"train_s": round(clock, 3), "tokens": seen, **evaluate(curve_only=True)})
-    final = {"tokens": seen, "train_s": round(clock, 2), **evaluate()}
-    if at_equal is None:
-        at_equal = final  # the reference head (no point given): its budget's end is the point
     check = normalization_check(kind, head, lstm, embed, X[:2, :T], Y[:2, :T], target_log_prob)
     return {
         "head": kind,
@@ -465,12 +556,13 @@ def worker(kind: str, data_path: str, cfg: dict[str, Any], equal_tokens: int | N
         "steps": steps,
         "tokens": seen,
         "train_s": round(clock, 2),
+        # Speed over the whole run, tree building excluded (the budget row has its own, at the budget).
         "tokens_per_s": round(seen / max(clock - build_s, 1e-9), 1),
         "tokens_per_s_incl_build": round(seen / max(clock, 1e-9), 1),
         "final_train_loss": round(float(np.mean(train_losses[-20:])), 4) if train_losses else None,
-        "budget": final,
-        "equal_tokens": at_equal,
-        "late_tokens": at_late,
+        "unigram_init": bool(cfg["unigram_init"]),
+        "budget": at_budget,
+        "equal_tokens": [at_points[n] for n in points],
         "curve": curve,
         "normalization": check,
         "params": sum(p.numel() for p in model.parameters()),
@@ -501,7 +593,7 @@ def fmt_mb(gb: float) -> str:
     return f"{gb * 1024:,.0f}"
 
 
-TABLE_COLUMNS = (
+BUDGET_COLUMNS = (
     "head",
     "tokens seen",
     "train s",
@@ -512,60 +604,84 @@ TABLE_COLUMNS = (
     "test ppl ÷ full",
     "peak RSS MB",
 )
-TABLE_HEADER = "| " + " | ".join(TABLE_COLUMNS) + " |"
+POINT_COLUMNS = ("head", "tokens seen", "train s to get there", "valid ppl", "test ppl", "test ppl ÷ full")
 
 
-TABLES = (
-    ("budget", "Equal wall-clock budget"),
-    ("equal_tokens", "Equal tokens seen (what the full softmax saw in its budget)"),
-    ("late_tokens", "Equal tokens seen, later point (the heads that reach it in their budget)"),
-)
+def at_point(r: dict[str, Any], n: int) -> dict[str, Any] | None:
+    """A head's row at the ``n``-token equal-tokens point (None if it has none)."""
+    return next((e for e in r.get("equal_tokens") or [] if e["point"] == n), None)
 
 
-def tables(results: list[dict[str, Any]]) -> str:
-    ok = [r for r in results if "error" not in r]
-    full = next((r for r in ok if r["head"] == "full"), None)
-    lines = []
-    for key, title in TABLES:
-        lines += [
-            f"**{title}**",
-            "",
-            TABLE_HEADER,
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-        ]
-        ref = full[key] if full and full.get(key) else None
+def table_lines(title: str, columns: tuple[str, ...], rows: list[list[str]]) -> list[str]:
+    return [
+        f"**{title}**",
+        "",
+        "| " + " | ".join(columns) + " |",
+        "|---|" + "---:|" * (len(columns) - 1),
+        *("| " + " | ".join(row) + " |" for row in rows),
+        "",
+    ]
+
+
+def tables(results: list[dict[str, Any]], points: list[int]) -> str:
+    full = next((r for r in results if r["head"] == "full" and "error" not in r), None)
+    pad = ["" for _ in BUDGET_COLUMNS[2:]]
+    rows = []
+    for r in results:
+        if "error" in r:
+            rows.append([LABELS.get(r["head"], r["head"]), f"n/a: {r['error']}", *pad])
+            continue
+        e, speed = r["budget"], r["budget"]["tokens_per_s"]
+        rows.append(
+            [
+                r["label"],
+                f"{e['tokens']:,}",
+                f"{e['train_s']:.0f}",
+                f"{speed:,.0f}",
+                f"{speed / full['budget']['tokens_per_s']:.1f}×" if full else "",
+                f"{e['valid_ppl']:.1f}",
+                f"{e['test_ppl']:.1f}",
+                f"{e['test_ppl'] / full['budget']['test_ppl']:.3f}" if full else "",
+                fmt_mb(r["peak_rss_gb"]),
+            ]
+        )
+    lines = table_lines("Equal wall-clock budget", BUDGET_COLUMNS, rows)
+    for n in points:
+        ref = at_point(full, n) if full else None
+        rows = []
         for r in results:
-            if "error" in r:
-                lines.append(f"| {LABELS.get(r['head'], r['head'])} | n/a: {r['error']} | | | | | | | |")
+            e = None if "error" in r else at_point(r, n)
+            if e is None:
+                rows.append([LABELS.get(r["head"], r["head"]), "n/a", "", "", "", ""])
                 continue
-            e = r.get(key)
-            if not e:
-                lines.append(f"| {r['label']} | not reached | | | | | | | |")
-                continue
-            speed = r["tokens_per_s"]
-            x_full = f"{speed / full['tokens_per_s']:.1f}×" if full else ""
-            rel = f"{e['test_ppl'] / ref['test_ppl']:.3f}" if ref else ""
-            lines.append(
-                f"| {r['label']} | {e['tokens']:,} | {e['train_s']:.0f} | {speed:,.0f} | {x_full} | "
-                f"{e['valid_ppl']:.1f} | {e['test_ppl']:.1f} | {rel} | {fmt_mb(r['peak_rss_gb'])} |"
+            rows.append(
+                [
+                    r["label"],
+                    f"{e['tokens']:,}",
+                    f"{e['train_s']:.0f}",
+                    f"{e['valid_ppl']:.1f}",
+                    f"{e['test_ppl']:.1f}",
+                    f"{e['test_ppl'] / ref['test_ppl']:.3f}" if ref else "",
+                ]
             )
-        lines.append("")
+        lines += table_lines(f"Equal tokens seen: {n:,} training tokens", POINT_COLUMNS, rows)
     return "\n".join(lines)
 
 
-def targets(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The issue's four LM targets, each with the measured numbers and met / missed."""
+def targets(results: list[dict[str, Any]], points: list[int]) -> list[dict[str, Any]]:
+    """The issue's four LM targets at the largest equal-tokens point, each with the measured
+    numbers and met / missed; the learned-vs-Huffman comparison at the other points too."""
     r = {x["head"]: x for x in results if "error" not in x}
     out: list[dict[str, Any]] = []
-    if not {"full", "hs_learned"} <= r.keys():
+    if not {"full", "hs_learned"} <= r.keys() or not points:
         return out
-    full, learned = r["full"], r["hs_learned"]
-    eq_f, eq_l = full["equal_tokens"], learned["equal_tokens"]
+    full, learned, n = r["full"], r["hs_learned"], max(points)
+    eq_f, eq_l = at_point(full, n), at_point(learned, n)
     if eq_f and eq_l:
         ratio = eq_l["test_ppl"] / eq_f["test_ppl"]
         out.append(
             {
-                "target": "HS learned test ppl within 10% of full softmax at equal tokens",
+                "target": f"HS learned test ppl within 10% of full softmax at equal tokens ({n:,})",
                 "result": f"{eq_l['test_ppl']:.1f} vs {eq_f['test_ppl']:.1f} ({ratio:.3f}x)",
                 "met": ratio <= 1.10,
             }
@@ -578,48 +694,52 @@ def targets(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "met": bl < bf,
         }
     )
-    speed = learned["tokens_per_s"] / full["tokens_per_s"]
+    speed = learned["budget"]["tokens_per_s"] / full["budget"]["tokens_per_s"]
     out.append({"target": "HS learned >= 5x full softmax's tokens/s", "result": f"{speed:.1f}x", "met": speed >= 5})
-    if "hs_huffman" in r and r["hs_huffman"]["equal_tokens"] and eq_l:
-        hu = r["hs_huffman"]["equal_tokens"]["test_ppl"]
-        out.append(
-            {
-                "target": "learned tree beats Huffman's perplexity at equal tokens",
-                "result": f"test ppl {eq_l['test_ppl']:.1f} vs {hu:.1f}",
-                "met": eq_l["test_ppl"] < hu,
-            }
-        )
-    late_l, late_h = learned.get("late_tokens"), r.get("hs_huffman", {}).get("late_tokens")
-    if late_l and late_h:
-        out.append(
-            {
-                "target": f"(also) learned tree beats Huffman at the later point, {late_l['tokens']:,} tokens",
-                "result": f"test ppl {late_l['test_ppl']:.1f} vs {late_h['test_ppl']:.1f}",
-                "met": late_l["test_ppl"] < late_h["test_ppl"],
-            }
-        )
+    for m in sorted(points, reverse=True):
+        e_l, e_h = at_point(learned, m), at_point(r["hs_huffman"], m) if "hs_huffman" in r else None
+        if e_l and e_h:
+            out.append(
+                {
+                    "target": ("" if m == n else "(also) ")
+                    + f"learned tree beats Huffman's perplexity at equal tokens ({m:,})",
+                    "result": f"test ppl {e_l['test_ppl']:.1f} vs {e_h['test_ppl']:.1f}",
+                    "met": e_l["test_ppl"] < e_h["test_ppl"],
+                }
+            )
     return out
 
 
-def plot(results: list[dict[str, Any]], path: str, title: str, valid_tokens: int) -> None:
+def plot(results: list[dict[str, Any]], path: str, title: str, valid_tokens: int, budget: float) -> None:
+    """Two panels, the same curves: validation perplexity against training seconds (up to the
+    budget: the equal-time view) and against training tokens (every point, the slow heads'
+    training past the budget included: the equal-tokens view)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=110)
+    fig, (by_time, by_tokens) = plt.subplots(1, 2, figsize=(12, 4.8), dpi=110, sharey=True)
     for r in results:
         if "error" in r:
             continue
-        xs = [c["train_s"] for c in r["curve"]]
-        ys = [c["valid_subset_ppl"] for c in r["curve"]]
-        ax.plot(xs, ys, marker="o", markersize=3, label=f"{r['label']} ({r['tokens_per_s']:,.0f} tokens/s)")
-    ax.set_yscale("log")
-    ax.set_xlabel("training wall-clock seconds (tree building included, evaluation excluded)")
-    ax.set_ylabel(f"validation perplexity (exact; first {valid_tokens:,} valid tokens)")
-    ax.set_title(title, fontsize=9)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+        curve = r["curve"]
+        label = f"{r['label']} ({r['budget']['tokens_per_s']:,.0f} tokens/s)"
+        timed = [c for c in curve if c["train_s"] <= budget * 1.02 or c is curve[1]]
+        by_time.plot(
+            [c["train_s"] for c in timed], [c["valid_subset_ppl"] for c in timed], marker="o", ms=3, label=label
+        )
+        seen = [c for c in curve if c["tokens"] > 0]
+        by_tokens.plot([c["tokens"] for c in seen], [c["valid_subset_ppl"] for c in seen], marker="o", ms=3)
+    by_time.set_yscale("log")
+    by_time.set_xlabel("training wall-clock seconds (tree building included, evaluation excluded)")
+    by_time.set_ylabel(f"validation perplexity (exact; first {valid_tokens:,} valid tokens)")
+    by_tokens.set_xscale("log")
+    by_tokens.set_xlabel("training tokens seen")
+    for ax in (by_time, by_tokens):
+        ax.grid(True, which="both", alpha=0.3)
+    by_time.legend(fontsize=8)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
@@ -632,7 +752,10 @@ def settings_text(cfg: dict[str, Any], V: int) -> str:
     return (
         f"LSTM LM: embedding {cfg['emb']} (sparse), 1-layer LSTM {cfg['hidden']}, V={V:,}; batch {cfg['batch']} x "
         f"bptt {cfg['bptt']} ({cfg['batch'] * cfg['bptt']:,} tokens/step); Adam + SparseAdam, lr {lrs}; "
-        f"LSTM grad-norm clip {cfg['clip']:g}; {cfg['threads']} torch threads; budget {cfg['budget']:g} s/head"
+        f"LSTM grad-norm clip {cfg['clip']:g}; output biases "
+        f"{'at the unigram distribution' if cfg['unigram_init'] else 'zero'} at init; {cfg['threads']} torch "
+        f"threads; budget {cfg['budget']:g} s/head; equal-tokens points "
+        + ", ".join(f"{n:,}" for n in cfg["equal_tokens"])
     )
 
 
@@ -653,8 +776,8 @@ def parse_head_lr(items: list[str]) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--worker"]:
-        kind, data_path, cfg_json, eq = argv[1:5]
-        result = worker(kind, data_path, json.loads(cfg_json), None if eq == "none" else int(eq))
+        kind, data_path, cfg_json = argv[1:4]
+        result = worker(kind, data_path, json.loads(cfg_json))
         print(json.dumps(result))  # the last line: run_json_child's result
         return 0
     p = argparse.ArgumentParser(
@@ -664,9 +787,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--corpus", help="corpus file, .txt or .xz (default: build benchmarks/results/corpus_en.txt)")
     p.add_argument("--max-tokens", type=int, help="read only the corpus's first N tokens")
     p.add_argument("--heads", nargs="+", choices=HEADS, default=list(HEADS))
-    p.add_argument("--equal-tokens", type=int, help="the equal-tokens point (default: what full softmax saw)")
+    p.add_argument(
+        "--equal-tokens",
+        type=int,
+        nargs="+",
+        metavar="N",
+        help="equal-tokens points: every head is scored when it has seen N training tokens, a slow head training "
+        f"on past its budget to get there; the largest is the targets' (default {FULL['equal_tokens']})",
+    )
+    p.add_argument(
+        "--unigram-init",
+        action=argparse.BooleanOptionalAction,
+        help="start every head's output biases at the training unigram distribution (default on)",
+    )
     p.add_argument("--json", default=os.path.join(RESULTS, "lm.json"), help="result file (.md, .png beside it)")
-    p.add_argument("--timeout", type=float, help="seconds per head process (default: 5x budget + 30 min)")
+    p.add_argument("--timeout", type=float, help="seconds per head process (default: 5x budget + 1 h)")
     for key in TUNABLE:
         p.add_argument(f"--{key.replace('_', '-')}", type=type(FULL[key]), help=f"default {FULL[key]}")
     p.add_argument(
@@ -677,13 +812,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     cfg = dict(QUICK if args.quick else FULL)
-    for key in [*TUNABLE, "max_tokens"]:
+    for key in [*TUNABLE, "max_tokens", "equal_tokens", "unigram_init"]:
         if getattr(args, key) is not None:
             cfg[key] = getattr(args, key)
     if args.head_lr is not None:
         cfg["head_lr"] = parse_head_lr(args.head_lr)
     if cfg["budget"] <= 0 or cfg["lr"] <= 0 or cfg["batch"] < 1 or cfg["bptt"] < 1 or cfg["curve_points"] < 1:
         raise SystemExit("--budget and --lr must be > 0; --batch, --bptt and --curve-points >= 1")
+    if not cfg["equal_tokens"] or min(cfg["equal_tokens"]) < 1:
+        raise SystemExit(f"--equal-tokens takes token counts >= 1, got {cfg['equal_tokens']}")
+    points = sorted(set(cfg["equal_tokens"]))
+    cfg["equal_tokens"] = points
+    run_t0 = time.perf_counter()
     out_dir = os.path.dirname(os.path.abspath(args.json))
     os.makedirs(out_dir, exist_ok=True)
     corpus = ensure_corpus(args.corpus, args.quick)
@@ -696,13 +836,11 @@ def main(argv: list[str] | None = None) -> int:
     print(settings_text(cfg, V), flush=True)
     del data
 
-    heads = sorted(args.heads, key=lambda h: h != "full")  # full first: it sets the equal-tokens point
-    equal_tokens = args.equal_tokens
-    timeout = args.timeout or 5 * cfg["budget"] + 1800
+    heads = [h for h in HEADS if h in args.heads]
+    timeout = args.timeout or 5 * cfg["budget"] + 3600
     results = []
     for kind in heads:
-        eq = "none" if equal_tokens is None else str(equal_tokens)
-        cmd = [sys.executable, os.path.abspath(__file__), "--worker", kind, data_path, json.dumps(cfg), eq]
+        cmd = [sys.executable, os.path.abspath(__file__), "--worker", kind, data_path, json.dumps(cfg)]
         t = time.perf_counter()
         r = run_json_child(cmd, timeout)
         r.setdefault("head", kind)
@@ -711,22 +849,20 @@ def main(argv: list[str] | None = None) -> int:
         if "error" in r:
             print(f"{kind}: ERROR {r['error']}", flush=True)
             continue
-        if kind == "full" and equal_tokens is None:
-            equal_tokens = r["tokens"]
         b = r["budget"]
         print(
-            f"{LABELS[kind]}: {r['tokens_per_s']:,.0f} tokens/s, {b['tokens']:,} tokens in {b['train_s']:.0f} s, "
+            f"{LABELS[kind]}: {b['tokens_per_s']:,.0f} tokens/s, {b['tokens']:,} tokens in {b['train_s']:.0f} s, "
             f"valid {b['valid_ppl']:.1f}, test {b['test_ppl']:.1f}, peak {fmt_mb(r['peak_rss_gb'])} MB",
             flush=True,
         )
     machine["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
-    md = tables(results)
-    goals = targets(results)
+    md = tables(results, points)
+    goals = targets(results, points)
     goal_lines = [f"- {g['target']}: {g['result']} — {'met' if g['met'] else 'MISSED'}" for g in goals]
     header = (
         f"Measured {machine['date']} on {machine_summary(machine)}; load average {machine['loadavg']} before, "
-        f"{machine['loadavg_after']} after.\n\n{settings_text(cfg, V)}. Tokens: {sizes}; equal-tokens point "
-        f"{equal_tokens if equal_tokens is not None else 'n/a'}."
+        f"{machine['loadavg_after']} after.\n\n{settings_text(cfg, V)}. Tokens: {sizes}; "
+        f"wall clock of the whole run {(time.perf_counter() - run_t0) / 60:.1f} min."
     )
     text = header + "\n\n" + md + "\n" + "\n".join(goal_lines) + "\n"
     print("\n" + text)
@@ -740,7 +876,8 @@ def main(argv: list[str] | None = None) -> int:
             "tokens": sizes,
             "V": V,
             "settings": cfg,
-            "equal_tokens": equal_tokens,
+            "equal_tokens": points,
+            "run_wall_s": round(time.perf_counter() - run_t0, 1),
             "argv": argv,
             "results": results,
             "targets": goals,
@@ -754,6 +891,7 @@ def main(argv: list[str] | None = None) -> int:
             base + ".png",
             f"word-level LSTM LM, V={V:,}, {cfg['budget']:g} s per head; {machine['date']}",
             min(cfg["curve_valid_tokens"], sizes["valid"]),
+            cfg["budget"],
         )
         print(f"wrote {args.json}, {base}.md, {base}.png")
     except ImportError:

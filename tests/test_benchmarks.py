@@ -358,19 +358,25 @@ def test_lm_data_split_vocabulary_and_cutoffs(tmp_path):
 
 def test_lm_quick_smoke_run(tmp_path):
     out = tmp_path / "lm.json"
-    run_script("lm.py", "--quick", "--json", str(out), "--budget", "0.6", "--curve-points", "2")
+    run_script(
+        "lm.py", "--quick", "--json", str(out), "--budget", "0.6", "--curve-points", "2", "--equal-tokens", "768"
+    )
     res = json.loads(out.read_text())
     rows = {r["head"]: r for r in res["results"]}
     assert sorted(rows) == sorted(LM_HEADS)
     assert res["settings"]["budget"] == 0.6 and res["machine"]["versions"]["torch"]
-    full = rows["full"]
+    (point,) = res["equal_tokens"]
     for r in rows.values():
         assert "error" not in r, r
         assert r["tokens"] > 0 and r["tokens_per_s"] > 0 and r["peak_rss_gb"] >= r["base_rss_gb"] > 0.05
-        # Equal tokens: every head is scored at exactly the tokens the full softmax saw.
-        assert r["equal_tokens"]["tokens"] == full["tokens"]
-        for point in (r["budget"], r["equal_tokens"]):
-            assert 1 < point["valid_ppl"] < 1e6 and 1 < point["test_ppl"] < 1e6
+        # Equal time: the budget row is taken when the budget is spent, whatever came after.
+        assert r["budget"]["train_s"] >= 0.6 and r["budget"]["tokens"] <= r["tokens"]
+        # Equal tokens: every head, the full softmax included, is scored at the first step that
+        # reaches the point, trained past its budget if it was not there yet.
+        (eq,) = r["equal_tokens"]
+        assert eq["point"] == point and point <= eq["tokens"] < point + 16 * 16 and eq["tokens"] <= r["tokens"]
+        for row in (r["budget"], eq):
+            assert 1 < row["valid_ppl"] < 1e6 and 1 < row["test_ppl"] < 1e6
         # Exact, normalized probabilities: what makes the perplexities comparable.
         assert r["normalization"]["max_abs_sum_minus_1"] < 1e-4
         assert r["normalization"]["max_abs_target_gap"] < 1e-4
@@ -383,7 +389,8 @@ def test_lm_quick_smoke_run(tmp_path):
     assert cut == sorted(cut) and cut[0] > 0 and cut[-1] < res["V"]
     assert {t["target"].split()[0] for t in res["targets"]} >= {"HS"}  # the targets are scored
     md = out.with_suffix(".md").read_text()
-    assert "**Equal wall-clock budget**" in md and "**Equal tokens seen (" in md and "| HS learned tree |" in md
+    assert "**Equal wall-clock budget**" in md and f"**Equal tokens seen: {point:,} training" in md
+    assert "| HS learned tree |" in md
     assert out.with_suffix(".png").is_file() == (importlib.util.find_spec("matplotlib") is not None)
 
 
@@ -462,3 +469,47 @@ def test_taxonomy_quick_smoke_run(tmp_path):
         assert acc[-1] == pytest.approx(r["p_at_1"])  # the last depth is the class itself
     md = out.with_suffix(".md").read_text()
     assert "| torch-hs-wordnet |" in md and "Quick run" in md
+
+
+def test_lm_unigram_init_starts_every_head_at_the_unigram_distribution():
+    """With the weights zeroed, each head's biases alone give exactly log p(v) of the counts:
+    binary HS nodes (log-odds of the subtree masses), k-ary nodes, the full softmax and the
+    adaptive softmax (head, tail masses and each tail's own distribution)."""
+    import numpy as np
+    import torch
+
+    import lm
+    from hsoftmax import HierarchicalSoftmax, Tree
+
+    rng = np.random.default_rng(0)
+    counts = np.sort(rng.zipf(1.3, 400).clip(1, 10**6))[::-1].astype(np.int64)
+    counts[-1] = 0  # a class never seen: a finite bias, counted as 1
+    V, H = len(counts), 32
+    want = torch.from_numpy(lm.log_unigram(counts))
+    assert torch.isfinite(want).all() and torch.allclose(want.exp().sum(), torch.tensor(1.0, dtype=torch.float64))
+    h = torch.randn(6, H)
+    trees = [
+        Tree.huffman(counts),
+        Tree.two_level(V, counts=counts),
+        Tree.huffman(counts, arity=3),
+        Tree.from_embeddings(rng.normal(size=(V, 4)), arity=3, counts=counts),
+    ]
+    for tree in trees:
+        hs = HierarchicalSoftmax(H, tree)
+        with torch.no_grad():
+            hs.weight.zero_()
+            hs.bias.copy_(torch.from_numpy(lm.unigram_node_bias(tree, counts)))
+            assert (hs.log_prob(h).double() - want).abs().max() < 1e-5
+    for kind in ("full", "adaptive", "hs_huffman"):
+        head, _ = lm.make_head(kind, {"counts": counts}, dict(lm.FULL, hidden=H))
+        with torch.no_grad():
+            for name, p in head.named_parameters():
+                if name.endswith("weight"):
+                    p.zero_()
+            got = torch.log_softmax(head(h), -1) if kind == "full" else head.log_prob(h)
+            assert (got.double() - want).abs().max() < 1e-5, kind
+    # Off: the heads as torch and hsoftmax build them (HS biases zero, no adaptive biases).
+    off, _ = lm.make_head("hs_huffman", {"counts": counts}, dict(lm.FULL, hidden=H, unigram_init=False))
+    assert (off.bias == 0).all()
+    off, _ = lm.make_head("adaptive", {"counts": counts}, dict(lm.FULL, hidden=H, unigram_init=False))
+    assert not [name for name, _ in off.named_parameters() if name.endswith("bias")]
