@@ -279,7 +279,8 @@ def keras_topk(args, backend: str) -> list[dict]:
         t_full, _ = timed_steps(functools.partial(full_model.predict_on_batch, x), args.min_time, args.max_steps, 1)
         a = (values_of.predict_on_batch(x), topk_model.predict_on_batch(x))
         lp = np.asarray(lp_model.predict_on_batch(x), dtype=np.float64)
-        b = (np.take_along_axis(lp, np.asarray(full_model.predict_on_batch(x)).astype(np.int64), 1), None)
+        full_idx = np.asarray(full_model.predict_on_batch(x)).astype(np.int64)
+        b = (np.take_along_axis(lp, full_idx, 1), full_idx)
         p = np.exp(lp)
         row = dict(
             backend=backend,
@@ -295,7 +296,7 @@ def keras_topk(args, backend: str) -> list[dict]:
             first_call_s={"topk": compile_s["topk"], "full": compile_s["full"]},
             mean_top1_prob=float(p.max(1).mean()),
             mean_entropy_nats=float(-(p * lp).sum(1).mean()),
-            same_indices=float(np.mean(np.asarray(a[1]) == np.asarray(full_model.predict_on_batch(x)))),
+            same_indices=float(np.mean(np.asarray(a[1]) == b[1])),
             max_value_error=float(np.max(np.abs(np.asarray(a[0]) - np.asarray(b[0])))),
         )
         if label == "trained":

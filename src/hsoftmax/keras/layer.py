@@ -26,7 +26,7 @@ class TopK(NamedTuple):
 
 
 class BeamTopK(NamedTuple):
-    """A beam search's answer and, per example, whether it is proven exact (``exact``, bool)."""
+    """A tree search's answer and, per example, whether it is proven exact (``exact``, bool)."""
 
     values: Any
     indices: Any
@@ -100,7 +100,8 @@ class HierarchicalSoftmax(keras.layers.Layer):
         ignore_index: targets equal to it score 0 and leave the mean. Default ``-100``.
         add_loss: add the mean NLL when called on ``[hidden, target]``. Turn it off to use the
             ``loss=`` way (with ``TargetNLL``).
-        beam_width: default beam of :meth:`topk` (``None``: ``max(2 k, 8)``).
+        beam_width: default width (open nodes kept) of :meth:`topk`'s tree search (``None``:
+            ``max(4 k, 16)``).
         kernel_initializer: default uniform in ``+-1/sqrt(d)`` (the torch layer's).
         bias_initializer: default zeros.
 
@@ -447,8 +448,9 @@ class HierarchicalSoftmax(keras.layers.Layer):
         return min(max(w, k), self.num_classes)
 
     def beam_topk(self, hidden: Any, k: int, beam_width: int | None = None) -> BeamTopK:
-        """The beam search alone: ``(values, indices, exact)``; rows with ``exact`` False may be
-        wrong (the beam lost a class it cannot rule out)."""
+        """The first tree search of :meth:`topk` alone (see :meth:`_search`): ``(values, indices,
+        exact)``; rows with ``exact`` False may be wrong (the search dropped or did not reach a
+        node it cannot rule out)."""
         k = self._check_k(k)
         h = self._flat_hidden(hidden)
         vals, idx, ok = self._search(h, k, self._width(k, beam_width))
@@ -459,12 +461,13 @@ class HierarchicalSoftmax(keras.layers.Layer):
         """The ``k`` most probable classes, exactly: ``(values, indices)``, each ``(*, k)``, sorted
         descending, equal to ``top_k(log_prob(hidden), k)``.
 
-        A beam search of ``beam_width`` (default ``max(2 k, 8)``) costs O(width * arity * d * depth)
-        per example and proves its answer exact when the model is peaked enough (see
-        :meth:`beam_topk`). The rows it cannot prove go on to beams 8x and 64x wider (where those
-        stay well below V rows per step), then the rows still unproven to the full distribution:
-        eagerly exactly those rows; in a traced call the unproven rows sorted first and padded to
-        1/16 of the batch or the whole batch, whichever holds them.
+        A best-first tree search keeping ``beam_width`` open nodes (default ``max(4 k, 16)``)
+        costs O(nodes expanded * arity * d) per example and proves its answer exact when the
+        model is peaked enough (see :meth:`beam_topk`). The rows it cannot prove go on to
+        searches 8x and 32x wider (while a row's search gathers at most V / 8 weight rows), then
+        the rows still unproven to the full distribution: eagerly exactly those rows; in a
+        traced call the unproven rows sorted first and re-solved in chunks of 1/16 of the batch,
+        one loop turn per chunk that holds an unproven row.
         """
         if _symbolic(hidden):
             k = self._check_k(k)
@@ -479,7 +482,7 @@ class HierarchicalSoftmax(keras.layers.Layer):
         h = self._flat_hidden(hidden)
         width = self._width(k, beam_width)
         vals, idx, ok = self._search(h, k, width)
-        # The rows the beam could not prove go up a ladder: wider beams, then the full
+        # The rows the first search could not prove go up a ladder: wider searches, then the full
         # distribution, each on the rows still unproven only. A trained model proves most rows
         # early; the rows of its rare classes are the flat ones, and they alone should not make
         # the whole batch pay the full distribution's O(V d).
