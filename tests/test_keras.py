@@ -31,7 +31,6 @@ CHECKS = [
     "fit_gradient_equals_torch",
     "fit_trains",
     "loss_way",
-    "topk_exact",
     "topk_peaked_needs_no_fallback",
     "topk_ladder",
     "topk_in_functional_model",

@@ -26,7 +26,7 @@ class TopK(NamedTuple):
 
 
 class BeamTopK(NamedTuple):
-    """A beam search's answer and, per example, whether it is proven exact (``exact``, bool)."""
+    """A tree search's answer and, per example, whether it is proven exact (``exact``, bool)."""
 
     values: Any
     indices: Any
@@ -100,7 +100,8 @@ class HierarchicalSoftmax(keras.layers.Layer):
         ignore_index: targets equal to it score 0 and leave the mean. Default ``-100``.
         add_loss: add the mean NLL when called on ``[hidden, target]``. Turn it off to use the
             ``loss=`` way (with ``TargetNLL``).
-        beam_width: default beam of :meth:`topk` (``None``: ``max(2 k, 8)``).
+        beam_width: default width (open nodes kept) of :meth:`topk`'s tree search (``None``:
+            ``max(4 k, 16)``).
         kernel_initializer: default uniform in ``+-1/sqrt(d)`` (the torch layer's).
         bias_initializer: default zeros.
 
@@ -273,51 +274,113 @@ class HierarchicalSoftmax(keras.layers.Layer):
             s = s + ops.take(s, c[f"jump{i}"], axis=1)
         return s[:, : self.num_classes]
 
-    def _beam(self, h: Any, k: int, width: int) -> tuple[Any, Any, Any]:
-        """Beam search over the tree by depth -> ``(values, indices, exact)``, each ``(B, k)`` /
-        ``(B,)``. Every candidate dropped from the beam bounds all the classes below it (a path's
-        log-probability only falls going down), so when the k-th value found is at least the best
-        dropped candidate, no class outside the answer can beat it: the answer is exact."""
+    def _search_shape(self, width: int) -> tuple[int, int]:
+        """``(expand, steps)`` of a search keeping ``width`` open nodes: each step expands the
+        ``expand`` best open nodes, about ``width / 8`` weight rows' worth (a k-ary node gathers
+        k rows, a binary one 1), so ``steps = depth + 16`` steps can reach the deepest class and
+        still spend about twice ``width`` rows on the nodes around the answer."""
         bp = self._plan.beam
-        V = self.num_classes
+        rows = max(int(bp.slots.shape[1]) - (1 if bp.lead_fixed else 0), 1)  # rows gathered per node
+        return max(1, width // (8 * rows)), max(self.tree.depth, 1) + 16
+
+    def _search(self, h: Any, k: int, width: int) -> tuple[Any, Any, Any]:
+        """Best-first search of the tree -> ``(values, indices, exact)``, each ``(B, k)`` / ``(B,)``.
+
+        An open node's log-probability bounds every class below it (a path's log-probability
+        only falls going down). Each step expands the best open nodes (a batch of them, for
+        static shapes): their child classes enter the running top-k, their child nodes the open
+        list, which keeps the ``width`` best and raises ``bound`` to the best one it drops. A
+        row is proven exact when its k-th class is at least both the best open node and
+        ``bound``: nothing unexplored can beat it. Rows stop changing once proven; the loop
+        stops when every row is proven or after ``steps`` steps. Cost per row: the nodes
+        expanded, O(expand * steps * arity * d), whatever V."""
+        bp = self._plan.beam
+        V, N = self.num_classes, self.tree.num_nodes
+        expand, steps = self._search_shape(width)
+        first_slot = np.arange(bp.slots.shape[1]) == 0
         c = self._c(h)
         kernel, bias = self._weights()
         s, valid = shared_slot_scores(h, kernel, bias, bp.root_slots)
-        lp = ops.where(valid, child_log_probs(s, valid), NEG)  # (B, k0)
+        lp = ops.where(valid, child_log_probs(s, valid), NEG)  # (B, k0): the root's children
         refs = ops.zeros_like(ops.cast(lp, "int32")) + c["root_children"]
-        bound = ops.zeros_like(lp[:, 0]) + NEG
-        lp, refs, bound = _prune(lp, refs, bound, width)
-        if lp.shape[1] < width:  # pad with dead entries so every step has the same shapes
-            pad = width - lp.shape[1]
-            lp = ops.concatenate([lp, ops.repeat(ops.zeros_like(lp[:, :1]) + NEG, pad, axis=1)], axis=1)
-            refs = ops.concatenate([refs, ops.repeat(ops.zeros_like(refs[:, :1]) - 1, pad, axis=1)], axis=1)
-        N = self.tree.num_nodes
+        found_lp, found_idx, _ = _keep(ops.where(refs < V, lp, NEG), ops.where(refs < V, refs, -1), k)
+        open_lp, open_ref, bound = _keep(ops.where(refs >= V, lp, NEG), ops.where(refs >= V, refs, -1), width)
 
-        def expand(_, state):
-            lp, refs, bound = state
-            is_node = refs >= V  # internal nodes in the beam all sit at the current depth
-            local = ops.where(is_node, refs - V, N)  # row N carries a class (or a dead entry)
-            rows = ops.take(c["beam_slots"], local, axis=0)  # (B, W, K)
+        fan = expand * int(bp.slots.shape[1])  # children of one step's expanded nodes
+
+        def proven(found_lp, open_lp, bound):
+            return found_lp[:, k - 1] >= ops.maximum(bound, ops.max(open_lp, axis=1))
+
+        def unfinished(i, found_lp, found_idx, open_lp, open_ref, bound):
+            # Stop when no row has an open node that could still beat its k-th class (such a
+            # row is proven, or its bound holds it back until a wider search).
+            return (i < steps) & ops.any(ops.max(open_lp, axis=1) > found_lp[:, k - 1])
+
+        def step(i, found_lp, found_idx, open_lp, open_ref, bound):
+            top_lp, pos = ops.top_k(open_lp, expand)  # the open list is a set: its best nodes
+            pos = ops.cast(pos, "int32")
+            top_ref = ops.take_along_axis(open_ref, pos, axis=1)
+            # Only nodes that could beat the k-th class found are expanded; the others (every
+            # node of a proven row) read the carry row N, whose weight row 0 stays in cache,
+            # and stay open.
+            useful = (top_ref >= V) & (top_lp > found_lp[:, k - 1 : k])
+            local = ops.where(useful, top_ref - V, N)
+            rows = ops.take(c["beam_slots"], local, axis=0)  # (B, E, K)
             kids = ops.take(c["beam_refs"], local, axis=0)
-            kids = ops.where(ops.expand_dims(is_node, -1), kids, ops.expand_dims(refs, -1))
-            s, valid = slot_scores(h, kernel, bias, rows, bp.lead_fixed)
-            cand = ops.where(valid, ops.expand_dims(lp, -1) + child_log_probs(s, valid), NEG)
-            n = rows.shape[1] * rows.shape[2]
-            return _prune(ops.reshape(cand, (-1, n)), ops.reshape(kids, (-1, n)), bound, width)
+            s, valid = slot_scores(h, kernel, bias, rows, bp.lead_fixed, matmul=True)
+            cand = ops.expand_dims(top_lp, -1) + child_log_probs(s, valid)
+            carried = ops.where(first_slot, ops.expand_dims(top_ref, -1), -1)
+            kids = ops.where(ops.expand_dims(useful, -1), kids, carried)
+            cand = ops.where(ops.expand_dims(useful, -1), cand, ops.expand_dims(top_lp, -1))
+            cand = ops.reshape(ops.where(kids >= 0, cand, NEG), (-1, fan))
+            kids = ops.reshape(kids, (-1, fan))
+            is_class = (kids >= 0) & (kids < V)
+            found_lp, found_idx, _ = _keep(
+                ops.concatenate([found_lp, ops.where(is_class, cand, NEG)], axis=1),
+                ops.concatenate([found_idx, ops.where(is_class, kids, -1)], axis=1),
+                k,
+            )
+            is_node = kids >= V
+            node_lp, node_ref = ops.where(is_node, cand, NEG), ops.where(is_node, kids, -1)
+            # The expanded nodes leave the open list; their child nodes take the places of its
+            # ``fan`` worst entries (the freed ones among them) when they beat them, so the list
+            # is never sorted whole (top_k over it would cost O(width log width) per step).
+            row_of = ops.zeros_like(pos) + ops.expand_dims(ops.arange(ops.shape(pos)[0], dtype="int32"), 1)
+            popped = ops.reshape(ops.stack([row_of, pos], -1), (-1, 2))
+            open_lp = ops.scatter_update(open_lp, popped, ops.reshape(ops.zeros_like(top_lp) + NEG, (-1,)))
+            if 2 * fan > width:  # a wide fan (k-ary nodes): merge everything
+                open_lp, open_ref, dropped = _keep(
+                    ops.concatenate([open_lp, node_lp], axis=1), ops.concatenate([open_ref, node_ref], axis=1), width
+                )
+                return i + 1, found_lp, found_idx, open_lp, open_ref, ops.maximum(bound, dropped)
+            low, at = ops.top_k(-open_lp, fan)
+            at = ops.cast(at, "int32")
+            new_lp, new_ref, dropped = _keep(
+                ops.concatenate([-low, node_lp], axis=1),
+                ops.concatenate([ops.take_along_axis(open_ref, at, axis=1), node_ref], axis=1),
+                fan,
+            )
+            slots = ops.reshape(ops.stack([ops.zeros_like(at) + row_of[:, :1], at], -1), (-1, 2))
+            open_lp = ops.scatter_update(open_lp, slots, ops.reshape(new_lp, (-1,)))
+            open_ref = ops.scatter_update(open_ref, slots, ops.reshape(new_ref, (-1,)))
+            return i + 1, found_lp, found_idx, open_lp, open_ref, ops.maximum(bound, dropped)
 
-        if bp.steps:
-            lp, refs, bound = ops.fori_loop(0, bp.steps, expand, (lp, refs, bound))
-        vals, pos = ops.top_k(lp, k)
-        idx = ops.take_along_axis(refs, ops.cast(pos, "int32"), axis=1)
-        return vals, idx, vals[:, k - 1] >= bound
+        state = (ops.convert_to_tensor(0, "int32"), found_lp, found_idx, open_lp, open_ref, bound)
+        if self.tree.depth > 1:
+            state = ops.while_loop(unfinished, step, state)
+        _, found_lp, found_idx, open_lp, _, bound = state
+        return found_lp, found_idx, proven(found_lp, open_lp, bound)
 
     # ------------------------------------------------------------------ Keras API
     def call(self, inputs, mask=None, training=None, top_k=None, beam_width=None, part="indices"):
         """``[hidden, target]`` -> target log-probs (+ the loss); ``hidden`` -> ``(*, V)``
         log-probs; ``hidden, top_k=k, part="values"|"indices"`` -> that half of the top-k (what
         :meth:`topk` records in a functional model: one output per call, because Keras 3.15
-        loses the second output of a multi-output call on a layer already called once)."""
+        loses the second output of a multi-output call on a layer already called once); ``part="exact"``: the
+        proof of :meth:`beam_topk` alone)."""
         if top_k is not None:
+            if part == "exact":  # the first search's proof alone, as beam_topk(...).exact
+                return self.beam_topk(inputs, top_k, beam_width).exact
             return self._topk(inputs, top_k, beam_width)[0 if part == "values" else 1]
         if isinstance(inputs, (list, tuple)):
             if len(inputs) != 2:
@@ -351,6 +414,8 @@ class HierarchicalSoftmax(keras.layers.Layer):
 
     def compute_output_spec(self, inputs, mask=None, training=None, top_k=None, beam_width=None, part="indices"):
         if top_k is not None:
+            if part == "exact":
+                return keras.KerasTensor(tuple(inputs.shape[:-1]), dtype="bool")
             shape = (*inputs.shape[:-1], int(top_k))
             return keras.KerasTensor(shape, dtype=self.path_dtype if part == "values" else "int32")
         if isinstance(inputs, (list, tuple)):
@@ -379,15 +444,16 @@ class HierarchicalSoftmax(keras.layers.Layer):
 
     def _width(self, k: int, beam_width: int | None) -> int:
         w = beam_width if beam_width is not None else self.beam_width
-        w = max(2 * k, 8) if w is None else int(w)
+        w = max(4 * k, 16) if w is None else int(w)
         return min(max(w, k), self.num_classes)
 
     def beam_topk(self, hidden: Any, k: int, beam_width: int | None = None) -> BeamTopK:
-        """The beam search alone: ``(values, indices, exact)``; rows with ``exact`` False may be
-        wrong (the beam lost a class it cannot rule out)."""
+        """The first tree search of :meth:`topk` alone (see :meth:`_search`): ``(values, indices,
+        exact)``; rows with ``exact`` False may be wrong (the search dropped or did not reach a
+        node it cannot rule out)."""
         k = self._check_k(k)
         h = self._flat_hidden(hidden)
-        vals, idx, ok = self._beam(h, k, self._width(k, beam_width))
+        vals, idx, ok = self._search(h, k, self._width(k, beam_width))
         lead = tuple(ops.shape(hidden)[:-1])
         return BeamTopK(ops.reshape(vals, (*lead, k)), ops.reshape(idx, (*lead, k)), ops.reshape(ok, lead))
 
@@ -395,12 +461,13 @@ class HierarchicalSoftmax(keras.layers.Layer):
         """The ``k`` most probable classes, exactly: ``(values, indices)``, each ``(*, k)``, sorted
         descending, equal to ``top_k(log_prob(hidden), k)``.
 
-        A beam search of ``beam_width`` (default ``max(2 k, 8)``) costs O(width * arity * d * depth)
-        per example and proves its answer exact when the model is peaked enough (see
-        :meth:`beam_topk`). The rows it cannot prove go on to beams 8x and 64x wider (where those
-        stay well below V rows per step), then the rows still unproven to the full distribution:
-        eagerly exactly those rows; in a traced call the unproven rows sorted first and padded to
-        1/16 of the batch or the whole batch, whichever holds them.
+        A best-first tree search keeping ``beam_width`` open nodes (default ``max(4 k, 16)``)
+        costs O(nodes expanded * arity * d) per example and proves its answer exact when the
+        model is peaked enough (see :meth:`beam_topk`). The rows it cannot prove go on to
+        searches 8x and 32x wider (while a row's search gathers at most V / 8 weight rows), then
+        the rows still unproven to the full distribution: eagerly exactly those rows; in a
+        traced call the unproven rows sorted first and re-solved in chunks of 1/16 of the batch,
+        one loop turn per chunk that holds an unproven row.
         """
         if _symbolic(hidden):
             k = self._check_k(k)
@@ -414,13 +481,13 @@ class HierarchicalSoftmax(keras.layers.Layer):
         k = self._check_k(k)
         h = self._flat_hidden(hidden)
         width = self._width(k, beam_width)
-        vals, idx, ok = self._beam(h, k, width)
-        # The rows the beam could not prove go up a ladder: wider beams, then the full
+        vals, idx, ok = self._search(h, k, width)
+        # The rows the first search could not prove go up a ladder: wider searches, then the full
         # distribution, each on the rows still unproven only. A trained model proves most rows
         # early; the rows of its rare classes are the flat ones, and they alone should not make
         # the whole batch pay the full distribution's O(V d).
         for wide in self._ladder(k, width):
-            vals, idx, ok = _refine(h, vals, idx, ok, lambda hs, w=wide: self._beam(hs, k, w))
+            vals, idx, ok = _refine(h, vals, idx, ok, lambda hs, w=wide: self._search(hs, k, w))
 
         def full_rows(hs):
             fv, fi = ops.top_k(self._full_lp(hs), k)
@@ -431,19 +498,25 @@ class HierarchicalSoftmax(keras.layers.Layer):
         return TopK(ops.reshape(vals, (*lead, k)), ops.reshape(idx, (*lead, k)))
 
     def _ladder(self, k: int, width: int) -> list[int]:
-        """Wider beams for the unproven rows: 8x and 64x the first, each at least twice the one
-        before, while a row's beam stays below the full distribution's cost: ``width * K`` rows
-        gathered per step for ``depth`` steps against V rows, so ``width <= V / (4 K depth)``
-        (at V = 100k on JAX a 640-wide beam cost about 0.4x the full distribution per row)."""
-        K = int(self._plan.beam.slots.shape[1])
-        top = self.num_classes // (4 * K * max(self.tree.depth, 1))
+        """Wider searches for the unproven rows: 8x and 32x the first, each at least twice the
+        one before, while a row's search gathers at most V / 8 weight rows (``expand * steps``
+        nodes of ``K`` rows: on JAX at V = 100k gathering a row costs about as much as 8
+        classes' share of the full distribution's matmul)."""
+        bp = self._plan.beam
+        rows = max(int(bp.slots.shape[1]) - (1 if bp.lead_fixed else 0), 1)
         ladder, last = [], width
-        for factor in (8, 64):
-            w = min(factor * width, top)
+        for factor in (8, 32):
+            w = factor * width
+            while w > last and self._rows_gathered(w, rows) > self.num_classes / 8:
+                w //= 2
             if w >= 2 * last and w >= k:
                 ladder.append(w)
                 last = w
         return ladder
+
+    def _rows_gathered(self, width: int, rows: int) -> int:
+        expand, steps = self._search_shape(width)
+        return expand * steps * rows
 
     def predict(self, hidden):
         """The most probable class of each hidden vector, ``(*)`` int32, exactly (by :meth:`topk`)."""
@@ -483,10 +556,11 @@ def _refine(h: Any, vals: Any, idx: Any, ok: Any, solve: Any) -> tuple[Any, Any,
     """Re-solve the unproven rows of a top-k with ``solve(h_rows) -> (values, indices, exact)``.
 
     Eagerly the unproven rows are known and exactly they are re-solved. A traced call needs
-    static shapes: the rows are sorted unproven-first and the first ``cap`` re-solved, ``cap``
-    the smallest of ``batch / 16``, ``batch / 4`` and ``batch`` that holds them all, chosen at
-    run time by a ``switch`` (nothing runs when every row is proven). With an unknown batch size (a
-    ``tf.function`` traced for any batch) the whole batch is re-solved when a row is unproven."""
+    static shapes: the rows are sorted unproven-first and re-solved in chunks of ``batch / 16``
+    rows by a loop that runs once per chunk holding an unproven row (nothing runs when every
+    row is proven), so the cost follows the number of unproven rows and ``solve`` is traced
+    once. With an unknown batch size (a ``tf.function`` traced for any batch) the whole batch
+    is re-solved when a row is unproven."""
     bad = ops.sum(ops.cast(ops.logical_not(ok), "int32"))
     n_bad = _concrete_int(bad)
     if n_bad == 0:
@@ -501,35 +575,49 @@ def _refine(h: Any, vals: Any, idx: Any, ok: Any, solve: Any) -> tuple[Any, Any,
 
         return ops.cond(bad > 0, whole, lambda: (vals, idx, ok))
     order = ops.cast(ops.argsort(ops.cast(ok, "int32")), "int32")  # unproven rows first
-    inverse = ops.cast(ops.argsort(order), "int32")
+    if n_bad is not None:  # eager: exactly the unproven rows
+        rows = order[:n_bad]
+        v, i, e = solve(ops.take(h, rows, axis=0))
+        return _put_rows(vals, idx, ok, rows, v, i, e)
+    B = int(B)
+    chunk = max(1, -(-B // 16))
 
-    def resolve(cap: int) -> tuple[Any, Any, Any]:
-        sub, rest = order[:cap], order[cap:]
-        v, i, e = solve(ops.take(h, sub, axis=0))
-        merged = []
-        for new, old in ((v, vals), (ops.cast(i, "int32"), idx), (e, ok)):
-            both = ops.concatenate([new, ops.take(old, rest, axis=0)], axis=0)
-            merged.append(ops.take(both, inverse, axis=0))
-        return merged[0], merged[1], merged[2]
+    def more(start, vals, idx, ok):
+        return start < bad
 
-    if n_bad is not None:
-        return resolve(n_bad)
-    caps = sorted({max(1, -(-int(B) // 16)), max(1, -(-int(B) // 4)), int(B)})
-    branch = ops.cast(bad > 0, "int32")
-    for c in caps[:-1]:
-        branch = branch + ops.cast(bad > c, "int32")
-    branches = [lambda: (vals, idx, ok)] + [lambda c=c: resolve(c) for c in caps]
-    return ops.switch(branch, branches)
+    def solve_chunk(start, vals, idx, ok):
+        begin = ops.minimum(start, B - chunk)  # the last chunk may overlap proven rows
+        rows = ops.slice(order, ops.expand_dims(begin, 0), (chunk,))
+        v, i, e = solve(ops.take(h, rows, axis=0))
+        return (start + chunk, *_put_rows(vals, idx, ok, rows, v, i, e))
+
+    zero = ops.convert_to_tensor(0, "int32")
+    return ops.while_loop(more, solve_chunk, (zero, vals, idx, ok))[1:]
 
 
-def _prune(lp: Any, refs: Any, bound: Any, width: int) -> tuple[Any, Any, Any]:
-    """Keep the ``width`` best of ``(B, n)`` candidates; raise ``bound`` to the best one dropped."""
-    n = lp.shape[1]
-    if n <= width:
-        return lp, refs, bound
-    v, p = ops.top_k(lp, width + 1)
+def _put_rows(vals: Any, idx: Any, ok: Any, rows: Any, v: Any, i: Any, e: Any) -> tuple[Any, Any, Any]:
+    """Write a re-solved answer into ``rows`` of a top-k, except into rows already proven."""
+    was = ops.take(ok, rows, axis=0)
+    keep = ops.expand_dims(was, 1)
+    v = ops.where(keep, ops.take(vals, rows, axis=0), v)
+    i = ops.where(keep, ops.take(idx, rows, axis=0), ops.cast(i, "int32"))
+    at = ops.expand_dims(rows, 1)
+    return ops.scatter_update(vals, at, v), ops.scatter_update(idx, at, i), ops.scatter_update(ok, at, was | e)
+
+
+def _keep(lp: Any, refs: Any, n: int) -> tuple[Any, Any, Any]:
+    """The ``n`` best of ``(B, m)`` candidates, sorted descending, with their refs, and the best
+    one left out (``NEG`` when none is); padded with dead entries (``NEG``, ref -1) when
+    ``m < n``."""
+    m = lp.shape[1]
+    if m < n:
+        lp = ops.concatenate([lp, ops.repeat(ops.zeros_like(lp[:, :1]) + NEG, n - m, axis=1)], axis=1)
+        refs = ops.concatenate([refs, ops.repeat(ops.zeros_like(refs[:, :1]) - 1, n - m, axis=1)], axis=1)
+        m = n
+    v, p = ops.top_k(lp, min(n + 1, m))
     p = ops.cast(p, "int32")
-    return v[:, :width], ops.take_along_axis(refs, p[:, :width], axis=1), ops.maximum(bound, v[:, width])
+    left_out = v[:, n] if m > n else ops.zeros_like(v[:, 0]) + NEG
+    return v[:, :n], ops.take_along_axis(refs, p[:, :n], axis=1), left_out
 
 
 @keras.saving.register_keras_serializable(package="hsoftmax")

@@ -23,8 +23,8 @@ Three consumers:
 * **full distribution** (:class:`FullPlan`): nodes bucketed by arity (padded to a power of two,
   so at most 2x slot padding), each ref's edge in the buckets' outputs, and the ancestor tables
   of a pointer doubling that sums every path in log2(depth) gathers.
-* **beam search** (:class:`BeamPlan`): the root's slots, and one global table of every node's
-  slot rows and child refs, plus a "carry" row that keeps a class already reached.
+* **tree search** (:class:`BeamPlan`): the root's slots, and one global table of every node's
+  slot rows and child refs, plus a dead row (no children) for dead and unexpanded entries.
 """
 
 from __future__ import annotations
@@ -88,15 +88,15 @@ class FullPlan(NamedTuple):
 
 
 class BeamPlan(NamedTuple):
-    """Tables for the beam search. The root is expanded by one matmul; every later step expands
-    the internal nodes in the beam through one global table (row ``num_nodes`` carries a class
-    already reached), so all steps have the same shapes and run as one loop."""
+    """Tables for the top-k tree search. The root is expanded by one matmul; every later step
+    expands the open nodes it picks through one global table (row ``num_nodes``: a dead or
+    unexpanded entry, no children), so all steps have the same shapes and run as one loop."""
 
     root_slots: np.ndarray  # (k_root,) slot rows of the root
     root_children: np.ndarray  # (k_root,) int32 refs
     slots: np.ndarray  # (num_nodes + 1, K) int32, K the widest non-root node
     child_refs: np.ndarray  # (num_nodes + 1, K) int32 refs, -1 where no child
-    steps: int  # expansions after the root's: depth - 1
+    steps: int  # depth - 1 (the tree has nodes below the root when positive)
     lead_fixed: bool  # every node is binary or unary: slot 0 is always FIXED
 
 
