@@ -770,6 +770,20 @@ def sgd_rows(W, rows, G, lr, wd):
 
 # ---------------------------------------------------------------------------- top-k search
 @njit(**JIT)
+def _with_room(hv, hr, n, need):
+    """``(hv, hr)`` with room for ``need`` entries: the same arrays when they have it, else new
+    ones of twice that size holding the first ``n`` entries (a heap or a stack that outgrew
+    its first guess; every search kernel grows its buffers this way)."""
+    if need <= hv.shape[0]:
+        return hv, hr
+    hv2 = np.empty(2 * need, hv.dtype)
+    hr2 = np.empty(2 * need, hr.dtype)
+    hv2[:n] = hv[:n]
+    hr2[:n] = hr[:n]
+    return hv2, hr2
+
+
+@njit(**JIT)
 def _heap_push(hv, hr, n, v, r):
     """Push (v, r) on a max-heap of n entries held in hv/hr (capacity checked by the caller)."""
     c = n
@@ -841,14 +855,7 @@ def _topk_one(x, table, st, spt, nodes, V, K, amax, vals, idx):
         k = arity[node]
         o = poff[node]
         c0 = child_offset[node]
-        if n + k > cap:
-            cap = 2 * (n + k)
-            hv2 = np.empty(cap, np.float64)
-            hr2 = np.empty(cap, np.int64)
-            hv2[:n] = hv[:n]
-            hr2[:n] = hr[:n]
-            hv = hv2
-            hr = hr2
+        hv, hr = _with_room(hv, hr, n, n + k)
         # Expand the node; the best child is kept in hand instead of pushed and popped again
         # when nothing on the heap beats it (it would be the next pop anyway).
         if k == 1:

@@ -54,7 +54,7 @@ from numba import njit, prange
 
 from ..tree import Tree
 from .node import JIT, PARALLEL, dot, log_sigmoid_and_grad
-from .numba_cpu import _heap_pop, _heap_push
+from .numba_cpu import _heap_pop, _heap_push, _with_room
 
 __all__ = [
     "PLTLayout",
@@ -479,14 +479,7 @@ def _topk_one(x, W, b, layout, K, vals, idx):
         node = ref - V
         c0 = child_offset[node]
         k = child_offset[node + 1] - c0
-        if n + k > cap:
-            cap = 2 * (n + k)
-            hv2 = np.empty(cap, np.float64)
-            hr2 = np.empty(cap, np.int64)
-            hv2[:n] = hv[:n]
-            hr2[:n] = hr[:n]
-            hv = hv2
-            hr = hr2
+        hv, hr = _with_room(hv, hr, n, n + k)
         ro = row_offset[node]
         deterministic = row_offset[node + 1] == ro
         for c in range(k):
@@ -524,14 +517,7 @@ def _threshold_one(x, W, b, layout, log_t, out_lp, out_ref):
         lp, node = sv[n], sr[n]
         c0 = child_offset[node]
         k = child_offset[node + 1] - c0
-        if n + k > cap:
-            cap = 2 * (n + k)
-            sv2 = np.empty(cap, np.float64)
-            sr2 = np.empty(cap, np.int64)
-            sv2[:n] = sv[:n]
-            sr2[:n] = sr[:n]
-            sv = sv2
-            sr = sr2
+        sv, sr = _with_room(sv, sr, n, n + k)
         ro = row_offset[node]
         deterministic = row_offset[node + 1] == ro
         for c in range(k):

@@ -32,7 +32,7 @@ import numpy as np
 from numba import njit, prange
 
 from .node import JIT, PARALLEL, log_sigmoid_and_grad
-from .numba_cpu import _heap_pop, _heap_push
+from .numba_cpu import _heap_pop, _heap_push, _with_room
 from .plt import edge_loss, node_targets
 
 __all__ = [
@@ -176,14 +176,7 @@ def _topk_one(idx, val, Wt, b, layout, K, vals, out_idx):
         node = ref - V
         c0 = child_offset[node]
         k = child_offset[node + 1] - c0
-        if n + k > cap:
-            cap = 2 * (n + k)
-            hv2 = np.empty(cap, np.float64)
-            hr2 = np.empty(cap, np.int64)
-            hv2[:n] = hv[:n]
-            hr2[:n] = hr[:n]
-            hv = hv2
-            hr = hr2
+        hv, hr = _with_room(hv, hr, n, n + k)
         ro = row_offset[node]
         deterministic = row_offset[node + 1] == ro
         if not deterministic:
@@ -227,14 +220,7 @@ def _threshold_one(idx, val, Wt, b, layout, log_t, out_lp, out_ref):
         lp, node = sv[n], sr[n]
         c0 = child_offset[node]
         k = child_offset[node + 1] - c0
-        if n + k > cap:
-            cap = 2 * (n + k)
-            sv2 = np.empty(cap, np.float64)
-            sr2 = np.empty(cap, np.int64)
-            sv2[:n] = sv[:n]
-            sr2[:n] = sr[:n]
-            sv = sv2
-            sr = sr2
+        sv, sr = _with_room(sv, sr, n, n + k)
         ro = row_offset[node]
         deterministic = row_offset[node + 1] == ro
         if not deterministic:
