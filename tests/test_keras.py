@@ -131,13 +131,15 @@ def backend_results(backend: str, reference: Path, tmp_path_factory) -> dict:
             pytest.skip(f"{backend} is not installed")
         _start_runners(reference, tmp_path_factory)
         proc, out, log = _RUNS[backend]
-        try:
-            proc.wait(timeout=900)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        if not out.exists():
-            log.seek(0)
-            pytest.fail(f"{backend} runner crashed (rc={proc.returncode}):\n{log.read()[-5000:]}")
+        with log:  # the runner has finished with it either way
+            try:
+                proc.wait(timeout=900)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            if not out.exists():
+                log.seek(0)
+                pytest.fail(f"{backend} runner crashed (rc={proc.returncode}):\n{log.read()[-5000:]}")
         _RESULTS[backend] = json.loads(out.read_text())
     return _RESULTS[backend]
 
