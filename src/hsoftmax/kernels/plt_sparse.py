@@ -153,6 +153,20 @@ def train_epoch(
 
 
 @njit(**JIT)
+def _child_log_marginals(idx, val, Wt, b, row_offset, node, k, lp, out):
+    """``out[:k]``: the log marginals of ``node``'s ``k`` children, given its own ``lp`` (a node
+    without decision rows passes ``lp`` on unchanged); what both searches below expand with."""
+    ro = row_offset[node]
+    if row_offset[node + 1] == ro:
+        out[:k] = lp
+        return
+    _child_scores(idx, val, Wt, b, ro, k, out)
+    for c in range(k):
+        ls, _ = log_sigmoid_and_grad(out[c])
+        out[c] = lp + ls
+
+
+@njit(**JIT)
 def _topk_one(idx, val, Wt, b, layout, K, vals, out_idx):
     """Best-first search for one sparse row (see :func:`hsoftmax.kernels.plt._topk_one`)."""
     V = layout.num_classes
@@ -177,16 +191,9 @@ def _topk_one(idx, val, Wt, b, layout, K, vals, out_idx):
         c0 = child_offset[node]
         k = child_offset[node + 1] - c0
         hv, hr = _with_room(hv, hr, n, n + k)
-        ro = row_offset[node]
-        deterministic = row_offset[node + 1] == ro
-        if not deterministic:
-            _child_scores(idx, val, Wt, b, ro, k, s)
+        _child_log_marginals(idx, val, Wt, b, row_offset, node, k, lp, s)
         for c in range(k):
-            if deterministic:
-                lc = lp
-            else:
-                ls, _ = log_sigmoid_and_grad(s[c])
-                lc = lp + ls
+            lc = s[c]
             _heap_push(hv, hr, n, lc, children[c0 + c])
             n += 1
 
@@ -221,16 +228,9 @@ def _threshold_one(idx, val, Wt, b, layout, log_t, out_lp, out_ref):
         c0 = child_offset[node]
         k = child_offset[node + 1] - c0
         sv, sr = _with_room(sv, sr, n, n + k)
-        ro = row_offset[node]
-        deterministic = row_offset[node + 1] == ro
-        if not deterministic:
-            _child_scores(idx, val, Wt, b, ro, k, s)
+        _child_log_marginals(idx, val, Wt, b, row_offset, node, k, lp, s)
         for c in range(k):
-            if deterministic:
-                lc = lp
-            else:
-                ls, _ = log_sigmoid_and_grad(s[c])
-                lc = lp + ls
+            lc = s[c]
             if lc >= log_t:
                 ref = children[c0 + c]
                 if ref < V:
