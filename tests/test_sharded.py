@@ -62,6 +62,14 @@ def _dense(g: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
     return g.to_dense() if g.is_sparse else g
 
 
+def _refusal(call) -> str:
+    try:
+        call()
+    except ValueError as e:
+        return str(e)
+    return "accepted"
+
+
 def _check_tree(name: str, tree: Tree, sparse: bool, failures: list[str]) -> None:
     """Every collective first, in the same order on every rank; comparisons after."""
     from hsoftmax.distributed import ShardedHierarchicalSoftmax
@@ -84,6 +92,8 @@ def _check_tree(name: str, tree: Tree, sparse: bool, failures: list[str]) -> Non
     draws_all = sh._comm.all_gather(draws, "check")
     back = sh.to_full()
     back0 = sh.to_full(dst=0)
+    # each is refused on every rank before any collective runs
+    bad_input = [_refusal(lambda: sh(x, torch.full_like(y, tree.num_classes))), _refusal(lambda: sh.topk(x, 0))]
 
     @contextlib.contextmanager
     def expect(what: str):
@@ -124,6 +134,11 @@ def _check_tree(name: str, tree: Tree, sparse: bool, failures: list[str]) -> Non
             freq = torch.bincount(draws[0], minlength=tree.num_classes).double() / draws.shape[1]
             tv = 0.5 * (freq - lp[0].exp()).abs().sum().item()
             assert tv < 0.12, f"total variation {tv:.3f}"
+    with expect("bad input"):
+        assert bad_input == [
+            f"target {tree.num_classes} is out of range [0, {tree.num_classes})",
+            f"k must be in [1, num_classes={tree.num_classes}], got 0",
+        ], bad_input
     with expect("to_full"):
         assert torch.equal(back.weight, full.weight) and torch.equal(back.bias, full.bias)
         assert back.state_dict().keys() == full.state_dict().keys()

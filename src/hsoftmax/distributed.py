@@ -86,7 +86,9 @@ from .layer import (
     HierarchicalSoftmax,
     HierarchicalSoftmaxOutput,
     _as_int,
+    _check_class_range,
     _check_in_features_and_tree,
+    _check_k,
     _check_reduction,
 )
 from .tree import Tree
@@ -637,10 +639,7 @@ class ShardedHierarchicalSoftmax(nn.Module):
         t = self.top._check_target(target, input.shape[:-1])
         keep = t != self.ignore_index
         tk = torch.where(keep, t, 0)
-        if tk.numel():
-            lo, hi = int(tk.min()), int(tk.max())
-            if lo < 0 or hi >= self.num_classes:
-                raise ValueError(f"target {lo if lo < 0 else hi} is out of range [0, {self.num_classes})")
+        _check_class_range(tk, self.num_classes)
         top_t = torch.where(keep, self._class_top[tk].long(), self.ignore_index)
         prefix = self.top(h, top_t).output
         hs = _CopyToShards.apply(h, self._comm)
@@ -722,9 +721,7 @@ class ShardedHierarchicalSoftmax(nn.Module):
         """The ``k`` most probable classes, exactly: each rank's best ``k`` among its classes
         (the replicated prefix plus each subtree's own top-k search), merged after one
         ``all_gather`` of ``B * k`` values and indices per rank."""
-        k = _as_int("k", k)
-        if not 1 <= k <= self.num_classes:
-            raise ValueError(f"k must be in [1, num_classes={self.num_classes}], got {k}")
+        k = _check_k(k, self.num_classes)
         h = self.top._prepare_input(input)
         B = h.shape[0]
         top_lp = self.top.log_prob(h)

@@ -397,12 +397,7 @@ class HierarchicalSoftmax(TreeInStateDict):
         return target.reshape(-1).long()
 
     def _check_range(self, target: Tensor) -> None:
-        if target.numel():
-            lo_t, hi_t = torch.aminmax(target)
-            lo, hi = int(lo_t), int(hi_t)
-            if lo < 0 or hi >= self.num_classes:
-                bad = lo if lo < 0 else hi
-                raise ValueError(f"target {bad} is out of range [0, {self.num_classes})")
+        _check_class_range(target, self.num_classes)
 
     def _check_scores(self, log_probs: Tensor) -> None:
         """Reject a NaN result: with finite inputs (checked) it means that a node's score
@@ -498,9 +493,7 @@ class HierarchicalSoftmax(TreeInStateDict):
         Returns ``(values, indices)``, each ``(*, k)``, sorted by descending log-probability; equal
         to ``log_prob(input).topk(k)`` at a cost that grows with ``k * depth``, not ``num_classes``.
         """
-        k = _as_int("k", k)
-        if not 1 <= k <= self.num_classes:
-            raise ValueError(f"k must be in [1, num_classes={self.num_classes}], got {k}")
+        k = _check_k(k, self.num_classes)
         h = self._prepare_input(input)
         with _no_autocast(h):
             vals, idx = HF.topk(h, k, self.weight.detach(), _detach(self.bias), self.tree_tensors)
@@ -600,6 +593,23 @@ def _as_int(name: str, value: Any, minimum: int | None = None) -> int:
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
     return value
+
+
+def _check_class_range(target: Tensor, num_classes: int) -> None:
+    """Every class index in ``target`` in ``[0, num_classes)`` (one host sync)."""
+    if target.numel():
+        lo_t, hi_t = torch.aminmax(target)
+        lo, hi = int(lo_t), int(hi_t)
+        if lo < 0 or hi >= num_classes:
+            raise ValueError(f"target {lo if lo < 0 else hi} is out of range [0, {num_classes})")
+
+
+def _check_k(k: Any, num_classes: int) -> int:
+    """``k`` of a top-k call as an ``int`` in ``[1, num_classes]``."""
+    k = _as_int("k", k)
+    if not 1 <= k <= num_classes:
+        raise ValueError(f"k must be in [1, num_classes={num_classes}], got {k}")
+    return k
 
 
 def _as_real(name: str, value: Any, what: str = "a real number") -> float:
