@@ -477,15 +477,20 @@ def learned_tree(split: Split, args: argparse.Namespace):
     return tree, time.perf_counter() - t0
 
 
-def linear_tree(split: Split, args: argparse.Namespace, arity: int, max_leaves: int | None):
+def linear_tree(split: Split, args: argparse.Namespace, arity: int, max_leaves: int | None, shortcuts: int = 0):
     """The learned tree of ``ours_linear``: balanced k-means on the TF-IDF label centroids, with
     the small subtrees collapsed into one-vs-all leaf clusters when ``max_leaves`` is set
-    (napkinXC's and Parabel's habit: its default is arity 2, leaf clusters of up to 100)."""
+    (napkinXC's and Parabel's habit: its default is arity 2, leaf clusters of up to 100), and the
+    ``shortcuts`` most frequent labels of the training split moved under the root."""
     from hsoftmax import Tree
-    from hsoftmax.label_tree import label_centroids, with_leaf_clusters
+    from hsoftmax import metrics as M
+    from hsoftmax.label_tree import label_centroids, with_leaf_clusters, with_shortcuts
 
     cent = label_centroids(split.X_train, split.Y_train, num_labels=split.num_labels)
     tree = Tree.from_embeddings(cent, arity=arity, seed=args.seed)
+    if shortcuts:
+        counts, _ = M.label_counts(split.Y_train, split.num_labels)
+        tree = with_shortcuts(tree, np.argsort(-counts, kind="stable")[:shortcuts])
     return tree if max_leaves is None else with_leaf_clusters(tree, max_leaves)
 
 
@@ -579,6 +584,12 @@ def run_dataset(ds: Dataset, args: argparse.Namespace) -> dict[str, Any]:
                 trees = {f"k-means arity {a}" + (f", leaves <= {args.max_leaves}" if c else ""): (
                     lambda a=a, c=c: linear_tree(split, args, a, args.max_leaves if c else None)
                 ) for a, c in ((args.linear_arity, False), (args.linear_arity, True))}  # fmt: skip
+                # shortcut candidates only where they are a small share of the labels (8 m <= L):
+                # with fewer labels the flat leaf-cluster tree already hangs every label at the root
+                for m in (m for m in args.shortcuts if 8 * m <= split.num_labels):
+                    trees[f"k-means arity {args.linear_arity}, {m} shortcuts"] = lambda m=m: linear_tree(
+                        split, args, args.linear_arity, None, m
+                    )
             pred, tr, pr, extra = run_linear(split, args, trees)
         else:
             raise ValueError(f"unknown system {system!r}")
@@ -637,6 +648,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--linear-lr", type=float, default=1.0, help="SGD lr of ours_linear* (decays linearly to 0)")
     ap.add_argument("--linear-arity", type=int, default=4, help="arity of ours_linear's k-means trees")
     ap.add_argument("--max-leaves", type=int, default=100, help="leaf-cluster size of ours_linear's second tree")
+    ap.add_argument(
+        "--shortcuts",
+        type=int,
+        nargs="*",
+        default=[],
+        help="more candidate trees of ours_linear: the k-means tree with this many most frequent labels "
+        "under the root (each m with 8 m <= labels; default none)",
+    )
     ap.add_argument("--fasttext-epochs", type=int, help="default 25")
     ap.add_argument("--fasttext-lr", type=float, default=0.2)
     ap.add_argument("--max-features", type=int, default=100_000)

@@ -513,3 +513,17 @@ def test_lm_unigram_init_starts_every_head_at_the_unigram_distribution():
     assert (off.bias == 0).all()
     off, _ = lm.make_head("adaptive", {"counts": counts}, dict(lm.FULL, hidden=H, unigram_init=False))
     assert not [name for name, _ in off.named_parameters() if name.endswith("bias")]
+
+
+def test_multilabel_quick_shortcut_candidates(tmp_path):
+    """benchmarks/multilabel.py --shortcuts: ours_linear's held-out selection also tries the
+    k-means tree with the m most frequent labels under the root, for each m with 8 m <= labels."""
+    pytest.importorskip("sklearn")
+    out = tmp_path / "multilabel.json"
+    run_script("multilabel.py", "--quick", "--systems", "ours_linear", "--shortcuts", "4", "5", "--out", str(out))
+    (ds,) = json.loads(out.read_text())["datasets"]
+    (row,) = ds["rows"]
+    tried = set(row["validation_P@1"])
+    assert "k-means arity 4, 4 shortcuts, 5 epochs" in tried  # 8 * 4 <= 36 labels
+    assert not any("5 shortcuts" in t for t in tried)  # 8 * 5 > 36: skipped by the rule
+    assert row["P@1"] > 0.5

@@ -549,3 +549,48 @@ def test_with_leaf_clusters_collapses_the_highest_small_subtrees(name, max_leave
             assert len(_ancestors(out, y)) == anc.index(top) + 1  # the path above it is kept
         else:
             assert len(_ancestors(out, y)) == len(anc)
+
+
+@pytest.mark.parametrize("moved", [0, 1, 3, "all"])
+@pytest.mark.parametrize("name", list(TREES))
+def test_with_shortcuts_hangs_the_labels_from_the_root_and_keeps_the_rest(name, moved):
+    from hsoftmax.label_tree import with_shortcuts
+
+    tree = TREES[name]
+    V = tree.num_classes
+    top = set(range(V)) if moved == "all" else set(np.random.default_rng(0).permutation(V)[:moved].tolist())
+    out = with_shortcuts(tree, sorted(top))
+    assert out.num_classes == V and out.labels == tree.labels
+    under: dict[tuple[str, int], set[int]] = {}
+    for t, key in ((tree, "old"), (out, "new")):
+        for y in set(range(V)) - top:
+            for j in _ancestors(t, y):
+                under.setdefault((key, j), set()).add(y)
+    for y in range(V):
+        if y in top:
+            assert _ancestors(out, y) == [] and out.parent[y] == 0  # one edge: one logistic
+            continue
+        old, new = _ancestors(tree, y), _ancestors(out, y)
+        assert len(new) == len(old)  # the same path, minus the moved labels below each node
+        for a, b in zip(old, new):
+            assert under[("new", b)] == under[("old", a)]
+    if V > 1 and top and len(top) < V:  # the PLT over it: a moved label's marginal is one sigmoid
+        m = make_plt(out)
+        x = torch.randn(4, D, dtype=torch.float64)
+        y = min(top)
+        r = int(m.layout.ref_row[y])
+        with torch.no_grad():
+            want = torch.sigmoid(x @ m.weight[r] + m.bias[r])
+            assert torch.allclose(m.marginals(x)[:, y], want, rtol=1e-10)
+
+
+def test_with_shortcuts_rejects_bad_labels():
+    from hsoftmax.label_tree import with_shortcuts
+
+    tree = Tree.balanced(8)
+    with pytest.raises(ValueError, match=r"\[0, 8\)"):
+        with_shortcuts(tree, [3, 8])
+    with pytest.raises(TypeError, match="integer"):
+        with_shortcuts(tree, [0.5])
+    with pytest.raises(TypeError, match="Tree"):
+        with_shortcuts("tree", [0])

@@ -64,7 +64,15 @@ from .layer import (
 )
 from .tree import Tree
 
-__all__ = ["LabelTree", "LabelTreeOutput", "LabelSets", "LinearLabelTree", "label_centroids", "with_leaf_clusters"]
+__all__ = [
+    "LabelTree",
+    "LabelTreeOutput",
+    "LabelSets",
+    "LinearLabelTree",
+    "label_centroids",
+    "with_leaf_clusters",
+    "with_shortcuts",
+]
 
 
 class LabelTreeOutput(NamedTuple):
@@ -530,6 +538,41 @@ def with_leaf_clusters(tree: Tree, max_leaves: int) -> Tree:
             if below[j] <= max_leaves:
                 break
         paths.append([f"n{j}" for j in keep])
+    return Tree.from_paths(paths, labels=list(tree.labels) if tree.labels is not None else None)
+
+
+def with_shortcuts(tree: Tree, labels: Any) -> Tree:
+    """``tree`` with the classes ``labels`` moved directly under the root (their marginal is then
+    one logistic over every example) and every other class on its old path; internal nodes left
+    without classes vanish. Meant for a PLT's most frequent labels, whose marginals otherwise
+    multiply ``depth`` conditionals: ``with_shortcuts(tree, np.argsort(-counts)[:m])``. Costs
+    ``len(labels)`` more scored edges per training example and per search. Class order and
+    labels are kept; it is still a tree, so a PLT over it stays exact.
+
+    >>> from hsoftmax import Tree
+    >>> t = with_shortcuts(Tree.balanced(16, arity=2), [0, 5])
+    >>> [t.path(y)[0].size for y in (0, 5, 1)]   # classes 0 and 5: one edge each; 1 as before
+    [1, 1, 4]
+    """
+    if not isinstance(tree, Tree):
+        raise TypeError(f"tree must be an hsoftmax.Tree, got {type(tree).__name__}")
+    V = tree.num_classes
+    moved = np.asarray(labels)
+    if moved.size and (moved.dtype == np.bool_ or not np.issubdtype(moved.dtype, np.integer)):
+        raise TypeError(f"labels must be integer class ids, got {moved.dtype}")
+    moved = moved.astype(np.int64).reshape(-1)
+    if moved.size and (moved.min() < 0 or moved.max() >= V):
+        raise ValueError(f"labels must be class ids in [0, {V}), got {int(moved.min())}..{int(moved.max())}")
+    top = set(moved.tolist())
+    parent = np.asarray(tree.parent)
+    paths: list[list[str]] = []
+    for y in range(V):
+        chain: list[str] = []  # y's ancestors below the root, bottom-up
+        j = int(parent[y])
+        while j > 0 and y not in top:
+            chain.append(f"n{j}")
+            j = int(parent[V + j])
+        paths.append(chain[::-1])
     return Tree.from_paths(paths, labels=list(tree.labels) if tree.labels is not None else None)
 
 
