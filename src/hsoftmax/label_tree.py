@@ -60,6 +60,7 @@ from .layer import (
     _as_real,
     _check_finite,
     _check_in_features_and_tree,
+    _check_k,
     _no_autocast,
 )
 from .tree import Tree
@@ -407,9 +408,7 @@ class LabelTree(TreeInStateDict):
         """The ``k`` labels of highest marginal, exactly: ``(values, indices)``, each ``(B, k)``,
         ``values`` the marginals, descending. On the CPU kernels a best-first search per example
         (cost grows with ``k * depth``); on the torch path it ranks :meth:`log_marginals`."""
-        k = _as_int("k", k)
-        if not 1 <= k <= self.num_classes:
-            raise ValueError(f"k must be in [1, num_classes={self.num_classes}], got {k}")
+        k = _check_k(k, self.num_classes)
         h = self._prepare_input(input)
         if h.shape[0] and self._kernels(h):
             from .kernels import plt_autograd
@@ -763,9 +762,7 @@ class LinearLabelTree:
         ``(values, indices)`` tensors ``(n, k)``, ``values`` the marginals, descending."""
         from .kernels import plt_sparse as S
 
-        k = _as_int("k", k)
-        if not 1 <= k <= self.num_classes:
-            raise ValueError(f"k must be in [1, num_classes={self.num_classes}], got {k}")
+        k = _check_k(k, self.num_classes)
         indptr, indices, data = self._csr(X)
         n = indptr.size - 1
         vals = np.empty((n, k), np.float64)
