@@ -120,3 +120,25 @@ def test_only_clean_read_only_library_mappings_are_released(tmp_path):
         (0x7F0000000000, 0x7F0000100000, 256 * 1024),
         (0x7F0000100000, 0x7F0000400000, 2048 * 1024),
     ]
+
+
+def test_trainer_releases_llvm_pages_once_per_epoch_after_its_first_chunk(monkeypatch):
+    """With a vocabulary over the threshold (lowered here), one worker releases after an epoch's
+    first chunk; the run's vectors equal those of a run that releases nothing (1 thread)."""
+    import numpy as np
+
+    from hsoftmax.word2vec import Word2Vec, train
+
+    rng = np.random.default_rng(0)
+    sents = [[f"w{int(x)}" for x in rng.zipf(1.5, 12) % 300] for _ in range(2000)]
+
+    def fit():
+        return Word2Vec(dim=8, min_count=1, epochs=2, threads=1, seed=3, progress=False).fit(sents)
+
+    plain = fit()
+    calls = []
+    monkeypatch.setattr(train, "_RELEASE_MIN_VOCAB", 0)
+    monkeypatch.setattr(train, "release_jit_pages", lambda: calls.append(1) or 0)
+    released = fit()
+    assert np.array_equal(plain.syn0, released.syn0) and np.array_equal(plain.syn1, released.syn1)
+    assert len(calls) == 2  # one per epoch
