@@ -142,3 +142,19 @@ def test_trainer_releases_llvm_pages_once_per_epoch_after_its_first_chunk(monkey
     released = fit()
     assert np.array_equal(plain.syn0, released.syn0) and np.array_equal(plain.syn1, released.syn1)
     assert len(calls) == 2  # one per epoch
+
+
+def test_encode_file_starts_numba_before_reading_and_keeps_scipy_blas(monkeypatch, tmp_path):
+    """The Python API's start: numba is set up (and LLVM's pages released) by encode_file before
+    the word table grows, through start_numba, never start_numba_lean: a library call leaves
+    numba's BLAS for the user's own np.correlate/np.convolve alone."""
+    from hsoftmax.word2vec import corpus, runtime
+
+    calls = []
+    monkeypatch.setattr(corpus, "start_numba", lambda: calls.append("start") or False)
+    monkeypatch.setattr(runtime, "start_numba_lean", lambda: calls.append("lean") or False)
+    path = tmp_path / "c.txt"
+    path.write_text("a b a\nb c\n")
+    enc = corpus.encode_file(path, min_count=1)
+    enc.close()
+    assert calls == ["start"]
