@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from .runtime import release_jit_pages, start_numba
 from .vocab import Vocab, no_word_reaches, rank
 from .word_table import WordTable
 
@@ -454,7 +455,9 @@ _RELEASE_MIN_WORDS = 1_000_000  # corpora this big hand their build temporaries 
 
 def _release_memory() -> None:
     """Hand the word table's freed memory back to the OS before the big arrays are allocated, so
-    it does not add to the peak (glibc keeps freed small objects otherwise). No-op elsewhere."""
+    it does not add to the peak (glibc keeps freed small objects otherwise), and LLVM's clean
+    pages that the kernels just loaded touched again (:func:`.runtime.release_jit_pages`). No-op
+    elsewhere."""
     gc.collect()
     try:
         import ctypes
@@ -462,6 +465,7 @@ def _release_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
+    release_jit_pages()
 
 
 def _remap(src: str, lut: np.ndarray, raw_off: np.ndarray, dst: str) -> np.ndarray:
@@ -565,6 +569,7 @@ def encode_file(
     if os.path.isdir(path):
         raise CorpusError(f"corpus path is a directory, not a file: {path}")
     tmp = _new_workdir(workdir)
+    start_numba()  # numba's target set up and LLVM's pages handed back before the word table grows
     try:
         enc = _ByteEncoder(tmp.name)
         try:

@@ -30,6 +30,7 @@ from . import kernels
 from .corpus import EncodedCorpus, _release_memory, encode_file, encode_sentences
 from .grow import graft
 from .keyed_vectors import KeyedVectors
+from .runtime import release_jit_pages
 from .vocab import Vocab, keep_probabilities
 
 __all__ = ["Word2Vec", "TrainingError", "CheckpointBusy", "max_threads", "LIMITS"]
@@ -591,6 +592,11 @@ class Word2Vec:
         max_arity = int(self._require_trained().tree.arity.max())
         model = self._model()
         done = [epoch * N]  # furthest corpus position reached: drives the bar's learning rate
+        # Loading the training kernel on a run's first chunk faults ~10 MB of LLVM's pages back
+        # in; they are clean and unused while training, so the thread that finishes an epoch's
+        # first chunk hands them back (before most of syn1's zero pages are first touched), for
+        # big vocabularies. Later epochs find nothing to release (one read of smaps each).
+        release_pending = [len(self._require_trained().vocab) >= _RELEASE_MIN_VOCAB]
 
         def worker() -> None:
             try:  # the allocations too: a MemoryError here must fail the run, not end the thread quietly
@@ -618,6 +624,9 @@ class Word2Vec:
                         acc.loglik += stats.loglik
                         acc.predictions += stats.predictions
                         done[0] = max(done[0], before + stats.words)
+                        release, release_pending[0] = release_pending[0], False
+                    if release:
+                        release_jit_pages()
             except BaseException as exc:  # surface worker failures in the caller
                 errors.append(exc)
 
