@@ -41,8 +41,11 @@ Results go to ``benchmarks/results/word2vec_vs_peers.json`` (and ``.md``), or to
   text and in binary, for hsoftmax (the Python API, and the ``hsoftmax word2vec`` command, which
   starts numba without scipy's BLAS) and gensim corpus_file, on the slice, one process per run.
 * ``small``: CBOW on the slice with ``--seeds`` (default 1 2 3) at ``--small-threads`` (default 2)
-  threads, hsoftmax vs gensim corpus_file: mean and standard deviation of each score; gensim also
-  at 1 thread, the only count at which its corpus_file learning rate decays as word2vec's does.
+  threads, hsoftmax vs gensim corpus_file: mean and standard deviation of each score. With more
+  than 1 thread, also the rows that test gensim's corpus_file learning rate (with W workers each
+  epoch decays only 1/W of the way): gensim corpus_file at 1 thread and gensim in iterable mode
+  (word2vec's linear schedule, as ours), and ours with gensim's W-worker rate imitated
+  (``hsoftmax-gensim-rate``: the kernels' schedule wrapped in that run's process only).
 """
 
 from __future__ import annotations
@@ -426,17 +429,66 @@ def memory_worker(system: str, fmt: str, corpus: str, threads: int, out_dir: str
     }
 
 
+def gensim_file_rate(before: int, total: int, epochs: int, workers: int) -> int:
+    """The schedule position that gives a word at ``before`` (``epoch * N + lo``) the learning rate
+    gensim's corpus_file mode gives it with ``workers`` workers. Worker ``k`` reads the ``k``-th
+    contiguous ``1/workers`` of the file and its ``get_next_alpha`` counts only its own words
+    (``word2vec_corpusfile.pyx``), so position ``lo`` in part ``k`` decays as ``lo - k*N/workers``:
+    each epoch goes only a ``1/workers`` share of the way down.
+
+    >>> [gensim_file_rate(b, 300, 3, 2) for b in (0, 49, 50, 99, 100, 150)]
+    [0, 49, 0, 49, 100, 100]
+    """
+    n = total // epochs
+    epoch, lo = divmod(before, n)
+    part = min(workers - 1, lo * workers // n)
+    return epoch * n + lo - part * n // workers
+
+
+def hsoftmax_gensim_rate(threads: int, corpus: str):
+    """Ours, trained with gensim corpus_file's ``threads``-worker learning rate for every word
+    (our data order kept): the kernels' :class:`Schedule` is wrapped in this process only, to
+    test the explanation of gensim's 2-worker lead (not a feature of the library)."""
+    import types
+
+    from hsoftmax.word2vec import kernels, train
+
+    real = kernels.Schedule
+
+    def schedule(alpha, min_alpha, before, total, seed):
+        return real(
+            alpha, min_alpha, gensim_file_rate(int(before), int(total), SETTINGS["epochs"], threads), total, seed
+        )
+
+    patched = types.ModuleType("kernels_gensim_rate")
+    patched.__dict__.update(kernels.__dict__, Schedule=schedule)
+    train.kernels, saved = patched, train.kernels
+    try:
+        return hsoftmax_model(False, threads).fit(corpus)
+    finally:
+        train.kernels = saved
+
+
 def small_worker(system: str, corpus: str, threads: int, seeds: list[int]) -> dict:
     """CBOW on the slice once per seed (one process: quality only, no memory measured)."""
+    from gensim.models.word2vec import LineSentence
+
     runs = []
     for seed in seeds:
         SETTINGS["seed"] = seed
-        if system == "hsoftmax":
-            model = hsoftmax_model(False, threads).fit(corpus)
+        if system in ("hsoftmax", "hsoftmax-gensim-rate"):
+            if system == "hsoftmax":
+                model = hsoftmax_model(False, threads).fit(corpus)
+            else:
+                model = hsoftmax_gensim_rate(threads, corpus)
             runs.append({"seed": seed, **scores(list(model.vocab.words), model.syn0)})
         else:
             g = gensim_model(False, threads)
-            gensim_fit(g, corpus)
+            if system == "gensim-file":
+                gensim_fit(g, corpus)
+            else:  # iterable mode: one global learning rate over all workers' words
+                g.build_vocab(LineSentence(corpus))
+                g.train(LineSentence(corpus), total_examples=g.corpus_count, epochs=SETTINGS["epochs"])
             runs.append({"seed": seed, **scores(list(g.wv.index_to_key), g.wv.vectors)})
     return {"system": system, "threads": threads, "runs": runs}
 
@@ -519,13 +571,16 @@ def run_memory(corpus: str, threads: int, systems: list[str], out_dir: str, time
 
 
 def run_small(corpus: str, threads: int, systems: list[str], seeds: list[int], timeout: float) -> list[dict]:
-    """Each system at ``threads``; gensim corpus_file also at 1 thread when ``threads > 1``: with
-    W workers each of its threads decays the learning rate only a 1/W share of each epoch (its own
-    sentences over the whole corpus's count), so its 1-thread row is the one with word2vec's
-    linear schedule, as ours."""
+    """Each system at ``threads``; with ``threads > 1`` also the rows that test why gensim
+    corpus_file leads there: with W workers each of its threads decays the learning rate only a
+    1/W share of each epoch (its own words over the whole corpus's count). So: gensim corpus_file
+    at 1 thread and gensim in iterable mode (both with word2vec's linear schedule, as ours), and
+    ours with gensim's W-worker rate imitated (``hsoftmax-gensim-rate``)."""
     runs = [(system, threads) for system in systems]
+    if threads > 1 and "hsoftmax" in systems:
+        runs.append(("hsoftmax-gensim-rate", threads))
     if threads > 1 and "gensim-file" in systems:
-        runs.append(("gensim-file", 1))
+        runs += [("gensim-iter", threads), ("gensim-file", 1)]
     rows = []
     for system, t in runs:
         r = child(["--worker-small", system, corpus, str(t), ",".join(map(str, seeds))], timeout * len(seeds))

@@ -527,3 +527,46 @@ def test_multilabel_quick_shortcut_candidates(tmp_path):
     assert "k-means arity 4, 4 shortcuts, 5 epochs" in tried  # 8 * 4 <= 36 labels
     assert not any("5 shortcuts" in t for t in tried)  # 8 * 5 > 36: skipped by the rule
     assert row["P@1"] > 0.5
+
+
+def test_word2vec_small_corpus_gensim_rate_rows(tmp_path, monkeypatch):
+    """The ``small`` experiment's 2-thread rows: ours with gensim corpus_file's W-worker rate runs
+    through the position map (each part of the file restarts at its epoch's rate, reaching only a
+    1/W share of the way down) and leaves the library's kernels untouched afterwards; gensim's
+    iterable mode gives a scored row."""
+    pytest.importorskip("gensim")
+    import word2vec_vs_peers as w
+    from hsoftmax.word2vec import kernels, train
+
+    n, epochs = 1000, 3
+    assert [w.gensim_file_rate(b, n * epochs, epochs, 1) for b in range(0, 3000, 7)] == list(range(0, 3000, 7))
+    assert [w.gensim_file_rate(b, n * epochs, epochs, 2) for b in (0, 499, 500, 999, 1000, 1500, 2999)] == [
+        0,
+        499,
+        0,
+        499,
+        1000,
+        1000,
+        2499,
+    ]
+    corpus = tiny_corpus(tmp_path / "tiny.txt", 40_000)  # 3 chunks of the trainer: both halves are met
+    seen: list[tuple[int, int]] = []
+    real_rate = w.gensim_file_rate
+
+    def spy(before, total, epochs, workers):
+        seen.append((before, real_rate(before, total, epochs, workers)))
+        return seen[-1][1]
+
+    monkeypatch.setattr(w, "gensim_file_rate", spy)
+    model = w.hsoftmax_gensim_rate(2, str(corpus))
+    assert train.kernels is kernels and model.epochs_done == w.SETTINGS["epochs"]
+    assert any(mapped < before for before, mapped in seen)  # second-half chunks got an earlier rate
+    r = subprocess.run(
+        [sys.executable, str(BENCH / "word2vec_vs_peers.py"), "--worker-small", "gensim-iter", str(corpus), "2", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    row = json.loads(r.stdout.strip().splitlines()[-1])
+    assert row["system"] == "gensim-iter" and row["threads"] == 2 and 0 <= row["runs"][0]["analogy"] <= 1
