@@ -490,7 +490,12 @@ def main() -> None:
     p.add_argument("--max-steps", type=int, default=50)
     p.add_argument("--big-sizes", default="1000000", help="sizes run only on --big-backends (and the torch module)")
     p.add_argument("--big-backends", default="jax")
-    p.add_argument("--train-seconds", type=float, default=1500.0, help="time cap of the topk model's training")
+    p.add_argument(
+        "--train-seconds",
+        type=float,
+        default=3000.0,
+        help="time cap of the topk model's training (it usually stops first, at its third plateau)",
+    )
     p.add_argument(
         "--trained-model", default=None, help="where to keep the trained topk model (default: a temporary file)"
     )

@@ -322,8 +322,8 @@ def topk_peaked_needs_no_fallback(ref):
 def topk_ladder(ref):
     """Rows the first search cannot prove climb the ladder (wider searches, then the full
     distribution) alone, and every tier's answer equals sorting log_prob: eagerly, compiled
-    (the unproven rows re-solved in chunks of batch / 16 by a loop), with many unproven rows
-    and with two."""
+    (the wider searches in phases of 64 and then 16 rows, the full distribution on chunks of
+    batch / 16 by a loop), with many unproven rows and with two."""
     rng = np.random.default_rng(3)
     tree = Tree.balanced(5000)
     hs = HierarchicalSoftmax(tree, in_features=16, kernel_initializer="zeros")
@@ -334,6 +334,7 @@ def topk_ladder(ref):
     # as many rows as the full distribution costs); the mechanism is tested with a longer one.
     assert hs._ladder(5, 20) == [160], hs._ladder(5, 20)
     hs._ladder = lambda k, width: [80, 640]
+    assert hs._phase_sizes(64) == [64, 16] and hs._phase_sizes(18) == [18], "the 64-row batch searches in phases"
     # The hidden norm sets how peaked a row is: groups proven at width 16, 80, 640, and never.
     x = (rng.normal(size=(64, 16)) * np.repeat([0.05, 0.5, 1.0, 3.0], 16)[:, None]).astype("float32")
     widths = (16, 80, 640)

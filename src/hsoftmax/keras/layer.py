@@ -283,7 +283,7 @@ class HierarchicalSoftmax(keras.layers.Layer):
         rows = max(int(bp.slots.shape[1]) - (1 if bp.lead_fixed else 0), 1)  # rows gathered per node
         return max(1, width // (8 * rows)), max(self.tree.depth, 1) + 16
 
-    def _search(self, h: Any, k: int, width: int) -> tuple[Any, Any, Any]:
+    def _search(self, h: Any, k: int, width: int, skip: Any = None) -> tuple[Any, Any, Any]:
         """Best-first search of the tree -> ``(values, indices, exact)``, each ``(B, k)`` / ``(B,)``.
 
         An open node's log-probability bounds every class below it (a path's log-probability
@@ -291,13 +291,21 @@ class HierarchicalSoftmax(keras.layers.Layer):
         static shapes): their child classes enter the running top-k, their child nodes the open
         list, which keeps the ``width`` best and raises ``bound`` to the best one it drops. A
         row is proven exact when its k-th class is at least both the best open node and
-        ``bound``: nothing unexplored can beat it. Rows stop changing once proven; the loop
-        stops when every row is proven or after ``steps`` steps. Cost per row: the nodes
-        expanded, O(expand * steps * arity * d), whatever V."""
+        ``bound``: nothing unexplored can beat it. A row is *active* while it has an open node
+        that could still beat its k-th class; other rows stop changing. Rows ``skip`` (bool
+        ``(B,)``, e.g. rows an earlier search proved) start inactive, and their answer is
+        meaningless. Cost per row: the nodes expanded, O(expand * steps * arity * d), whatever V.
+
+        The rows finish at different steps (a flat row needs many more nodes than a peaked
+        one), so the search runs in phases on fewer and fewer rows (:meth:`_phase_sizes`,
+        batch / 8 each time): a phase steps until at most the next phase's rows are active
+        (or after ``steps`` steps), then the active rows move, with their whole state, into
+        the next, smaller phase, which continues their search for up to ``steps`` more steps.
+        The batch's cost follows the rows still searching, and a slow row gets more steps
+        without a restart."""
         bp = self._plan.beam
-        V, N = self.num_classes, self.tree.num_nodes
+        V = self.num_classes
         expand, steps = self._search_shape(width)
-        first_slot = np.arange(bp.slots.shape[1]) == 0
         c = self._c(h)
         kernel, bias = self._weights()
         s, valid = shared_slot_scores(h, kernel, bias, bp.root_slots)
@@ -305,23 +313,73 @@ class HierarchicalSoftmax(keras.layers.Layer):
         refs = ops.zeros_like(ops.cast(lp, "int32")) + c["root_children"]
         found_lp, found_idx, _ = _keep(ops.where(refs < V, lp, NEG), ops.where(refs < V, refs, -1), k)
         open_lp, open_ref, bound = _keep(ops.where(refs >= V, lp, NEG), ops.where(refs >= V, refs, -1), width)
+        if skip is not None:
+            open_lp = ops.where(ops.expand_dims(skip, 1), NEG, open_lp)
+        state = (found_lp, found_idx, open_lp, open_ref, bound)
+        if self.tree.depth > 1:
+            state = self._search_phases(h, k, expand, steps, width, state)
+        found_lp, found_idx, open_lp, _, bound = state
+        return found_lp, found_idx, found_lp[:, k - 1] >= ops.maximum(bound, ops.max(open_lp, axis=1))
 
+    @staticmethod
+    def _phase_sizes(batch: int | None) -> list[int]:
+        """Rows per phase of a search over ``batch`` rows: the batch, then 1/4 of it, ... while a
+        phase keeps at least 16 rows (one phase when the batch size is unknown)."""
+        if batch is None:
+            return [0]
+        sizes = [int(batch)]
+        while sizes[-1] // 4 >= 16:
+            sizes.append(sizes[-1] // 4)
+        return sizes
+
+    def _search_phases(self, h: Any, k: int, expand: int, steps: int, width: int, state: tuple) -> tuple:
+        """Run the search's steps on ``state`` (found, open list, bound: all ``(B, ...)``) in phases
+        (see :meth:`_search`)."""
+        B = h.shape[0]
+        sizes = self._phase_sizes(B)
+        i = ops.convert_to_tensor(0, "int32")  # steps so far: the phases share the budget
+
+        def active(found_lp, open_lp):
+            return ops.max(open_lp, axis=1) > found_lp[:, k - 1]
+
+        for p, size in enumerate(sizes):
+            last = p == len(sizes) - 1
+            rows = None
+            sub, hp = state, h
+            if p > 0:  # the rows still active first: this phase continues their search
+                rows = ops.cast(ops.argsort(ops.cast(ops.logical_not(active(state[0], state[2])), "int32")), "int32")
+                rows = rows[:size]
+                sub, hp = tuple(ops.take(x, rows, axis=0) for x in state), ops.take(h, rows, axis=0)
+            step = self._search_step(hp, k, expand, width)
+            limit = 0 if last else sizes[p + 1]
+
+            def unfinished(i, found_lp, found_idx, open_lp, open_ref, bound, limit=limit):
+                n = ops.sum(ops.cast(active(found_lp, open_lp), "int32"))
+                return (i < steps) & (n > limit)
+
+            i, *out = ops.while_loop(unfinished, step, (i, *sub))
+            if rows is None:
+                state = tuple(out)
+            else:
+                at = ops.expand_dims(rows, 1)
+                state = tuple(ops.scatter_update(x, at, y) for x, y in zip(state, out))
+        return state
+
+    def _search_step(self, h: Any, k: int, expand: int, width: int) -> Any:
+        """One step of the search on the rows of ``h`` (see :meth:`_search`), as a loop body."""
+        bp = self._plan.beam
+        V, N = self.num_classes, self.tree.num_nodes
+        first_slot = np.arange(bp.slots.shape[1]) == 0
         fan = expand * int(bp.slots.shape[1])  # children of one step's expanded nodes
-
-        def proven(found_lp, open_lp, bound):
-            return found_lp[:, k - 1] >= ops.maximum(bound, ops.max(open_lp, axis=1))
-
-        def unfinished(i, found_lp, found_idx, open_lp, open_ref, bound):
-            # Stop when no row has an open node that could still beat its k-th class (such a
-            # row is proven, or its bound holds it back until a wider search).
-            return (i < steps) & ops.any(ops.max(open_lp, axis=1) > found_lp[:, k - 1])
+        c = self._c(h)
+        kernel, bias = self._weights()
 
         def step(i, found_lp, found_idx, open_lp, open_ref, bound):
             top_lp, pos = ops.top_k(open_lp, expand)  # the open list is a set: its best nodes
             pos = ops.cast(pos, "int32")
             top_ref = ops.take_along_axis(open_ref, pos, axis=1)
             # Only nodes that could beat the k-th class found are expanded; the others (every
-            # node of a proven row) read the carry row N, whose weight row 0 stays in cache,
+            # node of a finished row) read the carry row N, whose weight row 0 stays in cache,
             # and stay open.
             useful = (top_ref >= V) & (top_lp > found_lp[:, k - 1 : k])
             local = ops.where(useful, top_ref - V, N)
@@ -365,11 +423,7 @@ class HierarchicalSoftmax(keras.layers.Layer):
             open_ref = ops.scatter_update(open_ref, slots, ops.reshape(new_ref, (-1,)))
             return i + 1, found_lp, found_idx, open_lp, open_ref, ops.maximum(bound, dropped)
 
-        state = (ops.convert_to_tensor(0, "int32"), found_lp, found_idx, open_lp, open_ref, bound)
-        if self.tree.depth > 1:
-            state = ops.while_loop(unfinished, step, state)
-        _, found_lp, found_idx, open_lp, _, bound = state
-        return found_lp, found_idx, proven(found_lp, open_lp, bound)
+        return step
 
     # ------------------------------------------------------------------ Keras API
     def call(self, inputs, mask=None, training=None, top_k=None, beam_width=None, part="indices"):
@@ -464,10 +518,12 @@ class HierarchicalSoftmax(keras.layers.Layer):
         A best-first tree search keeping ``beam_width`` open nodes (default ``max(4 k, 16)``)
         costs O(nodes expanded * arity * d) per example and proves its answer exact when the
         model is peaked enough (see :meth:`beam_topk`). The rows it cannot prove go on to
-        searches 8x and 32x wider (while a row's search gathers at most V / 8 weight rows), then
-        the rows still unproven to the full distribution: eagerly exactly those rows; in a
-        traced call the unproven rows sorted first and re-solved in chunks of 1/16 of the batch,
-        one loop turn per chunk that holds an unproven row.
+        searches 8x, 16x and 32x wider (while a row's search gathers at most V / 8 weight rows),
+        each over the whole batch with the proven rows inactive (the search's phases move the
+        rows still searching into smaller batches), then the rows still unproven to the full
+        distribution: eagerly exactly those rows; in a traced call the unproven rows sorted
+        first and re-solved in chunks of 1/16 of the batch, one loop turn per chunk that holds
+        an unproven row.
         """
         if _symbolic(hidden):
             k = self._check_k(k)
@@ -487,7 +543,13 @@ class HierarchicalSoftmax(keras.layers.Layer):
         # early; the rows of its rare classes are the flat ones, and they alone should not make
         # the whole batch pay the full distribution's O(V d).
         for wide in self._ladder(k, width):
-            vals, idx, ok = _refine(h, vals, idx, ok, lambda hs, w=wide: self._search(hs, k, w))
+            if _concrete_int(ops.sum(ops.cast(ops.logical_not(ok), "int32"))) == 0:
+                break  # eager, and every row is proven
+            # The whole batch, the proven rows inactive: the search's phases move the unproven
+            # rows into smaller phases (traced once, nothing to do when every row is proven).
+            v, i, e = self._search(h, k, wide, skip=ok)
+            keep = ops.expand_dims(ok, 1)
+            vals, idx, ok = ops.where(keep, vals, v), ops.where(keep, idx, i), ok | e
 
         def full_rows(hs):
             fv, fi = ops.top_k(self._full_lp(hs), k)
@@ -498,14 +560,17 @@ class HierarchicalSoftmax(keras.layers.Layer):
         return TopK(ops.reshape(vals, (*lead, k)), ops.reshape(idx, (*lead, k)))
 
     def _ladder(self, k: int, width: int) -> list[int]:
-        """Wider searches for the unproven rows: 8x and 32x the first, each at least twice the
-        one before, while a row's search gathers at most V / 8 weight rows (``expand * steps``
-        nodes of ``K`` rows: on JAX at V = 100k gathering a row costs about as much as 8
-        classes' share of the full distribution's matmul)."""
+        """Wider searches for the unproven rows: 8x, 16x and 32x the first, each at least twice
+        the one before, while a row's search gathers at most V / 8 weight rows (``expand *
+        steps`` nodes of ``K`` rows: on JAX at V = 100k gathering a row costs about as much as
+        8 classes' share of the full distribution's matmul). The first jump is large because a
+        search that fails for most rows costs little next to the wider one; after it each tier
+        only doubles, since its rows are the few that failed, and a tier with no unproven rows
+        costs next to nothing (its phases find no active row)."""
         bp = self._plan.beam
         rows = max(int(bp.slots.shape[1]) - (1 if bp.lead_fixed else 0), 1)
         ladder, last = [], width
-        for factor in (8, 32):
+        for factor in (8, 16, 32):
             w = factor * width
             while w > last and self._rows_gathered(w, rows) > self.num_classes / 8:
                 w //= 2
