@@ -297,10 +297,10 @@ class HierarchicalSoftmax(keras.layers.Layer):
         meaningless. Cost per row: the nodes expanded, O(expand * steps * arity * d), whatever V.
 
         The rows finish at different steps (a flat row needs many more nodes than a peaked
-        one), so the search runs in phases on fewer and fewer rows (:meth:`_phase_sizes`,
-        batch / 8 each time): a phase steps until at most the next phase's rows are active
-        (or after ``steps`` steps), then the active rows move, with their whole state, into
-        the next, smaller phase, which continues their search for up to ``steps`` more steps.
+        one), so the search runs in phases on fewer and fewer rows (:meth:`_phase_sizes`, a
+        quarter of the rows each time): a phase steps until at most the next phase's rows are
+        active (or the shared budget of ``steps`` steps is spent), then the active rows move,
+        with their whole state, into the next, smaller phase, which continues their search.
         The batch's cost follows the rows still searching, and a slow row gets more steps
         without a restart."""
         bp = self._plan.beam
