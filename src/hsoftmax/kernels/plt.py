@@ -39,7 +39,10 @@ bias):
   :func:`batch_forward`, :func:`batch_grad_input`, :func:`group_rows`, :func:`batch_grad_rows` (c);
 * prediction: :func:`topk_search` (d, exact best-first search), :func:`threshold_count` /
   :func:`threshold_fill` (e, every label with marginal ``>= t``, pruning below ``t``) and
-  :func:`log_marginals_all` (f, every label).
+  :func:`log_marginals_all` (f, every label). The per-example searches :func:`topk_one` and
+  :func:`threshold_one` are written once for every kind of input: they score a node's children
+  through :func:`child_log_marginals`, which each input type implements (a :class:`DenseRow`
+  here, :class:`hsoftmax.kernels.plt_sparse.SparseRow` for sparse inputs).
 
 Label ids must be validated before a kernel sees them (:func:`check_label_sets`); the kernels
 check only their scratch capacities.
@@ -50,7 +53,8 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.extending import overload
 
 from ..tree import Tree
 from .node import JIT, PARALLEL, dot, log_sigmoid_and_grad
@@ -75,6 +79,12 @@ __all__ = [
     "batch_grad_input",
     "group_rows",
     "batch_grad_rows",
+    "DenseRow",
+    "child_log_marginals",
+    "is_row_type",
+    "topk_one",
+    "threshold_one",
+    "sort_by_marginal",
     "topk_search",
     "threshold_count",
     "threshold_fill",
@@ -453,17 +463,60 @@ def batch_grad_rows(go, h, example, coef, gstart, entries, gw, gb):
             gb[u] = cb
 
 
-# ---------------------------------------------------------------------------- (d) top-k
+# ---------------------------------------------------------------------------- (d, e) the searches
+# The searches are written once, for any kind of input: what differs between a dense input
+# (here) and a sparse one (:mod:`hsoftmax.kernels.plt_sparse`) is only how a node's children are
+# scored, :func:`child_log_marginals`, which numba picks by the type of the searches' ``row``
+# argument when it compiles them (an overload per row type, so every kernel stays cacheable:
+# numba cannot cache a kernel that takes a jitted function as an argument).
+class DenseRow(NamedTuple):
+    """A dense input ``x (d,)`` with the node table ``W (R, d)``, ``b (R,)`` (length 0: no bias)
+    that scores it: the ``row`` of the searches."""
+
+    x: np.ndarray
+    W: np.ndarray
+    b: np.ndarray
+
+
+def child_log_marginals(row, row_offset, node, k, lp, out):
+    """``out[:k]``: the log marginals of ``node``'s ``k`` children for the input ``row``, given
+    the node's own log marginal ``lp`` (a node without decision rows passes ``lp`` on unchanged).
+    Only callable inside numba kernels: each row type registers its own implementation
+    (:class:`DenseRow` here, :class:`hsoftmax.kernels.plt_sparse.SparseRow` there)."""
+    raise NotImplementedError("child_log_marginals runs only inside numba kernels")
+
+
+def is_row_type(row: Any, cls: type) -> bool:
+    """Whether the numba type ``row`` is the NamedTuple ``cls``: how the overloads of
+    :func:`child_log_marginals` recognise their row."""
+    return isinstance(row, types.BaseNamedTuple) and row.instance_class is cls
+
+
+@overload(child_log_marginals, inline="always", jit_options=JIT)
+def _dense_child_log_marginals(row, row_offset, node, k, lp, out):
+    if not is_row_type(row, DenseRow):
+        return None
+
+    def impl(row, row_offset, node, k, lp, out):
+        ro = row_offset[node]
+        deterministic = row_offset[node + 1] == ro
+        for c in range(k):
+            out[c] = lp if deterministic else lp + _edge_log_prob(row.W, row.b, ro + c, row.x)
+
+    return impl
+
+
 @njit(**JIT)
-def _topk_one(x, W, b, layout, K, vals, idx):
-    """Best-first search for one example: a max-heap of (log marginal, ref). A node's log
+def topk_one(row, layout, K, vals, idx):
+    """Best-first search for one input ``row``: a max-heap of (log marginal, ref). A node's log
     marginal bounds every label below it (each edge adds a log-probability <= 0), so labels leave
-    the heap in exactly descending order of their marginals."""
+    the heap in exactly descending order of their marginals; writes ``vals[:K]``, ``idx[:K]``."""
     V = layout.num_classes
-    child_offset, children, row_offset = layout.child_offset, layout.children, layout.row_offset
+    child_offset, children = layout.child_offset, layout.children
     cap = 64 + 2 * layout.max_arity
     hv = np.empty(cap, np.float64)
     hr = np.empty(cap, np.int64)
+    s = np.empty(max(layout.max_arity, 1), np.float64)
     hv[0] = 0.0
     hr[0] = V  # the root
     n = 1
@@ -480,33 +533,23 @@ def _topk_one(x, W, b, layout, K, vals, idx):
         c0 = child_offset[node]
         k = child_offset[node + 1] - c0
         hv, hr = _with_room(hv, hr, n, n + k)
-        ro = row_offset[node]
-        deterministic = row_offset[node + 1] == ro
+        child_log_marginals(row, layout.row_offset, node, k, lp, s)
         for c in range(k):
-            lc = lp if deterministic else lp + _edge_log_prob(W, b, ro + c, x)
-            _heap_push(hv, hr, n, lc, children[c0 + c])
+            _heap_push(hv, hr, n, s[c], children[c0 + c])
             n += 1
 
 
-@njit(**PARALLEL)
-def topk_search(h, W, b, layout, K, vals, idx):
-    """Exact top-``K`` labels of each row of ``h`` by marginal: writes ``vals (B, K)`` (log
-    marginals, float64 accumulation) and ``idx (B, K)`` int64, descending. ``K <= num_classes``."""
-    for i in prange(h.shape[0]):
-        _topk_one(h[i], W, b, layout, K, vals[i], idx[i])
-
-
-# ---------------------------------------------------------------------------- (e) threshold
 @njit(**JIT)
-def _threshold_one(x, W, b, layout, log_t, out_lp, out_ref):
+def threshold_one(row, layout, log_t, out_lp, out_ref):
     """Depth-first search keeping every subtree whose root has log marginal ``>= log_t``; writes
     the labels found into ``out_*`` (if they have room: length 0 just counts) and returns how
     many there are."""
     V = layout.num_classes
-    child_offset, children, row_offset = layout.child_offset, layout.children, layout.row_offset
+    child_offset, children = layout.child_offset, layout.children
     cap = 64 + 2 * layout.max_arity
     sv = np.empty(cap, np.float64)
     sr = np.empty(cap, np.int64)
+    s = np.empty(max(layout.max_arity, 1), np.float64)
     sv[0] = 0.0
     sr[0] = 0
     n = 1
@@ -518,10 +561,9 @@ def _threshold_one(x, W, b, layout, log_t, out_lp, out_ref):
         c0 = child_offset[node]
         k = child_offset[node + 1] - c0
         sv, sr = _with_room(sv, sr, n, n + k)
-        ro = row_offset[node]
-        deterministic = row_offset[node + 1] == ro
+        child_log_marginals(row, layout.row_offset, node, k, lp, s)
         for c in range(k):
-            lc = lp if deterministic else lp + _edge_log_prob(W, b, ro + c, x)
+            lc = s[c]
             if lc >= log_t:
                 ref = children[c0 + c]
                 if ref < V:
@@ -536,13 +578,33 @@ def _threshold_one(x, W, b, layout, log_t, out_lp, out_ref):
     return found
 
 
+@njit(**JIT)
+def sort_by_marginal(lp, labels):
+    """Sorts one example's found labels in place by descending log marginal ``lp`` (ties: by
+    ascending label id), the order :func:`threshold_fill` promises."""
+    order = np.argsort(labels)  # ascending id first, then a stable sort by marginal
+    ids = labels[order]
+    vs = lp[order]
+    o2 = np.argsort(-vs, kind="mergesort")
+    lp[:] = vs[o2]
+    labels[:] = ids[o2]
+
+
+@njit(**PARALLEL)
+def topk_search(h, W, b, layout, K, vals, idx):
+    """Exact top-``K`` labels of each row of ``h`` by marginal: writes ``vals (B, K)`` (log
+    marginals, float64 accumulation) and ``idx (B, K)`` int64, descending. ``K <= num_classes``."""
+    for i in prange(h.shape[0]):
+        topk_one(DenseRow(h[i], W, b), layout, K, vals[i], idx[i])
+
+
 @njit(**PARALLEL)
 def threshold_count(h, W, b, layout, log_t, counts):
     """``counts[i]``: how many labels of example ``i`` have log marginal ``>= log_t``."""
     empty_lp = np.empty(0, np.float64)
     empty_ref = np.empty(0, np.int64)
     for i in prange(h.shape[0]):
-        counts[i] = _threshold_one(h[i], W, b, layout, log_t, empty_lp, empty_ref)
+        counts[i] = threshold_one(DenseRow(h[i], W, b), layout, log_t, empty_lp, empty_ref)
 
 
 @njit(**PARALLEL)
@@ -551,13 +613,8 @@ def threshold_fill(h, W, b, layout, log_t, start, lp, labels):
     their log marginals in ``lp``, each example's sorted by descending marginal (ties: label id)."""
     for i in prange(h.shape[0]):
         a, z = start[i], start[i + 1]
-        _threshold_one(h[i], W, b, layout, log_t, lp[a:z], labels[a:z])
-        order = np.argsort(labels[a:z])  # ascending id first, then a stable sort by marginal
-        ids = labels[a:z][order]
-        vs = lp[a:z][order]
-        o2 = np.argsort(-vs, kind="mergesort")
-        lp[a:z] = vs[o2]
-        labels[a:z] = ids[o2]
+        threshold_one(DenseRow(h[i], W, b), layout, log_t, lp[a:z], labels[a:z])
+        sort_by_marginal(lp[a:z], labels[a:z])
 
 
 # ---------------------------------------------------------------------------- (f) all marginals

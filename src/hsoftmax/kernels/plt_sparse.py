@@ -17,9 +17,10 @@ Kernels:
 * :func:`train_epoch`: one pass over the examples in a given order, Hogwild over ``threads``
   contiguous chunks of that order (each thread its own scratch), the learning rate decaying
   linearly from ``lr0`` to ``lr1`` over the pass; returns the summed loss;
-* :func:`topk_search`: exact top-``K`` labels by best-first search (as
-  :func:`hsoftmax.kernels.plt.topk_search`, scoring a node's children from the sparse row);
-* :func:`threshold_count` / :func:`threshold_fill`: every label with marginal ``>= t``.
+* :func:`topk_search`: exact top-``K`` labels by best-first search, and
+  :func:`threshold_count` / :func:`threshold_fill`: every label with marginal ``>= t`` — the
+  searches of :mod:`hsoftmax.kernels.plt` on a :class:`SparseRow`, whose children are scored
+  from the sparse row (:func:`hsoftmax.kernels.plt.child_log_marginals`).
 
 Every index the kernels read comes from a validated CSR matrix
 (:func:`hsoftmax.label_tree.LinearLabelTree` checks ``indptr``, ``indices < F`` and finite values,
@@ -28,14 +29,17 @@ and the label sets with :func:`hsoftmax.kernels.plt.check_label_sets`).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 from numba import njit, prange
+from numba.extending import overload
 
 from .node import JIT, PARALLEL, log_sigmoid_and_grad
-from .numba_cpu import _heap_pop, _heap_push, _with_room
-from .plt import edge_loss, node_targets
+from .plt import child_log_marginals, edge_loss, is_row_type, node_targets, sort_by_marginal, threshold_one, topk_one
 
 __all__ = [
+    "SparseRow",
     "example_scores",
     "example_update",
     "train_epoch",
@@ -152,50 +156,33 @@ def train_epoch(
     return losses.sum()
 
 
-@njit(**JIT)
-def _child_log_marginals(idx, val, Wt, b, row_offset, node, k, lp, out):
-    """``out[:k]``: the log marginals of ``node``'s ``k`` children, given its own ``lp`` (a node
-    without decision rows passes ``lp`` on unchanged); what both searches below expand with."""
-    ro = row_offset[node]
-    if row_offset[node + 1] == ro:
-        out[:k] = lp
-        return
-    _child_scores(idx, val, Wt, b, ro, k, out)
-    for c in range(k):
-        ls, _ = log_sigmoid_and_grad(out[c])
-        out[c] = lp + ls
+class SparseRow(NamedTuple):
+    """A sparse input ``(idx, val)`` with the feature-major table ``Wt (F, R)``, ``b (R,)`` (length
+    0: no bias) that scores it: the ``row`` of :func:`hsoftmax.kernels.plt.topk_one` and
+    :func:`~hsoftmax.kernels.plt.threshold_one`, which this module's searches reuse."""
+
+    idx: np.ndarray
+    val: np.ndarray
+    Wt: np.ndarray
+    b: np.ndarray
 
 
-@njit(**JIT)
-def _topk_one(idx, val, Wt, b, layout, K, vals, out_idx):
-    """Best-first search for one sparse row (see :func:`hsoftmax.kernels.plt._topk_one`)."""
-    V = layout.num_classes
-    child_offset, children, row_offset = layout.child_offset, layout.children, layout.row_offset
-    cap = 64 + 2 * layout.max_arity
-    hv = np.empty(cap, np.float64)
-    hr = np.empty(cap, np.int64)
-    s = np.empty(max(layout.max_arity, 1), np.float64)
-    hv[0] = 0.0
-    hr[0] = V
-    n = 1
-    found = 0
-    while found < K and n > 0:
-        lp, ref = _heap_pop(hv, hr, n)
-        n -= 1
-        if ref < V:
-            vals[found] = lp
-            out_idx[found] = ref
-            found += 1
-            continue
-        node = ref - V
-        c0 = child_offset[node]
-        k = child_offset[node + 1] - c0
-        hv, hr = _with_room(hv, hr, n, n + k)
-        _child_log_marginals(idx, val, Wt, b, row_offset, node, k, lp, s)
+@overload(child_log_marginals, inline="always", jit_options=JIT)
+def _sparse_child_log_marginals(row, row_offset, node, k, lp, out):
+    if not is_row_type(row, SparseRow):
+        return None
+
+    def impl(row, row_offset, node, k, lp, out):
+        ro = row_offset[node]
+        if row_offset[node + 1] == ro:
+            out[:k] = lp
+            return
+        _child_scores(row.idx, row.val, row.Wt, row.b, ro, k, out)
         for c in range(k):
-            lc = s[c]
-            _heap_push(hv, hr, n, lc, children[c0 + c])
-            n += 1
+            ls, _ = log_sigmoid_and_grad(out[c])
+            out[c] = lp + ls
+
+    return impl
 
 
 @njit(**PARALLEL)
@@ -204,45 +191,7 @@ def topk_search(indptr, indices, data, Wt, b, layout, K, vals, idx):
     (float64), ``idx (B, K)`` int64, descending. ``K <= num_classes``."""
     for i in prange(indptr.shape[0] - 1):
         a, z = indptr[i], indptr[i + 1]
-        _topk_one(indices[a:z], data[a:z], Wt, b, layout, K, vals[i], idx[i])
-
-
-@njit(**JIT)
-def _threshold_one(idx, val, Wt, b, layout, log_t, out_lp, out_ref):
-    """Depth-first search keeping every subtree whose root's log marginal is ``>= log_t``
-    (see :func:`hsoftmax.kernels.plt._threshold_one`); returns the number of labels found."""
-    V = layout.num_classes
-    child_offset, children, row_offset = layout.child_offset, layout.children, layout.row_offset
-    cap = 64 + 2 * layout.max_arity
-    sv = np.empty(cap, np.float64)
-    sr = np.empty(cap, np.int64)
-    s = np.empty(max(layout.max_arity, 1), np.float64)
-    sv[0] = 0.0
-    sr[0] = 0
-    n = 1
-    found = 0
-    room = out_ref.shape[0]
-    while n > 0:
-        n -= 1
-        lp, node = sv[n], sr[n]
-        c0 = child_offset[node]
-        k = child_offset[node + 1] - c0
-        sv, sr = _with_room(sv, sr, n, n + k)
-        _child_log_marginals(idx, val, Wt, b, row_offset, node, k, lp, s)
-        for c in range(k):
-            lc = s[c]
-            if lc >= log_t:
-                ref = children[c0 + c]
-                if ref < V:
-                    if found < room:
-                        out_lp[found] = lc
-                        out_ref[found] = ref
-                    found += 1
-                else:
-                    sv[n] = lc
-                    sr[n] = ref - V
-                    n += 1
-    return found
+        topk_one(SparseRow(indices[a:z], data[a:z], Wt, b), layout, K, vals[i], idx[i])
 
 
 @njit(**PARALLEL)
@@ -252,7 +201,7 @@ def threshold_count(indptr, indices, data, Wt, b, layout, log_t, counts):
     empty_ref = np.empty(0, np.int64)
     for i in prange(indptr.shape[0] - 1):
         a, z = indptr[i], indptr[i + 1]
-        counts[i] = _threshold_one(indices[a:z], data[a:z], Wt, b, layout, log_t, empty_lp, empty_ref)
+        counts[i] = threshold_one(SparseRow(indices[a:z], data[a:z], Wt, b), layout, log_t, empty_lp, empty_ref)
 
 
 @njit(**PARALLEL)
@@ -262,10 +211,5 @@ def threshold_fill(indptr, indices, data, Wt, b, layout, log_t, start, lp, label
     for i in prange(indptr.shape[0] - 1):
         a, z = indptr[i], indptr[i + 1]
         s0, s1 = start[i], start[i + 1]
-        _threshold_one(indices[a:z], data[a:z], Wt, b, layout, log_t, lp[s0:s1], labels[s0:s1])
-        order = np.argsort(labels[s0:s1])
-        ids = labels[s0:s1][order]
-        vs = lp[s0:s1][order]
-        o2 = np.argsort(-vs, kind="mergesort")
-        lp[s0:s1] = vs[o2]
-        labels[s0:s1] = ids[o2]
+        threshold_one(SparseRow(indices[a:z], data[a:z], Wt, b), layout, log_t, lp[s0:s1], labels[s0:s1])
+        sort_by_marginal(lp[s0:s1], labels[s0:s1])
