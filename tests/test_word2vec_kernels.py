@@ -54,7 +54,7 @@ def test_kary_kernel_matches_exact_softmax_gradient():
     s = syn1 @ h
     p = np.exp(s - s.max()) / np.exp(s - s.max()).sum()
     new = syn1 + 0.1 * np.outer(np.eye(3)[2] - p, h)
-    ll = kernels._hs_step(syn1, 2, paths, 0.1, _tables(), _scratch(h, 6))
+    ll = kernels.hs_step(syn1, 2, paths, 0.1, _tables(), _scratch(h, 6))
     assert ll == pytest.approx(np.log(p[2]), rel=1e-4)
     np.testing.assert_allclose(syn1, new, rtol=1e-5, atol=1e-6)
 
@@ -77,7 +77,7 @@ def test_window_step_equals_sequential_steps_from_the_same_rows(tree):
     for q, c in enumerate(ctx):
         one = syn1.copy()
         single = _scratch(syn0[c], 8)
-        total_ll += kernels._hs_step(one, word, paths, lr, _tables(), single)
+        total_ll += kernels.hs_step(one, word, paths, lr, _tables(), single)
         delta += one - syn1
         np.testing.assert_allclose(window.E[q], single.e, rtol=1e-4, atol=1e-6)
     assert ll == pytest.approx(total_ll, rel=1e-4)
@@ -92,7 +92,7 @@ def test_binary_step_follows_the_sigmoid_convention():
     h = np.ones(4, dtype=np.float32)
     for word, sign in ((1, 1), (0, -1)):
         syn1 = np.zeros((1, 4), dtype=np.float32)
-        ll = kernels._hs_step(syn1, word, paths, 0.5, _tables(), _scratch(h, 4, max_arity=2))
+        ll = kernels.hs_step(syn1, word, paths, 0.5, _tables(), _scratch(h, 4, max_arity=2))
         assert ll == pytest.approx(np.log(0.5), abs=2e-3)
         assert np.sign(syn1 @ h)[0] == sign
 

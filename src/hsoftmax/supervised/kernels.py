@@ -4,7 +4,7 @@ Only what is supervised-specific lives here: a line's input rows (its words and 
 n-grams) averaged into the hidden vector, one of its labels as the target, and fastText's
 gradient normalisation (the hidden vector's gradient divided by the number of input rows before
 it is added to each of them). The decisions along the label's path, their table sigmoid and their
-updates are the word2vec trainer's :func:`hsoftmax.word2vec.kernels._hs_step`, over the same
+updates are the word2vec trainer's :func:`hsoftmax.word2vec.kernels.hs_step`, over the same
 :class:`~hsoftmax.word2vec.kernels.Paths` and :class:`~hsoftmax.word2vec.kernels.Tables`, so the
 node math exists once (:mod:`hsoftmax.kernels.node`).
 
@@ -21,7 +21,7 @@ from numba import njit, prange
 
 from ..kernels import plt
 from ..kernels.node import JIT, PARALLEL
-from ..word2vec.kernels import _hs_step, _next, _private
+from ..word2vec.kernels import hs_step, next_random, private_array
 
 __all__ = [
     "Model",
@@ -57,7 +57,7 @@ class Schedule(NamedTuple):
 
 
 class Scratch(NamedTuple):
-    """One thread's buffers, the fields :func:`~hsoftmax.word2vec.kernels._hs_step` reads."""
+    """One thread's buffers, the fields :func:`~hsoftmax.word2vec.kernels.hs_step` reads."""
 
     h: np.ndarray  #: ``(dim,)`` float32 hidden vector
     e: np.ndarray  #: ``(dim,)`` float32 its gradient (times the learning rate)
@@ -72,7 +72,9 @@ def new_scratch(dim: int, max_arity: int) -> Scratch:
     ((8,), 'float32', (3,))
     """
     return Scratch(
-        _private((dim,), np.float32), _private((dim,), np.float32), _private((max(int(max_arity), 2),), np.float64)
+        private_array((dim,), np.float32),
+        private_array((dim,), np.float32),
+        private_array((max(int(max_arity), 2),), np.float64),
     )
 
 
@@ -88,7 +90,7 @@ def train_lines(examples, lo, hi, model, paths, tables, schedule, scratch):
     dim = syn0.shape[1]
     lr0 = schedule.lr
     before, total = schedule.tokens_before, schedule.total_tokens
-    state = _next(np.uint64(schedule.seed) ^ np.uint64(0x9E3779B97F4A7C15))
+    state = next_random(np.uint64(schedule.seed) ^ np.uint64(0x9E3779B97F4A7C15))
     ll = 0.0
     trained = 0
     for i in range(lo, hi):
@@ -99,7 +101,7 @@ def train_lines(examples, lo, hi, model, paths, tables, schedule, scratch):
         lr = lr0 * (1.0 - (before + tokens[i]) / total)
         target = labels[loff[i]]
         if nl > 1:
-            state = _next(state)
+            state = next_random(state)
             target = labels[loff[i] + int((state >> np.uint64(33)) % np.uint64(nl))]
         h[:] = 0.0
         for r in range(a, b):
@@ -110,7 +112,7 @@ def train_lines(examples, lo, hi, model, paths, tables, schedule, scratch):
         for k in range(dim):
             h[k] *= inv
         e[:] = 0.0
-        ll += _hs_step(syn1, target, paths, lr, tables, scratch)
+        ll += hs_step(syn1, target, paths, lr, tables, scratch)
         trained += 1
         for k in range(dim):  # fastText's normalised gradient: each row gets e / (rows)
             e[k] *= inv
@@ -232,11 +234,11 @@ def uniform_fill(out, scale, seed):
     rows, dim = out.shape
     blocks = (rows + _BLOCK_ROWS - 1) // _BLOCK_ROWS
     for blk in prange(blocks):
-        state = _next(np.uint64(seed) ^ (np.uint64(blk) * np.uint64(0x9E3779B97F4A7C15)))
-        state = _next(state)
+        state = next_random(np.uint64(seed) ^ (np.uint64(blk) * np.uint64(0x9E3779B97F4A7C15)))
+        state = next_random(state)
         for r in range(blk * _BLOCK_ROWS, min(rows, (blk + 1) * _BLOCK_ROWS)):
             for k in range(dim):
-                state = _next(state)
+                state = next_random(state)
                 u = np.float32((state >> np.uint64(40)) * (1.0 / 16777216.0))  # 24 bits: [0, 1)
                 out[r, k] = np.float32(scale * (2.0 * u - 1.0))
 

@@ -41,6 +41,9 @@ __all__ = [
     "ChunkStats",
     "flat_paths",
     "new_scratch",
+    "private_array",
+    "hs_step",
+    "next_random",
     "train_chunk",
     "word_loglik",
     "path_logprob",
@@ -190,7 +193,7 @@ def _walk_paths(cls, V, parent, choice_of, arity_of, param_offset, node_dec, pac
             cur = parent[ref]
 
 
-def _private(shape: tuple[int, ...], dtype: DTypeLike) -> np.ndarray:
+def private_array(shape: tuple[int, ...], dtype: DTypeLike) -> np.ndarray:
     """A zeroed scratch array for one thread that shares no cache line with any other allocation.
 
     Small numpy arrays of different threads can sit side by side in memory; when two threads
@@ -214,13 +217,13 @@ def new_scratch(max_len: int, dim: int, window: int, max_arity: int) -> Scratch:
     """
     max_arity = max(int(max_arity), 2)
     return Scratch(
-        _private((max_len,), np.int32),
-        _private((dim,), np.float32),
-        _private((dim,), np.float32),
-        _private((max_arity,), np.float64),
-        _private((2 * window,), np.int32),
-        _private((2 * window, dim), np.float32),
-        _private((2 * window, max_arity), np.float32),
+        private_array((max_len,), np.int32),
+        private_array((dim,), np.float32),
+        private_array((dim,), np.float32),
+        private_array((max_arity,), np.float64),
+        private_array((2 * window,), np.int32),
+        private_array((2 * window, dim), np.float32),
+        private_array((2 * window, max_arity), np.float32),
     )
 
 
@@ -235,7 +238,7 @@ def _step(p, row, choice, arity):
 
 
 @njit(inline="always", **JIT)
-def _hs_step(syn1, word, paths, lr, tables, scratch):
+def hs_step(syn1, word, paths, lr, tables, scratch):
     """CBOW: score ``word`` from hidden ``scratch.h`` along its path: add ``lr * dlogp/dh`` into
     ``scratch.e`` and update the path's ``syn1`` rows. Returns ``log p(word | h)``."""
     start, prow, pchoice, parity = paths
@@ -322,7 +325,8 @@ def _hs_step_many(syn0, syn1, nc, word, paths, lr, tables, scratch):
 
 
 @njit(**JIT)
-def _next(state):
+def next_random(state):
+    """word2vec.c's linear congruential generator (``uint64``): the trainers' one random stream."""
     return state * _LCG_MUL + _LCG_ADD
 
 
@@ -336,7 +340,7 @@ def train_chunk(chunk, model, paths, tables, schedule, scratch):
     alpha, min_alpha = schedule.alpha, schedule.min_alpha
     keep, sent, h, e, E, ctx = tables.keep, scratch.sent, scratch.h, scratch.e, scratch.E, scratch.ctx
     dim = syn0.shape[1]
-    state = _next(np.uint64(schedule.seed) ^ np.uint64(0x9E3779B97F4A7C15))
+    state = next_random(np.uint64(schedule.seed) ^ np.uint64(0x9E3779B97F4A7C15))
     words = 0
     trained = 0
     ll = 0.0
@@ -347,14 +351,14 @@ def train_chunk(chunk, model, paths, tables, schedule, scratch):
         n = 0
         for t in range(offsets[s], offsets[s + 1]):
             w = ids[t]
-            state = _next(state)
+            state = next_random(state)
             if np.uint32(state >> np.uint64(32)) < keep[w]:
                 sent[n] = w
                 n += 1
         words += offsets[s + 1] - offsets[s]
         trained += n
         for i in range(n):
-            state = _next(state)
+            state = next_random(state)
             b = int((state >> np.uint64(33)) % np.uint64(window))
             lo = max(0, i - window + b)
             hi = min(n, i + window - b + 1)
@@ -387,7 +391,7 @@ def train_chunk(chunk, model, paths, tables, schedule, scratch):
                 for k in range(dim):
                     h[k] *= inv
                 e[:] = 0.0
-                ll += _hs_step(syn1, sent[i], paths, lr, tables, scratch)
+                ll += hs_step(syn1, sent[i], paths, lr, tables, scratch)
                 npred += 1
                 for j in range(lo, hi):
                     if j != i:
