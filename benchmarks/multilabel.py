@@ -369,6 +369,8 @@ def run_torch(
     rng = np.random.default_rng(args.seed)
     total_steps = args.epochs * -(-n // args.batch)
     scheds = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: max(0.0, 1.0 - s / total_steps)) for o in opts]
+    if head_kind == "plt":
+        _warm_plt_kernels(args.dim)
     t0 = time.perf_counter()
     for _ in range(args.epochs):
         perm = rng.permutation(n)
@@ -418,6 +420,19 @@ def _warm_linear_kernels() -> None:
 
     m = LinearLabelTree(3, Tree.balanced(4)).fit(sp.identity(3, format="csr"), [[0], [1], [2]], epochs=1)
     m.topk(sp.identity(3, format="csr"), 2)
+
+
+def _warm_plt_kernels(dim: int) -> None:
+    """The same for the torch LabelTree's kernels (loss, its backward, top-k), float32 as trained."""
+    import torch
+
+    from hsoftmax import LabelTree, Tree
+
+    head = LabelTree(dim, Tree.balanced(4))
+    h = torch.zeros(2, dim, requires_grad=True)
+    head(h, [[0], [1, 2]]).loss.backward()
+    with torch.no_grad():
+        head.topk(h.detach(), 2)
 
 
 def _linear_fit(split: Split, rows: np.ndarray, tree: Any, epochs: int, args: argparse.Namespace):
