@@ -13,7 +13,8 @@ children of a node (contiguous rows ``row_offset[j] + c``) are contiguous in ``W
 Kernels:
 
 * :func:`example_scores` / :func:`example_update`: one example's scores on its node targets and
-  its SGD or AdaGrad step (the gradient of its loss at the current weights);
+  its SGD or AdaGrad step (the gradient of its loss at the current weights), over the runs of
+  contiguous rows (:func:`row_runs`) the node targets come in;
 * :func:`train_epoch`: one pass over the examples in a given order, Hogwild over ``threads``
   contiguous chunks of that order (each thread its own scratch), the learning rate decaying
   linearly from ``lr0`` to ``lr1`` over the pass; returns the summed loss;
@@ -40,6 +41,7 @@ from .plt import child_log_marginals, edge_loss, is_row_type, node_targets, sort
 
 __all__ = [
     "SparseRow",
+    "row_runs",
     "example_scores",
     "example_update",
     "train_epoch",
@@ -62,26 +64,46 @@ def _child_scores(idx, val, Wt, b, ro, k, out):
 
 
 @njit(**JIT)
-def example_scores(idx, val, Wt, b, rows, n, scores):
-    """``scores[e] = b[rows[e]] + sum_j val[j] * Wt[idx[j], rows[e]]`` for ``e < n``."""
+def row_runs(rows, n, runs):
+    """Splits the node-target rows ``rows[:n]`` into runs of consecutive rows: ``runs[:m + 1]``
+    are their start positions (``runs[m] = n``); returns ``m``. :func:`~hsoftmax.kernels.plt.
+    node_targets` writes each positive node's children as one such run (their rows are
+    contiguous), so the kernels below read and write a run of ``Wt[f]`` as one contiguous
+    slice, which the compiler vectorizes, instead of gathering row by row."""
+    m = 0
+    for e in range(n):
+        if e == 0 or rows[e] != rows[e - 1] + 1:
+            runs[m] = e
+            m += 1
+    runs[m] = n
+    return m
+
+
+@njit(**JIT)
+def example_scores(idx, val, Wt, b, rows, n, runs, m, scores):
+    """``scores[e] = b[rows[e]] + sum_j val[j] * Wt[idx[j], rows[e]]`` for ``e < n``, ``runs[:m + 1]``
+    being :func:`row_runs` of ``rows[:n]``."""
     for e in range(n):
         scores[e] = b[rows[e]] if b.shape[0] > 0 else 0.0
     for j in range(idx.shape[0]):
         v = val[j]
         w = Wt[idx[j]]
-        for e in range(n):
-            scores[e] += v * w[rows[e]]
+        for q in range(m):
+            e0, e1 = runs[q], runs[q + 1]
+            part, wr = scores[e0:e1], w[rows[e0] : rows[e0] + e1 - e0]
+            for c in range(e1 - e0):  # slices indexed from 0: no wraparound test, so it vectorizes
+                part[c] += v * wr[c]
 
 
 @njit(**JIT)
-def example_update(idx, val, Wt, b, G, Gb, rows, targets, n, scores, lr, eps):
-    """One example's step on its node targets ``rows[:n]``/``targets[:n]`` at the scores
-    ``scores[:n]`` (from :func:`example_scores`, i.e. at the current weights): the gradient of
-    the example's loss (the sum of its edges' cross-entropies) is ``coef[e] * x`` on column
-    ``rows[e]`` of ``Wt`` and ``coef[e]`` on ``b[rows[e]]``. With ``G``/``Gb`` of length 0 a plain
-    SGD step ``-lr * grad``; else AdaGrad: ``G += grad**2``, ``step = -lr * grad / sqrt(G + eps)``
-    (``G`` shaped as ``Wt``, ``Gb`` as ``b``). Overwrites ``scores[:n]`` with the coefficients
-    and returns the loss."""
+def example_update(idx, val, Wt, b, G, Gb, rows, targets, n, runs, m, scores, lr, eps):
+    """One example's step on its node targets ``rows[:n]``/``targets[:n]`` (``runs[:m + 1]``: their
+    :func:`row_runs`) at the scores ``scores[:n]`` (from :func:`example_scores`, i.e. at the
+    current weights): the gradient of the example's loss (the sum of its edges'
+    cross-entropies) is ``coef[e] * x`` on column ``rows[e]`` of ``Wt`` and ``coef[e]`` on
+    ``b[rows[e]]``. With ``G``/``Gb`` of length 0 a plain SGD step ``-lr * grad``; else AdaGrad:
+    ``G += grad**2``, ``step = -lr * grad / sqrt(G + eps)`` (``G`` shaped as ``Wt``, ``Gb`` as
+    ``b``). Overwrites ``scores[:n]`` with the coefficients and returns the loss."""
     loss = 0.0
     for e in range(n):
         l, c = edge_loss(scores[e], targets[e])
@@ -92,15 +114,19 @@ def example_update(idx, val, Wt, b, G, Gb, rows, targets, n, scores, lr, eps):
         v = val[j]
         f = idx[j]
         w = Wt[f]
-        for e in range(n):
-            g = scores[e] * v
-            if g != 0.0:
-                r = rows[e]
-                if ada:
+        if ada:
+            for e in range(n):
+                g = scores[e] * v
+                if g != 0.0:  # a zero step leaves G alone (and G + eps may be 0)
+                    r = rows[e]
                     G[f, r] += g * g
                     w[r] -= lr * g / np.sqrt(G[f, r] + eps)
-                else:
-                    w[r] -= lr * g
+            continue
+        for q in range(m):
+            e0, e1 = runs[q], runs[q + 1]
+            part, wr = scores[e0:e1], w[rows[e0] : rows[e0] + e1 - e0]
+            for c in range(e1 - e0):
+                wr[c] -= lr * (part[c] * v)
     if b.shape[0] > 0:
         for e in range(n):
             g = scores[e]
@@ -121,6 +147,7 @@ def _train_chunk(
     rows = np.empty(tcap, np.int64)
     targets = np.empty(tcap, np.int8)
     scores = np.empty(tcap, np.float64)
+    runs = np.empty(tcap + 1, np.int64)
     span = max(q1 - q0, 1)
     loss = 0.0
     for q in range(q0, q1):
@@ -130,8 +157,9 @@ def _train_chunk(
         a, z = indptr[i], indptr[i + 1]
         idx = indices[a:z]
         val = data[a:z]
-        example_scores(idx, val, Wt, b, rows, n, scores)
-        loss += example_update(idx, val, Wt, b, G, Gb, rows, targets, n, scores, lr, eps)
+        m = row_runs(rows, n, runs)
+        example_scores(idx, val, Wt, b, rows, n, runs, m, scores)
+        loss += example_update(idx, val, Wt, b, G, Gb, rows, targets, n, runs, m, scores, lr, eps)
     return loss
 
 
