@@ -282,6 +282,8 @@ def test_multilabel_quick_smoke_run(tmp_path):
         "--shortcuts",
         "4",
         "5",
+        "--max-leaves",  # below the 36 labels: the deep and leaf-cluster trees both compete
+        "8",
         "--out",
         str(out),
     )
@@ -573,3 +575,27 @@ def test_word2vec_small_corpus_gensim_rate_rows(tmp_path, monkeypatch):
     )
     row = json.loads(r.stdout.strip().splitlines()[-1])
     assert row["system"] == "gensim-iter" and row["threads"] == 2 and 0 <= row["runs"][0]["analogy"] <= 1
+
+
+def test_multilabel_linear_candidates_follow_the_label_count():
+    """ours_linear's held-out candidates: deep, leaf-cluster and shortcut trees where the labels
+    outnumber a leaf cluster; only the flat leaf-cluster tree (napkinXC's) where they do not."""
+    import argparse
+
+    import multilabel
+
+    args = argparse.Namespace(linear_arity=4, max_leaves=100, shortcuts=[16, 32])
+
+    def names(num_labels: int) -> list[str]:
+        split = multilabel.Split(None, None, [], [], [], [], num_labels)
+        return list(multilabel.linear_candidates(split, args))
+
+    assert names(45) == ["k-means arity 4, leaves <= 100"]  # WordNet: one flat node of 45
+    assert names(100) == ["k-means arity 4, leaves <= 100"]
+    assert names(200) == ["k-means arity 4", "k-means arity 4, leaves <= 100", "k-means arity 4, 16 shortcuts"]
+    assert names(581) == [  # debtags
+        "k-means arity 4",
+        "k-means arity 4, leaves <= 100",
+        "k-means arity 4, 16 shortcuts",
+        "k-means arity 4, 32 shortcuts",
+    ]
