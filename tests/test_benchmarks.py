@@ -599,3 +599,34 @@ def test_multilabel_linear_candidates_follow_the_label_count():
         "k-means arity 4, 16 shortcuts",
         "k-means arity 4, 32 shortcuts",
     ]
+
+
+def test_multilabel_over_seeds_summary():
+    """--seeds: ours minus napkinXC summarized over the splits (mean, standard error, splits ahead)."""
+    import multilabel
+
+    def split(seed: int, d1: float, d5: float) -> dict:
+        vs = {"P@1_diff": d1, "P@5_diff": d5, "train_time_ratio": 1.0 + seed, "predict_time_ratio": 0.1}
+        rows = [{"system": "napkinxc_plt"}, {"system": "ours_linear", "vs_napkinxc": vs}]
+        return {"dataset": "debtags", "seed": seed, "rows": rows}
+
+    (row,) = multilabel.over_seeds([split(0, 0.002, -0.001), split(1, -0.001, 0.001), split(2, 0.005, 0.003)])
+    assert row["dataset"] == "debtags" and row["system"] == "ours_linear" and row["seeds"] == [0, 1, 2]
+    assert row["P@1_diff"]["mean"] == pytest.approx(0.002) and row["P@1_diff"]["ahead"] == 2
+    assert row["P@1_diff"]["behind"] == 1 and row["P@1_diff"]["se"] == pytest.approx(0.003 / 3**0.5, abs=1e-5)
+    assert row["P@5_diff"]["mean"] == pytest.approx(0.001) and row["train_time_ratio"] == {"min": 1.0, "max": 3.0}
+
+
+def test_multilabel_quick_run_over_two_seeds(tmp_path):
+    """The --seeds loop end to end: one data set entry per seed, and the summary when napkinXC ran."""
+    pytest.importorskip("sklearn")
+    out = tmp_path / "multilabel.json"
+    systems = ["napkinxc_plt", "ours_linear_facets"]
+    r = run_script("multilabel.py", "--quick", "--systems", *systems, "--seeds", "0", "1", "--out", str(out))
+    res = json.loads(out.read_text())
+    assert [d["seed"] for d in res["datasets"]] == [0, 1]
+    has_peer = importlib.util.find_spec("napkinxc") is not None
+    assert len(res["over_seeds"]) == (1 if has_peer else 0) and "over the splits" in r.stdout
+    if has_peer:
+        (row,) = res["over_seeds"]
+        assert row["system"] == "ours_linear_facets" and row["seeds"] == [0, 1]
