@@ -363,6 +363,33 @@ def topk_ladder(ref):
 
 
 @check
+def topk_search_top(ref):
+    """The search starts below the tree's top (scored by one matmul, summed level by level):
+    with a top of only the root, a top that ends mid-level, and the whole tree, on a binary and
+    a k-ary tree, every answer equals sorting log_prob and the proven rows of the first search
+    are right (rows below and above the top's depth, rows needing the fallback)."""
+    from hsoftmax.keras.plan import beam_plan
+
+    rng = np.random.default_rng(5)
+    for tree in (Tree.huffman(rng.zipf(1.3, 600).astype(float)), Tree.two_level(600)):
+        hs = HierarchicalSoftmax(tree, in_features=8)
+        w = rng.normal(size=(tree.num_params, 8)).astype("float32")
+        hs.set_weights([w, np.zeros(tree.num_params, "float32")])
+        x = (rng.normal(size=(32, 8)) * np.repeat([0.3, 3.0], 16)[:, None]).astype("float32")
+        full = np_(compiled(hs.log_prob)(x)).astype(np.float64)
+        for rows in (1, 75, tree.num_params):
+            hs._plan = hs._plan._replace(beam=beam_plan(tree, max_top_rows=rows))
+            hs._consts = None
+            top = hs._plan.beam.top
+            assert (top.frontier.refs.size == 0) == (rows == tree.num_params), (rows, top.frontier.refs.size)
+            v, i = compiled(lambda x, hs=hs: hs.topk(x, 5))(x)
+            assert_topk_matches(np_(v), np_(i), full, 5, f"top of {rows} rows")
+            bv, bi, ok = compiled(lambda x, hs=hs: hs.beam_topk(x, 5, beam_width=8))(x)
+            ok = np_(ok)
+            assert_topk_matches(np_(bv)[ok], np_(bi)[ok], full[ok], 5, f"top of {rows} rows, proven rows")
+
+
+@check
 def topk_in_functional_model(ref):
     """topk / predict / log_prob inside a functional model and model.predict."""
     r = ref["two_level"]

@@ -33,6 +33,7 @@ CHECKS = [
     "loss_way",
     "topk_peaked_needs_no_fallback",
     "topk_ladder",
+    "topk_search_top",
     "topk_in_functional_model",
     "compiled_functions",
     "training_builds_no_batch_by_classes_tensor",

@@ -202,7 +202,14 @@ class HierarchicalSoftmax(keras.layers.Layer):
         c["ref_source"] = fp.ref_source
         for i, jump in enumerate(fp.jumps):
             c[f"jump{i}"] = jump
-        c["root_children"], c["beam_slots"], c["beam_refs"] = bp.root_children, bp.slots, bp.child_refs
+        c["beam_slots"], c["beam_refs"] = bp.slots, bp.child_refs
+        top = bp.top
+        c["top_rows"], c["top_slots"] = top.rows, top.slots
+        for name, e in [(f"top_level{i}", e) for i, e in enumerate(top.levels)] + [
+            ("top_classes", top.classes),
+            ("top_frontier", top.frontier),
+        ]:
+            c[f"{name}_parent"], c[f"{name}_edge"], c[f"{name}_refs"] = e.parent, e.edge, e.refs
         c = {k: np.ascontiguousarray(v, dtype=np.int32) for k, v in c.items()}
         if keras.backend.backend() == "torch" and like is not None:
             c = {k: ops.convert_to_tensor(v).to(like.device) for k, v in c.items()}
@@ -283,7 +290,59 @@ class HierarchicalSoftmax(keras.layers.Layer):
         rows = max(int(bp.slots.shape[1]) - (1 if bp.lead_fixed else 0), 1)  # rows gathered per node
         return max(1, width // (8 * rows)), max(self.tree.depth, 1) + 16
 
-    def _search(self, h: Any, k: int, width: int, skip: Any = None) -> tuple[Any, Any, Any]:
+    def _search_start(self, h: Any) -> tuple[Any, Any]:
+        """Log-probabilities ``(B, classes)`` and ``(B, frontier)`` of the refs just below the
+        search's top (:class:`~hsoftmax.keras.plan.SearchTop`): one matmul scores the top's
+        nodes for the whole batch, then their log-probabilities are summed level by level (one
+        gather of ``(B, level)`` each). Every row's search would expand these shallow nodes one
+        step at a time, gathering their weight rows; a dense matmul costs far less per row."""
+        top = self._plan.beam.top
+        c = self._c(h)
+        kernel, bias = self._weights()
+        P = int(top.rows.size)
+        # Node-major (rows, batch) layout: every gather below copies whole rows of B floats
+        # (XLA's CPU gather of scattered scalars along the batch's minor axis is ~10x slower).
+        w = kernel[:P] if top.prefix else ops.take(kernel, c["top_rows"], axis=0)
+        s = ops.matmul(w, ops.transpose(h))  # (P, B)
+        if bias is not None:
+            s = s + ops.expand_dims(bias[:P] if top.prefix else ops.take(bias, c["top_rows"], axis=0), 1)
+        root = ops.zeros_like(ops.transpose(h[:, :1]))  # (1, B): log 1, the root's
+        s = ops.stack([self._top_slot(s, j, root) for j in range(top.slots.shape[0])], axis=0)  # (K, T, B)
+        edge = child_log_probs(s, ops.expand_dims(c["top_slots"] >= -1, 2), axis=0)
+        edge = ops.reshape(edge, (int(np.prod(top.slots.shape)), -1))  # (K * T, B)
+        level = root
+        node_lp = [level]
+        for i in range(len(top.levels)):
+            level = ops.take(level, c[f"top_level{i}_parent"], axis=0) + ops.take(edge, c[f"top_level{i}_edge"], axis=0)
+            node_lp.append(level)
+        lp = ops.concatenate(node_lp, axis=0) if len(node_lp) > 1 else level
+
+        # The refs below the top in the batch-major layout the open list uses: the transposes
+        # first (a transpose fused into a gather reads one scattered float per output).
+        lp, edge = ops.transpose(lp), ops.transpose(edge)
+
+        def below(name: str, size: int) -> Any:
+            if size == 0:
+                return None
+            return ops.take(lp, c[f"{name}_parent"], axis=1) + ops.take(edge, c[f"{name}_edge"], axis=1)
+
+        return below("top_classes", top.classes.refs.size), below("top_frontier", top.frontier.refs.size)
+
+    def _top_slot(self, s: Any, j: int, zero: Any) -> Any:
+        """``(T, B)`` scores of child slot ``j`` of the top's nodes from the top's row scores
+        ``s`` ``(P, B)``: zeros where no row scores it (``zero`` is a ``(1, B)`` zero row), a
+        slice when its rows are consecutive (slot 1 of binary nodes in node order), else a
+        gather of whole rows."""
+        cols = self._plan.beam.top.slots[j]
+        T = cols.size
+        if np.all(cols < 0):
+            return ops.repeat(zero, T, axis=0)
+        if np.all(cols >= 0) and np.array_equal(cols, cols[0] + np.arange(T)):
+            return s[int(cols[0]) : int(cols[0]) + T]
+        at = self._c(s)["top_slots"][j]
+        return ops.where(ops.expand_dims(at >= 0, 1), ops.take(s, ops.maximum(at, 0), axis=0), 0.0)
+
+    def _search(self, h: Any, k: int, width: int, skip: Any = None, start: Any = None) -> tuple[Any, Any, Any]:
         """Best-first search of the tree -> ``(values, indices, exact)``, each ``(B, k)`` / ``(B,)``.
 
         An open node's log-probability bounds every class below it (a path's log-probability
@@ -302,21 +361,28 @@ class HierarchicalSoftmax(keras.layers.Layer):
         active (or the shared budget of ``steps`` steps is spent), then the active rows move,
         with their whole state, into the next, smaller phase, which continues their search.
         The batch's cost follows the rows still searching, and a slow row gets more steps
-        without a restart."""
-        bp = self._plan.beam
-        V = self.num_classes
+        without a restart.
+
+        The search starts below the tree's top (:meth:`_search_start`, computed here unless
+        ``start`` gives it: the ladder's searches share it): its classes enter the top-k, its
+        frontier nodes the open list."""
         expand, steps = self._search_shape(width)
         c = self._c(h)
-        kernel, bias = self._weights()
-        s, valid = shared_slot_scores(h, kernel, bias, bp.root_slots)
-        lp = ops.where(valid, child_log_probs(s, valid), NEG)  # (B, k0): the root's children
-        refs = ops.zeros_like(ops.cast(lp, "int32")) + c["root_children"]
-        found_lp, found_idx, _ = _keep(ops.where(refs < V, lp, NEG), ops.where(refs < V, refs, -1), k)
-        open_lp, open_ref, bound = _keep(ops.where(refs >= V, lp, NEG), ops.where(refs >= V, refs, -1), width)
+        class_lp, frontier_lp = self._search_start(h) if start is None else start
+
+        def best(lp: Any, name: str, n: int) -> tuple[Any, Any, Any]:
+            """The ``n`` best entries (dead ones past the end), their refs, the best left out."""
+            if lp is None:  # nothing there
+                dead = ops.repeat(ops.zeros_like(h[:, :1]) + NEG, n, axis=1)
+                return dead, ops.cast(dead * 0, "int32") - 1, dead[:, 0]
+            return _keep(lp, ops.zeros_like(ops.cast(lp, "int32")) + c[f"{name}_refs"], n)
+
+        found_lp, found_idx, _ = best(class_lp, "top_classes", k)
+        open_lp, open_ref, bound = best(frontier_lp, "top_frontier", width)
         if skip is not None:
             open_lp = ops.where(ops.expand_dims(skip, 1), NEG, open_lp)
         state = (found_lp, found_idx, open_lp, open_ref, bound)
-        if self.tree.depth > 1:
+        if frontier_lp is not None:
             state = self._search_phases(h, k, expand, steps, width, state)
         found_lp, found_idx, open_lp, _, bound = state
         return found_lp, found_idx, found_lp[:, k - 1] >= ops.maximum(bound, ops.max(open_lp, axis=1))
@@ -537,7 +603,8 @@ class HierarchicalSoftmax(keras.layers.Layer):
         k = self._check_k(k)
         h = self._flat_hidden(hidden)
         width = self._width(k, beam_width)
-        vals, idx, ok = self._search(h, k, width)
+        start = self._search_start(h)  # one matmul and a few gathers, shared by the ladder
+        vals, idx, ok = self._search(h, k, width, start=start)
         # The rows the first search could not prove go up a ladder: wider searches, then the full
         # distribution, each on the rows still unproven only. A trained model proves most rows
         # early; the rows of its rare classes are the flat ones, and they alone should not make
@@ -547,7 +614,7 @@ class HierarchicalSoftmax(keras.layers.Layer):
                 break  # eager, and every row is proven
             # The whole batch, the proven rows inactive: the search's phases move the unproven
             # rows into smaller phases (traced once, nothing to do when every row is proven).
-            v, i, e = self._search(h, k, wide, skip=ok)
+            v, i, e = self._search(h, k, wide, skip=ok, start=start)
             keep = ops.expand_dims(ok, 1)
             vals, idx, ok = ops.where(keep, vals, v), ops.where(keep, idx, i), ok | e
 
@@ -679,10 +746,17 @@ def _keep(lp: Any, refs: Any, n: int) -> tuple[Any, Any, Any]:
         lp = ops.concatenate([lp, ops.repeat(ops.zeros_like(lp[:, :1]) + NEG, n - m, axis=1)], axis=1)
         refs = ops.concatenate([refs, ops.repeat(ops.zeros_like(refs[:, :1]) - 1, n - m, axis=1)], axis=1)
         m = n
-    v, p = ops.top_k(lp, min(n + 1, m))
+    v, p = ops.top_k(lp, n)
     p = ops.cast(p, "int32")
-    left_out = v[:, n] if m > n else ops.zeros_like(v[:, 0]) + NEG
-    return v[:, :n], ops.take_along_axis(refs, p[:, :n], axis=1), left_out
+    if m == n:
+        return v, ops.take_along_axis(refs, p, axis=1), ops.zeros_like(v[:, 0]) + NEG
+    # The best one left out without slicing top_k's outputs (XLA on CPU then sorts whole rows,
+    # 2-4x the cost of a search step's selections): the n-th value when more entries tie it
+    # than were kept, else the best value below it.
+    nth = ops.min(v, axis=1, keepdims=True)
+    tied = ops.sum(ops.cast(lp >= nth, "int32"), axis=1) > n
+    below = ops.max(ops.where(lp < nth, lp, NEG), axis=1)
+    return v, ops.take_along_axis(refs, p, axis=1), ops.where(tied, nth[:, 0], below)
 
 
 @keras.saving.register_keras_serializable(package="hsoftmax")

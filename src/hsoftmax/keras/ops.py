@@ -29,17 +29,30 @@ __all__ = ["NEG", "child_log_probs", "slot_scores", "shared_slot_scores"]
 NEG = -1e30
 
 
-def child_log_probs(scores, valid):
-    """``(..., K)`` slot scores and validity -> ``(..., K)`` child log-probabilities.
+def child_log_probs(scores, valid, axis=-1):
+    """``(..., K)`` slot scores and validity -> ``(..., K)`` child log-probabilities (the slots
+    along ``axis``: ``axis=0`` for a ``(K, nodes, batch)`` layout, whose reductions are then
+    elementwise over ``K`` slabs instead of over a tiny innermost dimension, unrolled up to 8).
 
     Invalid slots get about ``NEG``; every row needs at least one valid slot (the plans put a
     FIXED slot 0 in every row, padding included).
     """
     s = ops.where(valid, scores, NEG)
+    if axis == 0 and s.shape[0] is not None and s.shape[0] <= 8:
+        # A few slabs: max and sum elementwise (XLA's CPU reduce over a short axis is slow).
+        m = s[0]
+        for j in range(1, s.shape[0]):
+            m = ops.maximum(m, s[j])
+        m = ops.stop_gradient(m)
+        z = s - m
+        total = ops.exp(z[0])
+        for j in range(1, s.shape[0]):
+            total = total + ops.exp(z[j])
+        return z - ops.log(total)
     # The max only keeps exp in range; the result does not depend on it, so no gradient flows.
-    m = ops.stop_gradient(ops.max(s, axis=-1, keepdims=True))
+    m = ops.stop_gradient(ops.max(s, axis=axis, keepdims=True))
     z = s - m
-    return z - ops.log(ops.sum(ops.exp(z), axis=-1, keepdims=True))
+    return z - ops.log(ops.sum(ops.exp(z), axis=axis, keepdims=True))
 
 
 def _row_scores(h, kernel, bias, rows, matmul=False):

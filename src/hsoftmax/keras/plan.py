@@ -23,8 +23,10 @@ Three consumers:
 * **full distribution** (:class:`FullPlan`): nodes bucketed by arity (padded to a power of two,
   so at most 2x slot padding), each ref's edge in the buckets' outputs, and the ancestor tables
   of a pointer doubling that sums every path in log2(depth) gathers.
-* **tree search** (:class:`BeamPlan`): the root's slots, and one global table of every node's
-  slot rows and child refs, plus a dead row (no children) for dead and unexpanded entries.
+* **tree search** (:class:`BeamPlan`): the *top* of the tree (:class:`SearchTop`: the root and
+  the shallowest nodes after it, whose log-probabilities are computed for the whole batch at
+  once, and the refs just below them where the search starts), and one global table of every
+  node's slot rows and child refs, plus a dead row (no children) for dead and unexpanded entries.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from ..tree import Tree
 FIXED = -1
 NONE = -2
 
-__all__ = ["FIXED", "NONE", "slot_table", "TargetPlan", "FullPlan", "BeamPlan", "Plan"]
+__all__ = ["FIXED", "NONE", "slot_table", "TargetPlan", "FullPlan", "SearchTop", "BeamPlan", "Plan", "top_rows"]
 
 
 def slot_table(tree: Tree, nodes: np.ndarray, width: int) -> np.ndarray:
@@ -87,13 +89,38 @@ class FullPlan(NamedTuple):
     jumps: tuple[np.ndarray, ...]  # (V + N + 1,) int32: the 2**t-th ancestor, sentinel above the root
 
 
-class BeamPlan(NamedTuple):
-    """Tables for the top-k tree search. The root is expanded by one matmul; every later step
-    expands the open nodes it picks through one global table (row ``num_nodes``: a dead or
-    unexpanded entry, no children), so all steps have the same shapes and run as one loop."""
+class Edges(NamedTuple):
+    """Refs below the top's nodes: ref ``refs[i]`` has log-probability ``lp[parent[i]] +
+    edge[edge[i]]`` (``lp`` of the top's nodes in top order, ``edge`` their flattened child
+    log-probabilities ``(K * T)``, slot-major)."""
 
-    root_slots: np.ndarray  # (k_root,) slot rows of the root
-    root_children: np.ndarray  # (k_root,) int32 refs
+    parent: np.ndarray  # int32 positions in the top
+    edge: np.ndarray  # int32 into the flattened (K, T) child log-probabilities
+    refs: np.ndarray  # int32 refs
+
+
+class SearchTop(NamedTuple):
+    """The top of the tree: the first ``T`` nodes by depth (the root first, every node's parent
+    before it), scored for the whole batch by one matmul against their ``rows``. Their
+    log-probabilities are summed level by level (``levels[l]``: the nodes of depth ``l + 1``,
+    parents in the level before); the search then starts from ``classes`` (classes below the
+    top) and ``frontier`` (nodes below the top, not in it)."""
+
+    rows: np.ndarray  # (P,) int32 weight rows of the top's nodes
+    prefix: bool  # rows == arange(P): a slice of the kernel, not a gather
+    slots: np.ndarray  # (K, T) int32: per child slot, the position in ``rows``; FIXED / NONE kept
+    levels: tuple[Edges, ...]
+    classes: Edges
+    frontier: Edges
+
+
+class BeamPlan(NamedTuple):
+    """Tables for the top-k tree search. The top of the tree is scored by one matmul; every
+    later step expands the open nodes it picks through one global table (row ``num_nodes``: a
+    dead or unexpanded entry, no children), so all steps have the same shapes and run as one
+    loop."""
+
+    top: SearchTop
     slots: np.ndarray  # (num_nodes + 1, K) int32, K the widest non-root node
     child_refs: np.ndarray  # (num_nodes + 1, K) int32 refs, -1 where no child
     steps: int  # depth - 1 (the tree has nodes below the root when positive)
@@ -186,7 +213,70 @@ def full_plan(tree: Tree) -> FullPlan:
     return FullPlan(tuple(buckets), ref_source.astype(np.int32), tuple(jumps))
 
 
-def beam_plan(tree: Tree) -> BeamPlan:
+def top_rows(tree: Tree) -> int:
+    """Weight rows the search's top may use: ``num_params / 64`` (its matmul costs 1/64 of the
+    full distribution's; at V = 100k on a trained model the top's ~1,560 nodes hold ~60% of a
+    best-first search's expansions, and a top 2x or 4x larger was slower on JAX: its cost
+    grows with the batch times its size), at least the root's."""
+    return max(tree.num_params // 64, int(tree.param_offset[1]))
+
+
+def search_top(tree: Tree, max_rows: int | None = None) -> SearchTop:
+    """The longest prefix of the nodes sorted by depth whose weight rows fit ``max_rows``
+    (default :func:`top_rows`; always the root) and whose ``(K, T)`` slot table stays within
+    4x that (one wide node among binary ones must not pad every row to its width)."""
+    V, N = tree.num_classes, tree.num_nodes
+    budget = top_rows(tree) if max_rows is None else int(max_rows)
+    arity = np.asarray(tree.arity)
+    poff = np.asarray(tree.param_offset)
+    depth = np.asarray(tree.node_depth)
+    order = np.lexsort((np.arange(N), depth))  # by depth, then id: parents come first
+    nrows = np.diff(poff)[order]
+    width = np.maximum.accumulate(np.maximum(arity[order], 1))
+    fits = (np.cumsum(nrows) <= budget) & (np.arange(1, N + 1) * width <= 4 * max(budget, 1))
+    T = max(1, int(np.argmin(fits)) if not fits.all() else N)
+    nodes = order[:T]
+    K = int(width[T - 1])
+    rows = np.concatenate([np.arange(poff[n], poff[n + 1]) for n in nodes]).astype(np.int64)
+    col = np.full(tree.num_params + 1, -1, dtype=np.int64)
+    col[rows] = np.arange(rows.size)
+    slots = slot_table(tree, nodes, K).astype(np.int64)
+    slots = np.where(slots >= 0, col[np.maximum(slots, 0)], slots).T.astype(np.int32)
+    pos = np.full(N, -1, dtype=np.int64)
+    pos[nodes] = np.arange(T)
+    off = np.asarray(tree.child_offset)
+    children = np.asarray(tree.children)
+    # Every child of a top node: its parent's position and its edge in the flattened slots.
+    owner = np.repeat(nodes, arity[nodes])
+    kid = np.concatenate([children[off[n] : off[n + 1]] for n in nodes]).astype(np.int64)
+    j = np.concatenate([np.arange(arity[n]) for n in nodes]).astype(np.int64)
+    ppos, edge = pos[owner], j * T + pos[owner]
+    kid_pos = np.where(kid >= V, pos[np.maximum(kid - V, 0)], -1)  # the kid's position in the top
+
+    def edges(mask: np.ndarray, base: int = 0) -> Edges:
+        at = np.flatnonzero(mask)
+        at = at[np.argsort(kid_pos[at], kind="stable")]  # top nodes in top order
+        return Edges((ppos[at] - base).astype(np.int32), edge[at].astype(np.int32), kid[at].astype(np.int32))
+
+    d_top = depth[nodes]
+    start = np.searchsorted(d_top, np.arange(int(d_top[-1]) + 1))  # first position of each depth
+    # Level l's parents are all in level l - 1: positions relative to its start.
+    levels = [
+        edges((kid_pos >= 0) & (depth[np.maximum(kid - V, 0)] == lvl), int(start[lvl - 1]))
+        for lvl in range(1, int(d_top[-1]) + 1)
+    ]
+    return SearchTop(
+        rows.astype(np.int32),
+        bool(np.array_equal(rows, np.arange(rows.size))),
+        slots,
+        tuple(levels),
+        edges(kid < V),
+        edges((kid >= V) & (kid_pos < 0)),
+    )
+
+
+def beam_plan(tree: Tree, max_top_rows: int | None = None) -> BeamPlan:
+    """The search's tables; ``max_top_rows`` overrides :func:`top_rows` (tests)."""
     N = tree.num_nodes
     arity = np.asarray(tree.arity)
     off = np.asarray(tree.child_offset)
@@ -198,15 +288,12 @@ def beam_plan(tree: Tree) -> BeamPlan:
         ok = j < arity[nodes][:, None]
         return np.where(ok, children[np.where(ok, idx, 0)], -1).astype(np.int32)
 
-    root = np.array([0])
-    k0 = int(arity[0])
     K = int(arity[1:].max()) if N > 1 else 1
     every = np.arange(N + 1)  # node N is the virtual carry row
     slots = slot_table(tree, every, K)
     refs = np.concatenate([child_refs(np.arange(N), K), np.full((1, K), -1, np.int32)])
     return BeamPlan(
-        slot_table(tree, root, k0)[0],
-        child_refs(root, k0)[0],
+        search_top(tree, max_top_rows),
         slots,
         refs,
         max(tree.depth - 1, 0),
