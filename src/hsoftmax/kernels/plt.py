@@ -478,10 +478,10 @@ class DenseRow(NamedTuple):
     b: np.ndarray
 
 
-def child_log_marginals(row, row_offset, node, k, lp, out):
-    """``out[:k]``: the log marginals of ``node``'s ``k`` children for the input ``row``, given
-    the node's own log marginal ``lp`` (a node without decision rows passes ``lp`` on unchanged).
-    Only callable inside numba kernels: each row type registers its own implementation
+def child_log_marginals(row, ro, k, lp, out):
+    """``out[:k]``: the log marginals of the ``k`` children of a node whose decision rows are
+    ``ro..ro+k-1``, for the input ``row``, given the node's own log marginal ``lp``. Only
+    callable inside numba kernels: each row type registers its own implementation
     (:class:`DenseRow` here, :class:`hsoftmax.kernels.plt_sparse.SparseRow` there)."""
     raise NotImplementedError("child_log_marginals runs only inside numba kernels")
 
@@ -493,17 +493,27 @@ def is_row_type(row: Any, cls: type) -> bool:
 
 
 @overload(child_log_marginals, inline="always", jit_options=JIT)
-def _dense_child_log_marginals(row, row_offset, node, k, lp, out):
+def _dense_child_log_marginals(row, ro, k, lp, out):
     if not is_row_type(row, DenseRow):
         return None
 
-    def impl(row, row_offset, node, k, lp, out):
-        ro = row_offset[node]
-        deterministic = row_offset[node + 1] == ro
+    def impl(row, ro, k, lp, out):
         for c in range(k):
-            out[c] = lp if deterministic else lp + _edge_log_prob(row.W, row.b, ro + c, row.x)
+            out[c] = lp + _edge_log_prob(row.W, row.b, ro + c, row.x)
 
     return impl
+
+
+@njit(inline="always", **JIT)
+def _expand(row, row_offset, node, k, lp, out):
+    """``out[:k]``: the log marginals of ``node``'s ``k`` children: the node's own ``lp`` when it
+    has no decision rows (a single child below the root is taken with probability 1), else
+    :func:`child_log_marginals`."""
+    ro = row_offset[node]
+    if row_offset[node + 1] == ro:
+        out[:k] = lp
+    else:
+        child_log_marginals(row, ro, k, lp, out)
 
 
 @njit(**JIT)
@@ -533,7 +543,7 @@ def topk_one(row, layout, K, vals, idx):
         c0 = child_offset[node]
         k = child_offset[node + 1] - c0
         hv, hr = _with_room(hv, hr, n, n + k)
-        child_log_marginals(row, layout.row_offset, node, k, lp, s)
+        _expand(row, layout.row_offset, node, k, lp, s)
         for c in range(k):
             _heap_push(hv, hr, n, s[c], children[c0 + c])
             n += 1
@@ -561,7 +571,7 @@ def threshold_one(row, layout, log_t, out_lp, out_ref):
         c0 = child_offset[node]
         k = child_offset[node + 1] - c0
         sv, sr = _with_room(sv, sr, n, n + k)
-        child_log_marginals(row, layout.row_offset, node, k, lp, s)
+        _expand(row, layout.row_offset, node, k, lp, s)
         for c in range(k):
             lc = s[c]
             if lc >= log_t:

@@ -53,14 +53,16 @@ __all__ = [
 
 @njit(inline="always", **JIT)
 def _child_scores(idx, val, Wt, b, ro, k, out):
-    """Scores of the ``k`` contiguous rows ``ro..ro+k-1`` for the sparse row ``(idx, val)``."""
+    """Scores of the ``k`` contiguous rows ``ro..ro+k-1`` for the sparse row ``(idx, val)``,
+    into ``out[:k]``: one contiguous slice of ``Wt[f]`` per feature, indexed from 0 (no
+    wraparound test, so the compiler vectorizes the loop)."""
     for c in range(k):
         out[c] = b[ro + c] if b.shape[0] > 0 else 0.0
     for j in range(idx.shape[0]):
         v = val[j]
-        w = Wt[idx[j]]
+        wr = Wt[idx[j], ro : ro + k]
         for c in range(k):
-            out[c] += v * w[ro + c]
+            out[c] += v * wr[c]
 
 
 @njit(**JIT)
@@ -82,17 +84,11 @@ def row_runs(rows, n, runs):
 @njit(**JIT)
 def example_scores(idx, val, Wt, b, rows, n, runs, m, scores):
     """``scores[e] = b[rows[e]] + sum_j val[j] * Wt[idx[j], rows[e]]`` for ``e < n``, ``runs[:m + 1]``
-    being :func:`row_runs` of ``rows[:n]``."""
-    for e in range(n):
-        scores[e] = b[rows[e]] if b.shape[0] > 0 else 0.0
-    for j in range(idx.shape[0]):
-        v = val[j]
-        w = Wt[idx[j]]
-        for q in range(m):
-            e0, e1 = runs[q], runs[q + 1]
-            part, wr = scores[e0:e1], w[rows[e0] : rows[e0] + e1 - e0]
-            for c in range(e1 - e0):  # slices indexed from 0: no wraparound test, so it vectorizes
-                part[c] += v * wr[c]
+    being :func:`row_runs` of ``rows[:n]``: each run is a node's children, scored as the
+    searches score them (:func:`_child_scores`)."""
+    for q in range(m):
+        e0, e1 = runs[q], runs[q + 1]
+        _child_scores(idx, val, Wt, b, rows[e0], e1 - e0, scores[e0:e1])
 
 
 @njit(**JIT)
@@ -196,15 +192,11 @@ class SparseRow(NamedTuple):
 
 
 @overload(child_log_marginals, inline="always", jit_options=JIT)
-def _sparse_child_log_marginals(row, row_offset, node, k, lp, out):
+def _sparse_child_log_marginals(row, ro, k, lp, out):
     if not is_row_type(row, SparseRow):
         return None
 
-    def impl(row, row_offset, node, k, lp, out):
-        ro = row_offset[node]
-        if row_offset[node + 1] == ro:
-            out[:k] = lp
-            return
+    def impl(row, ro, k, lp, out):
         _child_scores(row.idx, row.val, row.Wt, row.b, ro, k, out)
         for c in range(k):
             ls, _ = log_sigmoid_and_grad(out[c])
