@@ -761,9 +761,13 @@ def main(argv: list[str] | None = None) -> int:
             # WordNet's sample of lemmas follows the seed; the other two are fixed data sets
             ds = load_wordnet(args.wordnet_max, seed) if name == "wordnet" else fixed
             if ds is None:
-                note = f"{name}: its data is not on this machine (apt-cache dumpavail / wordnet-base)"
-                print(f"{note}; using generated data", flush=True)
-                results.setdefault("notes", []).append(f"{note}; using generated data")
+                note = (
+                    f"{name}: its data is not on this machine (apt-cache dumpavail / wordnet-base); "
+                    "using generated data"
+                )
+                print(note, flush=True)
+                if note not in results.setdefault("notes", []):  # once, however many seeds
+                    results["notes"].append(note)
                 ds = synthetic()
             results["datasets"].append(run_dataset(ds, args))
     if len(seeds) > 1:
